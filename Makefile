@@ -1,0 +1,33 @@
+# memristor-asr: `make demo` runs the project's main job, `make test` its tests.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+DEBIAN_PACKAGES := espeak-ng
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo benchmark clean
+
+setup: $(STAMP)
+
+# Reinstall when the dependency list changes; Debian packages only when missing and running as root.
+$(STAMP): pyproject.toml
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+		else echo "warning: missing Debian packages (install them as root): $$missing"; fi; \
+	fi
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+demo: setup
+	$(PYTHON) scripts/device_demo.py
+
+benchmark: setup
+	$(PYTHON) benchmarks/device.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
