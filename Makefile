@@ -16,7 +16,6 @@ $(STAMP): pyproject.toml
 		else echo "warning: missing Debian packages (install them as root): $$missing"; fi; \
 	fi
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -1,0 +1,252 @@
+"""The Synaptogen cell model in PyTorch: a vectorized array of stochastic ReRAM cells.
+
+Each cell has device-to-device parameters (mu, sigma) drawn once from a Gaussian mixture, and a
+cycle-to-cycle feature process: a VAR(p) series of normal vectors x_n, mapped by the per-feature
+polynomials Gamma and then y = mu + sigma * Gamma(x) (HRS in log10 ohm) to the four switching features
+of the current cycle: HRS, US, LRS, UR. The cell's state variable r mixes two boundary I-V polynomials,
+I(U) = (1 - r) LLRS(U) + r HHRS(U); SET jumps to the cycle's LRS, RESET moves along a transition curve
+towards the next cycle's HRS, reached fully at Umax. A new cycle (VAR draw) starts when a cell in LRS
+begins to RESET.
+
+Semantics follow the reference `synaptogen` package, with the Julia original's initial state (fresh
+cells in HRS) and the per-cell RESET threshold kept apart from the feature array. Every branch is
+computed for all cells and then selected: no host synchronization, so the same code runs on CUDA.
+On the CPU a pulse is applied in chunks of cells, so that its temporaries stay in cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from memsim.noise import read_noise
+from memsim.params import N_FEATURES, DeviceParams, load_params, polyval
+
+HRS, US, LRS, UR = range(N_FEATURES)
+CPU_CHUNK = 1 << 16  # cells per step on the CPU; CUDA takes the whole array at once
+
+
+def draw_device_parameters(
+    n: int, params: DeviceParams, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Device-to-device draw: mixture component k [n] and (mu, sigma) [n, 8] for n devices.
+
+    Draw order: one uniform per device for the component, then 8 normals per device.
+    """
+    device = params.device
+    weights = params.gmm_weights
+    cumulative = torch.cumsum(weights, 0) / weights.sum()
+    u = torch.rand(n, generator=generator, device=device)
+    k = torch.searchsorted(cumulative, u).clamp_(max=weights.numel() - 1)
+    z = torch.randn(n, 2 * N_FEATURES, generator=generator, device=device)
+    mu_sigma = torch.zeros(n, 2 * N_FEATURES, device=device)
+    for component in range(weights.numel()):
+        drawn = params.gmm_means[component] + z @ params.gmm_chol[component].T
+        mu_sigma = torch.where((k == component)[:, None], drawn, mu_sigma)
+    return k, mu_sigma
+
+
+@dataclasses.dataclass
+class CellState:
+    """Everything a cell remembers, one row per cell (float32 unless noted): 230 bytes at p = 10."""
+
+    history: torch.Tensor  # [n, 4p] the last p feature vectors x, oldest first
+    mu_sigma: torch.Tensor  # [n, 8] device-to-device parameters: mu (4), then sigma (4)
+    y: torch.Tensor  # [n, 4] the current cycle's features HRS (ohm), US (V), LRS (ohm), UR (V)
+    r: torch.Tensor  # [n] state variable: 0 on the LLRS boundary, 1 on the HHRS boundary
+    reset_threshold: torch.Tensor  # [n] a RESET acts above this voltage
+    reset_coefs: torch.Tensor  # [n, 2] (a, c) of the transition curve I = a |Umax - U|^eta + c
+    cycle_count: torch.Tensor  # [n] int32
+    in_hrs: torch.Tensor  # [n] bool
+    in_lrs: torch.Tensor  # [n] bool
+
+    def __getitem__(self, cells: slice) -> "CellState":
+        """Views of a range of cells: updating them updates this state."""
+        return CellState(**{f.name: getattr(self, f.name)[cells] for f in dataclasses.fields(self)})
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (getattr(self, f.name) for f in dataclasses.fields(self)))
+
+
+class CellArray:
+    """n independent cells, fresh in their high-resistance state."""
+
+    def __init__(
+        self,
+        n: int,
+        params: DeviceParams | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"CellArray needs a positive number of cells, got {n!r}")
+        if device is None:
+            device = generator.device if generator is not None else "cpu"
+        self.params = p = (params or load_params()).to(device)
+        self.generator = generator
+        self.n = n
+        _, mu_sigma = draw_device_parameters(n, p, generator)
+        x = self._randn(n, N_FEATURES) @ p.var_noise.T
+        history = torch.zeros(n, N_FEATURES * p.var_order, device=p.device)
+        history[:, -N_FEATURES:] = x
+        y = _features(x, mu_sigma, p)
+        self.state = CellState(
+            history=history,
+            mu_sigma=mu_sigma,
+            y=y,
+            r=_r_of_resistance(y[:, HRS], p),
+            reset_threshold=y[:, UR].clone(),
+            reset_coefs=torch.zeros(n, 2, device=p.device),
+            cycle_count=torch.zeros(n, dtype=torch.int32, device=p.device),
+            in_hrs=torch.ones(n, dtype=torch.bool, device=p.device),
+            in_lrs=torch.zeros(n, dtype=torch.bool, device=p.device),
+        )
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def device(self) -> torch.device:
+        return self.params.device
+
+    # Copies of the current cycle's switching features, the cycle count and the state variable r.
+    @property
+    def hrs(self) -> torch.Tensor:
+        return self.state.y[:, HRS].clone()
+
+    @property
+    def us(self) -> torch.Tensor:
+        return self.state.y[:, US].clone()
+
+    @property
+    def lrs(self) -> torch.Tensor:
+        return self.state.y[:, LRS].clone()
+
+    @property
+    def ur(self) -> torch.Tensor:
+        return self.state.y[:, UR].clone()
+
+    @property
+    def cycle_count(self) -> torch.Tensor:
+        return self.state.cycle_count.clone()
+
+    @property
+    def r(self) -> torch.Tensor:
+        return self.state.r.clone()
+
+    def state_bytes(self) -> int:
+        """Bytes of per-cell state held by this array (all cells)."""
+        return self.state.nbytes()
+
+    def apply_voltage(self, u: torch.Tensor | float) -> "CellArray":
+        """Apply one pulse of u volts (scalar, or one per cell): SET where u <= US, RESET where u > UR."""
+        u = self._voltage(u)
+        chunk = self.n if self.device.type == "cuda" else CPU_CHUNK
+        for start in range(0, self.n, chunk):
+            cells = slice(start, start + chunk)
+            state = self.state[cells]
+            innovations = self._randn(state.r.numel(), N_FEATURES)
+            _apply_pulse(state, u if u.ndim == 0 else u[cells], innovations, self.params)
+        return self
+
+    def current(self, u: torch.Tensor | float) -> torch.Tensor:
+        """Noiseless current in A at u volts (scalar or per cell)."""
+        return _current(self.state.r, self._voltage(u), self.params)
+
+    def read(self, u: torch.Tensor | float = 0.2, noise: str | bool = True) -> torch.Tensor:
+        """Current in A at u volts with read noise: a mode name ("physical", "paper", "none") or a bool."""
+        u = self._voltage(u)
+        current = _current(self.state.r, u, self.params)
+        model = read_noise(noise)
+        if model is None:
+            return current
+        return current + model.std(current, u) * self._randn(self.n)
+
+    def resistance(self) -> torch.Tensor:
+        """Noiseless resistance U0 / I(U0) in ohm."""
+        u0 = self.params.u0
+        return u0 / _current(self.state.r, u0, self.params)
+
+    def _voltage(self, u: torch.Tensor | float) -> torch.Tensor:
+        """Volts as float32 on our device: 0-d for one voltage (broadcast, polynomials evaluated once)."""
+        u = torch.as_tensor(u, dtype=torch.float32, device=self.device)
+        if u.ndim != 0 and u.shape != (self.n,):
+            raise ValueError(f"voltage must be a scalar or have shape ({self.n},), got {tuple(u.shape)}")
+        return u
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator, device=self.device)
+
+
+def _apply_pulse(s: CellState, u: torch.Tensor, innovations: torch.Tensor, p: DeviceParams) -> None:
+    """One pulse on the cells of s, updated in place, in the order of the reference.
+
+    Selections use lerp with 0/1 weights (exact for finite values, and much faster than torch.where
+    with a bool mask on the CPU); torch.where only where the unselected branch may be infinite.
+    """
+    set_ = ~s.in_lrs & (u <= s.y[:, US])
+    reset = ~s.in_hrs & (u > s.reset_threshold)
+    full_reset = reset & (u >= p.umax)
+    new_cycle = s.in_lrs & reset
+
+    set_w = set_.float()
+    s.r.lerp_(_r_of_resistance(s.y[:, LRS], p), set_w)
+    s.in_lrs |= set_
+    s.in_hrs &= ~set_
+    s.reset_threshold.lerp_(s.y[:, UR], set_w)
+
+    _next_cycle(s, new_cycle.float(), innovations, p)
+
+    # Transition curve from (UR, I(UR)) in the current state to the new cycle's HRS at Umax. Cells not
+    # starting a curve may divide by zero here (UR = Umax after a full RESET).
+    i_start = _current(s.r, s.reset_threshold, p)
+    i_end = _current(_r_of_resistance(s.y[:, HRS], p), p.umax, p)
+    a = (i_start - i_end) / torch.abs(p.umax - s.reset_threshold) ** p.eta
+    new_curve = (new_cycle & ~full_reset)[:, None]
+    torch.where(new_curve, torch.stack((a, i_end), 1), s.reset_coefs, out=s.reset_coefs)
+
+    s.in_lrs &= ~reset
+    s.reset_threshold.lerp_(u.expand_as(s.reset_threshold), reset.float())
+
+    # A partial RESET moves r along the curve; inverting it divides by zero at 0 V.
+    i_transition = s.reset_coefs[:, 0] * torch.abs(p.umax - u) ** p.eta + s.reset_coefs[:, 1]
+    torch.where(reset & ~full_reset, _r_of_current(i_transition, u, p), s.r, out=s.r)
+
+    s.in_hrs |= full_reset
+    s.r.lerp_(_r_of_resistance(s.y[:, HRS], p), full_reset.float())
+
+
+def _next_cycle(s: CellState, weight: torch.Tensor, innovations: torch.Tensor, p: DeviceParams) -> None:
+    """Start a new cycle where weight is 1: the next VAR vector, shifted into the history, and its features."""
+    x = innovations @ p.var_noise.T + s.history @ p.var_lags.T
+    w = weight[:, None]
+    s.history[:, :-N_FEATURES] = torch.lerp(s.history[:, :-N_FEATURES], s.history[:, N_FEATURES:], w)
+    s.history[:, -N_FEATURES:].lerp_(x, w)
+    s.cycle_count += weight.to(torch.int32)
+    s.y.lerp_(_features(x, s.mu_sigma, p), w)
+
+
+def _features(x: torch.Tensor, mu_sigma: torch.Tensor, p: DeviceParams) -> torch.Tensor:
+    """y = mu + sigma * Gamma(x), with the HRS feature from log10 ohm to ohm."""
+    transformed = torch.zeros_like(x)
+    for column in p.gamma.T:
+        transformed.mul_(x).add_(column)
+    y = torch.addcmul(mu_sigma[:, :N_FEATURES], mu_sigma[:, N_FEATURES:], transformed)
+    y[:, HRS] = 10 ** y[:, HRS]
+    return y
+
+
+def _r_of_resistance(resistance: torch.Tensor, p: DeviceParams) -> torch.Tensor:
+    return (p.g_llrs - 1 / resistance) / (p.g_llrs - p.g_hhrs)
+
+
+def _r_of_current(current: torch.Tensor, u: torch.Tensor, p: DeviceParams) -> torch.Tensor:
+    """The r whose I-V curve passes through (u, current)."""
+    i_hhrs = polyval(p.hhrs, u)
+    i_llrs = polyval(p.llrs, u)
+    return (current - i_llrs) / (i_hhrs - i_llrs)
+
+
+def _current(r: torch.Tensor, u: torch.Tensor | float, p: DeviceParams) -> torch.Tensor:
+    return (1 - r) * polyval(p.llrs, u) + r * polyval(p.hhrs, u)
