@@ -51,19 +51,20 @@ def draw_device_parameters(
 class CellState:
     """Everything a cell remembers, one row per cell (float32 unless noted): 230 bytes at p = 10."""
 
-    history: torch.Tensor  # [n, 4p] the last p feature vectors x, oldest first
-    mu_sigma: torch.Tensor  # [n, 8] device-to-device parameters: mu (4), then sigma (4)
-    y: torch.Tensor  # [n, 4] the current cycle's features HRS (ohm), US (V), LRS (ohm), UR (V)
+    history: torch.Tensor  # [n, 4p] the last p feature vectors x, oldest first (cell-major, for the GEMM)
+    mu_sigma: torch.Tensor  # [8, n] device-to-device parameters: mu (4), then sigma (4)
+    y: torch.Tensor  # [4, n] the current cycle's features HRS (ohm), US (V), LRS (ohm), UR (V)
     r: torch.Tensor  # [n] state variable: 0 on the LLRS boundary, 1 on the HHRS boundary
     reset_threshold: torch.Tensor  # [n] a RESET acts above this voltage
-    reset_coefs: torch.Tensor  # [n, 2] (a, c) of the transition curve I = a |Umax - U|^eta + c
+    reset_coefs: torch.Tensor  # [2, n] (a, c) of the transition curve I = a |Umax - U|^eta + c
     cycle_count: torch.Tensor  # [n] int32
     in_hrs: torch.Tensor  # [n] bool
     in_lrs: torch.Tensor  # [n] bool
 
     def __getitem__(self, cells: slice) -> "CellState":
         """Views of a range of cells: updating them updates this state."""
-        return CellState(**{f.name: getattr(self, f.name)[cells] for f in dataclasses.fields(self)})
+        return CellState(**{name: tensor[cells] if tensor.ndim == 1 or name == "history" else tensor[:, cells]
+                            for name, tensor in vars(self).items()})
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (getattr(self, f.name) for f in dataclasses.fields(self)))
@@ -86,18 +87,18 @@ class CellArray:
         self.params = p = (params or load_params()).to(device)
         self.generator = generator
         self.n = n
-        _, mu_sigma = draw_device_parameters(n, p, generator)
-        x = self._randn(n, N_FEATURES) @ p.var_noise.T
+        mu_sigma = draw_device_parameters(n, p, generator)[1].T.contiguous()
+        x = p.var_noise @ self._randn(N_FEATURES, n)
         history = torch.zeros(n, N_FEATURES * p.var_order, device=p.device)
-        history[:, -N_FEATURES:] = x
+        history[:, -N_FEATURES:] = x.T
         y = _features(x, mu_sigma, p)
         self.state = CellState(
             history=history,
             mu_sigma=mu_sigma,
             y=y,
-            r=_r_of_resistance(y[:, HRS], p),
-            reset_threshold=y[:, UR].clone(),
-            reset_coefs=torch.zeros(n, 2, device=p.device),
+            r=_r_of_resistance(y[HRS], p),
+            reset_threshold=y[UR].clone(),
+            reset_coefs=torch.zeros(2, n, device=p.device),
             cycle_count=torch.zeros(n, dtype=torch.int32, device=p.device),
             in_hrs=torch.ones(n, dtype=torch.bool, device=p.device),
             in_lrs=torch.zeros(n, dtype=torch.bool, device=p.device),
@@ -113,19 +114,19 @@ class CellArray:
     # Copies of the current cycle's switching features, the cycle count and the state variable r.
     @property
     def hrs(self) -> torch.Tensor:
-        return self.state.y[:, HRS].clone()
+        return self.state.y[HRS].clone()
 
     @property
     def us(self) -> torch.Tensor:
-        return self.state.y[:, US].clone()
+        return self.state.y[US].clone()
 
     @property
     def lrs(self) -> torch.Tensor:
-        return self.state.y[:, LRS].clone()
+        return self.state.y[LRS].clone()
 
     @property
     def ur(self) -> torch.Tensor:
-        return self.state.y[:, UR].clone()
+        return self.state.y[UR].clone()
 
     @property
     def cycle_count(self) -> torch.Tensor:
@@ -141,23 +142,28 @@ class CellArray:
 
     def apply_voltage(self, u: torch.Tensor | float) -> "CellArray":
         """Apply one pulse of u volts (scalar, or one per cell): SET where u <= US, RESET where u > UR."""
+        p = self.params
         u = self._voltage(u)
+        at_umax = _boundary_currents(torch.tensor(p.umax, device=p.device), p)
+        at_u = _boundary_currents(u, p) if u.ndim == 0 else None  # one voltage: evaluate once
         chunk = self.n if self.device.type == "cuda" else CPU_CHUNK
         for start in range(0, self.n, chunk):
             cells = slice(start, start + chunk)
             state = self.state[cells]
-            innovations = self._randn(state.r.numel(), N_FEATURES)
-            _apply_pulse(state, u if u.ndim == 0 else u[cells], innovations, self.params)
+            innovations = self._randn(N_FEATURES, state.r.numel())
+            u_cells = u if u.ndim == 0 else u[cells]
+            at_u_cells = at_u if at_u is not None else _boundary_currents(u_cells, p)
+            _apply_pulse(state, u_cells, at_u_cells, at_umax, innovations, p)
         return self
 
     def current(self, u: torch.Tensor | float) -> torch.Tensor:
         """Noiseless current in A at u volts (scalar or per cell)."""
-        return _current(self.state.r, self._voltage(u), self.params)
+        return _current(self.state.r, _boundary_currents(self._voltage(u), self.params))
 
     def read(self, u: torch.Tensor | float = 0.2, noise: str | bool = True) -> torch.Tensor:
         """Current in A at u volts with read noise: a mode name ("physical", "paper", "none") or a bool."""
         u = self._voltage(u)
-        current = _current(self.state.r, u, self.params)
+        current = _current(self.state.r, _boundary_currents(u, self.params))
         model = read_noise(noise)
         if model is None:
             return current
@@ -165,8 +171,8 @@ class CellArray:
 
     def resistance(self) -> torch.Tensor:
         """Noiseless resistance U0 / I(U0) in ohm."""
-        u0 = self.params.u0
-        return u0 / _current(self.state.r, u0, self.params)
+        u0 = torch.tensor(self.params.u0, device=self.device)
+        return u0 / _current(self.state.r, _boundary_currents(u0, self.params))
 
     def _voltage(self, u: torch.Tensor | float) -> torch.Tensor:
         """Volts as float32 on our device: 0-d for one voltage (broadcast, polynomials evaluated once)."""
@@ -179,61 +185,63 @@ class CellArray:
         return torch.randn(*shape, generator=self.generator, device=self.device)
 
 
-def _apply_pulse(s: CellState, u: torch.Tensor, innovations: torch.Tensor, p: DeviceParams) -> None:
-    """One pulse on the cells of s, updated in place, in the order of the reference.
+def _apply_pulse(s: CellState, u: torch.Tensor, at_u: Curves, at_umax: Curves, innovations: torch.Tensor,
+                 p: DeviceParams) -> None:
+    """One pulse of u volts on the cells of s, updated in place, in the order of the reference.
+
+    at_u, at_umax: the boundary currents at u and at Umax; innovations: [4, cells] normal draws.
 
     Selections use lerp with 0/1 weights (exact for finite values, and much faster than torch.where
     with a bool mask on the CPU); torch.where only where the unselected branch may be infinite.
     """
-    set_ = ~s.in_lrs & (u <= s.y[:, US])
+    set_ = ~s.in_lrs & (u <= s.y[US])
     reset = ~s.in_hrs & (u > s.reset_threshold)
     full_reset = reset & (u >= p.umax)
     new_cycle = s.in_lrs & reset
 
     set_w = set_.float()
-    s.r.lerp_(_r_of_resistance(s.y[:, LRS], p), set_w)
+    s.r.lerp_(_r_of_resistance(s.y[LRS], p), set_w)
     s.in_lrs |= set_
     s.in_hrs &= ~set_
-    s.reset_threshold.lerp_(s.y[:, UR], set_w)
+    s.reset_threshold.lerp_(s.y[UR], set_w)
 
     _next_cycle(s, new_cycle.float(), innovations, p)
 
     # Transition curve from (UR, I(UR)) in the current state to the new cycle's HRS at Umax. Cells not
     # starting a curve may divide by zero here (UR = Umax after a full RESET).
-    i_start = _current(s.r, s.reset_threshold, p)
-    i_end = _current(_r_of_resistance(s.y[:, HRS], p), p.umax, p)
+    i_start = _current(s.r, _boundary_currents(s.reset_threshold, p))
+    i_end = _current(_r_of_resistance(s.y[HRS], p), at_umax)
     a = (i_start - i_end) / torch.abs(p.umax - s.reset_threshold) ** p.eta
-    new_curve = (new_cycle & ~full_reset)[:, None]
-    torch.where(new_curve, torch.stack((a, i_end), 1), s.reset_coefs, out=s.reset_coefs)
+    torch.where(new_cycle & ~full_reset, torch.stack((a, i_end)), s.reset_coefs, out=s.reset_coefs)
 
     s.in_lrs &= ~reset
     s.reset_threshold.lerp_(u.expand_as(s.reset_threshold), reset.float())
 
     # A partial RESET moves r along the curve; inverting it divides by zero at 0 V.
-    i_transition = s.reset_coefs[:, 0] * torch.abs(p.umax - u) ** p.eta + s.reset_coefs[:, 1]
-    torch.where(reset & ~full_reset, _r_of_current(i_transition, u, p), s.r, out=s.r)
+    i_transition = s.reset_coefs[0] * torch.abs(p.umax - u) ** p.eta + s.reset_coefs[1]
+    torch.where(reset & ~full_reset, _r_of_current(i_transition, at_u), s.r, out=s.r)
 
     s.in_hrs |= full_reset
-    s.r.lerp_(_r_of_resistance(s.y[:, HRS], p), full_reset.float())
+    s.r.lerp_(_r_of_resistance(s.y[HRS], p), full_reset.float())
 
 
 def _next_cycle(s: CellState, weight: torch.Tensor, innovations: torch.Tensor, p: DeviceParams) -> None:
     """Start a new cycle where weight is 1: the next VAR vector, shifted into the history, and its features."""
-    x = innovations @ p.var_noise.T + s.history @ p.var_lags.T
+    x = p.var_noise @ innovations + (s.history @ p.var_lags.T).T  # [4, cells]
     w = weight[:, None]
     s.history[:, :-N_FEATURES] = torch.lerp(s.history[:, :-N_FEATURES], s.history[:, N_FEATURES:], w)
-    s.history[:, -N_FEATURES:].lerp_(x, w)
+    s.history[:, -N_FEATURES:].lerp_(x.T, w)
     s.cycle_count += weight.to(torch.int32)
-    s.y.lerp_(_features(x, s.mu_sigma, p), w)
+    s.y.lerp_(_features(x, s.mu_sigma, p), weight)
 
 
 def _features(x: torch.Tensor, mu_sigma: torch.Tensor, p: DeviceParams) -> torch.Tensor:
     """y = mu + sigma * Gamma(x), with the HRS feature from log10 ohm to ohm."""
     transformed = torch.zeros_like(x)
     for column in p.gamma.T:
-        transformed.mul_(x).add_(column)
-    y = torch.addcmul(mu_sigma[:, :N_FEATURES], mu_sigma[:, N_FEATURES:], transformed)
-    y[:, HRS] = 10 ** y[:, HRS]
+        transformed.mul_(x).add_(column[:, None])
+    y = torch.addcmul(mu_sigma[:N_FEATURES], mu_sigma[N_FEATURES:], transformed)
+    y[HRS] = 10 ** y[HRS]
     return y
 
 
@@ -241,12 +249,21 @@ def _r_of_resistance(resistance: torch.Tensor, p: DeviceParams) -> torch.Tensor:
     return (p.g_llrs - 1 / resistance) / (p.g_llrs - p.g_hhrs)
 
 
-def _r_of_current(current: torch.Tensor, u: torch.Tensor, p: DeviceParams) -> torch.Tensor:
+Curves = tuple[torch.Tensor, torch.Tensor]
+
+
+def _boundary_currents(u: torch.Tensor, p: DeviceParams) -> Curves:
+    """Currents of the two boundary states at u volts: (LLRS, HHRS)."""
+    return polyval(p.llrs, u), polyval(p.hhrs, u)
+
+
+def _r_of_current(current: torch.Tensor, at_u: Curves) -> torch.Tensor:
     """The r whose I-V curve passes through (u, current)."""
-    i_hhrs = polyval(p.hhrs, u)
-    i_llrs = polyval(p.llrs, u)
+    i_llrs, i_hhrs = at_u
     return (current - i_llrs) / (i_hhrs - i_llrs)
 
 
-def _current(r: torch.Tensor, u: torch.Tensor | float, p: DeviceParams) -> torch.Tensor:
-    return (1 - r) * polyval(p.llrs, u) + r * polyval(p.hhrs, u)
+def _current(r: torch.Tensor, at_u: Curves) -> torch.Tensor:
+    """The I-V mixture of the two boundary states at state r."""
+    i_llrs, i_hhrs = at_u
+    return (1 - r) * i_llrs + r * i_hhrs

@@ -55,7 +55,7 @@ def make_pair(n, p, device, monkeypatch, seed=0):
     k = np.searchsorted(np.cumsum(ours.params.gmm_weights.cpu().numpy()) / ours.params.gmm_weights.sum().item(),
                         uniform)
     # The reference draws innovations [4, n], the component uniforms, then per component [8, n_k].
-    server.queue = [epsilon.T, uniform] + [z[k == kk].T for kk in range(ours.params.gmm_weights.numel())]
+    server.queue = [epsilon, uniform] + [z[k == kk].T for kk in range(ours.params.gmm_weights.numel())]
     theirs = ReferenceCells(n, p=p)
     assert not server.queue
     return ours, theirs, recorder, server
@@ -70,10 +70,10 @@ def assert_same_state(ours, theirs, label):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name} after {label}")
 
     state = ours.state
-    close("features y", state.y.T, ref.y)
+    close("features y", state.y, ref.y)
     close("r", state.r, ref.r, atol=1e-5)
     close("reset threshold", state.reset_threshold, ref.UR)
-    close("reset coefficients", state.reset_coefs.T, ref.resetCoefs, atol=1e-9)
+    close("reset coefficients", state.reset_coefs, ref.resetCoefs, atol=1e-9)
     close("VAR history", state.history.T, ref.Xhat[4:], atol=1e-5)
     assert p * 4 == ref.Xhat.shape[0] - 4
     for name, theirs_ in (("cycle count", ref.n), ("inHRS", ref.inHRS), ("inLRS", ref.inLRS)):
@@ -101,8 +101,8 @@ def test_matches_reference_step_by_step(p, device, monkeypatch):
     for label, voltage in scripted_voltages(n):
         u = torch.as_tensor(voltage, dtype=torch.float32).to(device) if isinstance(voltage, np.ndarray) else voltage
         ours.apply_voltage(u)
-        epsilon = np.concatenate(recorder.take())  # one draw per chunk of cells
-        server.queue = [epsilon.T]  # used only when some cell starts a new cycle, as the reference draws
+        epsilon = np.concatenate(recorder.take(), axis=1)  # one draw per chunk of cells
+        server.queue = [epsilon]  # used only when some cell starts a new cycle, as the reference draws
         theirs.apply_voltage(voltage)
         server.queue.clear()
         assert_same_state(ours, theirs, label)
