@@ -21,7 +21,7 @@ import dataclasses
 import torch
 
 from memsim.noise import read_noise
-from memsim.params import N_FEATURES, DeviceParams, load_params, polyval
+from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
 
 HRS, US, LRS, UR = range(N_FEATURES)
 CPU_CHUNK = 1 << 16  # cells per step on the CPU; CUDA takes the whole array at once
@@ -84,7 +84,7 @@ class CellArray:
             raise ValueError(f"CellArray needs a positive number of cells, got {n!r}")
         if device is None:
             device = generator.device if generator is not None else "cpu"
-        self.params = p = (params or load_params()).to(device)
+        self.params = p = (params or cached_params()).to(device)
         self.generator = generator
         self.n = n
         mu_sigma = draw_device_parameters(n, p, generator)[1].T.contiguous()

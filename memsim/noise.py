@@ -18,12 +18,14 @@ class ReadNoise:
     charge: float  # C, the carrier charge of the shot-noise term
     temperature: float = 300.0  # K
 
-    def variance_per_amp(self, voltage: torch.Tensor | float) -> torch.Tensor | float:
-        """Noise variance divided by |I|: linear in the current, so a crossbar sums it with a GEMM."""
-        return self.bandwidth * (4 * BOLTZMANN * self.temperature / abs_safe(voltage) + 2 * self.charge)
+    def variance_per_siemens(self, voltage: torch.Tensor | float) -> torch.Tensor | float:
+        """Noise variance divided by the cell's chord conductance |I/U|: BW (4 kB T + 2 q |U|).
+
+        Linear in the conductance, so the variance of a crossbar column is a matrix product."""
+        return self.bandwidth * (4 * BOLTZMANN * self.temperature + 2 * self.charge * abs(voltage))
 
     def std(self, current: torch.Tensor, voltage: torch.Tensor | float) -> torch.Tensor:
-        return torch.sqrt(current.abs() * self.variance_per_amp(voltage))
+        return torch.sqrt(current.abs() / abs_safe(voltage) * self.variance_per_siemens(voltage))
 
 
 def abs_safe(voltage: torch.Tensor | float) -> torch.Tensor | float:

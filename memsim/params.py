@@ -7,6 +7,7 @@ switching cycles); it is located through importlib.resources, never copied.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -95,6 +96,12 @@ def load_params(path: str | Path | None = None, p: int = MAX_VAR_ORDER) -> Devic
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a JSON object of named parameters")
     return _params_from_json(raw, path, p)
+
+
+@functools.lru_cache(maxsize=8)
+def cached_params(path: str | None = None, p: int = MAX_VAR_ORDER) -> DeviceParams:
+    """load_params, read once per file and VAR order (the result is never modified)."""
+    return load_params(path, p)
 
 
 def _params_from_json(raw: dict, path: Path, p: int) -> DeviceParams:

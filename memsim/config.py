@@ -1,0 +1,91 @@
+"""CrossbarConfig: everything that defines a simulated crossbar chip, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from memsim.noise import READ_NOISE_MODES
+from memsim.params import MAX_VAR_ORDER
+
+# The paper's ADC settings (precision bits p, range bits r): step 2^-p, clipping at +-2^(r-1).
+ADC_PRESETS = {"high_precision": (8, 10), "reasonable": (4, 4)}
+DEVICES = ("synaptogen", "ideal")
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossbarConfig:
+    weight_bits: float = 3  # 1.5 (ternary) or an integer 2..8; symmetric levels +-(2^(b-1)-1)
+    tile_size: int = 128  # rows and columns of one crossbar array
+    dac_bits: int | None = 8  # input quantization, symmetric; None: ideal DAC
+    v_read: float = 0.6  # volts of a full-scale input
+    adc_precision_bits: int | None = 8  # step 2^-p in units of one programmed pair at v_read; None: ideal ADC
+    adc_range_bits: int | None = 10  # clip at +-2^(r-1); None: no clipping
+    read_noise: str = "physical"  # "physical" | "paper" | "none"
+    device: str = "synaptogen"  # "synaptogen" | "ideal" (binary conductances, linear I-V, no noise)
+    set_voltage: float = -2.0  # SET pulse for the cells that store 1 (the paper: -2 V)
+    reset_voltage: float = 2.0  # full RESET of every cell before programming (the paper: +2 V)
+    random_cycles: int = 0  # before programming, each cell runs a uniform 0..N full cycles (the paper's option)
+    verify_retries: int = 3  # re-SET cells that did not switch, each time verify_step volts stronger
+    verify_step: float = -0.25
+    var_order: int = MAX_VAR_ORDER  # VAR order p of the device model
+    params_path: str | None = None  # Synaptogen parameter JSON; None: the synaptogen package's
+
+    def __post_init__(self):
+        def fail(field: str, requirement: str):
+            raise ValueError(f"CrossbarConfig.{field} must be {requirement}, got {getattr(self, field)!r}")
+
+        bits = self.weight_bits
+        if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not (
+            bits == 1.5 or (float(bits).is_integer() and 2 <= bits <= 8)
+        ):
+            fail("weight_bits", "1.5 (ternary) or an integer from 2 to 8")
+        if not _is_int(self.tile_size) or self.tile_size < 1:
+            fail("tile_size", "a positive integer")
+        if self.dac_bits is not None and (not _is_int(self.dac_bits) or not 2 <= self.dac_bits <= 24):
+            fail("dac_bits", "an integer from 2 to 24, or None for an ideal DAC")
+        if not isinstance(self.v_read, (int, float)) or not 0 < self.v_read <= 1.5:
+            fail("v_read", "a voltage in (0, 1.5]")
+        if self.adc_precision_bits is not None and (
+            not _is_int(self.adc_precision_bits) or not 0 <= self.adc_precision_bits <= 24
+        ):
+            fail("adc_precision_bits", "an integer from 0 to 24, or None for an ideal ADC")
+        if self.adc_range_bits is not None and (not _is_int(self.adc_range_bits) or not 1 <= self.adc_range_bits <= 32):
+            fail("adc_range_bits", "an integer from 1 to 32, or None for no clipping")
+        if self.read_noise not in READ_NOISE_MODES:
+            fail("read_noise", f"one of {sorted(READ_NOISE_MODES)}")
+        if self.device not in DEVICES:
+            fail("device", f"one of {list(DEVICES)}")
+        if not isinstance(self.set_voltage, (int, float)) or self.set_voltage >= 0:
+            fail("set_voltage", "a negative voltage")
+        if not isinstance(self.reset_voltage, (int, float)) or self.reset_voltage <= 0:
+            fail("reset_voltage", "a positive voltage")
+        if not _is_int(self.random_cycles) or self.random_cycles < 0:
+            fail("random_cycles", "a non-negative integer")
+        if not _is_int(self.verify_retries) or self.verify_retries < 0:
+            fail("verify_retries", "a non-negative integer")
+        if not isinstance(self.verify_step, (int, float)) or self.verify_step > 0:
+            fail("verify_step", "a voltage <= 0 (each retry SETs harder)")
+        if not _is_int(self.var_order) or not 1 <= self.var_order <= MAX_VAR_ORDER:
+            fail("var_order", f"an integer from 1 to {MAX_VAR_ORDER}")
+
+    @property
+    def max_level(self) -> int:
+        """Largest integer weight magnitude: 2^(b-1) - 1 (1 for ternary)."""
+        return 1 if self.weight_bits == 1.5 else 2 ** (int(self.weight_bits) - 1) - 1
+
+    @property
+    def planes(self) -> int:
+        """Binary bit planes of the magnitude (b - 1; 1 for ternary)."""
+        return max(1, math.ceil(math.log2(self.max_level + 1)))
+
+    def with_adc(self, preset: str) -> "CrossbarConfig":
+        """This config with one of the paper's ADC presets: "high_precision" (8, 10) or "reasonable" (4, 4)."""
+        if preset not in ADC_PRESETS:
+            raise ValueError(f"unknown ADC preset {preset!r}; choose one of {sorted(ADC_PRESETS)}")
+        precision, range_ = ADC_PRESETS[preset]
+        return dataclasses.replace(self, adc_precision_bits=precision, adc_range_bits=range_)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,189 @@
+"""Crossbar tiles: weight mapping onto binary cells, programming, and the exact GEMM read.
+
+A weight matrix [out, in] becomes integers q in +-max_level, whose magnitudes are split into binary bit
+planes; each plane is a differential pair of arrays (positive weights in one, negative in the other),
+cut into tiles of tile_size rows (inputs) and columns (outputs), zero-padded. A cell storing 1 is SET
+to LRS, a cell storing 0 stays in HRS. Programming keeps only the state variable r of each cell.
+
+Reading is linear in r. A cell's chord conductance at voltage v is g(v; r) = base(v) + r delta(v), with
+base and delta polynomials in v (from the two boundary I-V curves, which pass through the origin). So
+a column current is sum_i v_i g(v_i; r_i) and, since Johnson + shot noise has variance
+BW (4 kB T + 2 q |v|) g, so is the column's noise variance: each a matrix product over the tile's rows.
+One Gaussian per column output is then exact in distribution (the cells' noise is independent); no
+per-cell current is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from memsim.config import CrossbarConfig
+from memsim.device import HRS, LRS, CellArray
+from memsim.noise import ReadNoise, read_noise
+from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
+
+PROGRAM_CHUNK = 1 << 22  # cells programmed at once: bounds the device model's 230 bytes/cell of state
+
+
+def device_params(config: CrossbarConfig) -> DeviceParams:
+    return cached_params(config.params_path, config.var_order)
+
+
+class ReadModel:
+    """The cell read-out of one device kind: g(v; r) = base(v) + r delta(v), noise, and calibration."""
+
+    def __init__(self, config: CrossbarConfig):
+        self.noise: ReadNoise | None = None
+        if config.device == "ideal":
+            # Perfect binary cells: r = 0 conducts G_on, r = 1 nothing; linear I-V; no noise.
+            g_on = torch.tensor([1 / 4500.0])
+            self.base, self.delta = g_on, -g_on
+            self.r_on, self.r_off = 0.0, 1.0
+        else:
+            params = device_params(config)
+            self.base = _divide_by_v(params.llrs, "LLRS", params.path)
+            self.delta = _divide_by_v(_pad_like(params.hhrs, params.llrs) - _pad_like(params.llrs, params.hhrs),
+                                      "HHRS - LLRS", params.path)
+            r_lrs, r_hrs = nominal_r(params)
+            self.r_on, self.r_off = r_lrs, r_hrs
+            self.noise = read_noise(config.read_noise)
+        v = torch.tensor(config.v_read)
+        # One programmed pair (LRS against HRS) at a full-scale input reads as 1 after calibration.
+        self.unit_current = float(v * polyval(self.delta, v) * (self.r_on - self.r_off))
+
+    def conductances(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """base(v) and delta(v), elementwise."""
+        return polyval(self.base.to(v.device), v), polyval(self.delta.to(v.device), v)
+
+
+def nominal_r(params: DeviceParams) -> tuple[float, float]:
+    """r of the nominal LRS and HRS: the features at the mixture's mean parameters and x = 0."""
+    weights = params.gmm_weights / params.gmm_weights.sum()
+    mu, sigma = (weights[:, None] * params.gmm_means).sum(0).split(N_FEATURES)
+    features = mu + sigma * params.gamma[:, -1]
+    r = [(params.g_llrs - 1 / resistance) / (params.g_llrs - params.g_hhrs)
+         for resistance in (float(features[LRS]), 10 ** float(features[HRS]))]
+    return r[0], r[1]
+
+
+def _pad_like(poly: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Left-pad a highest-power-first polynomial with zeros to the longer of the two lengths."""
+    return torch.nn.functional.pad(poly, (max(0, other.numel() - poly.numel()), 0))
+
+
+def _divide_by_v(poly: torch.Tensor, name: str, path: str) -> torch.Tensor:
+    if poly[-1] != 0:
+        raise ValueError(f"{path}: the {name} I-V polynomial must pass through 0 A at 0 V "
+                         f"(constant term {float(poly[-1])!r}) to define a chord conductance")
+    return poly[:-1]
+
+
+def integer_weights(weight: torch.Tensor, max_level: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor symmetric quantization: q = round(W / s) in +-max_level with s = max|W| / max_level."""
+    scale = weight.detach().abs().amax().clamp_min(torch.finfo(weight.dtype).tiny) / max_level
+    return torch.round(weight.detach() / scale).clamp_(-max_level, max_level), scale
+
+
+def bit_planes(q: torch.Tensor, planes: int, tile_size: int) -> torch.Tensor:
+    """Binary cell contents [2 (positive, negative), in_padded, planes, out] of integer weights q [out, in]."""
+    out_features, in_features = q.shape
+    padded = math.ceil(in_features / tile_size) * tile_size
+    magnitude = q.abs().to(torch.int64).T  # [in, out]
+    bits = torch.stack([(magnitude >> k) & 1 for k in range(planes)], dim=1).bool()  # [in, planes, out]
+    cells = torch.zeros(2, padded, planes, out_features, dtype=torch.bool, device=q.device)
+    positive = (q.T > 0)[:, None, :]
+    cells[0, :in_features] = bits & positive
+    cells[1, :in_features] = bits & ~positive
+    return cells
+
+
+def program(cells_on: torch.Tensor, config: CrossbarConfig,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """Program binary contents into fresh cells; returns r (same shape, float32) and the failed-cell count.
+
+    Per chunk of cells: optional random cycling, full RESET, SET of the ones, then verify and re-SET
+    what did not switch (the SET threshold's tail), each retry verify_step volts harder.
+    """
+    if config.device == "ideal":
+        return torch.where(cells_on, 0.0, 1.0), 0
+    flat_on = cells_on.reshape(-1)
+    r = torch.empty(flat_on.shape, device=flat_on.device)
+    params = device_params(config).to(flat_on.device)
+    r_lrs, r_hrs = nominal_r(params)
+    r_threshold = (r_lrs + r_hrs) / 2
+    failed = 0
+    for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
+        on = flat_on[start:start + PROGRAM_CHUNK]
+        cells = CellArray(on.numel(), params=params, generator=generator, device=on.device)
+        _random_cycles(cells, config, generator)
+        cells.apply_voltage(config.reset_voltage)
+        for attempt in range(config.verify_retries + 1):
+            todo = on & (cells.r > r_threshold)
+            if attempt > 0 and not bool(todo.any()):  # programming is not a hot loop: a sync is fine
+                break
+            cells.apply_voltage(torch.where(todo, config.set_voltage + attempt * config.verify_step, 0.0))
+        r[start:start + on.numel()] = cells.r
+        failed += int((on & (cells.r > r_threshold)).sum())
+    return r.view(cells_on.shape), failed
+
+
+def _random_cycles(cells: CellArray, config: CrossbarConfig, generator: torch.Generator | None) -> None:
+    if config.random_cycles == 0:
+        return
+    counts = torch.randint(0, config.random_cycles + 1, (cells.n,), generator=generator, device=cells.device)
+    for cycle in range(config.random_cycles):
+        active = counts > cycle
+        cells.apply_voltage(torch.where(active, config.set_voltage, 0.0))
+        cells.apply_voltage(torch.where(active, config.reset_voltage, 0.0))
+
+
+def dac(x: torch.Tensor, input_range: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
+    """Inputs to voltages: scaled by the input range into [-1, 1], quantized symmetrically, times v_read."""
+    x = (x / input_range).clamp(-1, 1)
+    if config.dac_bits is not None:
+        levels = 2 ** (config.dac_bits - 1) - 1
+        x = torch.round(x * levels) / levels
+    return x * config.v_read
+
+
+def adc(y: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
+    """Calibrated column outputs quantized with step 2^-p and clipped at +-2^(r-1)."""
+    if config.adc_precision_bits is not None:
+        step = 2.0 ** -config.adc_precision_bits
+        y = torch.round(y / step) * step
+    if config.adc_range_bits is not None:
+        limit = 2.0 ** (config.adc_range_bits - 1)
+        y = y.clamp(-limit, limit)
+    return y
+
+
+def crossbar_matmul(v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: CrossbarConfig,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Read voltages v [B, in] through programmed tiles r [2, in_padded, planes, out].
+
+    Returns sum over planes 2^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
+    product with v / v_read, as the hardware computes it, [B, out].
+    """
+    _, in_padded, planes, out_features = r.shape
+    v = torch.nn.functional.pad(v, (0, in_padded - v.shape[-1]))
+    base, delta = model.conductances(v)
+    difference = (r[0] - r[1]).reshape(in_padded, planes * out_features)
+    noise = model.noise
+    if noise is not None:
+        total = (r[0] + r[1]).reshape(in_padded, planes * out_features)
+        weight = noise.variance_per_siemens(v)
+    plane_values = 2.0 ** torch.arange(planes, device=v.device, dtype=v.dtype)[:, None]
+    result = v.new_zeros(v.shape[0], out_features)
+    for rows in (slice(start, start + config.tile_size) for start in range(0, in_padded, config.tile_size)):
+        # I_pos - I_neg: the base conductance is common to both arrays and cancels.
+        current = (v[:, rows] * delta[:, rows]) @ difference[rows]
+        if noise is not None:
+            variance = (weight[:, rows] * delta[:, rows]) @ total[rows]
+            variance += 2 * (weight[:, rows] * base[:, rows]).sum(1, keepdim=True)
+            current += variance.clamp_min(0).sqrt() * torch.randn(current.shape, generator=generator,
+                                                                  device=current.device, dtype=current.dtype)
+        quantized = adc(current / model.unit_current, config).view(-1, planes, out_features)
+        result += (quantized * plane_values).sum(1)
+    return result

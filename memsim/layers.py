@@ -1,0 +1,81 @@
+"""MemristorLinear: an nn.Linear whose matrix product runs on simulated crossbar tiles."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from memsim.config import CrossbarConfig
+from memsim.crossbar import ReadModel, bit_planes, crossbar_matmul, dac, integer_weights, program
+
+
+class MemristorLinear(nn.Module):
+    """y = crossbar(DAC(x)) * input_range * weight_scale + bias, with the bias added digitally.
+
+    Buffers (saved by state_dict, so a programmed chip can be stored and restored exactly):
+    `r` [2, in_padded, planes, out], the state variable of every positive/negative cell;
+    `weight_scale`; `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
+    `failed_cells`, the cells that would not SET.
+    """
+
+    def __init__(self, in_features: int, out_features: int, config: CrossbarConfig, bias: bool = True,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.config = in_features, out_features, config
+        self.generator = generator  # read noise; None: torch's default generator
+        padded = math.ceil(in_features / config.tile_size) * config.tile_size
+        self.register_buffer("r", torch.ones(2, padded, config.planes, out_features))
+        self.register_buffer("weight_scale", torch.ones(()))
+        self.register_buffer("input_range", torch.zeros(()))
+        self.register_buffer("failed_cells", torch.zeros((), dtype=torch.int64))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.read_model = ReadModel(config)
+        self.calibrating = False
+
+    @classmethod
+    def from_linear(cls, linear: nn.Module, config: CrossbarConfig,
+                    generator: torch.Generator | None = None) -> "MemristorLinear":
+        """Map and program a trained layer: a plain nn.Linear (per-tensor scale max|W| / max_level), or a
+        quantization-aware linear exposing integer_weight(), weight_scale and input_scale, input_bits."""
+        weight = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, generator)
+        layer.to(weight.device)
+        if hasattr(linear, "integer_weight"):
+            q = linear.integer_weight().detach()
+            scale = torch.as_tensor(linear.weight_scale).detach()
+            if q.abs().max() > config.max_level:
+                raise ValueError(f"the layer's integer weights reach {int(q.abs().max())}, beyond the "
+                                 f"{config.weight_bits}-bit crossbar's +-{config.max_level}")
+            # The activation quantizer's full scale maps to v_read: a DAC of input_bits reproduces it.
+            layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * (2 ** (linear.input_bits - 1) - 1))
+        else:
+            q, scale = integer_weights(weight, config.max_level)
+        r, failed = program(bit_planes(q, config.planes, config.tile_size), config, generator)
+        layer.r.copy_(r)
+        layer.weight_scale.copy_(scale)
+        layer.failed_cells.fill_(failed)
+        if layer.bias is not None:
+            layer.bias.data.copy_(linear.bias.detach())
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, self.in_features).float()
+        batch_range = x.detach().abs().amax().clamp_min(torch.finfo(x.dtype).tiny)
+        if self.calibrating:
+            self.input_range.copy_(torch.maximum(self.input_range, batch_range))
+        input_range = torch.where(self.input_range > 0, self.input_range, batch_range)
+        v = dac(x, input_range, self.config)
+        y = crossbar_matmul(v, self.r, self.read_model, self.config, self.generator)
+        y = y * (input_range * self.weight_scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"in_features={self.in_features}, out_features={self.out_features}, weight_bits={c.weight_bits}, "
+                f"device={c.device}, tile_size={c.tile_size}, dac_bits={c.dac_bits}, "
+                f"adc=({c.adc_precision_bits}, {c.adc_range_bits}), read_noise={c.read_noise}")

@@ -1,0 +1,229 @@
+"""Crossbar mapping and reads: exact in the ideal limit, and equal in distribution to a per-cell read."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import memsim
+from memsim.crossbar import adc, dac, integer_weights
+
+IDEAL = memsim.CrossbarConfig(device="ideal", dac_bits=None, adc_precision_bits=None, adc_range_bits=None)
+
+
+def fake_quantized(linear, bits):
+    q, scale = integer_weights(linear.weight, memsim.CrossbarConfig(weight_bits=bits).max_level)
+    return lambda x: x @ (q * scale).T + linear.bias.detach()
+
+
+@pytest.mark.parametrize("bits", [1.5, 2, 3, 5, 8])
+def test_ideal_crossbar_reproduces_the_fake_quantized_layer(bits, device):
+    torch.manual_seed(0)
+    linear = nn.Linear(300, 70).to(device)  # 300 inputs: three tiles, the last zero-padded
+    layer = memsim.MemristorLinear.from_linear(linear, memsim.CrossbarConfig(**{**vars(IDEAL), "weight_bits": bits}))
+    x = torch.randn(5, 9, 300, device=device)
+    expected = fake_quantized(linear, bits)(x)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_three_bit_weights_use_four_cells_each():
+    layer = memsim.MemristorLinear.from_linear(nn.Linear(128, 128), IDEAL)
+    assert layer.r.numel() == 4 * 128 * 128
+    assert memsim.CrossbarConfig(weight_bits=8).planes == 7 and memsim.CrossbarConfig(weight_bits=1.5).planes == 1
+
+
+def per_cell_read(layer, x, noise, reads=1):
+    """Brute force: every cell read by the device model itself at its own row voltage, then summed."""
+    config = layer.config
+    two, in_padded, planes, out = layer.r.shape
+    batch = x.shape[0]
+    cells = memsim.CellArray(batch * layer.r.numel())
+    cells.state.r.copy_(layer.r.reshape(-1).repeat(batch))
+    return torch.stack([_sum_cells(layer, x, cells, noise) for _ in range(reads)])
+
+
+def _sum_cells(layer, x, cells, noise):
+    config = layer.config
+    two, in_padded, planes, out = layer.r.shape
+    batch = x.shape[0]
+    input_range = x.abs().amax() if float(layer.input_range) == 0 else layer.input_range
+    v = nn.functional.pad(dac(x, input_range, config), (0, in_padded - x.shape[-1]))
+    u = v[:, None, :, None, None].expand(batch, two, in_padded, planes, out).reshape(-1)
+    current = cells.read(u, noise=noise).view(batch, two, in_padded, planes, out)
+    column = (current[:, 0] - current[:, 1]).view(batch, -1, config.tile_size, planes, out).sum(2)  # per tile
+    column = adc(column / layer.read_model.unit_current, config)
+    shift_add = (column.sum(1) * 2.0 ** torch.arange(planes)[:, None]).sum(1)
+    return shift_add * input_range * layer.weight_scale + layer.bias
+
+
+@pytest.mark.parametrize("adc_bits", [(None, None), (4, 10)])
+def test_gemm_read_matches_per_cell_read_in_distribution(adc_bits):
+    torch.manual_seed(1)
+    config = memsim.CrossbarConfig(tile_size=16, read_noise="paper", adc_precision_bits=adc_bits[0],
+                                   adc_range_bits=adc_bits[1])
+    layer = memsim.MemristorLinear.from_linear(nn.Linear(40, 6), config, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, 40)
+    reads = 600
+    ours = torch.stack([layer(x) for _ in range(reads)])
+    brute = per_cell_read(layer, x, "paper", reads)
+    pooled_std = torch.sqrt((ours.var(0) + brute.var(0)) / 2)
+    assert float(pooled_std.min()) > 0
+    # Means agree within 4 standard errors; standard deviations within 15 %.
+    assert bool(((ours.mean(0) - brute.mean(0)).abs() <= 4 * pooled_std * math.sqrt(2 / reads)).all())
+    torch.testing.assert_close(ours.std(0), brute.std(0), rtol=0.15, atol=0)
+
+
+def test_noiseless_gemm_read_equals_per_cell_read_exactly():
+    config = memsim.CrossbarConfig(tile_size=16, read_noise="none", adc_precision_bits=None, adc_range_bits=None)
+    layer = memsim.MemristorLinear.from_linear(nn.Linear(40, 6), config, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, 40)
+    torch.testing.assert_close(layer(x), per_cell_read(layer, x, "none")[0], rtol=1e-5, atol=1e-6)
+
+
+def test_adc_steps_and_clipping():
+    config = memsim.CrossbarConfig().with_adc("reasonable")  # step 1/16, clip at +-8
+    y = torch.tensor([0.03, 0.0313, -0.0937, 7.99, 8.2, -100.0])
+    torch.testing.assert_close(adc(y, config), torch.tensor([0.0, 0.0625, -0.0625, 8.0, 8.0, -8.0]))
+    high = memsim.CrossbarConfig().with_adc("high_precision")
+    assert (high.adc_precision_bits, high.adc_range_bits) == (8, 10)
+    torch.testing.assert_close(adc(torch.tensor([1000.0, 0.5 + 2**-10]), high), torch.tensor([512.0, 0.5]))
+
+
+def test_reasonable_adc_clips_large_column_sums():
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 4)
+    nn.init.constant_(linear.weight, 1.0)  # every column sums all inputs: far beyond +-8
+    config = memsim.CrossbarConfig(**{**vars(IDEAL), "adc_precision_bits": 4, "adc_range_bits": 4})
+    layer = memsim.MemristorLinear.from_linear(linear, config)
+    x = torch.ones(2, 128)
+    # Each of the 2 planes of the 3-bit weight 3 saturates at 8: (8 + 2 * 8) * range * scale.
+    expected = 24 * 1.0 * float(layer.weight_scale) + linear.bias
+    torch.testing.assert_close(layer(x), expected.expand(2, 4))
+
+
+def test_seeds_reproduce_a_chip_and_different_seeds_differ():
+    linear = nn.Linear(64, 32)
+    chips = [memsim.MemristorLinear.from_linear(linear, memsim.CrossbarConfig(), torch.Generator().manual_seed(s))
+             for s in (7, 7, 8)]
+    assert torch.equal(chips[0].r, chips[1].r) and not torch.equal(chips[0].r, chips[2].r)
+
+
+def test_paper_noise_is_larger_than_physical_by_the_expected_factor():
+    torch.manual_seed(3)
+    linear = nn.Linear(128, 16)
+    x = torch.rand(4, 128)
+
+    def output_std(noise):
+        config = memsim.CrossbarConfig(read_noise=noise, adc_precision_bits=None, adc_range_bits=None)
+        layer = memsim.MemristorLinear.from_linear(linear, config, torch.Generator().manual_seed(0))
+        return torch.stack([layer(x) for _ in range(300)]).std(0).mean()
+
+    ratio = float(output_std("paper") / output_std("physical"))
+    physical, paper = memsim.READ_NOISE_MODES["physical"], memsim.READ_NOISE_MODES["paper"]
+    # At 0.6 V shot noise dominates both modes; the ratio lies between the shot-only and the 0.2 V figure.
+    shot_only = math.sqrt(paper.charge * paper.bandwidth / (physical.charge * physical.bandwidth))
+    assert 0.8 * shot_only < ratio < 1.1 * math.sqrt(paper.variance_per_siemens(0.6) / physical.variance_per_siemens(0.6))
+
+
+def test_state_dict_restores_a_programmed_chip_exactly():
+    linear = nn.Linear(50, 20)
+    config = memsim.CrossbarConfig(read_noise="none")
+    chip = memsim.convert(nn.Sequential(linear), config, generator=torch.Generator().manual_seed(1))
+    other = memsim.convert(nn.Sequential(nn.Linear(50, 20)), config, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(4, 50)
+    assert not torch.equal(chip(x), other(x))
+    other.load_state_dict(chip.state_dict())
+    assert torch.equal(chip(x), other(x)) and torch.equal(chip[0].r, other[0].r)
+
+
+def test_failed_sets_are_retried_and_counted():
+    linear = nn.Linear(64, 64)
+    weak = memsim.CrossbarConfig(set_voltage=-0.6, verify_retries=0)  # above most cells' SET threshold
+    assert int(memsim.MemristorLinear.from_linear(linear, weak).failed_cells) > 1000
+    retried = memsim.CrossbarConfig(set_voltage=-0.6, verify_retries=4, verify_step=-0.4)
+    assert int(memsim.MemristorLinear.from_linear(linear, retried).failed_cells) == 0
+
+
+def test_random_cycling_before_programming_still_programs():
+    linear = nn.Linear(32, 8)
+    config = memsim.CrossbarConfig(random_cycles=3, read_noise="none", adc_precision_bits=None, adc_range_bits=None)
+    layer = memsim.MemristorLinear.from_linear(linear, config, torch.Generator().manual_seed(0))
+    x = torch.randn(4, 32)
+    error = (layer(x) - fake_quantized(linear, 3)(x)).norm() / fake_quantized(linear, 3)(x).norm()
+    assert int(layer.failed_cells) == 0 and float(error) < 0.3
+
+
+class QuantLinear(nn.Linear):
+    """Stands in for the project's quantization-aware linear: integer weights and input scale of its own."""
+
+    input_bits = 8
+
+    def __init__(self):
+        super().__init__(20, 5)
+        self.weight_scale = torch.tensor(0.05)
+        self.input_scale = torch.tensor(0.02)
+
+    def integer_weight(self):
+        return torch.round(self.weight / self.weight_scale).clamp(-3, 3)
+
+    def forward(self, x):
+        x = torch.round(x / self.input_scale).clamp(-127, 127) * self.input_scale
+        return x @ (self.integer_weight() * self.weight_scale).T + self.bias
+
+
+def test_quantization_aware_layer_maps_exactly():
+    torch.manual_seed(0)
+    qat = QuantLinear()
+    config = memsim.CrossbarConfig(**{**vars(IDEAL), "dac_bits": 8})
+    layer = memsim.MemristorLinear.from_linear(qat, config)
+    x = torch.randn(6, 20)
+    torch.testing.assert_close(layer(x), qat(x), rtol=1e-5, atol=1e-5)
+    assert float(layer.input_range) == pytest.approx(0.02 * 127)
+
+
+def test_convert_nested_model_with_include_and_exclude():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.ReLU(), nn.Linear(8, 8)), nn.Linear(8, 2))
+    converted = memsim.convert(model, IDEAL, exclude=["2"])
+    assert isinstance(converted[0], memsim.MemristorLinear) and isinstance(converted[1][1], memsim.MemristorLinear)
+    assert type(converted[2]) is nn.Linear
+    only = memsim.convert(nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 8))), IDEAL, include="1.*")
+    assert type(only[0]) is nn.Linear and isinstance(only[1][0], memsim.MemristorLinear)
+    rows = memsim.summary(converted)
+    assert [r["layer"] for r in rows] == ["0", "1.1", "total"]
+    assert rows[-1]["cells"] == 2 * (2 * 2 * 128 * 128) and rows[-1]["adc_conversions"] == 2 * 2 * 8
+
+
+def test_calibrate_sets_input_ranges_from_batches():
+    model = memsim.convert(nn.Sequential(nn.Linear(4, 4)), IDEAL)
+    memsim.calibrate(model, [torch.ones(2, 4), 3 * torch.ones(1, 4)])
+    assert float(model[0].input_range) == 3.0
+    # A calibrated layer clips larger inputs at its range.
+    assert torch.allclose(model(10 * torch.ones(1, 4)), model(3 * torch.ones(1, 4)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("weight_bits", 2.5, "1.5 \\(ternary\\) or an integer"),
+    ("weight_bits", 9, "from 2 to 8"),
+    ("tile_size", 0, "positive integer"),
+    ("dac_bits", 1, "from 2 to 24"),
+    ("v_read", 2.0, "\\(0, 1.5\\]"),
+    ("read_noise", "loud", "one of"),
+    ("device", "pcm", "synaptogen"),
+    ("set_voltage", 1.0, "negative"),
+    ("var_order", 11, "from 1 to 10"),
+])
+def test_bad_config_is_named(field, value, message):
+    with pytest.raises(ValueError, match=f"CrossbarConfig.{field} must be .*{message}.*got {value!r}"):
+        memsim.CrossbarConfig(**{field: value})
+
+
+def test_unknown_adc_preset():
+    with pytest.raises(ValueError, match="'fast'"):
+        memsim.CrossbarConfig().with_adc("fast")
+
+
+def test_integer_weights_beyond_the_crossbar_are_refused():
+    qat = QuantLinear()
+    with pytest.raises(ValueError, match="beyond the 1.5-bit crossbar"):
+        memsim.MemristorLinear.from_linear(qat, memsim.CrossbarConfig(weight_bits=1.5))
