@@ -1,0 +1,1 @@
+"""Speech recognition recipe: data preparation, tokenizer, features, and (to come) models and decoding."""

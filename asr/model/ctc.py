@@ -1,0 +1,81 @@
+"""Conformer-CTC: frontend, Conformer blocks, a linear output layer to the tokenizer's units plus blank.
+
+Output index convention: token id i (0 <= i < vocab_size, the tokenizer's ids) is output i, and the CTC
+blank is the last output, `vocab_size`. Decoders drop `model.blank` and repeats, and pass the rest to
+the tokenizer unchanged.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asr.model.conformer import ConformerBlock
+from asr.model.frontend import FRONTENDS
+
+
+@dataclass
+class ModelConfig:
+    """Architecture; the `configs/model/*.yaml` files hold these fields (vocab_size comes from the tokenizer)."""
+
+    vocab_size: int
+    n_mels: int = 80
+    frontend: str = "vgg"  # "vgg" (the paper) | "conv2d"
+    d_model: int = 384
+    n_layers: int = 12
+    n_heads: int = 4
+    d_ff: int = 1536
+    kernel_size: int = 31
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    pos_enc: str = "none"  # "none" (the paper) | "relative"
+    conv_norm: str = "batch"  # "batch" | "layer"
+
+    def __post_init__(self):
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend must be one of {sorted(FRONTENDS)}, got {self.frontend!r}")
+        if self.pos_enc not in ("none", "relative"):
+            raise ValueError(f"pos_enc must be 'none' or 'relative', got {self.pos_enc!r}")
+
+
+class ConformerCTC(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.blank = cfg.vocab_size
+        self.frontend = FRONTENDS[cfg.frontend](cfg.n_mels, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            ConformerBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.kernel_size, cfg.dropout, cfg.attn_dropout,
+                           cfg.pos_enc == "relative", cfg.conv_norm)
+            for _ in range(cfg.n_layers)
+        )
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size + 1)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.frontend.output_lengths(lengths)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features [B, T, n_mels], lengths [B] -> logits [B, T', vocab_size + 1], output lengths [B]."""
+        x = self.dropout(self.frontend(features))
+        out_lengths = self.output_lengths(lengths)
+        valid = torch.arange(x.size(1), device=x.device)[None, :] < out_lengths[:, None]
+        for block in self.blocks:
+            x = block(x, valid)
+        return self.head(x), out_lengths
+
+
+def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor, token_lengths: torch.Tensor,
+             blank: int) -> torch.Tensor:
+    """CTC loss summed over utterances and divided by the batch size (as ESPnet), computed in float32.
+
+    Utterances too short for their labels give zero loss and gradient instead of inf (zero_infinity).
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [T, B, V]
+    loss = F.ctc_loss(log_probs, tokens, lengths, token_lengths, blank=blank, reduction="sum", zero_infinity=True)
+    return loss / logits.size(0)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
