@@ -1,0 +1,1 @@
+"""Corpus preparation, the embedded mini corpus, features, datasets and batching."""

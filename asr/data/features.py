@@ -1,0 +1,72 @@
+"""Acoustic features: Kaldi-compatible log-mel filterbanks, global CMVN, SpecAugment, speed perturbation."""
+import json
+from pathlib import Path
+
+import torch
+import torchaudio.compliance.kaldi as kaldi
+import torchaudio.functional as AF
+from torchaudio.transforms import SpecAugment
+
+from asr.files import write_json
+
+SAMPLE_RATE = 16000
+
+
+def fbank(wave: torch.Tensor, num_mel_bins: int = 80, dither: float = 0.0) -> torch.Tensor:
+    """[samples] float waveform in [-1, 1] at 16 kHz -> [frames, num_mel_bins] log-mel, 25 ms / 10 ms.
+
+    Kaldi's fbank expects 16-bit sample values, hence the scaling; dither (Kaldi's default is 1.0)
+    belongs to training only.
+    """
+    return kaldi.fbank(wave.unsqueeze(0) * 32768, num_mel_bins=num_mel_bins, sample_frequency=SAMPLE_RATE,
+                       dither=dither, energy_floor=0.0)
+
+
+def speed_perturb(wave: torch.Tensor, factor: float) -> torch.Tensor:
+    """Play `wave` `factor` times as fast (tempo and pitch together, as Kaldi's speed perturbation)."""
+    if factor == 1.0:
+        return wave
+    return AF.resample(wave, round(SAMPLE_RATE * factor), SAMPLE_RATE)
+
+
+class GlobalCMVN:
+    """Per-dimension mean and standard deviation over the training set, applied to every split."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.mean, self.std = mean, std
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.mean) / self.std
+
+    @classmethod
+    def estimate(cls, feature_batches) -> "GlobalCMVN":
+        """From an iterable of [frames, dims] tensors; float64 sums so long corpora do not lose precision."""
+        count, total, squares = 0, 0.0, 0.0
+        for feats in feature_batches:
+            feats = feats.double()
+            count += feats.shape[0]
+            total = total + feats.sum(0)
+            squares = squares + (feats ** 2).sum(0)
+        if count == 0:
+            raise ValueError("no frames to estimate CMVN from")
+        mean = total / count
+        std = (squares / count - mean ** 2).clamp_min(1e-10).sqrt()
+        return cls(mean.float(), std.float())
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, {"mean": self.mean.tolist(), "std": self.std.tolist()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GlobalCMVN":
+        stats = json.loads(Path(path).read_text())
+        return cls(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+
+
+def spec_augment(freq_masks: int, freq_width: int, time_masks: int, time_width: int,
+                 max_time_fraction: float) -> SpecAugment:
+    """SpecAugment with masks set to zero, which is the mean once features are CMVN-normalized.
+
+    It works on [..., dims, frames]: transpose [frames, dims] features before and after.
+    """
+    return SpecAugment(n_time_masks=time_masks, time_mask_param=time_width, n_freq_masks=freq_masks,
+                       freq_mask_param=freq_width, p=max_time_fraction, zero_masking=True)

@@ -1,0 +1,27 @@
+"""Where every stage keeps its outputs inside `work_dir`, so stages find each other's files."""
+from pathlib import Path
+
+
+class WorkDir:
+    """Paths of the files the stages write under one work directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def manifest(self, split: str) -> Path:
+        return self.root / "manifests" / f"{split}.jsonl"
+
+    @property
+    def corpus_stats(self) -> Path:
+        return self.root / "manifests" / "stats.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer" / "sp.model"
+
+    @property
+    def cmvn(self) -> Path:
+        return self.root / "cmvn.json"
+
+    def stage_marker(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.done"

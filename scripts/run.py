@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""The project's entry point: python scripts/run.py +experiment=<name> [stages=[...]] [key=value ...].
+
+Expected bad input (asr.errors.UserError) ends with one message and exit status 1, no traceback.
+"""
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from asr import stages
+from asr.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        stages.run(cfg)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
