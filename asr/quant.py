@@ -1,0 +1,234 @@
+"""Quantization-aware training (QAT): fake-quantized linear layers with straight-through gradients.
+
+The paper's protocol (DESIGN §5): weights as per-tensor symmetric integers in +-(2^(b-1)-1) (b = 1.5 means
+ternary) with the scale from a MinMax observer, inputs quantized to 8 bits, straight-through estimator,
+QAT from scratch. Options: per-channel weight scales, learned step sizes (LSQ, Esser et al. 2020), an
+exponential moving average instead of the running max for the input range.
+
+Only the layers a crossbar holds are quantized (`CROSSBAR_LAYERS`: feed-forward, attention in/out
+projections, conv-module pointwise layers); the frontend, the output layer and everything else stay float.
+Pass the same patterns to `memsim.convert(..., include=CROSSBAR_LAYERS)` so the two sides agree.
+"""
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Module names (fnmatch patterns over named_modules() of asr.model.ConformerCTC) that a crossbar holds.
+CROSSBAR_LAYERS = (
+    "blocks.*.ff[12].w[12]",
+    "blocks.*.attn.in_proj",
+    "blocks.*.attn.out_proj",
+    "blocks.*.conv.pointwise[12]",
+)
+
+
+def max_level(bits: float) -> int:
+    """Largest integer magnitude for b-bit symmetric weights: 2^(b-1) - 1; 1.5 bits (ternary) gives 1."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not (
+        bits == 1.5 or (float(bits).is_integer() and 2 <= bits <= 16)
+    ):
+        raise ValueError(f"bits must be 1.5 (ternary) or an integer from 2 to 16, got {bits!r}")
+    return 1 if bits == 1.5 else 2 ** (int(bits) - 1) - 1
+
+
+class _RoundClamp(torch.autograd.Function):
+    """round(clamp(v, -qmax, qmax)) whose gradient is 1 inside the range and 0 where v was clipped."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, qmax: int) -> torch.Tensor:
+        inside = v.abs() <= qmax
+        ctx.save_for_backward(inside)
+        return v.clamp(-qmax, qmax).round()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """round(clamp(x / scale)) * scale with straight-through gradients.
+
+    d/dx is 1 inside the range and 0 outside; d/dscale is round(x/s) - x/s inside and +-qmax outside,
+    which is exactly LSQ's step-size gradient when the scale is a learned parameter.
+    """
+    return _RoundClamp.apply(x / scale, qmax) * scale
+
+
+def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """x in the forward pass, gradient multiplied by `factor` in the backward pass."""
+    return (x - x * factor).detach() + x * factor
+
+
+@dataclass
+class QuantConfig:
+    """What `configs/quant/*.yaml` holds. weight_bits None: no quantization (the float model)."""
+
+    weight_bits: float | None = 3
+    weight_scale: str = "minmax"  # "minmax" (the paper) | "lsq" (learned step size)
+    per_channel: bool = False  # one scale per output row (memsim maps per-tensor scales only)
+    input_bits: int = 8
+    input_momentum: float | None = None  # None: running max (MinMax, the paper); else EMA of each batch's max
+    include: tuple[str, ...] = CROSSBAR_LAYERS
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.weight_bits is not None:
+            max_level(self.weight_bits)
+        max_level(self.input_bits)
+        if self.weight_scale not in ("minmax", "lsq"):
+            raise ValueError(f"weight_scale must be 'minmax' or 'lsq', got {self.weight_scale!r}")
+        if self.input_momentum is not None and not 0 < self.input_momentum <= 1:
+            raise ValueError(f"input_momentum must be in (0, 1] or None, got {self.input_momentum!r}")
+
+
+class WeightQuantizer(nn.Module):
+    """Symmetric weight fake quantization; the scale comes from the weights (MinMax) or is learned (LSQ)."""
+
+    def __init__(self, weight: torch.Tensor, bits: float, mode: str = "minmax", per_channel: bool = False):
+        super().__init__()
+        self.qmax = max_level(bits)
+        self.per_channel = per_channel
+        if mode == "lsq":  # LSQ's initial step: 2 mean|w| / sqrt(qmax)
+            mean_abs = self._reduce(weight.detach().abs(), "mean")
+            self.step = nn.Parameter(2 * mean_abs / self.qmax ** 0.5)
+        else:
+            self.step = None
+
+    def _reduce(self, values: torch.Tensor, how: str) -> torch.Tensor:
+        if not self.per_channel:
+            return values.amax() if how == "max" else values.mean()
+        return values.amax(dim=1, keepdim=True) if how == "max" else values.mean(dim=1, keepdim=True)
+
+    def scale(self, weight: torch.Tensor) -> torch.Tensor:
+        tiny = torch.finfo(weight.dtype).tiny
+        if self.step is None:
+            return (self._reduce(weight.detach().abs(), "max") / self.qmax).clamp_min(tiny)
+        return self.step.abs().clamp_min(tiny)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        scale = self.scale(weight)
+        if self.step is not None:  # LSQ's gradient scale 1 / sqrt(weights per step * qmax)
+            scale = _scale_grad(scale, (weight.numel() / scale.numel() * self.qmax) ** -0.5)
+        return fake_quantize(weight, scale, self.qmax)
+
+
+class InputQuantizer(nn.Module):
+    """Per-tensor symmetric fake quantization of a layer's input with an observed range.
+
+    Training updates the range from each batch (running max, or an EMA with `momentum`) before quantizing;
+    evaluation uses the stored range. All on-device, no host synchronization.
+    """
+
+    def __init__(self, bits: int = 8, momentum: float | None = None):
+        super().__init__()
+        self.bits = bits
+        self.qmax = max_level(bits)
+        self.momentum = momentum
+        self.register_buffer("max_abs", torch.zeros(()))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.max_abs.clamp_min(torch.finfo(self.max_abs.dtype).tiny) / self.qmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                current = x.detach().abs().amax().float()
+                seen = self.max_abs > 0
+                if self.momentum is None:
+                    updated = torch.maximum(self.max_abs, current)
+                else:
+                    updated = torch.where(seen, torch.lerp(self.max_abs, current, self.momentum), current)
+                self.max_abs.copy_(updated)
+        return fake_quantize(x.float(), self.scale, self.qmax).to(x.dtype)
+
+
+class QuantLinear(nn.Linear):
+    """nn.Linear with fake-quantized weights and inputs; a crossbar converter maps it exactly.
+
+    Contract (what `memsim.MemristorLinear.from_linear` reads):
+    - `integer_weight()`: [out_features, in_features] tensor of integers in +-`weight_qmax` (float dtype),
+      the values the crossbar stores; `weight_bits` (1.5 = ternary, else an integer).
+    - `weight_scale`: the weight step, a 0-dim tensor (per-tensor; with per_channel=True, [out_features, 1]).
+    - `input_scale`: the input quantizer's step, a 0-dim tensor; `input_bits`. Inputs are quantized to
+      clamp(round(x / input_scale), +-(2^(input_bits-1)-1)), so the DAC's full scale is
+      input_scale * (2^(input_bits-1)-1).
+    - `bias`: float, added digitally.
+    In eval mode forward(x) equals
+    F.linear(input_scale * clamp(round(x / input_scale)), integer_weight() * weight_scale, bias).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 config: QuantConfig, weight: torch.Tensor | None = None):
+        super().__init__(in_features, out_features, bias, device=None if weight is None else weight.device)
+        if weight is not None:
+            self.weight.data.copy_(weight)
+        self.weight_bits = config.weight_bits
+        self.weight_quant = WeightQuantizer(self.weight, config.weight_bits, config.weight_scale, config.per_channel)
+        self.input_quant = InputQuantizer(config.input_bits, config.input_momentum)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig) -> "QuantLinear":
+        """A quantization-aware copy of a (trained or fresh) linear layer; LSQ steps start from its weights."""
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    config=config, weight=linear.weight.detach())
+        if linear.bias is not None:
+            layer.bias.data.copy_(linear.bias.detach())
+        return layer
+
+    @property
+    def weight_qmax(self) -> int:
+        return self.weight_quant.qmax
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        return self.weight_quant.scale(self.weight).detach()
+
+    @property
+    def input_scale(self) -> torch.Tensor:
+        return self.input_quant.scale
+
+    @property
+    def input_bits(self) -> int:
+        return self.input_quant.bits
+
+    @torch.no_grad()
+    def integer_weight(self) -> torch.Tensor:
+        return (self.weight / self.weight_scale).clamp(-self.weight_qmax, self.weight_qmax).round()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight_bits={self.weight_bits}, input_bits={self.input_bits}"
+
+
+def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Swap, in place, the nn.Linear layers named by config.include (and not config.exclude) for QuantLinear.
+
+    Returns the model unchanged when config.weight_bits is None. Call it after loading float weights to
+    start QAT from a float checkpoint, or on a fresh model for QAT from scratch (the paper).
+    """
+    if config.weight_bits is None:
+        return model
+    chosen = [
+        name for name, module in model.named_modules()
+        if type(module) is nn.Linear
+        and any(fnmatchcase(name, p) for p in config.include) and not any(fnmatchcase(name, p) for p in config.exclude)
+    ]
+    if not chosen:
+        raise ValueError(f"no nn.Linear layer matches include={list(config.include)} exclude={list(config.exclude)}")
+    for name in chosen:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, child, QuantLinear.from_linear(getattr(owner, child), config))
+    return model
+
+
+def quantized_layers(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, QuantLinear)]

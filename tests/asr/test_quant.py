@@ -1,0 +1,123 @@
+import pytest
+import torch
+from torch import nn
+
+import memsim
+from asr.model import ConformerCTC, ModelConfig
+from asr.quant import CROSSBAR_LAYERS, InputQuantizer, QuantConfig, QuantLinear, fake_quantize, max_level, quantize
+
+
+def test_levels_per_bit_width():
+    assert [max_level(b) for b in (1.5, 2, 3, 4, 8)] == [1, 1, 3, 7, 127]
+    for bad in (1, 2.5, 0, True, "3"):
+        with pytest.raises(ValueError):
+            max_level(bad)
+
+
+@pytest.mark.parametrize("bits", [1.5, 3, 4])
+def test_minmax_weights_are_exact_integer_levels_times_the_max_over_qmax(bits):
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(16, 8), QuantConfig(weight_bits=bits))
+    q, scale, qmax = layer.integer_weight(), layer.weight_scale, max_level(bits)
+    assert scale.shape == () and scale == layer.weight.abs().max() / qmax
+    assert torch.equal(q, q.round()) and q.abs().max() == qmax
+    assert set(q.unique().tolist()) <= set(range(-qmax, qmax + 1))
+    assert torch.equal(layer.weight_quant(layer.weight), q * scale)
+
+
+def test_per_channel_scales_reach_the_top_level_in_every_row():
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(16, 8), QuantConfig(weight_bits=3, per_channel=True))
+    assert layer.weight_scale.shape == (8, 1)
+    assert torch.equal(layer.integer_weight().abs().amax(dim=1), torch.full((8,), 3.0))
+
+
+def test_input_quantizer_tracks_the_running_max_and_freezes_in_eval():
+    quant = InputQuantizer(bits=8)
+    x = torch.tensor([0.5, -2.0, 1.0])
+    y = quant(x)
+    assert quant.scale == 2.0 / 127
+    assert torch.equal(y, (x / quant.scale).round() * quant.scale)
+    quant(torch.tensor([1.0]))
+    assert quant.max_abs == 2.0  # a running max never shrinks
+    quant.eval()
+    assert quant(torch.tensor([5.0])) == 2.0  # beyond the range: clipped, range unchanged
+    assert quant.max_abs == 2.0
+
+
+def test_input_quantizer_ema():
+    quant = InputQuantizer(bits=8, momentum=0.25)
+    quant(torch.tensor([4.0]))
+    quant(torch.tensor([8.0]))
+    assert quant.max_abs == 4.0 + 0.25 * (8.0 - 4.0)
+
+
+def test_straight_through_gradients():
+    x = torch.tensor([-3.0, -0.26, 0.1, 0.74, 2.0], requires_grad=True)
+    upstream = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    (fake_quantize(x, torch.tensor(0.5), qmax=3) * upstream).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 2.0, 3.0, 4.0, 0.0]))  # zero only where clipped
+
+
+def test_weight_gradient_is_the_float_gradient_at_the_quantized_point():
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(6, 4), QuantConfig(weight_bits=3))
+    x, upstream = torch.randn(5, 6), torch.randn(5, 4)
+    (layer(x) * upstream).sum().backward()
+    x_q = layer.input_quant.eval()(x)
+    assert torch.allclose(layer.weight.grad, upstream.T @ x_q, atol=1e-6)
+
+
+def test_lsq_step_gradient():
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(8, 4), QuantConfig(weight_bits=3, weight_scale="lsq"))
+    w, step, qmax = layer.weight.detach(), layer.weight_quant.step.detach(), 3
+    assert torch.allclose(step, 2 * w.abs().mean() / qmax ** 0.5)
+    layer.weight_quant(layer.weight).sum().backward()
+    v = w / step
+    expected = torch.where(v.abs() <= qmax, v.round() - v, v.sign() * qmax).sum() / (w.numel() * qmax) ** 0.5
+    assert torch.allclose(layer.weight_quant.step.grad, expected)
+
+
+def test_eval_forward_is_the_contract_formula():
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(16, 8), QuantConfig(weight_bits=3))
+    layer(3 * torch.randn(32, 16))  # observe an input range
+    layer.eval()
+    x = 4 * torch.randn(10, 16)
+    s, qmax = layer.input_scale, 2 ** (layer.input_bits - 1) - 1
+    expected = nn.functional.linear(s * (x / s).clamp(-qmax, qmax).round(), layer.integer_weight() * layer.weight_scale,
+                                    layer.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
+
+
+def test_an_ideal_crossbar_reproduces_the_quantized_layer():
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(40, 24), QuantConfig(weight_bits=3))
+    layer(torch.randn(64, 40))
+    layer.eval()
+    config = memsim.CrossbarConfig(weight_bits=3, tile_size=16, device="ideal", read_noise="none",
+                                   dac_bits=8, adc_precision_bits=None, adc_range_bits=None)
+    crossbar = memsim.MemristorLinear.from_linear(layer, config)
+    x = torch.randn(20, 40)
+    torch.testing.assert_close(crossbar(x), layer(x), rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_swaps_exactly_the_crossbar_layers():
+    model = ConformerCTC(ModelConfig(vocab_size=10, frontend="conv2d", d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                                     kernel_size=3, pos_enc="relative"))
+    float_names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    quantize(model, QuantConfig(weight_bits=3))
+    quantized = {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    per_block = {"ff1.w1", "ff1.w2", "ff2.w1", "ff2.w2", "attn.in_proj", "attn.out_proj", "conv.pointwise1",
+                 "conv.pointwise2"}
+    assert quantized == {f"blocks.{i}.{n}" for i in range(2) for n in per_block}
+    assert float_names - quantized == {"frontend.out", "head", "blocks.0.attn.pos_proj", "blocks.1.attn.pos_proj"}
+    assert CROSSBAR_LAYERS == QuantConfig().include
+
+
+def test_quantize_does_nothing_for_float_and_rejects_patterns_that_match_nothing():
+    model = nn.Sequential(nn.Linear(2, 2))
+    assert quantize(model, QuantConfig(weight_bits=None))[0].__class__ is nn.Linear
+    with pytest.raises(ValueError, match="no nn.Linear layer matches"):
+        quantize(model, QuantConfig(weight_bits=3, include=("encoder.*",)))
