@@ -1,8 +1,7 @@
 """Conformer-CTC: frontend, Conformer blocks, a linear output layer to the tokenizer's units plus blank.
 
-Output index convention: token id i (0 <= i < vocab_size, the tokenizer's ids) is output i, and the CTC
-blank is the last output, `vocab_size`. Decoders drop `model.blank` and repeats, and pass the rest to
-the tokenizer unchanged.
+Output index convention (asr.tokenizer's): output i is unit id i, and id 0 (`model.blank`) is the CTC
+blank, so the output layer has Tokenizer.vocab_size units and decoders pass ids to the tokenizer unchanged.
 """
 
 from dataclasses import dataclass
@@ -13,13 +12,14 @@ from torch import nn
 
 from asr.model.conformer import ConformerBlock
 from asr.model.frontend import FRONTENDS
+from asr.tokenizer import BLANK_ID
 
 
 @dataclass
 class ModelConfig:
-    """Architecture; the `configs/model/*.yaml` files hold these fields (vocab_size comes from the tokenizer)."""
+    """Architecture; the `configs/model/*.yaml` files hold these fields, vocab_size comes from the tokenizer."""
 
-    vocab_size: int
+    vocab_size: int  # output units including the blank (asr.tokenizer.Tokenizer.vocab_size)
     n_mels: int = 80
     frontend: str = "vgg"  # "vgg" (the paper) | "conv2d"
     d_model: int = 384
@@ -43,7 +43,7 @@ class ConformerCTC(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.blank = cfg.vocab_size
+        self.blank = BLANK_ID
         self.frontend = FRONTENDS[cfg.frontend](cfg.n_mels, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
@@ -51,13 +51,13 @@ class ConformerCTC(nn.Module):
                            cfg.pos_enc == "relative", cfg.conv_norm)
             for _ in range(cfg.n_layers)
         )
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size + 1)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.frontend.output_lengths(lengths)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features [B, T, n_mels], lengths [B] -> logits [B, T', vocab_size + 1], output lengths [B]."""
+        """features [B, T, n_mels], lengths [B] -> logits [B, T', vocab_size], output lengths [B]."""
         x = self.dropout(self.frontend(features))
         out_lengths = self.output_lengths(lengths)
         valid = torch.arange(x.size(1), device=x.device)[None, :] < out_lengths[:, None]

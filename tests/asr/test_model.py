@@ -5,6 +5,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from asr.model import ConformerCTC, Conv2dSubsampling, ModelConfig, VGGSubsampling, count_parameters, ctc_loss
 from asr.model.attention import rel_shift
+from asr.tokenizer import BLANK_ID
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -97,7 +98,7 @@ def overfit(steps: int = 60) -> list[float]:
     model = ConformerCTC(tiny_config(d_model=64, dropout=0.1))
     features = torch.randn(4, 64, 80)
     lengths = torch.tensor([64, 60, 52, 40])
-    tokens = torch.randint(0, 12, (4, 6))
+    tokens = torch.randint(1, 12, (4, 6))
     token_lengths = torch.tensor([6, 5, 4, 3])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
@@ -116,7 +117,7 @@ def test_model_overfits_a_tiny_batch():
     assert losses[-1] < 0.05 * losses[0], losses[::10]
 
 
-def test_blank_is_the_last_output():
+def test_outputs_are_the_tokenizer_units_with_blank_first():
     model = ConformerCTC(tiny_config())
     logits, _ = model(torch.randn(1, 30, 80), torch.tensor([30]))
-    assert model.blank == 12 and logits.size(-1) == 13
+    assert model.blank == BLANK_ID == 0 and logits.size(-1) == 12
