@@ -1,7 +1,7 @@
 """A small English grammar the project wrote itself: the sentences of the embedded mini corpus.
 
-A few hundred words, 4 to 14 words a sentence, numbers written as words, lower case, no punctuation.
-Each sentence comes twice: the text espeak-ng speaks, and the STM words in TED-LIUM's own conventions
+A few hundred words, 3 to 17 words a sentence (about 8 on average), numbers written as words, lower
+case, no punctuation. Each sentence comes twice: the text espeak-ng speaks, and the STM words in TED-LIUM's own conventions
 (split contractions, <unk> for names outside the vocabulary, <sil> at a pause, pronunciation variants),
 so that preparing the mini corpus exercises the same normalization as the real one.
 """

@@ -1,14 +1,16 @@
-"""Corpora for the asr tests: a fake TED-LIUM 2 tree with every quirk, and a tiny mini corpus."""
+"""Fixtures for the asr tests: a fake TED-LIUM 2 tree with every quirk, a tiny mini corpus, composed configs."""
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from hydra import compose, initialize_config_dir
 
 from asr.data import mini_corpus
 
 RATE = 16000
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # Talk A (train): contractions, variants, noise tokens, <sil>, <unk>, an ignored gap, an upper-case word,
 # an all-noise segment, and a last segment running 0.3 s past the 10 s of audio.
@@ -42,22 +44,32 @@ def make_corpus(root: Path) -> Path:
     return root
 
 
+TINY_SPLITS = {"train": {"talks": 2, "minutes": 0.25}, "dev": {"talks": 1, "minutes": 0.1},
+               "test": {"talks": 1, "minutes": 0.1}}
+
+
 @pytest.fixture
 def fake_corpus(tmp_path) -> Path:
     return make_corpus(tmp_path / "TEDLIUM_release2")
 
 
-TINY_SPLITS = {"train": {"talks": 2, "minutes": 0.25}, "dev": {"talks": 1, "minutes": 0.1},
-               "test": {"talks": 1, "minutes": 0.1}}
-
-
-def require_espeak():
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (make setup installs it when run as root)")
+@pytest.fixture(scope="session")
+def tiny_splits() -> dict:
+    return TINY_SPLITS
 
 
 @pytest.fixture(scope="session")
 def tiny_mini_corpus(tmp_path_factory) -> Path:
     """A mini corpus of a few utterances, synthesized once per test session."""
-    require_espeak()
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make setup installs it when run as root)")
     return mini_corpus.build(tmp_path_factory.mktemp("cache"), seed=0, splits=TINY_SPLITS)
+
+
+@pytest.fixture(scope="session")
+def make_cfg():
+    """Compose configs/config.yaml with overrides, as scripts/run.py would."""
+    def make(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+    return make
