@@ -106,13 +106,15 @@ def build_talk(espeak: str, split: str, speaker: Speaker, seconds: float, seed: 
     rng = random.Random(seed)
     noise = np.random.default_rng(rng.getrandbits(32))
     grammar = Grammar(rng)
-    pieces, segments, t, speech = [], [], 0.0, 0.0  # segments: [start, end, stm speaker, words]
+    label = _label(split, speaker)
+    pieces, segments, t, speech = [], [], 0.0, 0.0  # segments: [start, end, stm speaker, label, words]
 
     def pause():
         nonlocal t
         samples = int(rng.uniform(0.3, 1.0) * SAMPLE_RATE)
         pieces.append(np.zeros(samples, np.float32))
-        segments.append([t, t + samples / SAMPLE_RATE, "inter_segment_gap", ["ignore_time_segment_in_scoring"]])
+        segments.append([t, t + samples / SAMPLE_RATE, "inter_segment_gap", "<o,,unknown>",
+                         ["ignore_time_segment_in_scoring"]])
         t += samples / SAMPLE_RATE
 
     while speech < seconds:
@@ -125,7 +127,7 @@ def build_talk(espeak: str, split: str, speaker: Speaker, seconds: float, seed: 
             words = ["{NOISE}"] + words
         length = sum(len(u) for u in utterance) / SAMPLE_RATE
         pieces += utterance
-        segments.append([t, t + length, speaker.name, words])
+        segments.append([t, t + length, speaker.name, label, words])
         t += length
         speech += length
     if rng.random() < P_PAST_END:
@@ -136,10 +138,9 @@ def build_talk(espeak: str, split: str, speaker: Speaker, seconds: float, seed: 
     audio += noise.normal(0, NOISE_FLOOR, len(audio)).astype(np.float32)
     sf.write(split_dir / "sph" / f"{speaker.name}.sph", np.clip(audio, -1, 1), SAMPLE_RATE,
              format="NIST", subtype="PCM_16")
-    label = _label(split, speaker)
     (split_dir / "stm" / f"{speaker.name}.stm").write_text("".join(
-        f"{speaker.name} 1 {who} {start:.2f} {end:.2f} {'<o,,unknown>' if who == 'inter_segment_gap' else label} "
-        f"{' '.join(words)}\n" for start, end, who, words in segments))
+        f"{speaker.name} 1 {who} {start:.2f} {end:.2f} {tag} {' '.join(words)}\n"
+        for start, end, who, tag, words in segments))
     return speech
 
 
@@ -179,21 +180,16 @@ def build(cache_dir: str | Path, seed: int, splits: dict, workers: int = 2) -> P
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:  # the work runs in espeak-ng and torch, not Python
             speech = list(tqdm(pool.map(run, jobs), total=len(jobs), desc="synthesize mini corpus", unit="talk"))
+        seconds = time.perf_counter() - began
+        hours = {name: sum(sec for job, sec in zip(jobs, speech) if job[0] == name) / 3600 for name in splits}
+        write_json(tmp / "mini_corpus.json", {
+            "seed": seed, "splits": splits, "version": GENERATOR_VERSION, "generation_seconds": round(seconds, 1),
+            "speech_hours": {name: round(h, 4) for name, h in hours.items()}})
+        if not home.exists():  # else another process finished the same corpus first: theirs is identical
+            tmp.rename(home)
     except subprocess.CalledProcessError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"espeak-ng failed: {e.stderr.decode(errors='replace').strip()}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    seconds = time.perf_counter() - began
-    summary = {"seed": seed, "splits": splits, "version": GENERATOR_VERSION,
-               "generation_seconds": round(seconds, 1),
-               "speech_hours": {name: round(sum(sec for job, sec in zip(jobs, speech) if job[0] == name) / 3600, 4)
-                                for name in splits}}
-    write_json(tmp / "mini_corpus.json", summary)
-    try:
-        tmp.rename(home)
-    except OSError:  # another process finished the same corpus first: theirs is identical
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("mini corpus: synthesized %d talks in %.1f s into %s", len(jobs), seconds, corpus)
     return corpus
