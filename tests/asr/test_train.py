@@ -1,0 +1,136 @@
+import csv
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from asr import checkpoint
+from asr.model import ConformerCTC, ModelConfig
+from asr.quant import QuantConfig, quantize
+from asr.schedule import build_scheduler
+from asr.train import TrainConfig, fit
+
+
+def tiny_model(quant: QuantConfig | None = None, dropout: float = 0.1) -> ConformerCTC:
+    torch.manual_seed(0)
+    model = ConformerCTC(ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=2, n_heads=2, d_ff=64,
+                                     kernel_size=5, dropout=dropout, attn_dropout=dropout, pos_enc="relative",
+                                     conv_norm="layer"))
+    return quantize(model, quant) if quant else model
+
+
+def synthetic_batches(n: int, size: int = 4, frames: int = 48, seed: int = 1) -> list[dict]:
+    """Batches shaped like asr.data.batching.collate's: random features and label sequences."""
+    g = torch.Generator().manual_seed(seed)
+    return [{
+        "feats": torch.randn(size, frames, 80, generator=g),
+        "feat_lens": torch.randint(frames // 2, frames + 1, (size,), generator=g).clamp_max(frames),
+        "tokens": torch.randint(1, 10, (size, 5), generator=g),
+        "token_lens": torch.randint(2, 6, (size,), generator=g),
+    } for _ in range(n)]
+
+
+def quick_config(**overrides) -> TrainConfig:
+    base = dict(optimizer="radam", lr=3e-3, schedule="onecycle", epochs=3, checkpoint_every=5, keep_checkpoints=3,
+                average_last=2, log_every=2, seed=0)
+    return TrainConfig(**{**base, **overrides})
+
+
+class Killed(Exception):
+    pass
+
+
+class DiesAfter:
+    """The same batches, but the process 'dies' when batch number `n` (over all epochs) is requested."""
+
+    def __init__(self, batches: list[dict], n: int):
+        self.batches, self.n, self.served = batches, n, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            if self.served == self.n:
+                raise Killed
+            self.served += 1
+            yield batch
+
+
+@pytest.mark.parametrize("quant", [None, QuantConfig(weight_bits=3)], ids=["float", "qat"])
+def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path, quant):
+    batches, cfg = synthetic_batches(4), quick_config()  # 12 steps; checkpoints at 4, 5, 8, 10, 12
+    straight = fit(tiny_model(quant), batches, cfg, tmp_path / "straight").state_dict()
+    with pytest.raises(Killed):
+        fit(tiny_model(quant), DiesAfter(batches, 7), cfg, tmp_path / "resumed")  # dies mid-epoch 1
+    assert checkpoint.checkpoints(tmp_path / "resumed")[-1].name == "ckpt-00000005.pt"
+    resumed = fit(tiny_model(quant), batches, cfg, tmp_path / "resumed").state_dict()
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    rows = list(csv.DictReader(open(tmp_path / "resumed" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]  # no step logged twice
+
+
+def test_checkpoints_are_pruned_and_final_is_their_average(tmp_path):
+    model = fit(tiny_model(), synthetic_batches(4), quick_config(), tmp_path)
+    kept = checkpoint.checkpoints(tmp_path)
+    assert [p.name for p in kept] == ["ckpt-00000008.pt", "ckpt-00000010.pt", "ckpt-00000012.pt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    final = checkpoint.load(tmp_path / "final.pt")["model"]
+    expected = checkpoint.average(kept[-2:])
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
+
+
+def test_training_lowers_the_loss_on_every_device(tmp_path, device):
+    batches = synthetic_batches(2)
+    fit(tiny_model(dropout=0.0), batches, quick_config(epochs=40, lr=5e-3, log_every=10, checkpoint_every=1000),
+        tmp_path, device=device)
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_schedules():
+    def lrs(kind, **kw):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        scheduler = build_scheduler(optimizer, kind, 100, peak_lr=1.0, **kw)
+        values = []
+        for _ in range(100):
+            values.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return values
+
+    one = lrs("onecycle", pct_start=0.3, div_factor=25, final_div_factor=1e4)
+    assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0)
+    assert one.index(max(one)) == 29 and one[-1] == pytest.approx(1 / 25 / 1e4, rel=0.1)
+    noam = lrs("noam", warmup_steps=10)
+    assert noam[9] == 1.0 and noam[0] == 0.1 and noam[39] == pytest.approx(0.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, shards: list) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    model = fit(tiny_model(dropout=0.0), shards[rank], quick_config(epochs=2), out_dir, device="cpu")
+    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process_on_the_whole_batches(tmp_path):
+    whole = synthetic_batches(3, size=4)
+    shards = [[{k: v[r * 2:(r + 1) * 2] for k, v in b.items()} for b in whole] for r in range(2)]
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), shards), nprocs=2)
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in range(2)]
+    single = fit(tiny_model(dropout=0.0), whole, quick_config(epochs=2), tmp_path / "single").state_dict()
+    for key, value in single.items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-4, atol=1e-5)
