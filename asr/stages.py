@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr import tokenizer
+from asr import tokenizer, train
 from asr.data import mini_corpus, tedlium
 from asr.data.dataset import SegmentDataset
 from asr.data.features import GlobalCMVN
@@ -78,6 +78,7 @@ STAGES: dict[str, Stage] = {
     "prepare": Stage(prepare, ("data", "prepare")),
     "tokenizer": Stage(train_tokenizer, ("data", "prepare", "tokenizer")),
     "cmvn": Stage(estimate_cmvn, ("data", "prepare", "features.num_mel_bins", "features.cmvn_segments", "seed")),
+    "train": Stage(train.train, ("data", "prepare", "tokenizer", "features", "loader", "model", "quant", "train", "seed")),
 }
 
 

@@ -2,8 +2,8 @@
 
 `fit` takes a model and a re-iterable of batches (dicts with `feats` [B, T, F], `feat_lens` [B], `tokens`
 [B, U] padded, `token_lens` [B], as asr.data.batching.collate makes them), so it runs on synthetic batches as
-well as on the corpus. Each iteration over `batches` is one epoch; if it has `set_epoch(epoch)`, that is
-called first, so a shuffling sampler can depend on (seed, epoch) only.
+well as on the corpus. Each iteration over `batches` is one epoch; if it (or a DataLoader's batch sampler)
+has `set_epoch(epoch)`, that is called first, so a shuffling sampler can depend on (seed, epoch) only.
 
 Resuming: `out_dir` holds atomic checkpoints `ckpt-<step>.pt` (every `checkpoint_every` steps and at the
 end of each epoch) with model, optimizer, scheduler, every rank's RNG states, and the data position
@@ -28,11 +28,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from asr import checkpoint
-from asr.model import ctc_loss
+from asr.model import ConformerCTC, ModelConfig, count_parameters, ctc_loss
+from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
 from asr.train_log import TrainingLog
 
@@ -140,8 +143,9 @@ def evaluate(model: nn.Module, batches, device: torch.device, bf16: bool = True)
 
 def _epoch_iterator(batches, epoch: int, skip: int):
     """The epoch's batches after the first `skip`, skipped eagerly (before the caller restores RNG states)."""
-    if hasattr(batches, "set_epoch"):
-        batches.set_epoch(epoch)
+    sampler = getattr(batches, "batch_sampler", batches)  # a DataLoader's batch sampler, or the iterable
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
     iterator = iter(batches)
     for _ in itertools.islice(iterator, skip):
         pass
@@ -257,3 +261,68 @@ def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir: str | Path, *, val
         checkpoint.save({"model": final, "meta": meta, "step": step}, out_dir / "final.pt")
         logbook.close()
     return model
+
+
+class RankShard(Sampler):
+    """Every world-th batch of a batch sampler, starting at `rank`, the same number on every rank (DDP)."""
+
+    def __init__(self, batch_sampler, rank: int, world: int):
+        self.batch_sampler, self.rank, self.world = batch_sampler, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) // self.world
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batch_sampler), self.rank, self.world * len(self), self.world)
+
+
+def _rank_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
+    if world == 1:
+        return loader
+    return DataLoader(loader.dataset, batch_sampler=RankShard(loader.batch_sampler, rank, world),
+                      collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+                      persistent_workers=loader.persistent_workers)
+
+
+def _fields(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in drop}
+
+
+def train(cfg: DictConfig) -> None:
+    """The `train` stage: a Conformer-CTC (cfg.model) trained float or quantization-aware (cfg.quant) on the
+    prepared corpus, into cfg.train.exp_dir; `final.pt` there holds the averaged weights and the configs.
+
+    QAT from a float checkpoint: train.init_from=<exp_dir>/final.pt. Several GPUs or CPU processes:
+    torchrun --nproc_per_node=N scripts/run.py ... stages=[train].
+    """
+    from asr.data.loader import make_loader  # the data side's heavy imports only when training for real
+    from asr.tokenizer import Tokenizer
+    from asr.workdir import WorkDir
+
+    rank, world, _ = init_distributed()
+    work = WorkDir(cfg.work_dir)
+    model_cfg = ModelConfig(vocab_size=Tokenizer(work.tokenizer).vocab_size, n_mels=cfg.features.num_mel_bins,
+                            **_fields(cfg.model))
+    quant_cfg = QuantConfig(**_fields(cfg.quant))
+    torch.manual_seed(cfg.seed)
+    model = ConformerCTC(model_cfg)
+    if cfg.train.init_from:
+        model.load_state_dict(checkpoint.load(cfg.train.init_from)["model"])
+    quantize(model, quant_cfg)
+    log.info("model: %s parameters, quantized layers: %d", f"{count_parameters(model):,}", len(quantized_layers(model)))
+    fit(model, _rank_loader(make_loader(cfg, "train", train=True), rank, world),
+        TrainConfig(seed=cfg.seed, **_fields(cfg.train, drop=("exp_dir", "init_from"))), cfg.train.exp_dir,
+        valid_batches=_rank_loader(make_loader(cfg, "dev", train=False), rank, world),
+        meta={"model": asdict(model_cfg), "quant": asdict(quant_cfg)})
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> ConformerCTC:
+    """Rebuild a trained model (float or quantization-aware) from a checkpoint that `train` wrote."""
+    state = checkpoint.load(path)
+    model = ConformerCTC(ModelConfig(**state["meta"]["model"]))
+    quantize(model, QuantConfig(**state["meta"]["quant"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from asr import checkpoint
+from asr import checkpoint, stages
 from asr.model import ConformerCTC, ModelConfig
-from asr.quant import QuantConfig, quantize
+from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
-from asr.train import TrainConfig, fit
+from asr.train import TrainConfig, fit, load_model
 
 
 def tiny_model(quant: QuantConfig | None = None, dropout: float = 0.1) -> ConformerCTC:
@@ -134,3 +134,16 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_the_whole_batches(tmp_p
     for key, value in single.items():
         assert torch.equal(ranks[0][key], ranks[1][key]), key
         torch.testing.assert_close(ranks[0][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_train_stage_trains_float_then_qat_from_the_float_weights(tmp_path, tiny_mini_corpus, tiny_splits, make_cfg):
+    sizes = [f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()]
+    tiny = ["model.d_model=32", "model.n_layers=1", "model.d_ff=64", "model.n_heads=2", "train.max_steps=2",
+            "train.checkpoint_every=1", "train.average_last=2", "loader.num_workers=0"]
+    base = [f"work_dir={tmp_path}", f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}", *sizes, *tiny]
+    stages.run(make_cfg(*base, "stages=[prepare,tokenizer,cmvn,train]"))
+    float_final = tmp_path / "exp" / "small-float" / "final.pt"
+    stages.run(make_cfg(*base, "stages=[train]", "quant=qat", f"train.init_from={float_final}"))
+    model = load_model(tmp_path / "exp" / "small-w3a8" / "final.pt")
+    assert len(quantized_layers(model)) == 8 and model.blocks[0].ff1.w1.weight_bits == 3
+    assert not torch.equal(model.head.weight, load_model(float_final).head.weight)  # fine-tuned further
