@@ -149,14 +149,18 @@ def dac(x: torch.Tensor, input_range: torch.Tensor, config: CrossbarConfig) -> t
 
 
 def adc(y: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
-    """Calibrated column outputs quantized with step 2^-p and clipped at +-2^(r-1)."""
+    """Calibrated column outputs, in place, as ADC codes: multiples of the step 2^-p, clipped at
+    +-2^(r-1); returned in units of steps (multiply by adc_step(config) for the value)."""
     if config.adc_precision_bits is not None:
-        step = 2.0 ** -config.adc_precision_bits
-        y = torch.round(y / step) * step
+        y.div_(adc_step(config)).round_()
     if config.adc_range_bits is not None:
-        limit = 2.0 ** (config.adc_range_bits - 1)
-        y = y.clamp(-limit, limit)
+        limit = 2.0 ** (config.adc_range_bits - 1) / adc_step(config)
+        y.clamp_(-limit, limit)
     return y
+
+
+def adc_step(config: CrossbarConfig) -> float:
+    return 1.0 if config.adc_precision_bits is None else 2.0 ** -config.adc_precision_bits
 
 
 def crossbar_matmul(v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: CrossbarConfig,
@@ -169,21 +173,27 @@ def crossbar_matmul(v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: 
     _, in_padded, planes, out_features = r.shape
     v = torch.nn.functional.pad(v, (0, in_padded - v.shape[-1]))
     base, delta = model.conductances(v)
+    # Calibration folded into the row factors: current / unit and variance / unit^2 come out of the GEMMs.
+    mean_rows = v * delta / model.unit_current
     difference = (r[0] - r[1]).reshape(in_padded, planes * out_features)
     noise = model.noise
     if noise is not None:
+        weight = noise.variance_per_siemens(v) / model.unit_current**2
+        variance_rows = weight * delta
+        # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
+        common_variance = 2 * (weight * base).view(v.shape[0], -1, config.tile_size).sum(2)
         total = (r[0] + r[1]).reshape(in_padded, planes * out_features)
-        weight = noise.variance_per_siemens(v)
-    plane_values = 2.0 ** torch.arange(planes, device=v.device, dtype=v.dtype)[:, None]
+        gaussian = v.new_empty(v.shape[0], planes * out_features)
     result = v.new_zeros(v.shape[0], out_features)
-    for rows in (slice(start, start + config.tile_size) for start in range(0, in_padded, config.tile_size)):
+    step = adc_step(config)
+    for tile, start in enumerate(range(0, in_padded, config.tile_size)):
+        rows = slice(start, start + config.tile_size)
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
-        current = (v[:, rows] * delta[:, rows]) @ difference[rows]
+        y = mean_rows[:, rows] @ difference[rows]
         if noise is not None:
-            variance = (weight[:, rows] * delta[:, rows]) @ total[rows]
-            variance += 2 * (weight[:, rows] * base[:, rows]).sum(1, keepdim=True)
-            current += variance.clamp_min(0).sqrt() * torch.randn(current.shape, generator=generator,
-                                                                  device=current.device, dtype=current.dtype)
-        quantized = adc(current / model.unit_current, config).view(-1, planes, out_features)
-        result += (quantized * plane_values).sum(1)
+            std = torch.addmm(common_variance[:, tile:tile + 1], variance_rows[:, rows], total[rows])
+            y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
+        adc(y, config)
+        for plane in range(planes):
+            result.add_(y[:, plane * out_features:(plane + 1) * out_features], alpha=2**plane * step)
     return result

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import memsim
-from memsim.crossbar import adc, dac, integer_weights
+from memsim.crossbar import adc, adc_step, dac, integer_weights
 
 IDEAL = memsim.CrossbarConfig(device="ideal", dac_bits=None, adc_precision_bits=None, adc_range_bits=None)
 
@@ -52,7 +52,7 @@ def _sum_cells(layer, x, cells, noise):
     u = v[:, None, :, None, None].expand(batch, two, in_padded, planes, out).reshape(-1)
     current = cells.read(u, noise=noise).view(batch, two, in_padded, planes, out)
     column = (current[:, 0] - current[:, 1]).view(batch, -1, config.tile_size, planes, out).sum(2)  # per tile
-    column = adc(column / layer.read_model.unit_current, config)
+    column = adc(column / layer.read_model.unit_current, config) * adc_step(config)
     shift_add = (column.sum(1) * 2.0 ** torch.arange(planes)[:, None]).sum(1)
     return shift_add * input_range * layer.weight_scale + layer.bias
 
@@ -84,10 +84,10 @@ def test_noiseless_gemm_read_equals_per_cell_read_exactly():
 def test_adc_steps_and_clipping():
     config = memsim.CrossbarConfig().with_adc("reasonable")  # step 1/16, clip at +-8
     y = torch.tensor([0.03, 0.0313, -0.0937, 7.99, 8.2, -100.0])
-    torch.testing.assert_close(adc(y, config), torch.tensor([0.0, 0.0625, -0.0625, 8.0, 8.0, -8.0]))
+    torch.testing.assert_close(adc(y, config) * adc_step(config), torch.tensor([0.0, 0.0625, -0.0625, 8.0, 8.0, -8.0]))
     high = memsim.CrossbarConfig().with_adc("high_precision")
     assert (high.adc_precision_bits, high.adc_range_bits) == (8, 10)
-    torch.testing.assert_close(adc(torch.tensor([1000.0, 0.5 + 2**-10]), high), torch.tensor([512.0, 0.5]))
+    torch.testing.assert_close(adc(torch.tensor([1000.0, 0.5 + 2**-10]), high), torch.tensor([512.0, 0.5]) * 256)
 
 
 def test_reasonable_adc_clips_large_column_sums():
