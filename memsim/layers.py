@@ -16,7 +16,7 @@ class MemristorLinear(nn.Module):
 
     Buffers (saved by state_dict, so a programmed chip can be stored and restored exactly):
     `r` [2, in_padded, planes, out], the state variable of every positive/negative cell;
-    `weight_scale`; `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
+    `weight_scale` [out] (per-tensor scales repeated; per-channel scales are applied digitally too); `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
     `failed_cells`, the cells that would not SET.
     """
 
@@ -27,7 +27,7 @@ class MemristorLinear(nn.Module):
         self.generator = generator  # read noise; None: torch's default generator
         padded = math.ceil(in_features / config.tile_size) * config.tile_size
         self.register_buffer("r", torch.ones(2, padded, config.planes, out_features))
-        self.register_buffer("weight_scale", torch.ones(()))
+        self.register_buffer("weight_scale", torch.ones(out_features))  # per output column
         self.register_buffer("input_range", torch.zeros(()))
         self.register_buffer("failed_cells", torch.zeros((), dtype=torch.int64))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
@@ -44,7 +44,7 @@ class MemristorLinear(nn.Module):
         layer.to(weight.device)
         if hasattr(linear, "integer_weight"):
             q = linear.integer_weight().detach()
-            scale = torch.as_tensor(linear.weight_scale).detach()
+            scale = torch.as_tensor(linear.weight_scale).detach().reshape(-1)  # per-tensor or per-channel
             if q.abs().max() > config.max_level:
                 raise ValueError(f"the layer's integer weights reach {int(q.abs().max())}, beyond the "
                                  f"{config.weight_bits}-bit crossbar's +-{config.max_level}")
@@ -54,7 +54,7 @@ class MemristorLinear(nn.Module):
             q, scale = integer_weights(weight, config.max_level)
         r, failed = program(bit_planes(q, config.planes, config.tile_size), config, generator)
         layer.r.copy_(r)
-        layer.weight_scale.copy_(scale)
+        layer.weight_scale.copy_(scale.expand(linear.out_features))
         layer.failed_cells.fill_(failed)
         if layer.bias is not None:
             layer.bias.data.copy_(linear.bias.detach())
