@@ -121,3 +121,21 @@ def test_quantize_does_nothing_for_float_and_rejects_patterns_that_match_nothing
     assert quantize(model, QuantConfig(weight_bits=None))[0].__class__ is nn.Linear
     with pytest.raises(ValueError, match="no nn.Linear layer matches"):
         quantize(model, QuantConfig(weight_bits=3, include=("encoder.*",)))
+
+
+def test_memsim_maps_a_quantized_conformer_exactly_on_ideal_crossbars():
+    torch.manual_seed(0)
+    model = ConformerCTC(ModelConfig(vocab_size=10, frontend="conv2d", d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                                     kernel_size=3, dropout=0.0, attn_dropout=0.0))
+    quantize(model, QuantConfig(weight_bits=3))
+    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    model(features, lengths)  # observe input ranges
+    model.eval()
+    with torch.no_grad():
+        digital, _ = model(features, lengths)
+        config = memsim.CrossbarConfig(weight_bits=3, tile_size=16, device="ideal", read_noise="none", dac_bits=8,
+                                       adc_precision_bits=None, adc_range_bits=None)
+        memsim.convert(model, config, include=CROSSBAR_LAYERS)
+        analog, _ = model(features, lengths)
+    assert sum(isinstance(m, memsim.MemristorLinear) for m in model.modules()) == 16
+    torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
