@@ -161,106 +161,136 @@ def _total_steps(batches, cfg: TrainConfig) -> int:
     return min(limits)
 
 
-def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir: str | Path, *, valid_batches=None,
-        device: str | torch.device | None = None, meta: dict | None = None) -> nn.Module:
-    """Train `model` (float or already quantized with asr.quant.quantize) and return it with the weights of
-    `out_dir/final.pt`: the average of the newest `average_last` checkpoints. `meta` (e.g. the model and
-    quant configs) is stored in every checkpoint so a checkpoint alone can rebuild its model."""
-    rank, world, local_rank = init_distributed()
-    out_dir = Path(out_dir)
-    if device is None:
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    seed_everything(cfg.seed + rank)
-    model.to(device).train()
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    optimizer = build_optimizer(model, cfg)
-    total_steps = _total_steps(batches, cfg)
-    scheduler = build_scheduler(optimizer, cfg.schedule, total_steps, peak_lr=cfg.lr, pct_start=cfg.pct_start,
-                                div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
-                                warmup_steps=cfg.warmup_steps)
-    step, epoch, done_in_epoch, pending_rng = 0, 0, 0, None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    logbook = TrainingLog(out_dir) if rank == 0 else None
-    existing = checkpoint.checkpoints(out_dir)
-    if existing:
-        state = checkpoint.load(existing[-1])
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, done_in_epoch = state["step"], state["epoch"], state["done_in_epoch"]
-        pending_rng = state["rng"][rank] if len(state["rng"]) == world else None
-        if logbook:
-            logbook.resume_at(step)
-        log.info("resumed from %s (step %d, epoch %d)", existing[-1], step, epoch)
+class _Run:
+    """One training run: the state a checkpoint holds (weights, optimizer, schedule, RNG, data position) and
+    the loop that advances it."""
 
-    def save() -> None:
-        nonlocal saved_step
-        states = [None] * world
-        if world > 1:
+    def __init__(self, model: nn.Module, batches, cfg: TrainConfig, out_dir: Path, device: torch.device | None,
+                 meta: dict | None):
+        self.rank, self.world, local_rank = init_distributed()
+        self.device = torch.device(device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+        self.model, self.batches, self.cfg, self.out_dir, self.meta = model, batches, cfg, out_dir, meta
+        seed_everything(cfg.seed + self.rank)
+        model.to(self.device).train()
+        self.net = model if self.world == 1 else DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = build_optimizer(model, cfg)
+        self.total_steps = _total_steps(batches, cfg)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.schedule, self.total_steps, peak_lr=cfg.lr, pct_start=cfg.pct_start,
+            div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, warmup_steps=cfg.warmup_steps)
+        self.step = self.epoch = self.done_in_epoch = 0
+        self.saved_step, self.pending_rng = -1, None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.logbook = TrainingLog(out_dir) if self.rank == 0 else None
+
+    def resume(self) -> None:
+        """Continue from the newest checkpoint in out_dir, if any. RNG states are restored later, once the
+        epoch's batch iterator exists (see run)."""
+        existing = checkpoint.checkpoints(self.out_dir)
+        if not existing:
+            return
+        state = checkpoint.load(existing[-1])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.done_in_epoch = state["step"], state["epoch"], state["done_in_epoch"]
+        self.saved_step = self.step
+        if len(state["rng"]) == self.world:
+            self.pending_rng = state["rng"][self.rank]
+        else:
+            log.warning("checkpoint from %d processes, now %d: RNG states not restored", len(state["rng"]), self.world)
+        if self.logbook:
+            self.logbook.resume_at(self.step)
+        log.info("resumed from %s (step %d, epoch %d)", existing[-1], self.step, self.epoch)
+
+    def save(self) -> None:
+        states = [None] * self.world
+        if self.world > 1:
             dist.all_gather_object(states, rng_state())
         else:
             states = [rng_state()]
-        if rank == 0:
+        if self.rank == 0:
             checkpoint.save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": states, "step": step, "epoch": epoch,
-                "done_in_epoch": done_in_epoch, "train_config": asdict(cfg), "meta": meta,
-            }, checkpoint.path_for(out_dir, step))
-            checkpoint.prune(out_dir, cfg.keep_checkpoints)
-        saved_step = step
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": states, "step": self.step, "epoch": self.epoch,
+                "done_in_epoch": self.done_in_epoch, "train_config": asdict(self.cfg), "meta": self.meta,
+            }, checkpoint.path_for(self.out_dir, self.step))
+            checkpoint.prune(self.out_dir, self.cfg.keep_checkpoints)
+        self.saved_step = self.step
 
-    progress = tqdm(total=total_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
-    saved_step, began = (step if existing else -1), time.perf_counter()
-    running, unlogged = torch.zeros((), device=device), 0
-    while step < total_steps and epoch < cfg.epochs:
-        iterator = _epoch_iterator(batches, epoch, done_in_epoch)
-        if pending_rng is not None:  # after the iterator drew whatever it draws at epoch start
-            set_rng_state(pending_rng)
-            pending_rng = None
-        for batch in iterator:
-            loss = _loss(net, batch, device, cfg.bf16)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            optimizer.step()
-            scheduler.step()
-            step, done_in_epoch = step + 1, done_in_epoch + 1
-            running += loss.detach()
-            unlogged += 1
-            progress.update()
-            if step % cfg.log_every == 0 or step == total_steps:
-                mean_loss = running.item() / unlogged
-                running.zero_()
-                unlogged = 0
-                if logbook:
-                    logbook.write(step=step, epoch=epoch, split="train", loss=mean_loss, lr=scheduler.get_last_lr()[0],
-                                  grad_norm=grad_norm.item(), seconds=round(time.perf_counter() - began, 1))
-                progress.set_postfix(loss=f"{mean_loss:.3f}", epoch=epoch)
-            if step % cfg.checkpoint_every == 0:
-                save()
-            if step >= total_steps:
-                break
-        else:
-            epoch, done_in_epoch = epoch + 1, 0
-            if valid_batches is not None:
-                valid = evaluate(net, valid_batches, device, cfg.bf16)
-                if logbook:
-                    logbook.write(step=step, epoch=epoch - 1, split="valid", loss=valid)
-                log.info("epoch %d: valid loss %.4f", epoch - 1, valid)
-            save()
-    if saved_step != step:
-        save()
-    progress.close()
-    if world > 1:
-        dist.barrier()
-    final = checkpoint.average(checkpoint.checkpoints(out_dir)[-max(1, cfg.average_last):])
-    model.load_state_dict(final)
-    if rank == 0:
-        checkpoint.save({"model": final, "meta": meta, "step": step}, out_dir / "final.pt")
-        logbook.close()
-    return model
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = _loss(self.net, batch, self.device, self.cfg.bf16)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step, self.done_in_epoch = self.step + 1, self.done_in_epoch + 1
+        return loss.detach(), grad_norm
+
+    def run(self, valid_batches=None) -> None:
+        cfg = self.cfg
+        progress = tqdm(total=self.total_steps, initial=self.step, disable=self.rank != 0, unit="step",
+                        dynamic_ncols=True)
+        began, running, unlogged = time.perf_counter(), torch.zeros((), device=self.device), 0
+        while self.step < self.total_steps and self.epoch < cfg.epochs:
+            iterator = _epoch_iterator(self.batches, self.epoch, self.done_in_epoch)
+            if self.pending_rng is not None:  # after the iterator drew whatever it draws at epoch start
+                set_rng_state(self.pending_rng)
+                self.pending_rng = None
+            for batch in iterator:
+                if self.step >= self.total_steps:  # checked here so that a finished epoch still ends below
+                    break
+                loss, grad_norm = self.train_step(batch)
+                running, unlogged = running + loss, unlogged + 1  # summed on the device: no sync per step
+                progress.update()
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    mean_loss = running.item() / unlogged
+                    running, unlogged = torch.zeros_like(running), 0
+                    self._log("train", mean_loss, lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm.item(),
+                              seconds=round(time.perf_counter() - began, 1))
+                    progress.set_postfix(loss=f"{mean_loss:.3f}", epoch=self.epoch)
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+            else:
+                if valid_batches is not None:
+                    self._log("valid", evaluate(self.net, valid_batches, self.device, cfg.bf16))
+                self.epoch, self.done_in_epoch = self.epoch + 1, 0
+                self.save()
+        if self.saved_step != self.step:
+            self.save()
+        progress.close()
+
+    def _log(self, split: str, loss: float, **values) -> None:
+        if self.logbook:
+            self.logbook.write(step=self.step, epoch=self.epoch, split=split, loss=loss, **values)
+        if split == "valid":
+            log.info("epoch %d: valid loss %.4f", self.epoch, loss)
+
+    def finish(self) -> nn.Module:
+        """Load and write (out_dir/final.pt) the average of the newest `average_last` checkpoints."""
+        if self.world > 1:
+            dist.barrier()
+        final = checkpoint.average(checkpoint.checkpoints(self.out_dir)[-max(1, self.cfg.average_last):])
+        self.model.load_state_dict(final)
+        if self.logbook:
+            checkpoint.save({"model": final, "meta": self.meta, "step": self.step}, self.out_dir / "final.pt")
+            self.logbook.close()
+        return self.model
+
+
+def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir: str | Path, *, valid_batches=None,
+        device: str | torch.device | None = None, meta: dict | None = None) -> nn.Module:
+    """Train `model` (float, or already quantized with asr.quant.quantize) and return it with the weights of
+    `out_dir/final.pt`: the average of the newest `average_last` checkpoints. Resumes from out_dir's newest
+    checkpoint if there is one. `meta` (e.g. the model and quant configs) goes into every checkpoint so a
+    checkpoint alone can rebuild its model (see load_model)."""
+    run = _Run(model, batches, cfg, Path(out_dir), device, meta)
+    run.resume()
+    run.run(valid_batches)
+    return run.finish()
 
 
 class RankShard(Sampler):

@@ -74,7 +74,7 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path, quant):
 
 
 def test_checkpoints_are_pruned_and_final_is_their_average(tmp_path):
-    model = fit(tiny_model(), synthetic_batches(4), quick_config(), tmp_path)
+    model = fit(tiny_model(), synthetic_batches(4), quick_config(), tmp_path, valid_batches=synthetic_batches(1, seed=2))
     kept = checkpoint.checkpoints(tmp_path)
     assert [p.name for p in kept] == ["ckpt-00000008.pt", "ckpt-00000010.pt", "ckpt-00000012.pt"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -82,6 +82,8 @@ def test_checkpoints_are_pruned_and_final_is_their_average(tmp_path):
     expected = checkpoint.average(kept[-2:])
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
+    valid = [r for r in csv.DictReader(open(tmp_path / "log.csv")) if r["split"] == "valid"]
+    assert [(r["epoch"], r["step"]) for r in valid] == [("0", "4"), ("1", "8"), ("2", "12")]
 
 
 def test_training_lowers_the_loss_on_every_device(tmp_path, device):
