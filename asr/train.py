@@ -27,17 +27,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from asr import checkpoint
+from asr.data.loader import make_loader
 from asr.model import ConformerCTC, ModelConfig, count_parameters, ctc_loss
 from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
+from asr.tokenizer import BLANK_ID, Tokenizer
 from asr.train_log import TrainingLog
+from asr.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class TrainConfig:
     optimizer: str = "radam"  # "radam" (the paper) | "adamw"
     lr: float = 1e-3  # peak learning rate
     betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 1e-3  # on matrices and conv kernels only, never on biases, norms or LSQ steps
+    weight_decay: float = 1e-3  # on matrices and conv kernels only (see build_optimizer)
     schedule: str = "onecycle"  # "onecycle" (the paper) | "noam"
     pct_start: float = 0.3  # onecycle: fraction of the steps spent rising to the peak
     div_factor: float = 25.0  # onecycle: start at lr / div_factor
@@ -107,8 +110,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """Weight decay on weight matrices and conv kernels only: not on biases, norms, attention position
+    biases or learned quantization steps."""
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if name.endswith("weight") and p.dim() >= 2 else rest).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     if cfg.optimizer == "radam":
         return torch.optim.RAdam(groups, lr=cfg.lr, betas=cfg.betas, decoupled_weight_decay=True)
@@ -124,12 +131,13 @@ def _loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool) -> to
     feats, feat_lens, tokens, token_lens = _to(batch, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
         logits, lengths = model(feats, feat_lens)
-    return ctc_loss(logits, lengths, tokens, token_lens, blank=0)
+    return ctc_loss(logits, lengths, tokens, token_lens, blank=BLANK_ID)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, bf16: bool = True) -> float:
     """Mean per-utterance CTC loss over the batches (of all ranks, under DDP)."""
+    was_training = model.training
     model.eval()
     total = torch.zeros(2, device=device, dtype=torch.float64)
     for batch in batches:
@@ -137,7 +145,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, bf16: bool = True)
         total += torch.stack([_loss(model, batch, device, bf16).double() * n, torch.tensor(n, device=device)])
     if dist.is_initialized():
         dist.all_reduce(total)
-    model.train()
+    model.train(was_training)
     return (total[0] / total[1]).item()
 
 
@@ -328,10 +336,6 @@ def train(cfg: DictConfig) -> None:
     QAT from a float checkpoint: train.init_from=<exp_dir>/final.pt. Several GPUs or CPU processes:
     torchrun --nproc_per_node=N scripts/run.py ... stages=[train].
     """
-    from asr.data.loader import make_loader  # the data side's heavy imports only when training for real
-    from asr.tokenizer import Tokenizer
-    from asr.workdir import WorkDir
-
     rank, world, _ = init_distributed()
     work = WorkDir(cfg.work_dir)
     model_cfg = ModelConfig(vocab_size=Tokenizer(work.tokenizer).vocab_size, n_mels=cfg.features.num_mel_bins,

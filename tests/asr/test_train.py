@@ -10,7 +10,7 @@ from asr import checkpoint, stages
 from asr.model import ConformerCTC, ModelConfig
 from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
-from asr.train import TrainConfig, fit, load_model
+from asr.train import TrainConfig, build_optimizer, fit, load_model
 
 
 def tiny_model(quant: QuantConfig | None = None, dropout: float = 0.1) -> ConformerCTC:
@@ -149,3 +149,11 @@ def test_train_stage_trains_float_then_qat_from_the_float_weights(tmp_path, tiny
     model = load_model(tmp_path / "exp" / "small-w3a8" / "final.pt")
     assert len(quantized_layers(model)) == 8 and model.blocks[0].ff1.w1.weight_bits == 3
     assert not torch.equal(model.head.weight, load_model(float_final).head.weight)  # fine-tuned further
+
+
+def test_weight_decay_only_on_weight_matrices():
+    model = tiny_model(QuantConfig(weight_bits=3, weight_scale="lsq", per_channel=True))
+    decayed = {id(p) for p in build_optimizer(model, quick_config()).param_groups[0]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "blocks.0.ff1.w1.weight" in names and "blocks.0.conv.depthwise.weight" in names
+    assert not [n for n in names if "bias" in n or "step" in n or "norm" in n]
