@@ -176,7 +176,9 @@ class _Run:
     def __init__(self, model: nn.Module, batches, cfg: TrainConfig, out_dir: Path, device: torch.device | None,
                  meta: dict | None):
         self.rank, self.world, local_rank = init_distributed()
-        self.device = torch.device(device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", local_rank)
         self.model, self.batches, self.cfg, self.out_dir, self.meta = model, batches, cfg, out_dir, meta
         seed_everything(cfg.seed + self.rank)
         model.to(self.device).train()

@@ -86,9 +86,10 @@ def test_checkpoints_are_pruned_and_final_is_their_average(tmp_path):
     assert [(r["epoch"], r["step"]) for r in valid] == [("0", "4"), ("1", "8"), ("2", "12")]
 
 
-def test_training_lowers_the_loss_on_every_device(tmp_path, device):
+@pytest.mark.parametrize("quant", [None, QuantConfig(weight_bits=3)], ids=["float", "qat-from-scratch"])
+def test_training_lowers_the_loss_on_every_device(tmp_path, device, quant):
     batches = synthetic_batches(2)
-    fit(tiny_model(dropout=0.0), batches, quick_config(epochs=40, lr=5e-3, log_every=10, checkpoint_every=1000),
+    fit(tiny_model(quant, dropout=0.0), batches, quick_config(epochs=40, lr=5e-3, log_every=10, checkpoint_every=1000),
         tmp_path, device=device)
     losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
     assert losses[-1] < 0.5 * losses[0], losses
