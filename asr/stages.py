@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr import tokenizer, train
+from asr import decode, tokenizer, train
 from asr.data import mini_corpus, tedlium
 from asr.data.dataset import SegmentDataset
 from asr.data.features import GlobalCMVN
@@ -74,11 +74,15 @@ def estimate_cmvn(cfg: DictConfig) -> None:
     log.info("cmvn: from %d training segments, at %s", len(records), work.cmvn)
 
 
+# What a trained model depends on: the stages that train or use one rerun when it changes.
+_MODEL = ("data", "prepare", "tokenizer", "features", "loader", "model", "quant", "train", "seed")
+
 STAGES: dict[str, Stage] = {
     "prepare": Stage(prepare, ("data", "prepare")),
     "tokenizer": Stage(train_tokenizer, ("data", "prepare", "tokenizer")),
     "cmvn": Stage(estimate_cmvn, ("data", "prepare", "features.num_mel_bins", "features.cmvn_segments", "seed")),
-    "train": Stage(train.train, ("data", "prepare", "tokenizer", "features", "loader", "model", "quant", "train", "seed")),
+    "train": Stage(train.train, _MODEL),
+    "decode": Stage(decode.decode, (*_MODEL, "decode")),
 }
 
 

@@ -23,5 +23,9 @@ class WorkDir:
     def cmvn(self) -> Path:
         return self.root / "cmvn.json"
 
+    def decode_dir(self, system: str, split: str) -> Path:
+        """Hypotheses and scores of one system (`float`, `w3a8`, ...) on one split, a folder per method."""
+        return self.root / "decode" / system / split
+
     def stage_marker(self, stage: str) -> Path:
         return self.root / "stages" / f"{stage}.done"
