@@ -23,7 +23,7 @@ test: setup
 	$(PYTHON) -m pytest -q
 
 demo: setup
-	$(PYTHON) scripts/device_demo.py
+	$(PYTHON) scripts/run.py +experiment=mini
 
 benchmark: setup
 	$(PYTHON) benchmarks/device.py

@@ -1,10 +1,13 @@
 """The pipeline's stages and the runner that `stages=[...]` drives.
 
 A stage is a function of the whole configuration that reads and writes files under work_dir. After it
-finishes, a marker records the configuration it depends on (`Stage.depends_on`, dotted keys); a later
-run skips the stage while that configuration is unchanged, unless it is named in `force=[...]`. Later
-stages (train, decode, memsim, report) join by adding an entry to STAGES.
+finishes, a marker named by a hash of the configuration it depends on (`Stage.depends_on`, dotted keys)
+records that configuration; a later run skips the stage while a marker for the same configuration exists,
+unless it is named in `force=[...]`. One marker per configuration: a sweep over bit widths in one
+work_dir reuses the float baseline and every finished bit width when it runs again.
+`stages=all` runs every stage in the order of STAGES.
 """
+import hashlib
 import json
 import logging
 import random
@@ -17,12 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr import decode, tokenizer, train
+from asr import decode, evaluate, tokenizer, train
 from asr.data import mini_corpus, tedlium
 from asr.data.dataset import SegmentDataset
 from asr.data.features import GlobalCMVN
 from asr.errors import UserError
 from asr.files import read_jsonl, write_json
+from asr.quant import QuantConfig
+from asr.report import write_report
 from asr.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -74,15 +79,55 @@ def estimate_cmvn(cfg: DictConfig) -> None:
     log.info("cmvn: from %d training segments, at %s", len(records), work.cmvn)
 
 
-# What a trained model depends on: the stages that train or use one rerun when it changes.
-_MODEL = ("data", "prepare", "tokenizer", "features", "loader", "model", "quant", "train", "seed")
+def float_baseline(cfg: DictConfig) -> DictConfig:
+    """The float model of this configuration: no quantization, its own exp_dir (baseline.exp_dir), so
+    every bit width of a sweep shares one baseline."""
+    return OmegaConf.merge(cfg, {"quant": {"name": "float", "weight_bits": None},
+                                 "train": {"exp_dir": cfg.baseline.exp_dir, "init_from": None}})
+
+
+def system_run(cfg: DictConfig) -> DictConfig:
+    """The configured system's training run: `train`, updated by `qat_train` when it is quantized (e.g. a
+    short fine-tuning from the float baseline)."""
+    return cfg if cfg.quant.weight_bits is None else OmegaConf.merge(cfg, {"train": cfg.qat_train})
+
+
+def train_baseline(cfg: DictConfig) -> None:
+    """The float baseline (skipped by a sweep over bit widths once trained)."""
+    train.train(float_baseline(cfg))
+
+
+def train_system(cfg: DictConfig) -> None:
+    """The configured system: float, or quantization-aware (cfg.quant)."""
+    train.train(system_run(cfg))
+
+
+def decode_systems(cfg: DictConfig) -> None:
+    """The float baseline and the configured system, each through the decode stage."""
+    decode.decode(float_baseline(cfg))
+    if cfg.quant.weight_bits is not None:
+        decode.decode(system_run(cfg))
+
+
+def report(cfg: DictConfig) -> None:
+    """results.csv, RESULTS.md and a plot of everything decoded in work_dir (a whole sweep shares it)."""
+    work = WorkDir(cfg.work_dir)
+    write_report([work.root], work.report_dir, f"Results: {cfg.data.name}, model {cfg.model.name}")
+    log.info("report: %s", work.report_dir / "RESULTS.md")
+
+
+_BASELINE = ("data", "prepare", "tokenizer", "features", "loader", "model", "train", "baseline", "seed")
+_SYSTEM = (*_BASELINE, "quant", "qat_train")
 
 STAGES: dict[str, Stage] = {
     "prepare": Stage(prepare, ("data", "prepare")),
     "tokenizer": Stage(train_tokenizer, ("data", "prepare", "tokenizer")),
     "cmvn": Stage(estimate_cmvn, ("data", "prepare", "features.num_mel_bins", "features.cmvn_segments", "seed")),
-    "train": Stage(train.train, _MODEL),
-    "decode": Stage(decode.decode, (*_MODEL, "decode")),
+    "train_float": Stage(train_baseline, _BASELINE),
+    "train": Stage(train_system, _SYSTEM),
+    "decode": Stage(decode_systems, (*_SYSTEM, "decode")),
+    "memsim": Stage(lambda cfg: evaluate.evaluate(system_run(cfg)), (*_SYSTEM, "decode", "memsim")),
+    "report": Stage(report, (*_SYSTEM, "decode", "memsim")),
 }
 
 
@@ -91,16 +136,35 @@ def _fingerprint(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
     return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
 
 
-def run(cfg: DictConfig) -> None:
-    """Run `cfg.stages` in order, skipping those already done with the same configuration."""
-    unknown = [s for s in list(cfg.stages) + list(cfg.force) if s not in STAGES]
+def stage_names(cfg: DictConfig) -> list[str]:
+    """cfg.stages as a list: `all` means every stage in order."""
+    names = list(STAGES) if cfg.stages == "all" else list(cfg.stages)
+    unknown = [s for s in names + list(cfg.force) if s not in STAGES]
     if unknown:
-        raise UserError(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
+        raise UserError(f"unknown stage(s) {unknown}; known: {list(STAGES)} (or stages=all)")
+    return names
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuse bad quantization and chip settings before any stage runs, naming the setting."""
+    try:
+        QuantConfig(**{k: v for k, v in OmegaConf.to_container(cfg.quant, resolve=True).items() if k != "name"})
+    except (TypeError, ValueError) as error:
+        raise UserError(f"quant settings: {error}") from None
+    if cfg.quant.weight_bits is not None:
+        evaluate.crossbar_config(cfg)
+
+
+def run(cfg: DictConfig) -> None:
+    """Run the stages of `cfg.stages` in order, skipping those already done with the same configuration."""
+    check(cfg)
     work = WorkDir(cfg.work_dir)
-    for name in cfg.stages:
-        stage, marker = STAGES[name], work.stage_marker(name)
+    for name in stage_names(cfg):
+        stage = STAGES[name]
         fingerprint = _fingerprint(cfg, stage.depends_on)
-        if name not in cfg.force and marker.is_file() and json.loads(marker.read_text()) == fingerprint:
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        marker = work.stage_marker(name, digest)
+        if name not in cfg.force and marker.is_file():
             log.info("stage %s: done already (%s); force=[%s] runs it again", name, marker, name)
             continue
         marker.unlink(missing_ok=True)

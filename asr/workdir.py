@@ -27,5 +27,14 @@ class WorkDir:
         """Hypotheses and scores of one system (`float`, `w3a8`, ...) on one split, a folder per method."""
         return self.root / "decode" / system / split
 
-    def stage_marker(self, stage: str) -> Path:
-        return self.root / "stages" / f"{stage}.done"
+    def memsim_dir(self, system: str, chip: str) -> Path:
+        """Programming instances of one QAT system on one chip configuration (`<adc>-<noise>`...)."""
+        return self.root / "memsim" / system / chip
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def stage_marker(self, stage: str, digest: str) -> Path:
+        """The record that `stage` finished with the configuration whose hash is `digest`."""
+        return self.root / "stages" / stage / f"{digest}.json"

@@ -118,4 +118,4 @@ def test_command_line_reports_bad_input_without_traceback(fake_corpus, tmp_path)
     assert "TalkB_2012.stm line 3: malformed STM line" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (work / "manifests").exists()
-    assert not (work / "stages" / "prepare.done").exists()
+    assert not (work / "stages" / "prepare").exists()

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Merge the outputs of several work directories (e.g. a -m sweep) into one results.csv, RESULTS.md and plot.
+
+    python scripts/report.py work/mini work/mini-sweep2 --out report/
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asr.report import write_report  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work_dirs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("report"), help="where the report goes (default: report/)")
+    parser.add_argument("--title", default="Results")
+    args = parser.parse_args()
+    missing = [str(d) for d in args.work_dirs if not d.is_dir()]
+    if missing:
+        sys.exit(f"error: not a directory: {', '.join(missing)}")
+    try:
+        write_report(args.work_dirs, args.out, args.title)
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+    print(f"wrote {args.out}/RESULTS.md, results.csv, wer_vs_bits.png")
+
+
+if __name__ == "__main__":
+    main()
