@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from asr import checkpoint
 from asr.data.loader import make_loader
+from asr.errors import UserError
 from asr.model import ConformerCTC, ModelConfig, count_parameters, ctc_loss
 from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
@@ -43,6 +44,10 @@ from asr.train_log import TrainingLog
 from asr.workdir import WorkDir
 
 log = logging.getLogger(__name__)
+
+# Settings a resumed run must share with the run that wrote the checkpoint (they shape the optimization).
+RESUME_MUST_MATCH = ("optimizer", "lr", "betas", "weight_decay", "schedule", "pct_start", "div_factor",
+                     "final_div_factor", "warmup_steps", "epochs", "max_steps", "seed")
 
 
 @dataclass
@@ -201,6 +206,11 @@ class _Run:
         if not existing:
             return
         state = checkpoint.load(existing[-1])
+        same = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 (yaml lists, tuples)
+        changed = [k for k in RESUME_MUST_MATCH if same(state["train_config"][k]) != same(getattr(self.cfg, k))]
+        if changed:
+            raise UserError(f"{self.out_dir} holds a run with other {', '.join(changed)}: resume it with the same "
+                            "settings, or train into another directory")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

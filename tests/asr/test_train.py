@@ -7,6 +7,7 @@ import torch
 import torch.multiprocessing as mp
 
 from asr import checkpoint, stages
+from asr.errors import UserError
 from asr.model import ConformerCTC, ModelConfig
 from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
@@ -71,6 +72,12 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path, quant):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     rows = list(csv.DictReader(open(tmp_path / "resumed" / "log.csv")))
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]  # no step logged twice
+
+
+def test_resuming_with_other_optimization_settings_is_a_clear_error(tmp_path):
+    fit(tiny_model(), synthetic_batches(2), quick_config(epochs=1), tmp_path)
+    with pytest.raises(UserError, match="other lr, epochs"):
+        fit(tiny_model(), synthetic_batches(2), quick_config(epochs=2, lr=1e-2), tmp_path)
 
 
 def test_checkpoints_are_pruned_and_final_is_their_average(tmp_path):
