@@ -41,13 +41,13 @@ HYPS_FILE, SCORE_FILE = "hyps.jsonl", "score.json"
 def greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = BLANK_ID) -> list[list[int]]:
     """Unit ids of the best path of each utterance; frames at or past its length are ignored.
 
-    Vectorized over the batch and frames; the ids come to the host once per batch.
+    Vectorized over the batch and frames; the ids come to the host in one transfer per batch.
     """
     best = log_probs.argmax(-1)  # [B, T]
     previous = torch.cat([best.new_full((best.size(0), 1), blank), best[:, :-1]], dim=1)
     frames = torch.arange(best.size(1), device=best.device)
     keep = (best != blank) & (best != previous) & (frames < lengths.to(best.device)[:, None])
-    return [row[mask].tolist() for row, mask in zip(best.cpu(), keep.cpu())]
+    return [row[row >= 0].tolist() for row in torch.where(keep, best, -1).cpu()]
 
 
 class GreedyDecoder:
