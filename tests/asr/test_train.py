@@ -14,6 +14,15 @@ from asr.schedule import build_scheduler
 from asr.train import TrainConfig, build_optimizer, fit, load_model
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot (4x here) when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(quant: QuantConfig | None = None, dropout: float = 0.1) -> ConformerCTC:
     torch.manual_seed(0)
     model = ConformerCTC(ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=2, n_heads=2, d_ff=64,
