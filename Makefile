@@ -27,6 +27,8 @@ demo: setup
 
 benchmark: setup
 	$(PYTHON) benchmarks/device.py
+	$(PYTHON) benchmarks/crossbar.py
+	$(PYTHON) benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
