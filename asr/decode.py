@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from flashlight.lib.text.decoder import CriterionType, LexiconDecoderOptions, ZeroLM
 from flashlight.lib.text.decoder.kenlm import KenLM
 from flashlight.lib.text.dictionary import Dictionary, create_word_dict
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torchaudio.models.decoder import CTCDecoder
 from tqdm import tqdm
 

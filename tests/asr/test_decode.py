@@ -163,14 +163,16 @@ def test_decode_stage_writes_hypotheses_and_scores_per_system_split_and_method(t
                 assert read_score(folder / "score.json") == total(Score.from_dict(line | {"snt": 1}) for line in lines)
 
 
-def test_decode_split_runs_any_ctc_module_and_scores_it_exactly(trained, make_cfg, tmp_path):
+def test_decode_split_runs_any_ctc_module_and_scores_it_exactly(trained, make_cfg, tmp_path, device):
     work, base = trained
     cfg = make_cfg(*base)
-    model = AlwaysBlank(tokenizer.Tokenizer(WorkDir(work).tokenizer).vocab_size)
-    scores = decode_split(model, cfg, "dev", tmp_path, build_decoders(cfg, ["greedy"]))
-    words = sum(len(r["text"].split()) for r in read_jsonl(WorkDir(work).manifest("dev")))
-    assert scores["greedy"] == Score(snt=scores["greedy"].snt, words=words, del_=words)
-    assert read_score(tmp_path / "greedy" / "score.json").err == 100.0
+    model = AlwaysBlank(tokenizer.Tokenizer(WorkDir(work).tokenizer).vocab_size).to(device)
+    scores = decode_split(model, cfg, "dev", tmp_path)  # both methods, built from cfg
+    refs = [r["text"] for r in read_jsonl(WorkDir(work).manifest("dev"))]
+    words = sum(len(ref.split()) for ref in refs)
+    for method in ("greedy", "beam"):
+        assert scores[method] == Score(snt=len(refs), words=words, del_=words)
+        assert read_score(tmp_path / method / "score.json").err == 100.0
     assert model.training  # its mode is given back
 
 
