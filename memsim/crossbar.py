@@ -149,14 +149,19 @@ def dac(x: torch.Tensor, input_range: torch.Tensor, config: CrossbarConfig) -> t
 
 
 def adc(y: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
-    """Calibrated column outputs, in place, as ADC codes: multiples of the step 2^-p, clipped at
-    +-2^(r-1); returned in units of steps (multiply by adc_step(config) for the value)."""
+    """Calibrated column outputs to ADC codes, in place: multiples of the step 2^-p, clipped at
+    +-2^(r-1), returned in units of steps (multiply by adc_step(config) for the value)."""
+    return adc_codes(y.div_(adc_step(config)), config)
+
+
+def adc_codes(y_in_steps: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
+    """The ADC on values already in units of its step: round, then clip, in place."""
     if config.adc_precision_bits is not None:
-        y.div_(adc_step(config)).round_()
+        y_in_steps.round_()
     if config.adc_range_bits is not None:
         limit = 2.0 ** (config.adc_range_bits - 1) / adc_step(config)
-        y.clamp_(-limit, limit)
-    return y
+        y_in_steps.clamp_(-limit, limit)
+    return y_in_steps
 
 
 def adc_step(config: CrossbarConfig) -> float:
@@ -173,19 +178,20 @@ def crossbar_matmul(v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: 
     _, in_padded, planes, out_features = r.shape
     v = torch.nn.functional.pad(v, (0, in_padded - v.shape[-1]))
     base, delta = model.conductances(v)
-    # Calibration folded into the row factors: current / unit and variance / unit^2 come out of the GEMMs.
-    mean_rows = v * delta / model.unit_current
+    # Calibration and the ADC step folded into the row factors: the GEMMs give currents in ADC steps.
+    step = adc_step(config)
+    unit = model.unit_current * step
+    mean_rows = v * delta / unit
     difference = (r[0] - r[1]).reshape(in_padded, planes * out_features)
     noise = model.noise
     if noise is not None:
-        weight = noise.variance_per_siemens(v) / model.unit_current**2
+        weight = noise.variance_per_siemens(v) / unit**2
         variance_rows = weight * delta
         # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
         common_variance = 2 * (weight * base).view(v.shape[0], -1, config.tile_size).sum(2)
         total = (r[0] + r[1]).reshape(in_padded, planes * out_features)
         gaussian = v.new_empty(v.shape[0], planes * out_features)
     result = v.new_zeros(v.shape[0], out_features)
-    step = adc_step(config)
     for tile, start in enumerate(range(0, in_padded, config.tile_size)):
         rows = slice(start, start + config.tile_size)
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
@@ -193,7 +199,7 @@ def crossbar_matmul(v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: 
         if noise is not None:
             std = torch.addmm(common_variance[:, tile:tile + 1], variance_rows[:, rows], total[rows])
             y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
-        adc(y, config)
+        adc_codes(y, config)
         for plane in range(planes):
             result.add_(y[:, plane * out_features:(plane + 1) * out_features], alpha=2**plane * step)
     return result

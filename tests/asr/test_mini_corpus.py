@@ -101,6 +101,7 @@ def test_command_line_builds_prepares_and_then_skips_finished_stages(tmp_path, t
         pytest.skip("espeak-ng is not installed")
     sizes = [f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items()
              for key, value in spec.items()]
+    sizes.append("stages=[prepare,tokenizer,cmvn]")
     first = run_cli(tmp_path, *sizes)
     assert first.returncode == 0, first.stderr
     work = tmp_path / "work"
