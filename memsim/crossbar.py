@@ -197,7 +197,7 @@ def crossbar_matmul(v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: 
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
         y = mean_rows[:, rows] @ difference[rows]
         if noise is not None:
-            std = torch.addmm(common_variance[:, tile:tile + 1], variance_rows[:, rows], total[rows])
+            std = (variance_rows[:, rows] @ total[rows]).add_(common_variance[:, tile:tile + 1])
             y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
         adc_codes(y, config)
         for plane in range(planes):
