@@ -42,7 +42,7 @@ def test_a_segment_longer_than_the_budget_is_a_batch_of_its_own():
 
 def test_loader_gives_padded_feature_and_token_batches(fake_corpus, tmp_path, make_cfg):
     cfg = make_cfg("+experiment=tedlium2", f"data.corpus_dir={fake_corpus}", f"work_dir={tmp_path}",
-                   "loader.max_seconds=4", "loader.num_workers=2")
+                   "loader.max_seconds=4", "loader.num_workers=2", "stages=[prepare,tokenizer,cmvn]")
     stages.run(cfg)
     tok = Tokenizer(WorkDir(tmp_path).tokenizer)
     torch.manual_seed(0)
