@@ -37,7 +37,8 @@ class ReadModel:
     def __init__(self, config: CrossbarConfig):
         self.noise: ReadNoise | None = None
         if config.device == "ideal":
-            # Perfect binary cells: r = 0 conducts G_on, r = 1 nothing; linear I-V; no noise.
+            # Perfect binary cells: r = 0 conducts G_on, r = 1 nothing; linear I-V; no noise. The value of
+            # G_on (a typical LRS) does not matter: the ADC calibration divides it out.
             g_on = torch.tensor([1 / 4500.0])
             self.base, self.delta = g_on, -g_on
             self.r_on, self.r_off = 0.0, 1.0
@@ -54,8 +55,10 @@ class ReadModel:
         self.unit_current = float(v * polyval(self.delta, v) * (self.r_on - self.r_off))
 
     def conductances(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """base(v) and delta(v), elementwise."""
-        return polyval(self.base.to(v.device), v), polyval(self.delta.to(v.device), v)
+        """base(v) and delta(v), elementwise (coefficients copied to v's device once, not per read)."""
+        if self.base.device != v.device:
+            self.base, self.delta = self.base.to(v.device), self.delta.to(v.device)
+        return polyval(self.base, v), polyval(self.delta, v)
 
 
 def nominal_r(params: DeviceParams) -> tuple[float, float]:

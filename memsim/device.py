@@ -87,6 +87,7 @@ class CellArray:
         self.params = p = (params or cached_params()).to(device)
         self.generator = generator
         self.n = n
+        self._at_umax = _boundary_currents(torch.tensor(p.umax, device=p.device), p)
         mu_sigma = draw_device_parameters(n, p, generator)[1].T.contiguous()
         x = p.var_noise @ self._randn(N_FEATURES, n)
         history = torch.zeros(n, N_FEATURES * p.var_order, device=p.device)
@@ -144,7 +145,6 @@ class CellArray:
         """Apply one pulse of u volts (scalar, or one per cell): SET where u <= US, RESET where u > UR."""
         p = self.params
         u = self._voltage(u)
-        at_umax = _boundary_currents(torch.tensor(p.umax, device=p.device), p)
         at_u = _boundary_currents(u, p) if u.ndim == 0 else None  # one voltage: evaluate once
         chunk = self.n if self.device.type == "cuda" else CPU_CHUNK
         for start in range(0, self.n, chunk):
@@ -153,7 +153,7 @@ class CellArray:
             innovations = self._randn(N_FEATURES, state.r.numel())
             u_cells = u if u.ndim == 0 else u[cells]
             at_u_cells = at_u if at_u is not None else _boundary_currents(u_cells, p)
-            _apply_pulse(state, u_cells, at_u_cells, at_umax, innovations, p)
+            _apply_pulse(state, u_cells, at_u_cells, self._at_umax, innovations, p)
         return self
 
     def current(self, u: torch.Tensor | float) -> torch.Tensor:
