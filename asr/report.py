@@ -115,14 +115,19 @@ def results_markdown(rows: list[dict], title: str, notes: str = "") -> str:
 
 
 def plot(rows: list[dict], path: Path, split: str = "test") -> None:
-    """WER against weight bits on one split: float (line), QAT digital, memsim mean +- std, per method."""
+    """WER against weight bits on one split (test if present): float (line), QAT digital, memsim mean +- std
+    (one marker per chip configuration, side by side), per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    splits = {r["split"] for r in rows}
+    split = split if split in splits else sorted(splits)[0]
     grouped = groups([r for r in rows if r["split"] == split])
     methods = sorted({k[4] for k in grouped})
+    chips = sorted({k[2] for k in grouped if k[2]})
+    offset = {"": 0.0, **{chip: 0.06 * (i + 1) for i, chip in enumerate(chips)}}  # markers side by side
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
     for ax, method in zip(axes[0], methods):
         for (system, bits, chip, _, m), members in grouped.items():
@@ -134,7 +139,7 @@ def plot(rows: list[dict], path: Path, split: str = "test") -> None:
                 continue
             label = "QAT digital" if system == "qat" else f"memsim {chip}"
             error = statistics.stdev(wers) if len(wers) > 1 else 0
-            ax.errorbar([bits], [statistics.mean(wers)], yerr=[error], fmt="o" if system == "qat" else "s",
+            ax.errorbar([bits + offset[chip]], [statistics.mean(wers)], yerr=[error], fmt="o" if system == "qat" else "s",
                         capsize=4, label=label)
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
