@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 class Stage:
     run: Callable[[DictConfig], None]
     depends_on: tuple[str, ...]  # configuration keys whose change makes the stage run again
+    view: Callable[[DictConfig], DictConfig] | None = None  # the configuration those keys are read from
 
 
 def corpus_dir(cfg: DictConfig) -> Path:
@@ -123,7 +124,7 @@ STAGES: dict[str, Stage] = {
     "prepare": Stage(prepare, ("data", "prepare")),
     "tokenizer": Stage(train_tokenizer, ("data", "prepare", "tokenizer")),
     "cmvn": Stage(estimate_cmvn, ("data", "prepare", "features.num_mel_bins", "features.cmvn_segments", "seed")),
-    "train_float": Stage(train_baseline, _BASELINE),
+    "train_float": Stage(train_baseline, _BASELINE, view=float_baseline),  # the same for every bit width
     "train": Stage(train_system, _SYSTEM),
     "decode": Stage(decode_systems, (*_SYSTEM, "decode")),
     "memsim": Stage(lambda cfg: evaluate.evaluate(system_run(cfg)), (*_SYSTEM, "decode", "memsim")),
@@ -161,7 +162,7 @@ def run(cfg: DictConfig) -> None:
     work = WorkDir(cfg.work_dir)
     for name in stage_names(cfg):
         stage = STAGES[name]
-        fingerprint = _fingerprint(cfg, stage.depends_on)
+        fingerprint = _fingerprint(stage.view(cfg) if stage.view else cfg, stage.depends_on)
         digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         marker = work.stage_marker(name, digest)
         if name not in cfg.force and marker.is_file():

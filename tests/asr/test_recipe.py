@@ -38,6 +38,9 @@ def test_all_stages_from_corpus_to_report_then_rerun_skips(tmp_path, tiny_mini_c
     caplog.set_level(logging.INFO, logger="asr.stages")
     stages.run(make_cfg(*overrides))
     assert sum("done already" in m for m in caplog.messages) == len(stages.STAGES)
+    caplog.clear()
+    stages.run(make_cfg(*overrides, "quant.weight_bits=2", "stages=[train_float]"))  # a sweep's next bit width
+    assert sum("done already" in m for m in caplog.messages) == 1
 
 
 def write_scores(work: Path, path: str, words: int, errors: int) -> None:
