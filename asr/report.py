@@ -130,20 +130,21 @@ def plot(rows: list[dict], path: Path, split: str = "test") -> None:
     offset = {"": 0.0, **{chip: 0.06 * (i + 1) for i, chip in enumerate(chips)}}  # markers side by side
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
     for ax, method in zip(axes[0], methods):
+        series = defaultdict(list)  # label -> (bits, mean, std) points, one line per system and chip
         for (system, bits, chip, _, m), members in grouped.items():
+            wers = [r["wer"] for r in members]
             if m != method:
                 continue
-            wers = [r["wer"] for r in members]
             if system == "float":
                 ax.axhline(wers[0], color="black", linestyle="--", label="float")
                 continue
             label = "QAT digital" if system == "qat" else f"memsim {chip}"
-            error = statistics.stdev(wers) if len(wers) > 1 else 0
-            ax.errorbar([bits + offset[chip]], [statistics.mean(wers)], yerr=[error], fmt="o" if system == "qat" else "s",
-                        capsize=4, label=label)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=8)
+            std = statistics.stdev(wers) if len(wers) > 1 else 0.0
+            series[label].append((bits + offset[chip], statistics.mean(wers), std))
+        for label, points in series.items():
+            x, y, error = zip(*sorted(points))
+            ax.errorbar(x, y, yerr=error, fmt="-o" if label == "QAT digital" else "-s", capsize=4, label=label)
+        ax.legend(fontsize=8)
         ax.set(xlabel="weight bits", ylabel="WER (%)", title=f"{split}, {method} decoding")
         ax.grid(alpha=0.3)
     fig.tight_layout()
