@@ -132,9 +132,9 @@ def plot(rows: list[dict], path: Path, split: str = "test") -> None:
     for ax, method in zip(axes[0], methods):
         series = defaultdict(list)  # label -> (bits, mean, std) points, one line per system and chip
         for (system, bits, chip, _, m), members in grouped.items():
-            wers = [r["wer"] for r in members]
             if m != method:
                 continue
+            wers = [r["wer"] for r in members]
             if system == "float":
                 ax.axhline(wers[0], color="black", linestyle="--", label="float")
                 continue

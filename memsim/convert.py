@@ -36,13 +36,13 @@ def convert(model: nn.Module, config: CrossbarConfig, generator: torch.Generator
     """
     if isinstance(model, MemristorLinear):
         raise ValueError("the model is already a MemristorLinear")
+    if _is_mappable(model) and not include:
+        return MemristorLinear.from_linear(model, config, generator)
     chosen = [
         (name, module) for name, module in model.named_modules()
         if name and _is_mappable(module) and not isinstance(module, MemristorLinear)
         and (include is None or _matches(name, include)) and not _matches(name, exclude)
     ]
-    if _is_mappable(model) and not include:
-        return MemristorLinear.from_linear(model, config, generator)
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
