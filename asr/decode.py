@@ -1,4 +1,4 @@
-"""CTC decoding, scoring of a split, and the decode stage.
+"""CTC decoding and scoring of a split.
 
 A decoder maps log-probabilities [B, T, V] and output lengths [B] to one hypothesis (words joined by
 spaces) per utterance. Two methods:
@@ -11,31 +11,70 @@ spaces) per utterance. Two methods:
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from flashlight.lib.text.decoder import CriterionType, LexiconDecoderOptions, ZeroLM
 from flashlight.lib.text.decoder.kenlm import KenLM
 from flashlight.lib.text.dictionary import Dictionary, create_word_dict
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import DataLoader
 from torchaudio.models.decoder import CTCDecoder
 from tqdm import tqdm
 
-from asr.data.loader import make_loader
-from asr.data.tedlium import normalize_words
+from asr.data.tedlium import SPLITS, normalize_words
 from asr.errors import UserError
-from asr.files import read_jsonl, write_json, write_jsonl
-from asr.scoring import HEADER, Score, score_utterances, total
+from asr.files import file_identity, read_jsonl, write_jsonl, write_text
+from asr.scoring import Score, align, error_statistics, total
 from asr.tokenizer import BLANK_ID, UNK, UNK_ID, Tokenizer
-from asr.train import load_model
-from asr.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[torch.Tensor, torch.Tensor], list[str]]
 METHODS = ("greedy", "beam")
-HYPS_FILE, SCORE_FILE = "hyps.jsonl", "score.json"
+HYPS_FILE, SCORE_FILE, ERRORS_FILE = "hyps.jsonl", "score.json", "errors.txt"
+
+
+@dataclass
+class DecodeSettings:
+    """What the `decode` settings hold (configs/decode/default.yaml)."""
+
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    splits: list[str] = field(default_factory=lambda: ["dev", "test"])
+    batch_seconds: float = 200  # padded seconds of audio per batch
+    beam_size: int = 100
+    lexicon: str | None = None  # a word list (first field per line, e.g. TEDLIUM.152k.dic) added to the training words
+    lm: str | None = None  # a KenLM n-gram (ARPA or binary) over words; None: no language model
+    lm_weight: float = 1.0  # with lm only: tune on dev
+    word_score: float = 0.0  # added per word: above 0 favours more words, below 0 fewer
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"decode.methods must be a non-empty list of {list(METHODS)}, got {list(self.methods)}")
+        if not self.splits or any(s not in SPLITS for s in self.splits):
+            raise ValueError(f"decode.splits must be a non-empty list of {list(SPLITS)}, got {list(self.splits)}")
+        if self.batch_seconds <= 0:
+            raise ValueError(f"decode.batch_seconds must be > 0, got {self.batch_seconds}")
+        if self.beam_size < 1:
+            raise ValueError(f"decode.beam_size must be >= 1, got {self.beam_size}")
+        for name in ("lexicon", "lm"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"decode.{name}: no such file: {path}")
+
+    def method_settings(self, method: str) -> dict:
+        """Exactly what the results of one method depend on (besides the model and the split): batching
+        changes the padding and so, by rounding, the outputs; the beam's settings only the beam's."""
+        settings = {"batch_seconds": self.batch_seconds}
+        if method == "beam":
+            settings |= {"beam_size": self.beam_size, "word_score": self.word_score,
+                         "lexicon": file_identity(self.lexicon) if self.lexicon else None,
+                         "lm": file_identity(self.lm) if self.lm else None}
+            if self.lm:
+                settings["lm_weight"] = self.lm_weight
+        return settings
 
 
 def greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = BLANK_ID) -> list[list[int]]:
@@ -71,7 +110,16 @@ class LexiconBeamDecoder:
 
     The decoder is assembled from its parts rather than with `ctc_decoder`, whose lexicon file reader
     drops the spelling of the word `<unk>`, a word TED-LIUM's transcripts use.
+
+    Reproducibility: flashlight orders hypotheses of equal score by their memory addresses, so which of
+    them a full beam keeps changes from run to run. Such exact ties arise on every path that ends a word:
+    the hypothesis that completes the word at its last unit and the one still inside it (it may yet
+    complete it on a blank, or go on to a longer word) have the same score. TIE_BREAK is added to the word
+    score to order them the same way every time: the one still inside the word first. It is 1e-6 of a nat
+    per word, far below any acoustic score difference.
     """
+
+    TIE_BREAK = -1e-6
 
     def __init__(self, units: Sequence[str], lexicon: Mapping[str, Sequence[str]], beam_size: int = 50,
                  lm: str | Path | None = None, lm_weight: float = 1.0, word_score: float = 0.0):
@@ -84,7 +132,8 @@ class LexiconBeamDecoder:
         spellings.setdefault(UNK, [])  # the word dictionary's fallback entry, even when no word <unk> exists
         words = create_word_dict(spellings)
         options = LexiconDecoderOptions(beam_size=beam_size, beam_size_token=len(units), beam_threshold=50.0,
-                                        lm_weight=lm_weight, word_score=word_score, unk_score=float("-inf"),
+                                        lm_weight=lm_weight, word_score=word_score + self.TIE_BREAK,
+                                        unk_score=float("-inf"),
                                         sil_score=0.0, log_add=False, criterion_type=CriterionType.CTC)
         self.decoder = CTCDecoder(nbest=1, lexicon=spellings, word_dict=words, tokens_dict=Dictionary(list(units)),
                                   lm=KenLM(str(lm), words) if lm else ZeroLM(), decoder_options=options,
@@ -115,14 +164,14 @@ def spell(tokenizer: Tokenizer, words: Iterable[str]) -> dict[str, list[str]]:
     return lexicon
 
 
-def vocabulary(cfg: DictConfig) -> set[str]:
-    """The training transcripts' words, plus those of `decode.lexicon`: a file whose lines start with a
-    word (further fields, e.g. a pronunciation, are ignored). Its words get the transcripts' normalization
+def vocabulary(train_records: Iterable[dict], lexicon: str | None = None) -> set[str]:
+    """The training transcripts' words, plus those of `lexicon`: a file whose lines start with a word
+    (further fields, e.g. a pronunciation, are ignored). Its words get the transcripts' normalization
     (variants `word(2)` merged, lower case); split-off pieces such as `'s` are skipped, since transcripts
     join them to the word before."""
-    words = {w for r in read_jsonl(WorkDir(cfg.work_dir).manifest("train")) for w in r["text"].split()}
-    if cfg.decode.lexicon:
-        path = Path(cfg.decode.lexicon)
+    words = {w for r in train_records for w in r["text"].split()}
+    if lexicon:
+        path = Path(lexicon)
         if not path.is_file():
             raise UserError(f"decode.lexicon: no such file: {path}")
         first = (line.split(maxsplit=1)[:1] for line in path.read_text(encoding="utf-8").splitlines())
@@ -130,43 +179,39 @@ def vocabulary(cfg: DictConfig) -> set[str]:
     return words
 
 
-def build_decoders(cfg: DictConfig, methods: Sequence[str] | None = None) -> dict[str, Decoder]:
-    """Decoders by method name (default: `decode.methods`), from the tokenizer and lexicon in work_dir."""
-    methods = list(cfg.decode.methods if methods is None else methods)
+def build_decoders(tokenizer: Tokenizer, words: set[str], settings: DecodeSettings,
+                   methods: Sequence[str] | None = None) -> dict[str, Decoder]:
+    """Decoders by method name (default: settings.methods); `words` is the beam search's vocabulary."""
+    methods = list(settings.methods if methods is None else methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown decoding method(s) {unknown}; known: {list(METHODS)}")
-    tokenizer, d = Tokenizer(WorkDir(cfg.work_dir).tokenizer), cfg.decode
     decoders: dict[str, Decoder] = {}
     for method in methods:
         if method == "greedy":
             decoders[method] = GreedyDecoder(tokenizer)
         else:
-            decoders[method] = LexiconBeamDecoder(units(tokenizer), spell(tokenizer, vocabulary(cfg)), d.beam_size,
-                                                  d.lm, d.lm_weight, d.word_score)
+            decoders[method] = LexiconBeamDecoder(units(tokenizer), spell(tokenizer, words), settings.beam_size,
+                                                  settings.lm, settings.lm_weight, settings.word_score)
     return decoders
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     return first.device if first is not None else torch.device("cpu")
 
 
-def decode_split(model: nn.Module, cfg: DictConfig, split: str, out_dir: str | Path,
-                 decoders: Mapping[str, Decoder] | None = None) -> dict[str, Score]:
-    """Recognize a split's manifest with `model` (anything called as ConformerCTC: features, lengths ->
-    logits, output lengths) in eval mode, without augmentation, and decode the outputs once with every
-    decoder (default: build_decoders(cfg)). Writes, atomically, per method:
-    out_dir/<method>/hyps.jsonl (id, ref, hyp, words, corr, sub, del, ins per utterance, manifest order)
-    and out_dir/<method>/score.json (Score.to_dict() plus split and method). Returns the Score by method.
-    """
-    decoders = build_decoders(cfg) if decoders is None else decoders
-    loader = make_loader(OmegaConf.merge(cfg, {"loader": {"max_seconds": cfg.decode.batch_seconds}}), split,
-                         train=False, tokenize=False)
-    device, was_training = _device(model), model.training
+def decode_split(model: nn.Module, loader: DataLoader, decoders: Mapping[str, Decoder],
+                 out_dirs: Mapping[str, str | Path]) -> dict[str, Score]:
+    """Recognize every batch of `loader` (untokenized, unaugmented batches of one split) with `model`
+    (anything called as ConformerCTC: features, lengths -> logits, output lengths) in eval mode, and decode
+    the outputs once with every decoder. Writes, atomically, into out_dirs[method]: hyps.jsonl (id, ref,
+    hyp, words, corr, sub, del, ins per utterance, manifest order) and errors.txt (scoring.error_statistics).
+    Returns the Score by method."""
+    device, was_training = model_device(model), model.training
     refs, hyps = {}, {method: {} for method in decoders}
     model.eval()
-    with torch.inference_mode(), tqdm(total=len(loader.dataset), desc=f"decode {split}", unit="utt") as bar:
+    with torch.inference_mode(), tqdm(total=len(loader.dataset), desc="decode", unit="utt") as bar:
         for batch in loader:
             logits, lengths = model(batch["feats"].to(device), batch["feat_lens"].to(device))
             log_probs = logits.float().log_softmax(-1)
@@ -178,25 +223,15 @@ def decode_split(model: nn.Module, cfg: DictConfig, split: str, out_dir: str | P
     ids = [r["id"] for r in loader.dataset.records]
     scores = {}
     for method, by_id in hyps.items():
-        utterances = score_utterances([refs[i] for i in ids], [by_id[i] for i in ids])
-        write_jsonl(Path(out_dir) / method / HYPS_FILE, ({"id": i, "ref": refs[i], "hyp": by_id[i], **s.counts()}
-                                                         for i, s in zip(ids, utterances)))
-        scores[method] = total(utterances)
-        write_json(Path(out_dir) / method / SCORE_FILE, {"split": split, "method": method, **scores[method].to_dict()})
+        alignments = align([refs[i] for i in ids], [by_id[i] for i in ids])
+        out = Path(out_dirs[method])
+        write_jsonl(out / HYPS_FILE, ({"id": i, "ref": refs[i], "hyp": by_id[i], **a.score.counts()}
+                                      for i, a in zip(ids, alignments)))
+        write_text(out / ERRORS_FILE, error_statistics(ids, alignments))
+        scores[method] = total(a.score for a in alignments)
     return scores
 
 
-def decode(cfg: DictConfig) -> None:
-    """The decode stage: the current configuration's trained model (train.exp_dir/final.pt) on every split
-    of `decode.splits` with every method of `decode.methods`, into work_dir/decode/<system>/<split>/<method>/;
-    the system is quant.name: `float`, or the QAT name such as `w3a8`."""
-    path = Path(cfg.train.exp_dir) / "final.pt"
-    if not path.is_file():
-        raise UserError(f"no trained model at {path}: run the train stage first")
-    model = load_model(path, "cuda" if torch.cuda.is_available() else "cpu")
-    work, system, decoders = WorkDir(cfg.work_dir), cfg.quant.name, build_decoders(cfg)
-    rows = []
-    for split in cfg.decode.splits:
-        scores = decode_split(model, cfg, split, work.decode_dir(system, split), decoders)
-        rows += [score.row(f"{system}/{split}/{method}") for method, score in scores.items()]
-    log.info("WER of %s:\n%s", path, "\n".join([HEADER, *rows]))
+def read_utterance_scores(directory: str | Path) -> list[Score]:
+    """The per-utterance Scores of a decode (its hyps.jsonl), in manifest order."""
+    return [Score.of_utterance(line) for line in read_jsonl(Path(directory) / HYPS_FILE)]

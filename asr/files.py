@@ -1,4 +1,6 @@
 """Atomic file writes: a reader never sees half a file, and a failed run leaves no partial output."""
+import functools
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -34,3 +36,20 @@ def write_jsonl(path: str | Path, records) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+def file_identity(path: str | Path) -> dict:
+    """What a user-supplied file (lexicon, LM, checkpoint) contributes to an output's identity: its path and
+    the SHA-256 of its content, so replacing the file in place makes a new output."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "sha256": _sha256(path, stat.st_size, stat.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,6 +1,6 @@
 """Quantization-aware training (QAT): fake-quantized linear layers with straight-through gradients.
 
-The paper's protocol (DESIGN §5): weights as per-tensor symmetric integers in +-(2^(b-1)-1) (b = 1.5 means
+The protocol of the paper's released code (docs/sources.md): weights as per-tensor symmetric integers in +-(2^(b-1)-1) (b = 1.5 means
 ternary) with the scale from a MinMax observer, inputs quantized to 8 bits, straight-through estimator,
 QAT from scratch. Options: per-channel weight scales, learned step sizes (LSQ, Esser et al. 2020), an
 exponential moving average instead of the running max for the input range.
@@ -77,9 +77,13 @@ class QuantConfig:
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.weight_bits is not None:
-            max_level(self.weight_bits)
-        max_level(self.input_bits)
+        for name in ("weight_bits", "input_bits"):
+            value = getattr(self, name)
+            if value is not None or name == "input_bits":
+                try:
+                    max_level(value)
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from None
         if self.weight_scale not in ("minmax", "lsq"):
             raise ValueError(f"weight_scale must be 'minmax' or 'lsq', got {self.weight_scale!r}")
         if self.input_momentum is not None and not 0 < self.input_momentum <= 1:

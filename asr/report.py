@@ -1,150 +1,290 @@
-"""Results of a work directory (or several: a sweep) as results.csv, RESULTS.md and a plot.
+"""Results of one or more work directories as results.csv, RESULTS.md and a plot, read from the records
+the decode and memsim stages wrote (asr.pipeline.outputs), never from folder names.
 
-Reads what the decode and memsim stages wrote: work_dir/decode/<system>/<split>/<method>/score.json and
-work_dir/memsim/<system>/<chip>/instance-<k>/<split>/<method>/score.json. A QAT system's weight bits
-come from its name (quant.name, `w<bits>a<bits>`); the float system is `float`.
+Each current decode output is one result: its model, chip and instance, split, method and decoding
+settings come from its record and its inputs' records. Results group into systems (a chip's instances
+form one group). Every group of a quantized system is compared with references decoded on the same
+split with the same decoding settings: the float model of its configuration and, for a chip, the digital
+QAT model whose weights it holds. Each relative change has a 95 % confidence interval from a paired
+bootstrap over utterances (asr.significance). Outputs whose inputs were made again since are stale: they
+are left out, and RESULTS.md says how many.
 """
 import csv
 import io
-import platform
-import re
+import json
 import statistics
-import subprocess
 import sys
 from collections import defaultdict
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from asr.files import atomic_path, write_text
+from asr.decode import HYPS_FILE, SCORE_FILE
+from asr.errors import UserError
+from asr.files import atomic_path, read_jsonl, write_text
+from asr.pipeline.outputs import RECORD, Records, environment
 from asr.scoring import HEADER, Score, read_score, total
+from asr.significance import Interval, relative_change, resample_counts
 
-COLUMNS = ["system", "weight_bits", "chip", "split", "method", "instance", "wer", "snt", "words", "corr", "sub",
-           "del", "ins"]
-QAT_NAME = re.compile(r"^w(\d+(?:\.\d+)?)a\d+$")
-
-
-def collect(work_dirs: list[Path]) -> list[dict]:
-    """One row per score file: float and QAT digital decodes, and every memsim instance."""
-    rows = []
-    for work in map(Path, work_dirs):
-        for path in sorted(work.glob("decode/*/*/*/score.json")):
-            system, split, method = path.parts[-4:-1]
-            kind = "float" if system == "float" else "qat"
-            rows.append(_row(kind, system, "", split, method, "", read_score(path)))
-        for path in sorted(work.glob("memsim/*/*/instance-*/*/*/score.json")):
-            system, chip, instance, split, method = path.parts[-6:-1]
-            rows.append(_row("memsim", system, chip, split, method, int(instance.split("-")[1]), read_score(path)))
-    if not rows:
-        raise FileNotFoundError(f"no score files under {', '.join(map(str, work_dirs))}: run the decode stage first")
-    return rows
+COLUMNS = ["system", "weight_bits", "model", "chip", "settings", "split", "method", "instance", "wer", "snt",
+           "words", "corr", "sub", "del", "ins", "snt_err", "revision", "dirty", "path"]
+SYSTEM_ORDER = {"float": 0, "qat": 1, "memsim": 2}
+SHOWN_ELSEWHERE = {"quant.weight_bits", "memsim.weight_bits", "decode.method", "decode.split",
+                   "decode.instance"}  # columns of their own
 
 
-def _row(kind: str, system: str, chip: str, split: str, method: str, instance, score: Score) -> dict:
-    match = QAT_NAME.match(system)
-    bits = float(match.group(1)) if match else ""
-    return {"system": kind, "weight_bits": bits, "chip": chip, "split": split, "method": method,
-            "instance": instance, "wer": round(score.err, 2), "score": score}
+@dataclass
+class Result:
+    """One decode output: one model (on one chip instance, or digital) on one split with one method."""
+
+    root: Path
+    path: str  # its folder, relative to root
+    system: str  # float | qat | memsim
+    model: str  # the model's folder
+    baseline: str  # the folder of the float model it is compared with
+    weight_bits: float | None
+    chip: str | None  # the chip configuration's folder
+    chip_label: str
+    instance: int | None
+    split: str
+    method: str
+    settings: dict  # flat dotted keys: model.*, quant.*, train.*, memsim.*, decode.* (what made it)
+    score: Score
+    revision: str | None
+    dirty: bool | None
+
+    @property
+    def comparison_key(self) -> tuple:
+        """What a reference must share: the split and the decoding settings."""
+        decoding = {k: v for k, v in self.settings.items() if k.startswith("decode.") and k != "decode.instance"}
+        return self.split, json.dumps(decoding, sort_keys=True)
+
+    def utterances(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Ids, errors and reference words per utterance (hyps.jsonl), in manifest order."""
+        lines = read_jsonl(self.root / self.path / HYPS_FILE)
+        return ([line["id"] for line in lines], np.array([line["sub"] + line["del"] + line["ins"] for line in lines]),
+                np.array([line["words"] for line in lines]))
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+@dataclass
+class Group:
+    """The results of one system on one split with one decoding setup (a chip's instances together)."""
+
+    members: list[Result]
+    label: str = ""  # the settings that tell it apart from the other groups of its kind
+    float_reference: "Group | None" = None
+    qat_reference: "Group | None" = None
+    relative: dict[str, Interval | None] = field(default_factory=dict)  # "float" / "qat" -> interval
+
+    @property
+    def first(self) -> Result:
+        return self.members[0]
+
+    @property
+    def wers(self) -> list[float]:
+        return [r.score.err for r in self.members]
+
+    @cached_property
+    def errors(self) -> tuple[list[str], np.ndarray]:
+        """Utterance ids and errors [instances, utterances]."""
+        read = [r.utterances() for r in self.members]
+        return read[0][0], np.stack([errors for _, errors, _ in read])
+
+    def sort_key(self) -> tuple:
+        r = self.first
+        return (r.split, r.method, SYSTEM_ORDER[r.system], r.weight_bits or 0, r.chip_label, self.label)
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, inner, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def collect(work_dirs: list[Path]) -> tuple[list[Result], list[str]]:
+    """Every current decode output under the work directories, and the folders of the stale ones."""
+    results, stale = [], []
+    for root in map(Path, work_dirs):
+        records = Records(root)
+        for record_path in sorted(root.glob(f"**/{RECORD}")):
+            relpath = str(record_path.parent.relative_to(root))
+            record = records.get(relpath)
+            if record["stage"] not in ("decode", "memsim") or "method" not in record["settings"]:
+                continue
+            if not records.current_path(relpath):
+                stale.append(str(root / relpath))
+                continue
+            results.append(_result(root, relpath, record, records))
+    return results, stale
+
+
+def _result(root: Path, relpath: str, record: dict, records: Records) -> Result:
+    model = records.get(record["inputs"]["model"]["path"])
+    chip = records.get(record["inputs"]["chip"]["path"]) if "chip" in record["inputs"] else None
+    decode = record["settings"]
+    settings = _flatten("", model["settings"], {})
+    if chip is not None:
+        _flatten("memsim", {**chip["settings"]["crossbar"], "seed": chip["settings"]["seed"]}, settings)
+    _flatten("decode", decode, settings)
+    bits = model["settings"]["quant"]["weight_bits"]
+    system = "memsim" if chip is not None else ("float" if bits is None else "qat")
+    made_by = record["made_by"]
+    return Result(root, relpath, system, model["path"], model.get("baseline", model["path"]), bits,
+                  chip["path"] if chip else None, chip["label"] if chip else "", decode.get("instance"),
+                  decode["split"], decode["method"], settings, read_score(root / relpath / SCORE_FILE),
+                  made_by.get("revision"), made_by.get("dirty"))
+
+
+def group(results: list[Result]) -> list[Group]:
+    """Results by (work dir, model, chip, split, decoding settings), labelled, linked to their references,
+    with their relative changes."""
+    grouped = defaultdict(list)
+    for r in results:
+        grouped[(str(r.root), r.model, r.chip, *r.comparison_key)].append(r)
+    groups = [Group(sorted(members, key=lambda r: r.instance or 0)) for members in grouped.values()]
+    _label(groups)
+    digital = {(str(g.first.root), g.first.model, *g.first.comparison_key): g for g in groups if g.first.chip is None}
+    counts = {}
+    for g in groups:
+        r = g.first
+        if r.system == "float":
+            continue
+        g.float_reference = digital.get((str(r.root), r.baseline, *r.comparison_key))
+        g.qat_reference = digital.get((str(r.root), r.model, *r.comparison_key)) if r.system == "memsim" else None
+        for name, reference in (("float", g.float_reference), ("qat", g.qat_reference)):
+            g.relative[name] = _relative(g, reference, counts) if reference is not None else None
+    return sorted(groups, key=Group.sort_key)
+
+
+def _label(groups: list[Group]) -> None:
+    """Each group's label: its settings that differ within its kind (system and method)."""
+    kinds = defaultdict(list)
+    for g in groups:
+        kinds[g.first.system, g.first.method].append(g)
+    for members in kinds.values():
+        keys = set().union(*(g.first.settings for g in members)) - SHOWN_ELSEWHERE
+        varying = sorted(k for k in keys if len({json.dumps(g.first.settings.get(k)) for g in members}) > 1)
+        for g in members:
+            g.label = ", ".join(f"{k}={g.first.settings.get(k)}" for k in varying)
+
+
+def _relative(g: Group, reference: Group, counts: dict) -> Interval | None:
+    ids, errors = g.errors
+    ref_ids, ref_errors = reference.errors
+    if ids != ref_ids:
+        return None
+    if len(ids) not in counts:  # every comparison on a split sees the same resamples
+        counts[len(ids)] = resample_counts(len(ids))
+    return relative_change(ref_errors, errors, counts[len(ids)])
+
+
+def _cell(interval: Interval | None, present: bool) -> str:
+    if not present:
+        return "-"
+    return interval.percent() if interval is not None else "n/a"
+
+
+def summary_table(groups: list[Group]) -> str:
+    """WER mean / std / min / max per group, with the relative changes and their 95 % intervals."""
+    revisions = sorted({str(r.revision) + ("+dirty" if r.dirty else "") for g in groups for r in g.members})
+    with_revision = len(revisions) > 1
+    header = ["split", "method", "system", "bits", "chip", "settings", "instances", "Snt", "Wrd", "WER mean", "std",
+              "min", "max", "rel. to float [95 % CI]", "rel. to QAT [95 % CI]"] + (["revision"] * with_revision)
+    lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
+    for g in groups:
+        r, wers = g.first, g.wers
+        cells = [r.split, r.method, r.system, "" if r.weight_bits is None else f"{r.weight_bits:g}", r.chip_label or "-",
+                 g.label or "-", len(wers), r.score.snt, r.score.words, f"{statistics.mean(wers):.2f}",
+                 f"{statistics.stdev(wers) if len(wers) > 1 else 0:.2f}", f"{min(wers):.2f}", f"{max(wers):.2f}",
+                 _cell(g.relative.get("float"), r.system != "float"), _cell(g.relative.get("qat"), r.system == "memsim")]
+        if with_revision:
+            cells.append(", ".join(sorted({str(m.revision) + ("+dirty" if m.dirty else "") for m in g.members})))
+        lines.append("|" + "|".join(map(str, cells)) + "|")
+    return "\n".join(lines)
+
+
+def espnet_table(groups: list[Group]) -> str:
+    """|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err| per group; a chip's counts pooled over its instances."""
+    lines = [HEADER]
+    for g in groups:
+        r = g.first
+        parts = [r.system, "" if r.weight_bits is None else f"w{r.weight_bits:g}", r.chip_label, g.label, r.split, r.method]
+        name = "/".join(p for p in parts if p)
+        if len(g.members) > 1:
+            name += f" ({len(g.members)} instances pooled)"
+        lines.append(total(m.score for m in g.members).row(name))
+    return "\n".join(lines)
+
+
+def results_markdown(groups: list[Group], stale: list[str], title: str, notes: str = "") -> str:
+    env = environment()
+    revisions = sorted({str(r.revision) + ("+dirty" if r.dirty else "") for g in groups for r in g.members})
+    stale_note = (f"\n{len(stale)} stale result(s) left out: their models or chips were made again since. Run the "
+                  "decode and memsim stages of those configurations again to refresh them.\n" if stale else "")
+    return (
+        f"# {title}\n\n{notes}## WER (%) per system\n\n{summary_table(groups)}\n\n"
+        "Snt and Wrd: the utterances and reference words each split scored. A memsim row holds its programming "
+        "instances: WER mean, std, min and max over them. Relative changes compare error counts with the float "
+        "model of the same configuration and, for a chip, with the digital QAT model it holds, on the same split "
+        "with the same decoding settings; the 95 % interval is a paired bootstrap over utterances (2000 "
+        "resamples; the instances' own spread is in std/min/max). `settings` names what tells a row apart from "
+        f"the other rows of its kind.\n{stale_note}\n"
+        f"## Scoring details\n\n{espnet_table(groups)}\n\n"
+        f"## Environment\n\n- results made at git revision(s): {', '.join(revisions)}\n"
+        f"- this report: git revision {env['revision']}{' (dirty)' if env['dirty'] else ''}, project "
+        f"{env['project']}, python {env['python']}, torch {env['torch']}, {env['device']}\n"
+        f"- command: `{' '.join(sys.argv)}`\n")
+
+
+def write_csv(groups: list[Group], path: Path) -> None:
+    """One row per result (each chip instance its own row), in the order of the summary table."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, COLUMNS)
     writer.writeheader()
-    for row in rows:
-        counts = row["score"].to_dict()
-        writer.writerow({**{k: row[k] for k in COLUMNS if k in row}, **{k: counts[k] for k in COLUMNS[7:]}})
+    for g in groups:
+        for r in g.members:
+            writer.writerow({"system": r.system, "weight_bits": "" if r.weight_bits is None else r.weight_bits,
+                             "model": r.model, "chip": r.chip or "", "settings": g.label, "split": r.split,
+                             "method": r.method, "instance": "" if r.instance is None else r.instance,
+                             "wer": round(r.score.err, 2), **{k: v for k, v in r.score.to_dict().items()
+                                                               if k in COLUMNS}, "revision": r.revision,
+                             "dirty": r.dirty, "path": r.path})
     write_text(path, buffer.getvalue())
 
 
-def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Rows by (system, weight_bits, chip, split, method): a memsim group holds its instances."""
-    grouped = defaultdict(list)
-    for row in rows:
-        grouped[(row["system"], row["weight_bits"], row["chip"], row["split"], row["method"])].append(row)
-    order = {"float": 0, "qat": 1, "memsim": 2}
-    return dict(sorted(grouped.items(), key=lambda item: (item[0][3], item[0][4], order[item[0][0]],
-                                                         str(item[0][1]), item[0][2])))
-
-
-def summary_table(rows: list[dict]) -> str:
-    """WER mean / std / min / max per system, and the relative degradation against the float model."""
-    grouped = groups(rows)
-    floats = {(k[3], k[4]): statistics.mean(r["wer"] for r in v) for k, v in grouped.items() if k[0] == "float"}
-    lines = ["|split|method|system|bits|chip|instances|Snt|Wrd|WER mean|std|min|max|rel. to float|",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (system, bits, chip, split, method), members in grouped.items():
-        wers = [r["wer"] for r in members]
-        mean = statistics.mean(wers)
-        base = floats.get((split, method))
-        relative = f"{100 * (mean - base) / base:+.1f} %" if base else "-"
-        score = members[0]["score"]
-        lines.append(f"|{split}|{method}|{system}|{bits}|{chip or '-'}|{len(members)}|{score.snt}|{score.words}|"
-                     f"{mean:.2f}|{statistics.stdev(wers) if len(wers) > 1 else 0:.2f}|{min(wers):.2f}|"
-                     f"{max(wers):.2f}|{relative}|")
-    return "\n".join(lines)
-
-
-def espnet_tables(rows: list[dict]) -> str:
-    """|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err| per system; memsim counts pooled over its instances."""
-    lines = [HEADER]
-    for (system, bits, chip, split, method), members in groups(rows).items():
-        name = "/".join(str(p) for p in (system, f"w{bits}" if bits != "" else "", chip, split, method) if p)
-        if len(members) > 1:
-            name += f" ({len(members)} instances pooled)"
-        lines.append(total(r["score"] for r in members).row(name))
-    return "\n".join(lines)
-
-
-def environment() -> str:
-    try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                  check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        revision = "unknown"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n- git revision: {revision}\n"
-            f"- python {platform.python_version()}, torch {torch.__version__}, {device}\n"
-            f"- command: `{' '.join(sys.argv)}`")
-
-
-def results_markdown(rows: list[dict], title: str, notes: str = "") -> str:
-    return (f"# {title}\n\n{notes}## WER (%) per system\n\n{summary_table(rows)}\n\n"
-            f"## Scoring details\n\n{espnet_tables(rows)}\n\n## Environment\n\n{environment()}\n")
-
-
-def plot(rows: list[dict], path: Path, split: str = "test") -> None:
-    """WER against weight bits on one split (test if present): float (line), QAT digital, memsim mean +- std
-    (one marker per chip configuration, side by side), per method."""
+def plot(groups: list[Group], path: Path, split: str = "test") -> None:
+    """WER against weight bits on one split (test if present): float (dashed line), QAT digital, and each
+    chip configuration (mean +- std over instances, markers side by side), per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = {r["split"] for r in rows}
+    splits = {g.first.split for g in groups}
     split = split if split in splits else sorted(splits)[0]
-    grouped = groups([r for r in rows if r["split"] == split])
-    methods = sorted({k[4] for k in grouped})
-    chips = sorted({k[2] for k in grouped if k[2]})
-    offset = {"": 0.0, **{chip: 0.06 * (i + 1) for i, chip in enumerate(chips)}}  # markers side by side
+    chosen = [g for g in groups if g.first.split == split]
+    methods = sorted({g.first.method for g in chosen})
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
     for ax, method in zip(axes[0], methods):
-        series = defaultdict(list)  # label -> (bits, mean, std) points, one line per system and chip
-        for (system, bits, chip, _, m), members in grouped.items():
-            if m != method:
+        series = defaultdict(list)  # label -> (bits, mean, std): one line per system, chip and setting
+        for g in (g for g in chosen if g.first.method == method):
+            r, wers = g.first, g.wers
+            extra = f" ({g.label})" if g.label else ""
+            if r.system == "float":
+                ax.axhline(wers[0], color="black", linestyle="--", label=f"float{extra}")
                 continue
-            wers = [r["wer"] for r in members]
-            if system == "float":
-                ax.axhline(wers[0], color="black", linestyle="--", label="float")
-                continue
-            label = "QAT digital" if system == "qat" else f"memsim {chip}"
-            std = statistics.stdev(wers) if len(wers) > 1 else 0.0
-            series[label].append((bits + offset[chip], statistics.mean(wers), std))
-        for label, points in series.items():
+            name = ("QAT digital" if r.system == "qat" else f"memsim {r.chip_label}") + extra
+            series[name].append((r.weight_bits, statistics.mean(wers), statistics.stdev(wers) if len(wers) > 1 else 0.0))
+        for i, (name, points) in enumerate(sorted(series.items())):
             x, y, error = zip(*sorted(points))
-            ax.errorbar(x, y, yerr=error, fmt="-o" if label == "QAT digital" else "-s", capsize=4, label=label)
-        ax.legend(fontsize=8)
+            ax.errorbar([b + 0.05 * i for b in x], y, yerr=error, fmt="-o" if name.startswith("QAT") else "-s",
+                        capsize=4, label=name)
+        ax.legend(fontsize=7)
         ax.set(xlabel="weight bits", ylabel="WER (%)", title=f"{split}, {method} decoding")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -153,11 +293,14 @@ def plot(rows: list[dict], path: Path, split: str = "test") -> None:
     plt.close(fig)
 
 
-def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = "") -> list[dict]:
-    """results.csv, RESULTS.md and wer_vs_bits.png in out_dir."""
-    rows = collect(work_dirs)
+def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = "") -> list[Group]:
+    """results.csv, RESULTS.md and wer_vs_bits.png in out_dir; returns the groups."""
+    results, stale = collect(work_dirs)
+    if not results:
+        raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
+    groups = group(results)
     out_dir = Path(out_dir)
-    write_csv(rows, out_dir / "results.csv")
-    write_text(out_dir / "RESULTS.md", results_markdown(rows, title, notes))
-    plot(rows, out_dir / "wer_vs_bits.png")
-    return rows
+    write_csv(groups, out_dir / "results.csv")
+    write_text(out_dir / "RESULTS.md", results_markdown(groups, stale, title, notes))
+    plot(groups, out_dir / "wer_vs_bits.png")
+    return groups

@@ -4,6 +4,7 @@ TED-LIUM keeps `<unk>` in its transcripts as a word to be recognized; sentencepi
 it out as the characters < u n k >, so it is mapped to sentencepiece's own unknown id in both directions.
 """
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -13,6 +14,24 @@ from asr.files import atomic_path
 
 BLANK_ID, UNK_ID = 0, 1
 UNK = "<unk>"
+MODEL_TYPES = ("char", "bpe", "unigram")
+
+
+@dataclass
+class TokenizerSettings:
+    """What the `tokenizer` settings hold: sentencepiece's model type and (soft) vocabulary size."""
+
+    model_type: str = "char"
+    vocab_size: int = 100  # a soft limit: a small corpus gets fewer units
+    num_threads: int = 2
+
+    def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"tokenizer.model_type must be one of {list(MODEL_TYPES)}, got {self.model_type!r}")
+        if self.vocab_size < 3:
+            raise ValueError(f"tokenizer.vocab_size must be >= 3 (blank, <unk> and a unit), got {self.vocab_size}")
+        if self.num_threads < 1:
+            raise ValueError(f"tokenizer.num_threads must be >= 1, got {self.num_threads}")
 
 
 def train(texts: Iterable[str], path: str | Path, model_type: str, vocab_size: int, num_threads: int) -> "Tokenizer":

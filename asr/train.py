@@ -5,11 +5,15 @@
 well as on the corpus. Each iteration over `batches` is one epoch; if it (or a DataLoader's batch sampler)
 has `set_epoch(epoch)`, that is called first, so a shuffling sampler can depend on (seed, epoch) only.
 
-Resuming: `out_dir` holds atomic checkpoints `ckpt-<step>.pt` (every `checkpoint_every` steps and at the
+Resuming: `out_dir` holds atomic checkpoints (asr.checkpoint: every `checkpoint_every` steps and at the
 end of each epoch) with model, optimizer, scheduler, every rank's RNG states, and the data position
 (epoch, batches done in it). Run `fit` again on the same `out_dir` and it continues from the newest one;
 with deterministic batches the result is bit-identical to a run that was never interrupted (data
 augmentation drawn in loader worker processes is only as reproducible as the data side seeds it).
+`final.pt` averages the newest `average_last` epoch-end checkpoints.
+
+Utterances whose labels cannot fit their frames (CTC needs a frame per label plus one between repeated
+labels) give no loss and no gradient; the trainer counts them (`dropped` in log.csv) and warns.
 
 Under `torchrun` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (NCCL on CUDA, gloo on
 CPU); each rank must be given its own shard of batches, the same number on every rank. Rank 0 writes
@@ -20,6 +24,7 @@ import itertools
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,23 +32,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from asr import checkpoint
-from asr.data.loader import make_loader
+from asr.data.features import FeatureSettings
+from asr.data.loader import DataFiles, LoaderSettings, split_loader
 from asr.errors import UserError
-from asr.model import ConformerCTC, ModelConfig, count_parameters, ctc_loss
+from asr.model import ConformerCTC, ModelConfig, count_parameters, ctc_loss, infeasible
 from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
 from asr.tokenizer import BLANK_ID, Tokenizer
 from asr.train_log import TrainingLog
-from asr.workdir import WorkDir
 
 log = logging.getLogger(__name__)
+
+FINAL = "final.pt"  # the averaged weights a finished run leaves in its directory
 
 # Settings a resumed run must share with the run that wrote the checkpoint (they shape the optimization).
 RESUME_MUST_MATCH = ("optimizer", "lr", "betas", "weight_decay", "schedule", "pct_start", "div_factor",
@@ -66,9 +72,9 @@ class TrainConfig:
     epochs: int = 50
     max_steps: int | None = None  # stop (and end the schedule) here if earlier than `epochs`
     grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
-    checkpoint_every: int = 1000  # steps; checkpoints are also written at the end of every epoch
-    keep_checkpoints: int = 10
-    average_last: int = 5  # final.pt holds the mean of the newest this-many checkpoints
+    checkpoint_every: int = 1000  # steps, for resuming; checkpoints are also written at the end of every epoch
+    keep_checkpoints: int = 10  # epoch-end checkpoints kept
+    average_last: int = 5  # final.pt holds the mean of the newest this-many epoch-end checkpoints
     log_every: int = 50
     bf16: bool = True  # bf16 autocast, on CUDA only
     seed: int = 0
@@ -76,8 +82,22 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in ("radam", "adamw"):
             raise ValueError(f"optimizer must be 'radam' or 'adamw', got {self.optimizer!r}")
-        if self.keep_checkpoints < max(1, self.average_last):
-            raise ValueError("keep_checkpoints must be >= max(1, average_last)")
+        if self.schedule not in ("onecycle", "noam"):
+            raise ValueError(f"schedule must be 'onecycle' or 'noam', got {self.schedule!r}")
+        for name in ("lr", "epochs", "checkpoint_every", "log_every", "warmup_steps", "div_factor", "final_div_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if self.average_last < 1 or self.keep_checkpoints < self.average_last:
+            raise ValueError(f"average_last must be >= 1 and keep_checkpoints >= average_last, got "
+                             f"average_last={self.average_last} keep_checkpoints={self.keep_checkpoints}")
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -98,9 +118,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
+    """Every generator's state as tensors and plain values (so checkpoints load with weights_only=True)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
     }
@@ -108,7 +130,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -132,11 +155,13 @@ def _to(batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
     return tuple(batch[k].to(device, non_blocking=True) for k in keys)
 
 
-def _loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool) -> torch.Tensor:
+def _loss(model: nn.Module, batch: dict, device: torch.device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's CTC loss, and how many of its utterances the loss dropped as infeasible (on the device)."""
     feats, feat_lens, tokens, token_lens = _to(batch, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
         logits, lengths = model(feats, feat_lens)
-    return ctc_loss(logits, lengths, tokens, token_lens, blank=BLANK_ID)
+    dropped = infeasible(lengths, tokens, token_lens).sum()
+    return ctc_loss(logits, lengths, tokens, token_lens, blank=BLANK_ID), dropped
 
 
 @torch.no_grad()
@@ -147,7 +172,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, bf16: bool = True)
     total = torch.zeros(2, device=device, dtype=torch.float64)
     for batch in batches:
         n = len(batch["feat_lens"])
-        total += torch.stack([_loss(model, batch, device, bf16).double() * n, torch.tensor(n, device=device)])
+        total += torch.stack([_loss(model, batch, device, bf16)[0].double() * n, torch.tensor(n, device=device)])
     if dist.is_initialized():
         dist.all_reduce(total)
     model.train(was_training)
@@ -224,7 +249,9 @@ class _Run:
             self.logbook.resume_at(self.step)
         log.info("resumed from %s (step %d, epoch %d)", existing[-1], self.step, self.epoch)
 
-    def save(self) -> None:
+    def save(self, epoch_end: bool = False) -> None:
+        """A checkpoint of the current step; `epoch_end`: it ends an epoch (the one just finished, or the
+        partial epoch a step limit stopped)."""
         states = [None] * self.world
         if self.world > 1:
             dist.all_gather_object(states, rng_state())
@@ -235,12 +262,12 @@ class _Run:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": states, "step": self.step, "epoch": self.epoch,
                 "done_in_epoch": self.done_in_epoch, "train_config": asdict(self.cfg), "meta": self.meta,
-            }, checkpoint.path_for(self.out_dir, self.step))
+            }, checkpoint.path_for(self.out_dir, self.step, self.epoch + (self.done_in_epoch > 0) if epoch_end else None))
             checkpoint.prune(self.out_dir, self.cfg.keep_checkpoints)
         self.saved_step = self.step
 
-    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = _loss(self.net, batch, self.device, self.cfg.bf16)
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss, dropped = _loss(self.net, batch, self.device, self.cfg.bf16)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
@@ -248,13 +275,14 @@ class _Run:
         self.optimizer.step()
         self.scheduler.step()
         self.step, self.done_in_epoch = self.step + 1, self.done_in_epoch + 1
-        return loss.detach(), grad_norm
+        return loss.detach(), grad_norm, dropped
 
     def run(self, valid_batches=None) -> None:
         cfg = self.cfg
         progress = tqdm(total=self.total_steps, initial=self.step, disable=self.rank != 0, unit="step",
                         dynamic_ncols=True)
-        began, running, unlogged = time.perf_counter(), torch.zeros((), device=self.device), 0
+        began, unlogged = time.perf_counter(), 0
+        running, dropped = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
         while self.step < self.total_steps and self.epoch < cfg.epochs:
             iterator = _epoch_iterator(self.batches, self.epoch, self.done_in_epoch)
             if self.pending_rng is not None:  # after the iterator drew whatever it draws at epoch start
@@ -263,14 +291,18 @@ class _Run:
             for batch in iterator:
                 if self.step >= self.total_steps:  # checked here so that a finished epoch still ends below
                     break
-                loss, grad_norm = self.train_step(batch)
-                running, unlogged = running + loss, unlogged + 1  # summed on the device: no sync per step
+                loss, grad_norm, batch_dropped = self.train_step(batch)
+                # summed on the device: no sync per step
+                running, dropped, unlogged = running + loss, dropped + batch_dropped, unlogged + 1
                 progress.update()
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    mean_loss = running.item() / unlogged
-                    running, unlogged = torch.zeros_like(running), 0
+                    mean_loss, n_dropped = running.item() / unlogged, int(dropped)
+                    running, dropped, unlogged = torch.zeros_like(running), torch.zeros_like(dropped), 0
                     self._log("train", mean_loss, lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm.item(),
-                              seconds=round(time.perf_counter() - began, 1))
+                              dropped=n_dropped, seconds=round(time.perf_counter() - began, 1))
+                    if n_dropped and self.rank == 0:
+                        log.warning("step %d: the CTC loss dropped %d utterance(s) in the last steps: fewer frames "
+                                    "than their labels need", self.step, n_dropped)
                     progress.set_postfix(loss=f"{mean_loss:.3f}", epoch=self.epoch)
                 if self.step % cfg.checkpoint_every == 0:
                     self.save()
@@ -278,9 +310,9 @@ class _Run:
                 if valid_batches is not None:
                     self._log("valid", evaluate(self.net, valid_batches, self.device, cfg.bf16))
                 self.epoch, self.done_in_epoch = self.epoch + 1, 0
-                self.save()
+                self.save(epoch_end=True)
         if self.saved_step != self.step:
-            self.save()
+            self.save(epoch_end=True)  # a step limit ended the run inside an epoch
         progress.close()
 
     def _log(self, split: str, loss: float, **values) -> None:
@@ -290,23 +322,25 @@ class _Run:
             log.info("epoch %d: valid loss %.4f", self.epoch, loss)
 
     def finish(self) -> nn.Module:
-        """Load and write (out_dir/final.pt) the average of the newest `average_last` checkpoints."""
+        """Load and write (out_dir/final.pt) the average of the newest `average_last` epoch-end checkpoints."""
         if self.world > 1:
             dist.barrier()
-        final = checkpoint.average(checkpoint.checkpoints(self.out_dir)[-max(1, self.cfg.average_last):])
+        final = checkpoint.average(checkpoint.epoch_checkpoints(self.out_dir)[-self.cfg.average_last:])
         self.model.load_state_dict(final)
         if self.logbook:
-            checkpoint.save({"model": final, "meta": self.meta, "step": self.step}, self.out_dir / "final.pt")
+            checkpoint.save({"model": final, "meta": self.meta, "step": self.step}, self.out_dir / FINAL)
             self.logbook.close()
+        if self.world > 1:  # the next stage of every rank may read final.pt
+            dist.barrier()
         return self.model
 
 
 def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir: str | Path, *, valid_batches=None,
         device: str | torch.device | None = None, meta: dict | None = None) -> nn.Module:
     """Train `model` (float, or already quantized with asr.quant.quantize) and return it with the weights of
-    `out_dir/final.pt`: the average of the newest `average_last` checkpoints. Resumes from out_dir's newest
+    `out_dir/final.pt`: the average of the newest `average_last` epoch-end checkpoints. Resumes from out_dir's newest
     checkpoint if there is one. `meta` (e.g. the model and quant configs) goes into every checkpoint so a
-    checkpoint alone can rebuild its model (see load_model)."""
+    checkpoint alone can rebuild its model (see checkpoint.load_model)."""
     run = _Run(model, batches, cfg, Path(out_dir), device, meta)
     run.resume()
     run.run(valid_batches)
@@ -337,38 +371,40 @@ def _rank_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
                       persistent_workers=loader.persistent_workers)
 
 
-def _fields(node: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in drop}
+def train_model(model_config: ModelConfig, quant_config: QuantConfig, train_config: TrainConfig, *, files: DataFiles,
+                features: FeatureSettings, loader: LoaderSettings, out_dir: Path, init_from: Path | None = None,
+                fresh: bool = True) -> None:
+    """A Conformer-CTC trained float or quantization-aware on the prepared data, into out_dir; `final.pt`
+    there holds the averaged weights and the configs (checkpoint.load_model rebuilds the model).
 
-
-def train(cfg: DictConfig) -> None:
-    """The `train` stage: a Conformer-CTC (cfg.model) trained float or quantization-aware (cfg.quant) on the
-    prepared corpus, into cfg.train.exp_dir; `final.pt` there holds the averaged weights and the configs.
-
-    QAT from a float checkpoint: train.init_from=<exp_dir>/final.pt. Several GPUs or CPU processes:
-    torchrun --nproc_per_node=N scripts/run.py ... stages=[train].
+    init_from: a checkpoint whose model weights start the run (e.g. the float model, for QAT fine-tuning).
+    fresh: start over, deleting what out_dir holds; else resume from its newest checkpoint. Under torchrun
+    every rank calls this; rank 0 alone clears out_dir, and every rank resumes after it did.
     """
     rank, world, _ = init_distributed()
-    work = WorkDir(cfg.work_dir)
-    model_cfg = ModelConfig(vocab_size=Tokenizer(work.tokenizer).vocab_size, n_mels=cfg.features.num_mel_bins,
-                            **_fields(cfg.model))
-    quant_cfg = QuantConfig(**_fields(cfg.quant))
-    torch.manual_seed(cfg.seed)
-    model = ConformerCTC(model_cfg)
-    if cfg.train.init_from:
-        model.load_state_dict(checkpoint.load(cfg.train.init_from)["model"])
-    quantize(model, quant_cfg)
+    if fresh and rank == 0:
+        clear_run(out_dir)
+    if world > 1:
+        dist.barrier()
+    torch.manual_seed(train_config.seed)
+    model = ConformerCTC(model_config)
+    if init_from is not None:
+        model.load_state_dict(checkpoint.load(init_from)["model"])
+    quantize(model, quant_config)
     log.info("model: %s parameters, quantized layers: %d", f"{count_parameters(model):,}", len(quantized_layers(model)))
-    fit(model, _rank_loader(make_loader(cfg, "train", train=True), rank, world),
-        TrainConfig(seed=cfg.seed, **_fields(cfg.train, drop=("exp_dir", "init_from"))), cfg.train.exp_dir,
-        valid_batches=_rank_loader(make_loader(cfg, "dev", train=False), rank, world),
-        meta={"model": asdict(model_cfg), "quant": asdict(quant_cfg)})
+    batches = {split: _rank_loader(split_loader(files, split, features, max_seconds=loader.max_seconds,
+                                                num_workers=loader.num_workers, seed=train_config.seed,
+                                                train=split == "train"), rank, world)
+               for split in ("train", "dev")}
+    fit(model, batches["train"], train_config, out_dir, valid_batches=batches["dev"],
+        meta={"model": asdict(model_config), "quant": asdict(quant_config)})
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> ConformerCTC:
-    """Rebuild a trained model (float or quantization-aware) from a checkpoint that `train` wrote."""
-    state = checkpoint.load(path)
-    model = ConformerCTC(ModelConfig(**state["meta"]["model"]))
-    quantize(model, QuantConfig(**state["meta"]["quant"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+def clear_run(out_dir: Path) -> None:
+    """Delete a training run's files (checkpoints, final.pt, logs), so a new run does not resume from them."""
+    for path in [*checkpoint.checkpoints(out_dir), out_dir / FINAL, *TrainingLog.files(out_dir)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+

@@ -8,7 +8,7 @@ try:
 except ImportError:  # tensorboard is optional
     SummaryWriter = None
 
-FIELDS = ("step", "epoch", "split", "loss", "lr", "grad_norm", "seconds")
+FIELDS = ("step", "epoch", "split", "loss", "lr", "grad_norm", "dropped", "seconds")  # dropped: see asr.train
 
 
 class TrainingLog:
@@ -18,8 +18,13 @@ class TrainingLog:
     """
 
     def __init__(self, directory: Path):
-        self.path = Path(directory) / "log.csv"
-        self.tensorboard = SummaryWriter(Path(directory) / "tensorboard") if SummaryWriter else None
+        self.path, tensorboard = self.files(directory)
+        self.tensorboard = SummaryWriter(tensorboard) if SummaryWriter else None
+
+    @staticmethod
+    def files(directory: Path) -> tuple[Path, Path]:
+        """The CSV file and the TensorBoard folder of a run directory."""
+        return Path(directory) / "log.csv", Path(directory) / "tensorboard"
 
     def resume_at(self, step: int) -> None:
         if self.path.exists():

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Merge the outputs of several work directories (e.g. a -m sweep) into one results.csv, RESULTS.md and plot.
+"""Merge the outputs of several work directories (e.g. sweeps) into one results.csv, RESULTS.md and plot.
 
-    python scripts/report.py work/mini work/mini-sweep2 --out report/
+    python scripts/report.py work/mini other/work_dir --out report/
 """
 import argparse
 import sys
@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from asr.errors import UserError  # noqa: E402
 from asr.report import write_report  # noqa: E402
 
 
@@ -23,7 +24,7 @@ def main() -> None:
         sys.exit(f"error: not a directory: {', '.join(missing)}")
     try:
         write_report(args.work_dirs, args.out, args.title)
-    except FileNotFoundError as error:
+    except UserError as error:
         sys.exit(f"error: {error}")
     print(f"wrote {args.out}/RESULTS.md, results.csv, wer_vs_bits.png")
 

@@ -8,14 +8,17 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from asr import stages
+from asr import settings
 from asr.errors import UserError
+from asr.pipeline import runner
+
+settings.register()
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        stages.run(cfg)
+        runner.run(cfg)
     except UserError as e:
         sys.exit(f"error: {e}")
 

@@ -1,5 +1,6 @@
 """Acoustic features: Kaldi-compatible log-mel filterbanks, global CMVN, SpecAugment, speed perturbation."""
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -10,6 +11,50 @@ from torchaudio.transforms import SpecAugment
 from asr.files import write_json
 
 SAMPLE_RATE = 16000
+
+
+@dataclass
+class SpecAugmentSettings:
+    enabled: bool = True
+    freq_masks: int = 2
+    freq_width: int = 27
+    time_masks: int = 2
+    time_width: int = 40
+    max_time_fraction: float = 0.2  # no time mask covers more than this fraction of a segment
+
+    def __post_init__(self):
+        if min(self.freq_masks, self.freq_width, self.time_masks, self.time_width) < 0:
+            raise ValueError("features.specaugment: mask counts and widths must be >= 0")
+        if not 0 <= self.max_time_fraction <= 1:
+            raise ValueError(f"features.specaugment.max_time_fraction must be in [0, 1], got {self.max_time_fraction}")
+
+    def build(self) -> SpecAugment | None:
+        """The training-time augmentation, or None when disabled."""
+        if not self.enabled:
+            return None
+        return spec_augment(self.freq_masks, self.freq_width, self.time_masks, self.time_width,
+                            self.max_time_fraction)
+
+
+@dataclass
+class FeatureSettings:
+    """What the `features` settings hold: filterbanks, CMVN sample, and training augmentation."""
+
+    num_mel_bins: int = 80
+    dither: float = 1.0  # training only
+    speeds: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # one factor drawn per training segment
+    cmvn_segments: int = 2000  # training segments sampled to estimate the global mean and variance
+    specaugment: SpecAugmentSettings = field(default_factory=SpecAugmentSettings)
+
+    def __post_init__(self):
+        if self.num_mel_bins < 1:
+            raise ValueError(f"features.num_mel_bins must be >= 1, got {self.num_mel_bins}")
+        if self.dither < 0:
+            raise ValueError(f"features.dither must be >= 0, got {self.dither}")
+        if not self.speeds or min(self.speeds) <= 0:
+            raise ValueError(f"features.speeds must be a non-empty list of positive factors, got {self.speeds}")
+        if self.cmvn_segments < 1:
+            raise ValueError(f"features.cmvn_segments must be >= 1, got {self.cmvn_segments}")
 
 
 def fbank(wave: torch.Tensor, num_mel_bins: int = 80, dither: float = 0.0) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The manifests hold segments (talk audio, start, end) rather than cut audio, so preparation reads only
 audio headers and the dataset reads each segment by frame range. Conventions follow Kaldi and ESPnet
-(DESIGN §6): scoring-excluded lines dropped, noise tokens and <sil> removed, pronunciation variants
+(docs/sources.md): scoring-excluded lines dropped, noise tokens and <sil> removed, pronunciation variants
 stripped, split contractions joined, <unk> kept.
 """
 import logging

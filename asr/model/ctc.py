@@ -37,6 +37,18 @@ class ModelConfig:
             raise ValueError(f"frontend must be one of {sorted(FRONTENDS)}, got {self.frontend!r}")
         if self.pos_enc not in ("none", "relative"):
             raise ValueError(f"pos_enc must be 'none' or 'relative', got {self.pos_enc!r}")
+        if self.conv_norm not in ("batch", "layer"):
+            raise ValueError(f"conv_norm must be 'batch' or 'layer', got {self.conv_norm!r}")
+        for name in ("vocab_size", "n_mels", "d_model", "n_layers", "n_heads", "d_ff", "kernel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
 
 class ConformerCTC(nn.Module):
@@ -75,6 +87,14 @@ def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor, 
     log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [T, B, V]
     loss = F.ctc_loss(log_probs, tokens, lengths, token_lengths, blank=blank, reduction="sum", zero_infinity=True)
     return loss / logits.size(0)
+
+
+def infeasible(lengths: torch.Tensor, tokens: torch.Tensor, token_lengths: torch.Tensor) -> torch.Tensor:
+    """Per utterance, True where CTC cannot align the labels to the frames: it needs one frame per label and
+    one more (a blank) between two equal labels in a row. The loss drops these utterances (zero_infinity)."""
+    positions = torch.arange(1, tokens.size(1), device=tokens.device)
+    repeats = ((tokens[:, 1:] == tokens[:, :-1]) & (positions < token_lengths[:, None])).sum(1)
+    return lengths < token_lengths + repeats
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 from hydra import compose, initialize_config_dir
 
+from asr import settings
 from asr.data import mini_corpus
 
 RATE = 16000
@@ -69,6 +70,8 @@ def tiny_mini_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def make_cfg():
     """Compose configs/config.yaml with overrides, as scripts/run.py would."""
+    settings.register()
+
     def make(*overrides):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             return compose("config", overrides=list(overrides))

@@ -3,11 +3,11 @@ import random
 import pytest
 import torch
 
-from asr import stages
+from asr import settings
 from asr.data.batching import BucketBatchSampler
-from asr.data.loader import make_loader
+from asr.data.loader import split_loader
+from asr.pipeline import graph, runner
 from asr.tokenizer import Tokenizer
-from asr.workdir import WorkDir
 
 DURATIONS = [random.Random(0).uniform(0.5, 20.0) for _ in range(500)]
 
@@ -43,16 +43,21 @@ def test_a_segment_longer_than_the_budget_is_a_batch_of_its_own():
 def test_loader_gives_padded_feature_and_token_batches(fake_corpus, tmp_path, make_cfg):
     cfg = make_cfg("+experiment=tedlium2", f"data.corpus_dir={fake_corpus}", f"work_dir={tmp_path}",
                    "loader.max_seconds=4", "loader.num_workers=2", "stages=[prepare,tokenizer,cmvn]")
-    stages.run(cfg)
-    tok = Tokenizer(WorkDir(tmp_path).tokenizer)
+    runner.run(cfg)
+    s = settings.load(cfg)
+    files = graph.data_files(s)
+    tok = Tokenizer(files.tokenizer)
     torch.manual_seed(0)
+
+    def batches(split: str, train: bool) -> list[dict]:
+        return list(split_loader(files, split, s.features, max_seconds=4, num_workers=2, seed=0, train=train))
+
     for train in (True, False):
-        batches = list(make_loader(cfg, "train", train=train))
-        assert sum(len(b["ids"]) for b in batches) == 3
-        for b in batches:
+        assert sum(len(b["ids"]) for b in batches("train", train)) == 3
+        for b in batches("train", train):
             n = len(b["ids"])
             assert b["feats"].shape == (n, int(b["feat_lens"].max()), 80)
             assert b["tokens"].shape == (n, int(b["token_lens"].max()))
             assert [tok.decode(t[:k].tolist()) for t, k in zip(b["tokens"], b["token_lens"])] == b["texts"]
-    dev = [b for b in make_loader(cfg, "dev", train=False)]
+    dev = batches("dev", False)
     assert sorted(i for b in dev for i in b["ids"]) == ["TalkB_2012-0000100-0000300", "TalkB_2012-0000300-0000400"]

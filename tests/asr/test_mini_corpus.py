@@ -105,17 +105,18 @@ def test_command_line_builds_prepares_and_then_skips_finished_stages(tmp_path, t
     first = run_cli(tmp_path, *sizes)
     assert first.returncode == 0, first.stderr
     work = tmp_path / "work"
-    stats = json.loads((work / "manifests" / "stats.json").read_text())
-    assert [stats[s]["talks"] for s in ("train", "dev", "test")] == [2, 1, 1]
-    assert (work / "tokenizer" / "sp.model").is_file() and (work / "cmvn.json").is_file()
+    (stats,) = (work / "manifests").glob("mini-*/stats.json")
+    assert [json.loads(stats.read_text())[s]["talks"] for s in ("train", "dev", "test")] == [2, 1, 1]
+    assert list(work.glob("tokenizer/char100-*/sp.model")) and list(work.glob("cmvn/fbank80-*/cmvn.json"))
     second = run_cli(tmp_path, *sizes)
     assert second.returncode == 0 and second.stdout.count("done already") == 3
 
 
 @pytest.mark.slow
 def test_default_mini_corpus_has_the_promised_size(tmp_path):
-    """About 1 h of training speech and 10 min each of dev and test (DESIGN §8, issue 4)."""
+    """About 1 h of training speech and 10 min each of dev and test, as configs/data/mini.yaml promises."""
     assert run_cli(tmp_path, "stages=[prepare]").returncode == 0
-    stats = json.loads((tmp_path / "work" / "manifests" / "stats.json").read_text())
+    (path,) = (tmp_path / "work" / "manifests").glob("mini-*/stats.json")
+    stats = json.loads(path.read_text())
     assert stats["train"]["talks"] == 120 and 1.0 <= stats["train"]["hours"] <= 1.1
     assert all(10 / 60 <= stats[s]["hours"] <= 11 / 60 for s in ("dev", "test"))

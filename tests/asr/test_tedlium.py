@@ -117,5 +117,4 @@ def test_command_line_reports_bad_input_without_traceback(fake_corpus, tmp_path)
     assert result.returncode == 1
     assert "TalkB_2012.stm line 3: malformed STM line" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert not (work / "manifests").exists()
-    assert not (work / "stages" / "prepare").exists()
+    assert not list(work.glob("manifests/*/*.jsonl")) and not list(work.rglob("record.json"))

@@ -6,12 +6,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from asr import checkpoint, stages
+from asr import checkpoint, settings
+from asr.checkpoint import load_model
 from asr.errors import UserError
-from asr.model import ConformerCTC, ModelConfig
+from asr.model import ConformerCTC, ModelConfig, infeasible
+from asr.pipeline import graph, runner
 from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
-from asr.train import TrainConfig, build_optimizer, fit, load_model
+from asr.train import TrainConfig, build_optimizer, fit
 
 
 @pytest.fixture(autouse=True)
@@ -89,10 +91,11 @@ def test_resuming_with_other_optimization_settings_is_a_clear_error(tmp_path):
         fit(tiny_model(), synthetic_batches(2), quick_config(epochs=2, lr=1e-2), tmp_path)
 
 
-def test_checkpoints_are_pruned_and_final_is_their_average(tmp_path):
+def test_checkpoints_are_pruned_and_final_is_the_average_of_epoch_ends(tmp_path):
     model = fit(tiny_model(), synthetic_batches(4), quick_config(), tmp_path, valid_batches=synthetic_batches(1, seed=2))
-    kept = checkpoint.checkpoints(tmp_path)
-    assert [p.name for p in kept] == ["ckpt-00000008.pt", "ckpt-00000010.pt", "ckpt-00000012.pt"]
+    kept = checkpoint.checkpoints(tmp_path)  # step checkpoints (5, 10) are for resuming only
+    assert [p.name for p in kept] == ["ckpt-00000004-epoch-0001.pt", "ckpt-00000008-epoch-0002.pt",
+                                      "ckpt-00000012-epoch-0003.pt"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     final = checkpoint.load(tmp_path / "final.pt")["model"]
     expected = checkpoint.average(kept[-2:])
@@ -100,6 +103,34 @@ def test_checkpoints_are_pruned_and_final_is_their_average(tmp_path):
     assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
     valid = [r for r in csv.DictReader(open(tmp_path / "log.csv")) if r["split"] == "valid"]
     assert [(r["epoch"], r["step"]) for r in valid] == [("0", "4"), ("1", "8"), ("2", "12")]
+
+
+def test_a_step_limit_inside_an_epoch_ends_a_partial_epoch_that_final_averages(tmp_path):
+    fit(tiny_model(), synthetic_batches(4), quick_config(max_steps=6, checkpoint_every=100), tmp_path)
+    assert [p.name for p in checkpoint.epoch_checkpoints(tmp_path)] == ["ckpt-00000004-epoch-0001.pt",
+                                                                        "ckpt-00000006-epoch-0002.pt"]
+    final = checkpoint.load(tmp_path / "final.pt")["model"]
+    expected = checkpoint.average(checkpoint.epoch_checkpoints(tmp_path))
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
+    fit(tiny_model(), synthetic_batches(2), quick_config(epochs=1), tmp_path)
+    state = checkpoint.load(checkpoint.checkpoints(tmp_path)[-1])  # weights_only=True: no code runs on load
+    assert state["step"] == 2 and isinstance(state["rng"][0]["numpy"][1], torch.Tensor)
+    torch.save({"model": {}, "meta": object()}, tmp_path / "foreign.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        checkpoint.load(tmp_path / "foreign.pt")
+
+
+def test_utterances_too_short_for_their_labels_are_counted_as_dropped(tmp_path):
+    lengths, tokens = torch.tensor([3, 3, 4]), torch.tensor([[1, 2, 3], [1, 1, 2], [1, 1, 2]])
+    assert infeasible(lengths, tokens, torch.tensor([3, 3, 3])).tolist() == [False, True, False]
+    batches = synthetic_batches(2)
+    batches[0]["tokens"], batches[0]["token_lens"] = torch.randint(1, 10, (4, 30)), torch.tensor([30, 2, 30, 3])
+    fit(tiny_model(), batches, quick_config(epochs=1, log_every=1), tmp_path)
+    dropped = [int(r["dropped"]) for r in csv.DictReader(open(tmp_path / "log.csv")) if r["split"] == "train"]
+    assert dropped == [2, 0]  # 48 frames become 11 outputs: 30 labels cannot fit
 
 
 @pytest.mark.parametrize("quant", [None, QuantConfig(weight_bits=3)], ids=["float", "qat-from-scratch"])
@@ -160,12 +191,14 @@ def test_train_stage_trains_float_then_qat_from_the_float_weights(tmp_path, tiny
     tiny = ["model.d_model=32", "model.n_layers=1", "model.d_ff=64", "model.n_heads=2", "train.max_steps=2",
             "train.checkpoint_every=1", "train.average_last=2", "loader.num_workers=0"]
     base = [f"work_dir={tmp_path}", f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}", *sizes, *tiny]
-    stages.run(make_cfg(*base, "stages=[prepare,tokenizer,cmvn,train]"))
-    float_final = tmp_path / "exp" / "small-float" / "final.pt"
-    stages.run(make_cfg(*base, "stages=[train]", "quant=qat", f"train.init_from={float_final}"))
-    model = load_model(tmp_path / "exp" / "small-w3a8" / "final.pt")
+    qat = [*base, "quant=qat", "+qat_train.init_from=float"]
+    runner.run(make_cfg(*qat, "stages=[prepare,tokenizer,cmvn,train_float,train]"))
+    s = settings.load(make_cfg(*qat))
+    float_final, qat_final = (tmp_path / graph.model(s, q).relpath / "final.pt" for q in (False, True))
+    model = load_model(qat_final)
     assert len(quantized_layers(model)) == 8 and model.blocks[0].ff1.w1.weight_bits == 3
     assert not torch.equal(model.head.weight, load_model(float_final).head.weight)  # fine-tuned further
+    assert "init" in graph.model(s, True).inputs
 
 
 def test_weight_decay_only_on_weight_matrices():

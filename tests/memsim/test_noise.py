@@ -20,10 +20,10 @@ def lrs_and_hrs(device):
 
 
 def test_physical_noise_at_read_voltage(lrs_and_hrs):
-    # DESIGN §4: 0.096 % (LRS) and 0.41 % (HRS) at 0.2 V.
+    # 0.095 % (LRS) and 0.39 % (HRS) at 0.2 V: Synaptogen's physical noise (docs/device_facts.md).
     lrs, hrs = lrs_and_hrs
-    assert relative_sigma(lrs, "physical") == pytest.approx(0.00096, rel=0.08)
-    assert relative_sigma(hrs, "physical") == pytest.approx(0.0041, rel=0.08)
+    assert relative_sigma(lrs, "physical") == pytest.approx(0.00095, rel=0.08)
+    assert relative_sigma(hrs, "physical") == pytest.approx(0.0039, rel=0.08)
     assert relative_sigma(lrs, True) == pytest.approx(relative_sigma(lrs, "physical"), rel=0.15)
 
 

@@ -1,0 +1,51 @@
+"""A quantization-aware model programmed onto simulated memristor crossbars (the memsim stage's work).
+
+Exactly the layers the QAT model quantized (quant.include; by default feed-forward, attention in/out
+projections, conv-module pointwise layers) are mapped onto crossbars by memsim.convert; frontend,
+depthwise conv, norms, attention matmuls and the output layer stay digital. Each programming instance is a
+fresh chip with its own seed (device-to-device and cycle-to-cycle draws).
+
+The same generator then draws the read noise. Before each split is decoded it is reseeded from (seed,
+split), so a split's noise does not depend on which other splits or methods a run decodes.
+"""
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import memsim
+from asr.checkpoint import load_model
+from asr.quant import quantized_layers
+
+FEATURE_FRAMES_PER_SECOND = 100  # 10 ms frame shift
+
+
+def program(model_path: Path, config: memsim.CrossbarConfig, seed: int,
+            device: str | torch.device) -> tuple[nn.Module, torch.Generator, float]:
+    """The trained model at model_path with its quantized layers programmed onto a fresh chip (seed); returns
+    the model, the generator its layers read noise from, and the seconds programming took."""
+    began = time.perf_counter()
+    model = load_model(model_path, device)
+    generator = torch.Generator(device).manual_seed(seed)
+    memsim.convert(model, config, generator=generator, include=quantized_layers(model))
+    return model, generator, time.perf_counter() - began
+
+
+def read_seed(seed: int, split: str) -> int:
+    """The read-noise seed of one split on the chip programmed with `seed`."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:7], "little")
+
+
+def chip_summary(model: nn.Module, config: memsim.CrossbarConfig, program_seconds: float) -> dict:
+    """memsim.summary's totals and layers, the configuration, and ADC conversions per second of audio."""
+    rows = memsim.summary(model)
+    vectors_per_second = int(model.output_lengths(torch.tensor([FEATURE_FRAMES_PER_SECOND]))[0])
+    return {
+        "config": dict(vars(config)),
+        "layers": rows[:-1],
+        "total": rows[-1],
+        "adc_conversions_per_second_of_audio": rows[-1]["adc_conversions"] * vectors_per_second,
+        "program_seconds": round(program_seconds, 2),
+    }

@@ -1,0 +1,70 @@
+"""Which corpus a run reads: the user's TEDLIUM_release2 copy, or the embedded mini corpus (synthesized)."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asr.data import mini_corpus
+from asr.data.tedlium import SPLITS
+
+
+@dataclass
+class SplitSize:
+    """Speech of one mini-corpus split, spread over its talks (one synthetic speaker each)."""
+
+    talks: int = 1
+    minutes: float = 1.0
+
+
+def _demo_splits() -> dict[str, SplitSize]:
+    return {"train": SplitSize(120, 60.0), "dev": SplitSize(8, 10.0), "test": SplitSize(11, 10.0)}
+
+
+@dataclass
+class SynthSettings:
+    """The mini corpus: a function of (seed, splits, mini_corpus.GENERATOR_VERSION), cached in cache_dir."""
+
+    seed: int = 0
+    cache_dir: str = "work/cache"
+    workers: int = 2  # espeak-ng processes at once
+    splits: dict[str, SplitSize] = field(default_factory=_demo_splits)
+
+    def __post_init__(self):
+        if sorted(self.splits) != sorted(SPLITS):
+            raise ValueError(f"data.synth.splits must name exactly {list(SPLITS)}, got {sorted(self.splits)}")
+        for name, size in self.splits.items():
+            if size.talks < 1 or size.minutes <= 0:
+                raise ValueError(f"data.synth.splits.{name} needs talks >= 1 and minutes > 0, "
+                                 f"got talks={size.talks} minutes={size.minutes}")
+        if self.workers < 1:
+            raise ValueError(f"data.synth.workers must be >= 1, got {self.workers}")
+
+
+@dataclass
+class DataSettings:
+    """What `configs/data/*.yaml` holds: a corpus folder in TEDLIUM_release2's layout, or `synth`."""
+
+    name: str = "mini"
+    corpus_dir: str | None = None  # TEDLIUM_release2 with {train,dev,test}/{sph,stm}
+    synth: SynthSettings | None = None  # set: the mini corpus is synthesized and corpus_dir is ignored
+
+    def __post_init__(self):
+        if self.synth is not None:
+            return
+        if not self.corpus_dir:
+            raise ValueError("data.corpus_dir is not set: pass data.corpus_dir=/path/to/TEDLIUM_release2")
+        if not Path(self.corpus_dir).is_dir():
+            raise ValueError(f"data.corpus_dir: no such directory: {self.corpus_dir}")
+
+    def identity(self) -> dict:
+        """What the prepared manifests depend on: the synthesis recipe, or the corpus folder."""
+        if self.synth is None:
+            return {"name": self.name, "corpus_dir": str(Path(self.corpus_dir).resolve())}
+        s = self.synth
+        return {"name": self.name, "synth": {"seed": s.seed, "generator_version": mini_corpus.GENERATOR_VERSION,
+                                             "splits": {k: vars(v) for k, v in sorted(s.splits.items())}}}
+
+    def locate(self) -> Path:
+        """The TEDLIUM_release2 tree: the user's copy, or the mini corpus (synthesized on first use)."""
+        if self.synth is None:
+            return Path(self.corpus_dir)
+        s = self.synth
+        return mini_corpus.build(s.cache_dir, s.seed, {k: vars(v) for k, v in s.splits.items()}, s.workers)

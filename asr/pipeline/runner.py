@@ -1,0 +1,89 @@
+"""The runner: `stages=[...]` in order, each making only the outputs it lacks (asr.pipeline.outputs).
+
+Before anything runs, the whole run is planned: every pending output (missing, out of date, made from an
+input this run makes again, or of a stage named in `force`), and for each its inputs, which must exist and
+be current or be made earlier in this run. So a run that cannot finish stops at once, with a message
+naming the stage to run first, instead of after hours of training.
+
+Under torchrun only rank 0 runs the stages that are not training, and only rank 0 writes records.
+"""
+import logging
+import time
+
+from omegaconf import DictConfig
+
+from asr.errors import UserError
+from asr.pipeline.outputs import Job, Output, Records, rank
+from asr.pipeline.stages import STAGES
+from asr.settings import RecipeSettings, load
+
+log = logging.getLogger(__name__)
+
+
+def plan(s: RecipeSettings) -> list[tuple[str, list[Output]]]:
+    """Each stage of the run with the outputs it will make; a UserError if an input will be missing."""
+    records = Records(s.work_dir_path)
+    remade: set[str] = set()  # folders of the outputs this run makes
+    steps = []
+    for name in s.stage_names:
+        stage = STAGES[name]
+        if stage.outputs is None:
+            steps.append((name, []))
+            continue
+        pending = []
+        for output in stage.outputs(s):  # inputs before the outputs made from them
+            if output.relpath in remade:  # made by this run already (an earlier stage, or listed twice)
+                continue
+            if name in s.force or not records.current(output) or any(i.relpath in remade for i in output.inputs.values()):
+                pending.append(output)
+                remade.add(output.relpath)
+        for output in pending:
+            for used in output.inputs.values():
+                if used.relpath not in remade and not records.current(used):
+                    raise UserError(_missing_input(name, used, records))
+        steps.append((name, pending))
+    return steps
+
+
+def _missing_input(stage: str, used: Output, records: Records) -> str:
+    state = "does not exist yet" if records.get(used.relpath) is None else "is out of date (its inputs were made again)"
+    return (f"stage {stage} needs {used.relpath}, which {state}: it is made by stage {used.stage}; run "
+            f"stages=[{used.stage},...,{stage}] or stages=all")
+
+
+def _jobs(s: RecipeSettings, outputs: list[Output], forced: bool, writer: bool) -> list[Job]:
+    """Jobs in order, each knowing the runs of its inputs: made earlier (their records) or by this stage."""
+    records, runs, jobs = Records(s.work_dir_path), {}, []
+    for output in outputs:
+        input_runs = {role: runs.get(used.relpath) or records.get(used.relpath)["run"]
+                      for role, used in output.inputs.items()} if writer else None
+        jobs.append(Job(s.work_dir_path, output, input_runs, forced))
+        runs[output.relpath] = jobs[-1].run
+    return jobs
+
+
+def run(cfg: DictConfig) -> None:
+    """Check every setting, plan the run, then run its stages in order."""
+    s = load(cfg)
+    steps = plan(s)
+    ignored = [name for name in s.force if name not in s.stage_names]
+    if ignored:
+        log.warning("force=%s names stages that this run does not run (stages=%s)", ignored, s.stage_names)
+    writer = rank() == 0
+    for name, outputs in steps:
+        stage = STAGES[name]
+        if not writer and not stage.all_ranks:
+            continue
+        if stage.outputs is not None and not outputs:
+            log.info("stage %s: done already; force=[%s] makes its outputs again", name, name)
+            continue
+        jobs = _jobs(s, outputs, forced=name in s.force, writer=writer)
+        log.info("stage %s: making %d output(s)%s", name, len(jobs), "".join(f"\n  {j.path}" for j in jobs[:8]))
+        began = time.perf_counter()
+        for job in jobs:
+            job.begin()
+        stage.make(s, jobs)
+        unfinished = [str(j.path) for j in jobs if not j.committed]
+        if unfinished:
+            raise RuntimeError(f"stage {name} returned without finishing {unfinished}")
+        log.info("stage %s: finished in %.1f s", name, time.perf_counter() - began)

@@ -1,0 +1,160 @@
+"""The stages: which outputs each makes (asr.pipeline.graph), and a short body that makes them by calling
+the code it drives with typed settings and the folders of its inputs. Every body commits each output
+(its record) as soon as that output is complete, so an interrupted stage keeps what it finished.
+"""
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import groupby
+
+import torch
+
+import memsim
+from asr import chips, tokenizer, train
+from asr.checkpoint import load_model
+from asr.data import tedlium
+from asr.data.loader import estimate_cmvn, split_loader
+from asr.decode import SCORE_FILE, build_decoders, decode_split, vocabulary
+from asr.files import read_jsonl
+from asr.pipeline import graph
+from asr.pipeline.outputs import Job, Output
+from asr.report import write_report
+from asr.scoring import HEADER
+from asr.settings import RecipeSettings
+from asr.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    outputs: Callable[[RecipeSettings], list[Output]] | None  # None: no outputs of its own, runs every time
+    make: Callable[[RecipeSettings, list[Job]], None]  # makes the given pending outputs
+    all_ranks: bool = False  # under torchrun: training runs on every process, the rest on rank 0 only
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prepare(s: RecipeSettings, jobs: list[Job]) -> None:
+    (job,) = jobs
+    stats = tedlium.prepare(s.data.locate(), job.path, s.prepare.build())
+    log.info("corpus statistics (%s):\n%s", job.path, tedlium.format_stats(stats))
+    job.commit()
+
+
+def make_tokenizer(s: RecipeSettings, jobs: list[Job]) -> None:
+    (job,) = jobs
+    t = s.tokenizer
+    texts = [r["text"] for r in read_jsonl(job.input("manifests") / "train.jsonl")]
+    tok = tokenizer.train(texts, job.path / graph.TOKENIZER_FILE, t.model_type, t.vocab_size, t.num_threads)
+    log.info("tokenizer: %s, %d units including blank, at %s", t.model_type, tok.vocab_size, job.path)
+    job.commit()
+
+
+def make_cmvn(s: RecipeSettings, jobs: list[Job]) -> None:
+    (job,) = jobs
+    records = read_jsonl(job.input("manifests") / "train.jsonl")
+    estimate_cmvn(records, s.features, seed=s.seed, num_workers=s.loader.num_workers).save(job.path / graph.CMVN_FILE)
+    log.info("cmvn: from %d training segments at most, at %s", s.features.cmvn_segments, job.path)
+    job.commit()
+
+
+def train_models(s: RecipeSettings, jobs: list[Job]) -> None:
+    """The float model (train_float) or the configured quantized system (train)."""
+    for job in jobs:
+        quantized = job.output.stage == "train"
+        files = graph.data_files(s)
+        init = job.input("init") / train.FINAL if "init" in job.output.inputs else s.train_settings(quantized).init_from
+        model_config = s.model.build(vocab_size=Tokenizer(files.tokenizer).vocab_size, n_mels=s.features.num_mel_bins)
+        train.train_model(model_config, s.quant_config(quantized), s.train_config(quantized), files=files,
+                          features=s.features, loader=s.loader, out_dir=job.path, init_from=init,
+                          fresh=not job.resumed)
+        job.commit()
+
+
+def decode_jobs(s: RecipeSettings, model: torch.nn.Module, jobs: list[Job],
+                before_split: Callable[[str], object] | None = None) -> None:
+    """Decode the splits and methods of `jobs` (one model's outputs) and commit each; before_split(split), if
+    given, runs before each split is decoded (a chip reseeds its read noise there)."""
+    files = graph.data_files(s)
+    methods = sorted({j.output.settings["method"] for j in jobs})
+    words = vocabulary(files.records("train"), s.decode.lexicon) if "beam" in methods else set()
+    decoders = build_decoders(Tokenizer(files.tokenizer), words, s.decode, methods)
+    by_split = defaultdict(list)
+    for job in jobs:
+        by_split[job.output.settings["split"]].append(job)
+    rows = []
+    for split, split_jobs in by_split.items():
+        if before_split is not None:
+            before_split(split)
+        loader = split_loader(files, split, s.features, max_seconds=s.decode.batch_seconds,
+                              num_workers=s.loader.num_workers, seed=s.seed, train=False, tokenize=False)
+        chosen = {j.output.settings["method"]: j for j in split_jobs}
+        scores = decode_split(model, loader, {m: decoders[m] for m in chosen}, {m: j.path for m, j in chosen.items()})
+        for method, job in chosen.items():
+            job.commit({SCORE_FILE: {"split": split, "method": method, **scores[method].to_dict()}})
+            rows.append(scores[method].row(job.output.relpath))
+    log.info("WER:\n%s", "\n".join([HEADER, *rows]))
+
+
+def decode_models(s: RecipeSettings, jobs: list[Job]) -> None:
+    for _, group in groupby(jobs, key=lambda j: j.output.inputs["model"].relpath):
+        group = list(group)
+        decode_jobs(s, load_model(group[0].input("model") / train.FINAL, device()), group)
+
+
+def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
+    """Program each instance that has pending outputs onto a fresh chip, summarize the chip (instance 0),
+    and decode its pending splits and methods."""
+    config = s.chip_config()
+    summaries = [j for j in jobs if "crossbar" in j.output.settings]
+    by_instance = defaultdict(list)
+    for job in jobs:
+        if job not in summaries:
+            by_instance[job.output.settings["instance"]].append(job)
+    if summaries:
+        by_instance.setdefault(0, [])
+    model_path = jobs[0].input("model") / train.FINAL
+    for instance, instance_jobs in sorted(by_instance.items()):
+        seed = s.memsim.seed + instance
+        model, generator, seconds = chips.program(model_path, config, seed, device())
+        if instance == 0:
+            for job in summaries:
+                summary = chips.chip_summary(model, config, seconds)
+                log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(model)))
+                job.commit({SUMMARY_FILE: summary})
+        if instance_jobs:
+            decode_jobs(s, model, instance_jobs, lambda split: generator.manual_seed(chips.read_seed(seed, split)))
+        log.info("memsim instance %d: programmed in %.1f s", instance, seconds)
+
+
+def report(s: RecipeSettings, jobs: list[Job]) -> None:
+    """results.csv, RESULTS.md and a plot of every current result in work_dir (a whole sweep shares it)."""
+    out = s.work_dir_path / "report"
+    write_report([s.work_dir_path], out, f"Results: {s.data.name}")
+    log.info("report: %s", out / "RESULTS.md")
+
+
+def _chip_outputs(s: RecipeSettings) -> list[Output]:
+    if not s.quantized:
+        return []
+    trained = graph.model(s, quantized=True)
+    programmed = graph.chip(s, trained)
+    return [programmed, *graph.chip_decodes(s, trained, programmed)]
+
+
+STAGES: dict[str, Stage] = {
+    "prepare": Stage(lambda s: [graph.manifests(s)], prepare),
+    "tokenizer": Stage(lambda s: [graph.tokenizer(s)], make_tokenizer),
+    "cmvn": Stage(lambda s: [graph.cmvn(s)], make_cmvn),
+    "train_float": Stage(lambda s: [graph.model(s, quantized=False)], train_models, all_ranks=True),
+    "train": Stage(lambda s: [graph.model(s, s.quantized)], train_models, all_ranks=True),
+    "decode": Stage(lambda s: [d for m in graph.systems(s) for d in graph.decodes(s, m)], decode_models),
+    "memsim": Stage(_chip_outputs, decode_on_chips),
+    "report": Stage(None, report),
+}

@@ -1,0 +1,229 @@
+"""The recipe's settings: a typed schema for every Hydra config group, all checked before any stage runs.
+
+The schema is made from the dataclasses the code itself uses, so every default lives in one place:
+- `model`: asr.model.ModelConfig (its vocab_size and n_mels come from the tokenizer and the features), + name
+- `quant`: asr.quant.QuantConfig, + name
+- `train`: asr.train.TrainConfig (its seed is the run's top-level `seed`), + init_from
+- `memsim`: CrossbarConfig (its weight_bits come from `quant`), + name, instances, seed, adc
+- `prepare`: asr.data.tedlium.Options
+- `data`, `tokenizer`, `features`, `loader`, `decode`: their modules' own settings dataclasses.
+A YAML file under configs/ holds only what differs from these defaults. Hydra type-checks every file and
+override against the schema (an unknown key or a wrong type stops composition); `load` then builds the
+real dataclasses, whose checks name the bad setting, and checks the settings against each other.
+"""
+import dataclasses
+import logging
+import typing
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING as REQUIRED
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from memsim import ADC_PRESETS, CrossbarConfig
+from asr.data.corpus import DataSettings
+from asr.data.features import FeatureSettings
+from asr.data.loader import LoaderSettings
+from asr.data.tedlium import Options as PrepareOptions
+from asr.decode import DecodeSettings
+from asr.errors import UserError
+from asr.model import ModelConfig
+from asr.quant import QuantConfig, max_level
+from asr.tokenizer import TokenizerSettings
+from asr.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+STAGE_NAMES = ("prepare", "tokenizer", "cmvn", "train_float", "train", "decode", "memsim", "report")
+FLOAT = "float"  # the name of the unquantized system, and the value of init_from that means "the float model"
+ADC_CHOICES = (*ADC_PRESETS, "ideal")
+
+
+def mirror(cls: type, name: str, *, drop: tuple[str, ...] = (), add: tuple[tuple[str, Any, Any], ...] = ()) -> type:
+    """A mutable dataclass with the fields and defaults of dataclass `cls` (minus `drop`, plus `add`: (name,
+    type, default)), for Hydra to check settings against; its `build(**more)` makes `cls` itself (which
+    validates) from the kept fields plus `more`."""
+    hints = typing.get_type_hints(cls)
+    kept = [f for f in dataclasses.fields(cls) if f.name not in drop]
+
+    def default(f: dataclasses.Field) -> dataclasses.Field:
+        if f.default_factory is not MISSING:
+            return field(default_factory=f.default_factory)
+        return field(default=f.default)
+
+    def build(self, **more):
+        return cls(**{f.name: getattr(self, f.name) for f in kept}, **more)
+
+    fields_ = [(n, t, field(default=d)) for n, t, d in add] + [(f.name, hints[f.name], default(f)) for f in kept]
+    return dataclasses.make_dataclass(name, fields_, namespace={
+        "build": build, "__doc__": f"The recipe's settings of {cls.__module__}.{cls.__qualname__}; build() makes one."})
+
+
+ModelSettings = mirror(ModelConfig, "ModelSettings", drop=("vocab_size", "n_mels"), add=(("name", str, "paper"),))
+QuantSettings = mirror(QuantConfig, "QuantSettings", add=(
+    ("name", typing.Optional[str], None),  # None: `float`, or w<weight_bits>a<input_bits> such as w3a8
+))
+TrainSettings = mirror(TrainConfig, "TrainSettings", drop=("seed",), add=(
+    ("init_from", typing.Optional[str], None),  # None | "float" (this configuration's float model) | a checkpoint
+))
+ChipSettings = mirror(CrossbarConfig, "ChipSettings", drop=("weight_bits",), add=(
+    ("name", str, "chip"),  # a label for outputs and tables
+    ("instances", int, 3),  # programming instances (fresh chips), each decoding every split
+    ("seed", int, 1000),  # instance k is programmed with seed + k
+    ("adc", typing.Optional[str], "high_precision"),  # a preset of ADC_CHOICES, or None: adc_*_bits as set
+))
+PrepareSettings = mirror(PrepareOptions, "PrepareSettings")
+
+
+@dataclass
+class RecipeSettings:
+    """Everything `python scripts/run.py` reads: the top-level keys and one node per config group."""
+
+    work_dir: str = "work/${data.name}"  # every output of every stage goes under it
+    stages: Any = "all"  # "all" or a list of STAGE_NAMES, run in that order
+    force: list[str] = field(default_factory=list)  # stages to run again although done
+    seed: int = 0
+    data: DataSettings = REQUIRED  # a data group must be chosen (configs/data/)
+    prepare: PrepareSettings = field(default_factory=PrepareSettings)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    loader: LoaderSettings = field(default_factory=LoaderSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    qat_train: dict[str, Any] = field(default_factory=dict)  # `train` settings that differ for a quantized system
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    memsim: ChipSettings = field(default_factory=ChipSettings)
+
+    @property
+    def work_dir_path(self) -> Path:
+        return Path(self.work_dir)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the configured system is quantization-aware (else it is the float model)."""
+        return self.quant.weight_bits is not None
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(STAGE_NAMES) if self.stages == "all" else list(self.stages)
+
+    def quant_config(self, quantized: bool) -> QuantConfig:
+        return self.quant.build() if quantized else QuantConfig(weight_bits=None)
+
+    def system_name(self, quantized: bool) -> str:
+        """The label of the float model or of the configured system, e.g. `w3a8`."""
+        if not quantized:
+            return FLOAT
+        return self.quant.name or f"w{self.quant.weight_bits:g}a{self.quant.input_bits}"
+
+    def train_settings(self, quantized: bool) -> TrainSettings:
+        """The training run of the float model, or of the quantized system (`train` updated by `qat_train`)."""
+        if not quantized:
+            return self.train
+        return dataclasses.replace(self.train, **self.qat_train)
+
+    def train_config(self, quantized: bool) -> TrainConfig:
+        settings = self.train_settings(quantized)
+        return settings.build(seed=self.seed)
+
+    def chip_config(self) -> CrossbarConfig:
+        """The crossbar chip that holds the quantized system's weights."""
+        m = self.memsim
+        config = m.build(weight_bits=self.quant.weight_bits)
+        if m.adc == "ideal":
+            return dataclasses.replace(config, adc_precision_bits=None, adc_range_bits=None)
+        return config.with_adc(m.adc) if m.adc else config
+
+
+def register() -> None:
+    """Make the schema known to Hydra as `recipe_schema` (configs/config.yaml lists it first)."""
+    ConfigStore.instance().store(name="recipe_schema", node=RecipeSettings)
+
+
+def load(cfg: DictConfig) -> RecipeSettings:
+    """The typed settings of a composed configuration, every group checked; a UserError names the setting."""
+    values = {}
+    for f in dataclasses.fields(RecipeSettings):
+        node = cfg[f.name]
+        try:
+            values[f.name] = OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
+        except (ValueError, TypeError, OmegaConfBaseException) as error:
+            raise _named(f.name, error) from None
+    settings = RecipeSettings(**values)
+    check(settings)
+    return settings
+
+
+def check(s: RecipeSettings) -> None:
+    """Every setting that no single dataclass can check: each group's real dataclass is built once, and the
+    groups are checked against each other."""
+    stages = s.stages if s.stages == "all" else list(s.stages)
+    unknown = [name for name in (s.stage_names if stages != "all" else []) + list(s.force) if name not in STAGE_NAMES]
+    if unknown or (isinstance(stages, str) and stages != "all"):
+        raise UserError(f"unknown stage(s) {unknown or [stages]}; known: {list(STAGE_NAMES)} (or stages=all)")
+    _canonical_bits(s)
+    _built("model", lambda: s.model.build(vocab_size=1, n_mels=s.features.num_mel_bins))
+    _built("quant", lambda: s.quant_config(s.quantized))
+    _built("train", lambda: s.train_config(False))
+    unknown = sorted(set(s.qat_train) - {f.name for f in dataclasses.fields(TrainSettings)})
+    if unknown:
+        raise UserError(f"qat_train: {unknown} are not train settings (known: "
+                        f"{[f.name for f in dataclasses.fields(TrainSettings)]})")
+    if s.quantized:
+        _built("qat_train", lambda: s.train_config(True))
+    for quantized in {False, s.quantized}:
+        _check_init_from(s, quantized)
+    if s.quantized:
+        _check_chip(s)
+
+
+def _built(group: str, make) -> Any:
+    try:
+        return make()
+    except (ValueError, TypeError) as error:
+        raise _named(group, error) from None
+
+
+def _named(group: str, error: Exception) -> UserError:
+    """The error as a UserError that names its group, unless its message names the setting already."""
+    message = str(error)
+    return UserError(message if message.startswith(f"{group}.") else f"{group} settings: {message}")
+
+
+def _canonical_bits(s: RecipeSettings) -> None:
+    """Symmetric 2-bit weights have the levels of ternary (1.5-bit) weights, {-1, 0, 1}: the same model.
+    2 is rewritten to 1.5, so a sweep over both makes one model (named w1.5a8 unless quant.name is set)."""
+    if s.quant.weight_bits == 2:
+        s.quant.weight_bits = 1.5
+        log.warning("quant.weight_bits=2 has the levels of 1.5 bits (ternary, +-%d): running it as 1.5 bits",
+                    max_level(1.5))
+
+
+def _check_init_from(s: RecipeSettings, quantized: bool) -> None:
+    init = s.train_settings(quantized).init_from
+    where = "qat_train.init_from" if quantized and "init_from" in s.qat_train else "train.init_from"
+    if init == FLOAT and not quantized:
+        raise UserError(f"{where}=float starts a model from the float model, but this is the float model itself")
+    if init not in (None, FLOAT) and not Path(init).is_file():
+        raise UserError(f"{where}: no such checkpoint: {init} (or use null, or 'float' for the float model)")
+
+
+def _check_chip(s: RecipeSettings) -> None:
+    m = s.memsim
+    if m.adc is not None and m.adc not in ADC_CHOICES:
+        raise UserError(f"memsim.adc must be one of {list(ADC_CHOICES)} or null (then memsim.adc_precision_bits and "
+                        f"memsim.adc_range_bits apply), got {m.adc!r}")
+    defaults = (CrossbarConfig.adc_precision_bits, CrossbarConfig.adc_range_bits)
+    if m.adc is not None and (m.adc_precision_bits, m.adc_range_bits) != defaults:
+        raise UserError(f"memsim.adc={m.adc} sets the ADC: set memsim.adc=null to choose memsim.adc_precision_bits "
+                        "and memsim.adc_range_bits yourself")
+    if m.instances < 1:
+        raise UserError(f"memsim.instances must be >= 1, got {m.instances}")
+    if m.dac_bits is not None and m.dac_bits != s.quant.input_bits:
+        raise UserError(f"memsim.dac_bits={m.dac_bits} differs from quant.input_bits={s.quant.input_bits}: the chip "
+                        "maps the model exactly only when its DAC has the bits of the activation quantizer")
+    _built("memsim", s.chip_config)

@@ -1,0 +1,169 @@
+"""The runner: outputs keyed by their settings, staleness flowing downstream, planning, ranks, configs."""
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from asr import settings
+from asr.errors import UserError
+from asr.pipeline import graph, outputs, runner
+from asr.pipeline.outputs import RECORD, STARTED, Output, Records
+from asr.pipeline.stages import STAGES, Stage
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_loads(experiment, make_cfg, fake_corpus):
+    s = settings.load(make_cfg(f"+experiment={experiment}", f"data.corpus_dir={fake_corpus}"))
+    assert s.data.name in experiment and s.features.num_mel_bins == 80 and s.quantized
+    assert s.stage_names == list(settings.STAGE_NAMES)
+    assert s.chip_config().weight_bits == s.quant.weight_bits == 3
+
+
+def test_experiments_start_as_global_packages():
+    for name in EXPERIMENTS:
+        assert (CONFIGS / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
+
+
+@pytest.fixture
+def toy_stages(monkeypatch):
+    """Two registered stages, `up` (depends on seed) and `down` (made from up's output), logging their runs."""
+    made = []
+
+    def make(s, jobs):
+        for job in jobs:
+            made.append((job.output.stage, s.seed, job.resumed))
+            job.commit({"result.json": {"seed": s.seed}})
+
+    def up(s):
+        return Output("up", "up", "toy", {"seed": s.seed})
+
+    monkeypatch.setattr(settings, "STAGE_NAMES", (*settings.STAGE_NAMES, "up", "down"))
+    monkeypatch.setitem(STAGES, "up", Stage(lambda s: [up(s)], make))
+    monkeypatch.setitem(STAGES, "down", Stage(lambda s: [Output("down", "down", "toy", {}, {"up": up(s)})], make))
+    return made
+
+
+def test_an_output_is_made_once_per_settings_and_found_again(tmp_path, toy_stages, make_cfg):
+    base = [f"work_dir={tmp_path}", "stages=[up]"]
+    runner.run(make_cfg(*base))
+    runner.run(make_cfg(*base))
+    assert toy_stages == [("up", 0, False)]
+    (folder,) = (tmp_path / "up").iterdir()
+    record = json.loads((folder / RECORD).read_text())
+    assert folder.name == f"toy-{record['identity']}" and record["settings"] == {"seed": 0}
+    assert record["made_by"]["torch"] and "revision" in record["made_by"] and "dirty" in record["made_by"]
+    assert json.loads((folder / "result.json").read_text())["provenance"]["identity"] == record["identity"]
+    assert "seed: 0" in (folder / "config.yaml").read_text()
+    runner.run(make_cfg(*base, "seed=1"))
+    runner.run(make_cfg(*base, "seed=0"))  # coming back to a finished configuration finds its output
+    runner.run(make_cfg(*base, "force=[up]"))
+    assert toy_stages == [("up", 0, False), ("up", 1, False), ("up", 0, False)]
+    assert len(list((tmp_path / "up").iterdir())) == 2
+
+
+def test_making_an_input_again_makes_everything_made_from_it_again(tmp_path, toy_stages, make_cfg):
+    base = [f"work_dir={tmp_path}"]
+    runner.run(make_cfg(*base, "stages=[up,down]"))
+    runner.run(make_cfg(*base, "stages=[up,down]", "force=[up]"))  # the same run makes down again
+    assert [stage for stage, _, _ in toy_stages] == ["up", "down", "up", "down"]
+    runner.run(make_cfg(*base, "stages=[up]", "force=[up]"))  # down is stale now ...
+    (down,) = (tmp_path / "down").iterdir()
+    assert not Records(tmp_path).current_path(str(down.relative_to(tmp_path)))
+    runner.run(make_cfg(*base, "stages=[down]"))  # ... and is made again when its stage runs
+    assert [stage for stage, _, _ in toy_stages] == ["up", "down", "up", "down", "up", "down"]
+
+
+def test_a_stage_whose_inputs_are_missing_names_the_stage_that_makes_them(tmp_path, toy_stages, make_cfg):
+    with pytest.raises(UserError, match=r"stage down needs up/toy-\w+, which does not exist yet: it is made by "
+                                        r"stage up; run stages=\[up,...,down\]"):
+        runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[down]"))
+    assert toy_stages == [] and not tmp_path.joinpath("up").exists()
+
+
+def test_recipe_stages_in_a_fresh_work_dir_name_the_stage_to_run_first(tmp_path, make_cfg):
+    with pytest.raises(UserError, match="made by stage prepare"):
+        runner.run(make_cfg("+experiment=mini", f"work_dir={tmp_path}", "stages=[train]"))
+    with pytest.raises(UserError, match=r"exp/small-float-\w+, which does not exist yet: it is made by stage "
+                                        "train_float"):
+        runner.run(make_cfg("+experiment=mini", f"work_dir={tmp_path}", "stages=[decode]"))
+
+
+def test_an_interrupted_output_is_resumed_and_a_failed_stage_leaves_no_record(tmp_path, toy_stages, make_cfg,
+                                                                             monkeypatch):
+    def fail(s, jobs):
+        raise UserError("broken")
+
+    monkeypatch.setitem(STAGES, "up", Stage(STAGES["up"].outputs, fail))
+    with pytest.raises(UserError, match="broken"):
+        runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up]"))
+    (folder,) = (tmp_path / "up").iterdir()
+    assert (folder / STARTED).is_file() and not (folder / RECORD).exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(settings, "STAGE_NAMES", (*settings.STAGE_NAMES, "up"))
+    monkeypatch.setitem(STAGES, "up", Stage(lambda s: [Output("up", "up", "toy", {"seed": s.seed})],
+                                            lambda s, jobs: [toy_stages.append(j.resumed) or j.commit() for j in jobs]))
+    runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up]"))
+    assert toy_stages == [True] and (folder / RECORD).is_file() and not (folder / STARTED).exists()
+
+
+def test_other_torchrun_ranks_run_only_training_and_write_nothing(tmp_path, toy_stages, make_cfg, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setitem(STAGES, "down", Stage(STAGES["down"].outputs, STAGES["down"].make, all_ranks=True))
+    runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up,down]"))
+    assert [stage for stage, _, _ in toy_stages] == ["down"]
+    assert not list(tmp_path.rglob(RECORD)) and outputs.rank() == 1
+
+
+def test_all_stages_in_order_and_unknown_ones_refused(tmp_path, make_cfg):
+    assert settings.load(make_cfg("stages=all")).stage_names == list(settings.STAGE_NAMES)
+    with pytest.raises(UserError, match=r"unknown stage\(s\) \['nope'\]; known: \['prepare'"):
+        runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[nope]"))
+
+
+def test_tedlium2_without_corpus_dir_says_how_to_set_it(tmp_path, make_cfg):
+    with pytest.raises(UserError, match="data.corpus_dir=/path/to/TEDLIUM_release2"):
+        runner.run(make_cfg("+experiment=tedlium2", f"work_dir={tmp_path}"))
+
+
+BAD_SETTINGS = [
+    ("model.d_model=30", "model settings: d_model \\(30\\) must be a multiple of n_heads"),
+    ("model.frontend=lstm", "model settings: frontend must be one of"),
+    ("train.lr=-1", "train settings: lr must be > 0"),
+    ("train.average_last=9", "train settings: average_last must be >= 1 and keep_checkpoints >= average_last"),
+    ("+qat_train.lrr=1", r"qat_train: \['lrr'\] are not train settings"),
+    ("qat_train.epochs=0", "qat_train settings: epochs must be > 0"),
+    ("train.init_from=/nope.pt", "train.init_from: no such checkpoint: /nope.pt"),
+    ("decode.methods=[viterbi]", r"decode.methods must be a non-empty list of \['greedy', 'beam'\]"),
+    ("decode.splits=[eval]", "decode.splits must be a non-empty list"),
+    ("decode.lm=/nope.arpa", "decode.lm: no such file"),
+    ("quant.weight_bits=2.5", "quant settings: weight_bits: bits must be 1.5"),
+    ("quant.weight_scale=max", "quant settings: weight_scale must be"),
+    ("memsim.adc=fast", "memsim.adc must be one of"),
+    ("memsim.tile_size=0", "CrossbarConfig.tile_size must be a positive integer"),
+    ("memsim.dac_bits=6", "memsim.dac_bits=6 differs from quant.input_bits=8"),
+    ("memsim.adc_precision_bits=4", "memsim.adc=high_precision sets the ADC: set memsim.adc=null"),
+    ("memsim.instances=0", "memsim.instances must be >= 1"),
+    ("data.synth.splits.dev.talks=0", "data.synth.splits.dev needs talks >= 1"),
+    ("features.speeds=[]", "features.speeds must be a non-empty list"),
+    ("loader.max_seconds=0", "loader.max_seconds must be > 0"),
+    ("tokenizer.model_type=word", "tokenizer.model_type must be one of"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_SETTINGS, ids=[o for o, _ in BAD_SETTINGS])
+def test_every_group_refuses_bad_settings_before_any_stage(override, message, tmp_path, make_cfg):
+    with pytest.raises(UserError, match=message):
+        runner.run(make_cfg("+experiment=mini", f"work_dir={tmp_path}", override))
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_two_bit_weights_are_run_as_the_ternary_model(make_cfg, caplog):
+    caplog.set_level(logging.WARNING, logger="asr.settings")
+    s = settings.load(make_cfg("+experiment=mini", "quant.weight_bits=2"))
+    assert s.quant.weight_bits == 1.5 and s.system_name(True) == "w1.5a8" and "ternary" in caplog.text
+    assert graph.model(s, True).relpath == graph.model(settings.load(make_cfg("+experiment=mini",
+                                                                              "quant.weight_bits=1.5")), True).relpath

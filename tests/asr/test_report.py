@@ -1,0 +1,129 @@
+"""The report: results read from records, grouped, compared with their references with bootstrap intervals."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr.decode import HYPS_FILE, SCORE_FILE
+from asr.files import write_jsonl
+from asr.pipeline.outputs import Job, Output, Records
+from asr.report import write_report
+from asr.scoring import Score
+from asr.significance import relative_change, resample_counts
+
+ROOT = Path(__file__).resolve().parents[2]
+UTTERANCES, WORDS = 10, 20  # per utterance
+
+
+def made(root: Path, output: Output, errors: list[int] | None = None) -> Output:
+    """Commit `output` under root as the runner would; with `errors` (per utterance), as a decode output."""
+    records = Records(root)
+    job = Job(root, output, {role: records.get(i.relpath)["run"] for role, i in output.inputs.items()}, forced=False)
+    job.begin()
+    results = None
+    if errors is not None:
+        lines = [{"id": f"utt{i}", "ref": "", "hyp": "", "words": WORDS, "corr": WORDS - e, "sub": e, "del": 0, "ins": 0}
+                 for i, e in enumerate(errors)]
+        write_jsonl(job.path / HYPS_FILE, lines)
+        score = sum((Score.of_utterance(line) for line in lines), Score())
+        results = {SCORE_FILE: {"split": output.settings["split"], "method": output.settings["method"],
+                                **score.to_dict()}}
+    job.commit(results)
+    return output
+
+
+def model(root: Path, bits: float | None, baseline: Output | None = None) -> Output:
+    out = Output("train", "exp", f"m-{bits}", {"quant": {"weight_bits": bits}, "train": {"lr": 1e-3}})
+    return made(root, Output(out.stage, out.kind, out.label, out.settings,
+                             notes={"baseline": (baseline or out).relpath}))
+
+
+def decode(root: Path, trained: Output, errors: list[int], beam_size: int = 100, chip: Output | None = None,
+           instance: int | None = None) -> None:
+    settings = {"split": "test", "method": "beam", "beam_size": beam_size}
+    if chip is not None:
+        settings = {"instance": instance, **settings}
+    inputs = {"model": trained, **({"chip": chip} if chip else {})}
+    made(root, Output("decode", "decode", "beam", settings, inputs, (trained.name,)), errors)
+
+
+def spread(total: int) -> list[int]:
+    """`total` errors over the utterances, as evenly as possible."""
+    return [total // UTTERANCES + (i < total % UTTERANCES) for i in range(UTTERANCES)]
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """float 10 %, QAT 11 %, a chip of 3 instances at 12/13/14 %, and the float model at a second beam size."""
+    root = tmp_path / "work"
+    float_model = model(root, None)
+    qat = model(root, 3.0, baseline=float_model)
+    decode(root, float_model, spread(20))
+    decode(root, float_model, spread(30), beam_size=10)
+    decode(root, qat, spread(22))
+    chip = made(root, Output("memsim", "memsim", "my chip", {"crossbar": {"device": "ideal", "weight_bits": 3.0},
+                                                              "seed": 1}, {"model": qat}, (qat.name,)))
+    for instance, errors in enumerate((24, 26, 28)):
+        decode(root, qat, spread(errors), chip=chip, instance=instance)
+    return root
+
+
+def test_report_reads_records_groups_instances_and_compares_with_both_references(work, tmp_path):
+    groups = write_report([work], tmp_path / "out", "fixed")
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "|test|beam|float||-|decode.beam_size=10|1|10|200|15.00|0.00|15.00|15.00|-|-|" in table
+    assert "|test|beam|float||-|decode.beam_size=100|1|10|200|10.00|" in table
+    assert "|test|beam|qat|3|-|-|1|10|200|11.00|0.00|11.00|11.00|+10.0 % [" in table
+    memsim_row = next(line for line in table.splitlines() if line.startswith("|test|beam|memsim|"))
+    assert memsim_row.startswith("|test|beam|memsim|3|my chip|-|3|10|200|13.00|1.00|12.00|14.00|+30.0 % [")
+    assert "|+18.2 % [" in memsim_row  # 26 errors on average against the QAT model's 22
+    assert "|memsim/w3/my chip/test/beam (3 instances pooled)|30|600|87.0|13.0|0.0|0.0|13.0|100.0|" in table
+    chip_group = next(g for g in groups if g.first.system == "memsim")
+    for interval in chip_group.relative.values():
+        assert interval.low <= interval.estimate <= interval.high
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {r["system"] for r in rows} == {"float", "qat", "memsim"}
+    assert {r["instance"] for r in rows if r["system"] == "memsim"} == {"0", "1", "2"}
+    assert all(r["revision"] == rows[0]["revision"] for r in rows) and (tmp_path / "out" / "wer_vs_bits.png").is_file()
+
+
+def test_a_result_made_from_an_older_run_of_its_model_is_left_out(work, tmp_path):
+    qat = next(p for p in (work / "exp").iterdir() if p.name.startswith("m-3.0"))
+    record = (qat / "record.json").read_text().replace('"run": "', '"run": "remade', 1)
+    (qat / "record.json").write_text(record)  # as if the model had been trained again since
+    write_report([work], tmp_path / "out", "stale")
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "|qat|" not in table and "|memsim|" not in table and "4 stale result(s) left out" in table
+
+
+def test_report_script_merges_work_directories_and_refuses_empty_ones(work, tmp_path):
+    out = tmp_path / "merged"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(work), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "|qat|3|" in (out / "RESULTS.md").read_text()
+    (tmp_path / "empty").mkdir()
+    empty = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(tmp_path / "empty")],
+                           capture_output=True, text=True)
+    assert empty.returncode == 1 and "no current decode results" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_paired_bootstrap_interval_covers_the_estimate_and_is_zero_for_a_copy():
+    rng = np.random.default_rng(0)
+    reference = rng.poisson(2.0, 500)
+    system = reference + rng.binomial(1, 0.3, 500)
+    interval = relative_change(reference, system)
+    assert interval.estimate == pytest.approx(system.sum() / reference.sum() - 1)
+    assert interval.low < interval.estimate < interval.high and interval.low > 0
+    same = relative_change(reference, np.stack([reference, reference]))
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    counts = resample_counts(500, resamples=300)
+    assert counts.shape == (300, 500) and (counts.sum(1) == 500).all()
+    wide = relative_change(reference[:50], system[:50])
+    assert wide.high - wide.low > interval.high - interval.low  # fewer utterances, less certainty
+    with pytest.raises(ValueError, match="same utterances"):
+        relative_change(reference, system[:10])
