@@ -1,1 +1,2 @@
-"""Speech recognition recipe: data preparation, tokenizer, features, and (to come) models and decoding."""
+"""The speech recognition recipe: corpora, tokenizer, features, Conformer-CTC, quantization-aware training,
+decoding and scoring, the model on simulated crossbars (memsim), reports, and the pipeline that runs them."""

@@ -83,17 +83,27 @@ def test_an_ideal_chip_without_converter_error_hears_what_the_digital_model_hear
         assert on_chip == (work / digital[key].relpath / "hyps.jsonl").read_text()
 
 
-def test_forced_retraining_decodes_and_programs_again(recipe, make_cfg):
+def hypotheses(work: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(work)): p.read_bytes() for p in work.glob("*/**/hyps.jsonl")}
+
+
+def test_forced_retraining_decodes_and_programs_again_and_reproduces_every_result(recipe, make_cfg):
     work, overrides = recipe
+    s = settings.load(make_cfg(*overrides))
     before = {kind: runs(work, kind) for kind in ("exp", "decode", "memsim")}
+    weights = {m.relpath: torch.load(work / m.relpath / "final.pt", weights_only=True)["model"] for m in graph.systems(s)}
+    results = hypotheses(work)
     runner.run(make_cfg(*overrides, "force=[train_float]"))
     after = {kind: runs(work, kind) for kind in ("exp", "decode", "memsim")}
-    s = settings.load(make_cfg(*overrides))
     for output in [*graph.systems(s), *graph.decodes(s, graph.model(s, False)), *graph.decodes(s, graph.model(s, True)),
                    graph.chip(s, graph.model(s, True))]:
         folder = str(work / output.relpath)
         kind = output.kind
         assert after[kind][folder] != before[kind][folder], folder  # the QAT model starts from the float one
+    for path, state in weights.items():  # the same settings and seed: the same weights and hypotheses
+        again = torch.load(work / path / "final.pt", weights_only=True)["model"]
+        assert all(torch.equal(state[k], again[k]) for k in state), path
+    assert hypotheses(work) == results
 
 
 def test_any_quant_name_reports(recipe, make_cfg):
