@@ -162,10 +162,11 @@ def group(results: list[Result]) -> list[Group]:
 
 
 def _label(groups: list[Group]) -> None:
-    """Each group's label: its settings that differ within its kind (system and method)."""
+    """Each group's label: its settings that differ within its kind (system, method and chip name: a chip's
+    name already tells chips of other names apart)."""
     kinds = defaultdict(list)
     for g in groups:
-        kinds[g.first.system, g.first.method].append(g)
+        kinds[g.first.system, g.first.method, g.first.chip_label].append(g)
     for members in kinds.values():
         keys = set().union(*(g.first.settings for g in members)) - SHOWN_ELSEWHERE
         varying = sorted(k for k in keys if len({json.dumps(g.first.settings.get(k)) for g in members}) > 1)
@@ -233,7 +234,7 @@ def results_markdown(groups: list[Group], stale: list[str], title: str, notes: s
         "model of the same configuration and, for a chip, with the digital QAT model it holds, on the same split "
         "with the same decoding settings; the 95 % interval is a paired bootstrap over utterances (2000 "
         "resamples; the instances' own spread is in std/min/max). `settings` names what tells a row apart from "
-        f"the other rows of its kind.\n{stale_note}\n"
+        f"the other rows of its system, method and chip name.\n{stale_note}\n"
         f"## Scoring details\n\n{espnet_table(groups)}\n\n"
         f"## Environment\n\n- results made at git revision(s): {', '.join(revisions)}\n"
         f"- this report: git revision {env['revision']}{' (dirty)' if env['dirty'] else ''}, project "
