@@ -39,14 +39,20 @@ def plan(s: RecipeSettings) -> list[tuple[str, list[Output]]]:
                 remade.add(output.relpath)
         for output in pending:
             for used in output.inputs.values():
-                if used.relpath not in remade and not records.current(used):
+                if used.relpath not in remade and (not records.current(used) or _made_from(used, remade)):
                     raise UserError(_missing_input(name, used, records))
         steps.append((name, pending))
     return steps
 
 
+def _made_from(output: Output, remade: set[str]) -> bool:
+    """Whether anything `output` is made from, directly or not, is made again by this run (so that
+    `output`, unless made again too, will be out of date)."""
+    return any(used.relpath in remade or _made_from(used, remade) for used in output.inputs.values())
+
+
 def _missing_input(stage: str, used: Output, records: Records) -> str:
-    state = "does not exist yet" if records.get(used.relpath) is None else "is out of date (its inputs were made again)"
+    state = "does not exist yet" if records.get(used.relpath) is None else "is or will be out of date (its inputs are made again)"
     return (f"stage {stage} needs {used.relpath}, which {state}: it is made by stage {used.stage}; run "
             f"stages=[{used.stage},...,{stage}] or stages=all")
 

@@ -77,6 +77,23 @@ def test_making_an_input_again_makes_everything_made_from_it_again(tmp_path, toy
     assert [stage for stage, _, _ in toy_stages] == ["up", "down", "up", "down", "up", "down"]
 
 
+def test_a_run_that_would_make_an_output_from_one_it_makes_stale_is_refused(tmp_path, toy_stages, make_cfg, monkeypatch):
+    def mid(s):
+        return Output("mid", "mid", "toy", {}, {"up": Output("up", "up", "toy", {"seed": s.seed})})
+
+    monkeypatch.setattr(settings, "STAGE_NAMES", (*settings.STAGE_NAMES, "mid"))
+    monkeypatch.setitem(STAGES, "mid", Stage(lambda s: [mid(s)], STAGES["up"].make))
+    monkeypatch.setitem(STAGES, "down", Stage(lambda s: [Output("down", "down", "toy", {}, {"mid": mid(s)})],
+                                              STAGES["up"].make))
+    runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up,mid,down]"))
+    with pytest.raises(UserError, match=r"stage down needs mid/toy-\w+, which is or will be out of date .* made by "
+                                        r"stage mid"):
+        runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up,down]", "force=[up,down]"))
+    assert len(toy_stages) == 3  # refused before anything ran
+    runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up,down]", "force=[up]"))  # down is not made: it goes stale
+    assert len(toy_stages) == 4 and not Records(tmp_path).current_path(mid(settings.load(make_cfg())).relpath)
+
+
 def test_a_stage_whose_inputs_are_missing_names_the_stage_that_makes_them(tmp_path, toy_stages, make_cfg):
     with pytest.raises(UserError, match=r"stage down needs up/toy-\w+, which does not exist yet: it is made by "
                                         r"stage up; run stages=\[up,...,down\]"):
