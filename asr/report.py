@@ -265,29 +265,36 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     splits = {g.first.split for g in groups}
     split = split if split in splits else sorted(splits)[0]
     chosen = [g for g in groups if g.first.split == split]
     methods = sorted({g.first.method for g in chosen})
-    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
+    series_count = max(len({(g.first.system, g.first.chip_label, g.label) for g in chosen if g.first.method == m})
+                       for m in methods)
+    fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 4 + 0.22 * series_count), squeeze=False)
     for ax, method in zip(axes[0], methods):
         series = defaultdict(list)  # label -> (bits, mean, std): one line per system, chip and setting
         for g in (g for g in chosen if g.first.method == method):
             r, wers = g.first, g.wers
             extra = f" ({g.label})" if g.label else ""
             if r.system == "float":
-                ax.axhline(wers[0], color="black", linestyle="--", label=f"float{extra}")
+                ax.axhline(wers[0], color="black", linestyle="--", linewidth=1, label=f"float{extra}")
                 continue
             name = ("QAT digital" if r.system == "qat" else f"memsim {r.chip_label}") + extra
             series[name].append((r.weight_bits, statistics.mean(wers), statistics.stdev(wers) if len(wers) > 1 else 0.0))
+        spread = 0.25 / max(1, len(series))  # markers of one bit width side by side within +-0.125
         for i, (name, points) in enumerate(sorted(series.items())):
             x, y, error = zip(*sorted(points))
-            ax.errorbar([b + 0.05 * i for b in x], y, yerr=error, fmt="-o" if name.startswith("QAT") else "-s",
-                        capsize=4, label=name)
-        ax.legend(fontsize=7)
-        ax.set(xlabel="weight bits", ylabel="WER (%)", title=f"{split}, {method} decoding")
-        ax.grid(alpha=0.3)
+            ax.errorbar([b + spread * (i - (len(series) - 1) / 2) for b in x], y, yerr=error,
+                        fmt="-o" if name.startswith("QAT") else "-s", markersize=4, capsize=3, label=name)
+        ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set(xlabel="weight bits", ylabel="WER (%), log scale", title=f"{split}, {method} decoding")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
