@@ -109,7 +109,10 @@ class RecipeSettings:
 
     @property
     def stage_names(self) -> list[str]:
-        return list(STAGE_NAMES) if self.stages == "all" else list(self.stages)
+        """`stages` as a list: "all" is every stage in order, a single name a list of one."""
+        if isinstance(self.stages, str):
+            return list(STAGE_NAMES) if self.stages == "all" else [self.stages]
+        return list(self.stages)
 
     def quant_config(self, quantized: bool) -> QuantConfig:
         return self.quant.build() if quantized else QuantConfig(weight_bits=None)
@@ -161,10 +164,9 @@ def load(cfg: DictConfig) -> RecipeSettings:
 def check(s: RecipeSettings) -> None:
     """Every setting that no single dataclass can check: each group's real dataclass is built once, and the
     groups are checked against each other."""
-    stages = s.stages if s.stages == "all" else list(s.stages)
-    unknown = [name for name in (s.stage_names if stages != "all" else []) + list(s.force) if name not in STAGE_NAMES]
-    if unknown or (isinstance(stages, str) and stages != "all"):
-        raise UserError(f"unknown stage(s) {unknown or [stages]}; known: {list(STAGE_NAMES)} (or stages=all)")
+    unknown = [name for name in [*s.stage_names, *s.force] if name not in STAGE_NAMES]
+    if unknown:
+        raise UserError(f"unknown stage(s) {unknown}; known: {list(STAGE_NAMES)} (or stages=all)")
     _canonical_bits(s)
     _built("model", lambda: s.model.build(vocab_size=1, n_mels=s.features.num_mel_bins))
     _built("quant", lambda: s.quant_config(s.quantized))

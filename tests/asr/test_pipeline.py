@@ -139,6 +139,9 @@ def test_all_stages_in_order_and_unknown_ones_refused(tmp_path, make_cfg):
     assert settings.load(make_cfg("stages=all")).stage_names == list(settings.STAGE_NAMES)
     with pytest.raises(UserError, match=r"unknown stage\(s\) \['nope'\]; known: \['prepare'"):
         runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[nope]"))
+    with pytest.raises(UserError, match=r"unknown stage\(s\) \['trian'\]"):
+        runner.run(make_cfg(f"work_dir={tmp_path}", "stages=trian"))
+    assert settings.load(make_cfg("stages=prepare")).stage_names == ["prepare"]
 
 
 def test_tedlium2_without_corpus_dir_says_how_to_set_it(tmp_path, make_cfg):
