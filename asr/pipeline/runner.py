@@ -13,7 +13,7 @@ import time
 from omegaconf import DictConfig
 
 from asr.errors import UserError
-from asr.pipeline.outputs import Job, Output, Records, rank
+from asr.pipeline.outputs import Job, Output, Records, environment, rank
 from asr.pipeline.stages import STAGES
 from asr.settings import RecipeSettings, load
 
@@ -70,6 +70,7 @@ def _jobs(s: RecipeSettings, outputs: list[Output], forced: bool, writer: bool) 
 
 def run(cfg: DictConfig) -> None:
     """Check every setting, plan the run, then run its stages in order."""
+    environment()  # the revision that runs: read now, before anyone can check out another one mid-run
     s = load(cfg)
     steps = plan(s)
     ignored = [name for name in s.force if name not in s.stage_names]
