@@ -289,10 +289,14 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
             x, y, error = zip(*sorted(points))
             ax.errorbar([b + spread * (i - (len(series) - 1) / 2) for b in x], y, yerr=error,
                         fmt="-o" if name.startswith("QAT") else "-s", markersize=4, capsize=3, label=name)
-        ax.set_yscale("log")
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.set(xlabel="weight bits", ylabel="WER (%), log scale", title=f"{split}, {method} decoding")
+        wers = [w for g in chosen if g.first.method == method for w in g.wers]
+        scale = "log" if min(wers) > 0 else "linear"  # a WER of 0 has no place on a log axis
+        if scale == "log":
+            ax.set_ylim(min(wers) / 1.25, max(wers) * 1.25)
+            ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set(xlabel="weight bits", ylabel=f"WER (%), {scale} scale", title=f"{split}, {method} decoding")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     fig.tight_layout()
