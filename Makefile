@@ -8,15 +8,16 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# Reinstall when the dependency list changes; Debian packages only when missing and running as root.
-$(STAMP): pyproject.toml
+# Reinstall when the dependency list or the tested versions change; Debian packages only when missing and
+# running as root. The recipe and the dev tools at the versions of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
 		else echo "warning: missing Debian packages (install them as root): $$missing"; fi; \
 	fi
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q -c constraints.txt -e '.[asr,dev]'
 	touch $@
 
 test: setup

@@ -12,7 +12,7 @@ import time
 import torch
 
 import memsim
-from memsim.reference import ReferenceCells, seed_reference
+from memsim.validation.reference import ReferenceCells, seed_reference
 
 
 def per_second(action, repeats: int, synchronize=lambda: None) -> float:

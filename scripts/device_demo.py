@@ -15,8 +15,8 @@ import time
 import torch
 
 import memsim
-from memsim.characterize import cycle_statistics, full_cycles, partial_reset_medians
-from memsim.reference import ReferenceCells, seed_reference
+from memsim.validation.characterize import cycle_statistics, full_cycles, partial_reset_medians
+from memsim.validation.reference import ReferenceCells, seed_reference
 
 UNITS = {"hrs": "log10 ohm", "lrs": "ohm", "us": "V", "ur": "V"}
 

@@ -6,7 +6,7 @@ import torch
 from synaptogen import synaptogen as reference
 
 import memsim
-from memsim.reference import ReferenceCells
+from memsim.validation.reference import ReferenceCells
 
 
 class DrawRecorder:

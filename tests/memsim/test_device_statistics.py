@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import memsim
-from memsim.characterize import cycle_statistics, full_cycles, partial_reset_medians
-from memsim.reference import ReferenceCells, seed_reference
+from memsim.validation.characterize import cycle_statistics, full_cycles, partial_reset_medians
+from memsim.validation.reference import ReferenceCells, seed_reference
 
 DEVICES, CYCLES, BURN_IN, GROUPS = 512, 3000, 50, 32
 ORACLE_DEVICES = 2048

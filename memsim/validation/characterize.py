@@ -1,6 +1,6 @@
 """Device characterization: full switching cycles and the statistics the Synaptogen fit reproduces.
 
-Works on anything with the CellArray interface (memsim.CellArray, memsim.reference.ReferenceCells).
+Works on anything with the CellArray interface (memsim.CellArray, memsim.validation.reference.ReferenceCells).
 """
 
 from __future__ import annotations
