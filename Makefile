@@ -3,8 +3,9 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 DEBIAN_PACKAGES := espeak-ng
 STAMP := $(VENV)/.installed
+SOURCES := memsim asr scripts benchmarks tests
 
-.PHONY: setup test demo benchmark clean
+.PHONY: setup test lint demo benchmark clean
 
 setup: $(STAMP)
 
@@ -22,6 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: setup
 	$(PYTHON) -m pytest -q
+
+# ruff (lint and format) and mypy, as CI runs them
+lint: setup
+	$(PYTHON) -m ruff check $(SOURCES)
+	$(PYTHON) -m ruff format --check $(SOURCES)
+	$(PYTHON) -m mypy
 
 demo: setup
 	$(PYTHON) scripts/run.py +experiment=mini

@@ -8,22 +8,24 @@ fresh chip with its own seed (device-to-device and cycle-to-cycle draws).
 The same generator then draws the read noise. Before each split is decoded it is reseeded from (seed,
 split), so a split's noise does not depend on which other splits or methods a run decodes.
 """
+
 import hashlib
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import memsim
 from asr.checkpoint import load_model
+from asr.model import ConformerCTC
 from asr.quant import quantized_layers
 
 FEATURE_FRAMES_PER_SECOND = 100  # 10 ms frame shift
 
 
-def program(model_path: Path, config: memsim.CrossbarConfig, seed: int,
-            device: str | torch.device) -> tuple[nn.Module, torch.Generator, float]:
+def program(
+    model_path: Path, config: memsim.CrossbarConfig, seed: int, device: str | torch.device
+) -> tuple[ConformerCTC, torch.Generator, float]:
     """The trained model at model_path with its quantized layers programmed onto a fresh chip (seed); returns
     the model, the generator its layers read noise from, and the seconds programming took."""
     began = time.perf_counter()
@@ -33,12 +35,12 @@ def program(model_path: Path, config: memsim.CrossbarConfig, seed: int,
     return model, generator, time.perf_counter() - began
 
 
-def read_seed(seed: int, split: str) -> int:
-    """The read-noise seed of one split on the chip programmed with `seed`."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:7], "little")
+def reseed(generator: torch.Generator, seed: int, split: str) -> None:
+    """Set the read noise of the chip programmed with `seed` to the start of `split`'s own stream."""
+    generator.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:7], "little"))
 
 
-def chip_summary(model: nn.Module, config: memsim.CrossbarConfig, program_seconds: float) -> dict:
+def chip_summary(model: ConformerCTC, config: memsim.CrossbarConfig, program_seconds: float) -> dict:
     """memsim.summary's totals and layers, the configuration, and ADC conversions per second of audio."""
     rows = memsim.summary(model)
     vectors_per_second = int(model.output_lengths(torch.tensor([FEATURE_FRAMES_PER_SECOND]))[0])

@@ -8,11 +8,13 @@ spaces) per utterance. Two methods:
   n-gram (`decode.lm`) scores the words. The lexicon is the training vocabulary, plus the words of
   `decode.lexicon` if set (e.g. TED-LIUM's TEDLIUM.152k.dic), each spelled in the tokenizer's units.
 """
+
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from flashlight.lib.text.decoder import CriterionType, LexiconDecoderOptions, ZeroLM
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader
 from torchaudio.models.decoder import CTCDecoder
 from tqdm import tqdm
 
+from asr.data.dataset import SegmentDataset
 from asr.data.tedlium import SPLITS, normalize_words
 from asr.errors import UserError
 from asr.files import file_identity, read_jsonl, write_jsonl, write_text
@@ -67,11 +70,14 @@ class DecodeSettings:
     def method_settings(self, method: str) -> dict:
         """Exactly what the results of one method depend on (besides the model and the split): batching
         changes the padding and so, by rounding, the outputs; the beam's settings only the beam's."""
-        settings = {"batch_seconds": self.batch_seconds}
+        settings: dict[str, Any] = {"batch_seconds": self.batch_seconds}
         if method == "beam":
-            settings |= {"beam_size": self.beam_size, "word_score": self.word_score,
-                         "lexicon": file_identity(self.lexicon) if self.lexicon else None,
-                         "lm": file_identity(self.lm) if self.lm else None}
+            settings |= {
+                "beam_size": self.beam_size,
+                "word_score": self.word_score,
+                "lexicon": file_identity(self.lexicon) if self.lexicon else None,
+                "lm": file_identity(self.lm) if self.lm else None,
+            }
             if self.lm:
                 settings["lm_weight"] = self.lm_weight
         return settings
@@ -121,8 +127,15 @@ class LexiconBeamDecoder:
 
     TIE_BREAK = -1e-6
 
-    def __init__(self, units: Sequence[str], lexicon: Mapping[str, Sequence[str]], beam_size: int = 50,
-                 lm: str | Path | None = None, lm_weight: float = 1.0, word_score: float = 0.0):
+    def __init__(
+        self,
+        units: Sequence[str],
+        lexicon: Mapping[str, Sequence[str]],
+        beam_size: int = 50,
+        lm: str | Path | None = None,
+        lm_weight: float = 1.0,
+        word_score: float = 0.0,
+    ):
         if not lexicon:
             raise UserError("the lexicon for beam search is empty")
         if lm and not Path(lm).is_file():
@@ -131,13 +144,28 @@ class LexiconBeamDecoder:
         spellings = {word: [list(spelling), [*spelling, blank]] for word, spelling in lexicon.items()}
         spellings.setdefault(UNK, [])  # the word dictionary's fallback entry, even when no word <unk> exists
         words = create_word_dict(spellings)
-        options = LexiconDecoderOptions(beam_size=beam_size, beam_size_token=len(units), beam_threshold=50.0,
-                                        lm_weight=lm_weight, word_score=word_score + self.TIE_BREAK,
-                                        unk_score=float("-inf"),
-                                        sil_score=0.0, log_add=False, criterion_type=CriterionType.CTC)
-        self.decoder = CTCDecoder(nbest=1, lexicon=spellings, word_dict=words, tokens_dict=Dictionary(list(units)),
-                                  lm=KenLM(str(lm), words) if lm else ZeroLM(), decoder_options=options,
-                                  blank_token=blank, sil_token=blank, unk_word=UNK)
+        options = LexiconDecoderOptions(
+            beam_size=beam_size,
+            beam_size_token=len(units),
+            beam_threshold=50.0,
+            lm_weight=lm_weight,
+            word_score=word_score + self.TIE_BREAK,
+            unk_score=float("-inf"),
+            sil_score=0.0,
+            log_add=False,
+            criterion_type=CriterionType.CTC,
+        )
+        self.decoder = CTCDecoder(
+            nbest=1,
+            lexicon=spellings,
+            word_dict=words,
+            tokens_dict=Dictionary(list(units)),
+            lm=KenLM(str(lm), words) if lm else ZeroLM(),
+            decoder_options=options,
+            blank_token=blank,
+            sil_token=blank,
+            unk_word=UNK,
+        )
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         results = self.decoder(log_probs.float().cpu().contiguous(), lengths.cpu())
@@ -179,8 +207,9 @@ def vocabulary(train_records: Iterable[dict], lexicon: str | None = None) -> set
     return words
 
 
-def build_decoders(tokenizer: Tokenizer, words: set[str], settings: DecodeSettings,
-                   methods: Sequence[str] | None = None) -> dict[str, Decoder]:
+def build_decoders(
+    tokenizer: Tokenizer, words: set[str], settings: DecodeSettings, methods: Sequence[str] | None = None
+) -> dict[str, Decoder]:
     """Decoders by method name (default: settings.methods); `words` is the beam search's vocabulary."""
     methods = list(settings.methods if methods is None else methods)
     unknown = [m for m in methods if m not in METHODS]
@@ -191,8 +220,14 @@ def build_decoders(tokenizer: Tokenizer, words: set[str], settings: DecodeSettin
         if method == "greedy":
             decoders[method] = GreedyDecoder(tokenizer)
         else:
-            decoders[method] = LexiconBeamDecoder(units(tokenizer), spell(tokenizer, words), settings.beam_size,
-                                                  settings.lm, settings.lm_weight, settings.word_score)
+            decoders[method] = LexiconBeamDecoder(
+                units(tokenizer),
+                spell(tokenizer, words),
+                settings.beam_size,
+                settings.lm,
+                settings.lm_weight,
+                settings.word_score,
+            )
     return decoders
 
 
@@ -201,32 +236,40 @@ def model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def decode_split(model: nn.Module, loader: DataLoader, decoders: Mapping[str, Decoder],
-                 out_dirs: Mapping[str, str | Path]) -> dict[str, Score]:
+def decode_split(
+    model: nn.Module, loader: DataLoader, decoders: Mapping[str, Decoder], out_dirs: Mapping[str, str | Path]
+) -> dict[str, Score]:
     """Recognize every batch of `loader` (untokenized, unaugmented batches of one split) with `model`
     (anything called as ConformerCTC: features, lengths -> logits, output lengths) in eval mode, and decode
     the outputs once with every decoder. Writes, atomically, into out_dirs[method]: hyps.jsonl (id, ref,
     hyp, words, corr, sub, del, ins per utterance, manifest order) and errors.txt (scoring.error_statistics).
     Returns the Score by method."""
     device, was_training = model_device(model), model.training
-    refs, hyps = {}, {method: {} for method in decoders}
+    dataset = cast(SegmentDataset, loader.dataset)
+    refs: dict[str, str] = {}
+    hyps: dict[str, dict[str, str]] = {method: {} for method in decoders}
     model.eval()
-    with torch.inference_mode(), tqdm(total=len(loader.dataset), desc="decode", unit="utt") as bar:
+    with torch.inference_mode(), tqdm(total=len(dataset), desc="decode", unit="utt") as bar:
         for batch in loader:
             logits, lengths = model(batch["feats"].to(device), batch["feat_lens"].to(device))
             log_probs = logits.float().log_softmax(-1)
-            refs.update(zip(batch["ids"], batch["texts"]))
+            refs.update(zip(batch["ids"], batch["texts"], strict=True))
             for method, decoder in decoders.items():
-                hyps[method].update(zip(batch["ids"], decoder(log_probs, lengths)))
+                hyps[method].update(zip(batch["ids"], decoder(log_probs, lengths), strict=True))
             bar.update(len(batch["ids"]))
     model.train(was_training)
-    ids = [r["id"] for r in loader.dataset.records]
+    ids = [r["id"] for r in dataset.records]
     scores = {}
     for method, by_id in hyps.items():
         alignments = align([refs[i] for i in ids], [by_id[i] for i in ids])
         out = Path(out_dirs[method])
-        write_jsonl(out / HYPS_FILE, ({"id": i, "ref": refs[i], "hyp": by_id[i], **a.score.counts()}
-                                      for i, a in zip(ids, alignments)))
+        write_jsonl(
+            out / HYPS_FILE,
+            (
+                {"id": i, "ref": refs[i], "hyp": by_id[i], **a.score.counts()}
+                for i, a in zip(ids, alignments, strict=True)
+            ),
+        )
         write_text(out / ERRORS_FILE, error_statistics(ids, alignments))
         scores[method] = total(a.score for a in alignments)
     return scores

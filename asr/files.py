@@ -1,4 +1,5 @@
 """Atomic file writes: a reader never sees half a file, and a failed run leaves no partial output."""
+
 import functools
 import hashlib
 import json

@@ -1,9 +1,9 @@
 """Quantization-aware training (QAT): fake-quantized linear layers with straight-through gradients.
 
-The protocol of the paper's released code (docs/sources.md): weights as per-tensor symmetric integers in +-(2^(b-1)-1) (b = 1.5 means
-ternary) with the scale from a MinMax observer, inputs quantized to 8 bits, straight-through estimator,
-QAT from scratch. Options: per-channel weight scales, learned step sizes (LSQ, Esser et al. 2020), an
-exponential moving average instead of the running max for the input range.
+The protocol of the paper's released code (docs/sources.md): weights as per-tensor symmetric integers in
++-(2^(b-1)-1) (b = 1.5 means ternary) with the scale from a MinMax observer, inputs quantized to 8 bits,
+straight-through estimator, QAT from scratch. Options: per-channel weight scales, learned step sizes (LSQ,
+Esser et al. 2020), an exponential moving average instead of the running max for the input range.
 
 Only the layers a crossbar holds are quantized (`CROSSBAR_LAYERS`: feed-forward, attention in/out
 projections, conv-module pointwise layers); the frontend, the output layer and everything else stay float.
@@ -28,8 +28,10 @@ CROSSBAR_LAYERS = (
 
 def max_level(bits: float) -> int:
     """Largest integer magnitude for b-bit symmetric weights: 2^(b-1) - 1; 1.5 bits (ternary) gives 1."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not (
-        bits == 1.5 or (float(bits).is_integer() and 2 <= bits <= 16)
+    if (
+        isinstance(bits, bool)
+        or not isinstance(bits, (int, float))
+        or not (bits == 1.5 or (float(bits).is_integer() and 2 <= bits <= 16))
     ):
         raise ValueError(f"bits must be 1.5 (ternary) or an integer from 2 to 16, got {bits!r}")
     return 1 if bits == 1.5 else 2 ** (int(bits) - 1) - 1
@@ -97,9 +99,10 @@ class WeightQuantizer(nn.Module):
         super().__init__()
         self.qmax = max_level(bits)
         self.per_channel = per_channel
+        self.step: nn.Parameter | None
         if mode == "lsq":  # LSQ's initial step: 2 mean|w| / sqrt(qmax)
             mean_abs = self._reduce(weight.detach().abs(), "mean")
-            self.step = nn.Parameter(2 * mean_abs / self.qmax ** 0.5)
+            self.step = nn.Parameter(2 * mean_abs / self.qmax**0.5)
         else:
             self.step = None
 
@@ -127,6 +130,8 @@ class InputQuantizer(nn.Module):
     Training updates the range from each batch (running max, or an EMA with `momentum`) before quantizing;
     evaluation uses the stored range. All on-device, no host synchronization.
     """
+
+    max_abs: torch.Tensor
 
     def __init__(self, bits: int = 8, momentum: float | None = None):
         super().__init__()
@@ -167,11 +172,20 @@ class QuantLinear(nn.Linear):
     F.linear(input_scale * clamp(round(x / input_scale)), integer_weight() * weight_scale, bias).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 config: QuantConfig, weight: torch.Tensor | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        config: QuantConfig,
+        weight: torch.Tensor | None = None,
+    ):
         super().__init__(in_features, out_features, bias, device=None if weight is None else weight.device)
         if weight is not None:
             self.weight.data.copy_(weight)
+        if config.weight_bits is None:
+            raise ValueError("QuantLinear needs weight_bits (None is the float model)")
         self.weight_bits = config.weight_bits
         self.weight_quant = WeightQuantizer(self.weight, config.weight_bits, config.weight_scale, config.per_channel)
         self.input_quant = InputQuantizer(config.input_bits, config.input_momentum)
@@ -179,8 +193,13 @@ class QuantLinear(nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: QuantConfig) -> "QuantLinear":
         """A quantization-aware copy of a (trained or fresh) linear layer; LSQ steps start from its weights."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    config=config, weight=linear.weight.detach())
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            config=config,
+            weight=linear.weight.detach(),
+        )
         if linear.bias is not None:
             layer.bias.data.copy_(linear.bias.detach())
         return layer
@@ -221,9 +240,11 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     if config.weight_bits is None:
         return model
     chosen = [
-        name for name, module in model.named_modules()
+        name
+        for name, module in model.named_modules()
         if type(module) is nn.Linear
-        and any(fnmatchcase(name, p) for p in config.include) and not any(fnmatchcase(name, p) for p in config.exclude)
+        and any(fnmatchcase(name, p) for p in config.include)
+        and not any(fnmatchcase(name, p) for p in config.exclude)
     ]
     if not chosen:
         raise ValueError(f"no nn.Linear layer matches include={list(config.include)} exclude={list(config.exclude)}")

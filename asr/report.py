@@ -9,6 +9,7 @@ QAT model whose weights it holds. Each relative change has a 95 % confidence int
 bootstrap over utterances (asr.significance). Outputs whose inputs were made again since are stale: they
 are left out, and RESULTS.md says how many.
 """
+
 import csv
 import io
 import json
@@ -28,11 +29,35 @@ from asr.pipeline.outputs import RECORD, Records, environment
 from asr.scoring import HEADER, Score, read_score, total
 from asr.significance import Interval, relative_change, resample_counts
 
-COLUMNS = ["system", "weight_bits", "model", "chip", "settings", "split", "method", "instance", "wer", "snt",
-           "words", "corr", "sub", "del", "ins", "snt_err", "revision", "dirty", "path"]
+COLUMNS = [
+    "system",
+    "weight_bits",
+    "model",
+    "chip",
+    "settings",
+    "split",
+    "method",
+    "instance",
+    "wer",
+    "snt",
+    "words",
+    "corr",
+    "sub",
+    "del",
+    "ins",
+    "snt_err",
+    "revision",
+    "dirty",
+    "path",
+]
 SYSTEM_ORDER = {"float": 0, "qat": 1, "memsim": 2}
-SHOWN_ELSEWHERE = {"quant.weight_bits", "memsim.weight_bits", "decode.method", "decode.split",
-                   "decode.instance"}  # columns of their own
+SHOWN_ELSEWHERE = {
+    "quant.weight_bits",
+    "memsim.weight_bits",
+    "decode.method",
+    "decode.split",
+    "decode.instance",
+}  # columns of their own
 
 
 @dataclass
@@ -64,8 +89,11 @@ class Result:
     def utterances(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Ids, errors and reference words per utterance (hyps.jsonl), in manifest order."""
         lines = read_jsonl(self.root / self.path / HYPS_FILE)
-        return ([line["id"] for line in lines], np.array([line["sub"] + line["del"] + line["ins"] for line in lines]),
-                np.array([line["words"] for line in lines]))
+        return (
+            [line["id"] for line in lines],
+            np.array([line["sub"] + line["del"] + line["ins"] for line in lines]),
+            np.array([line["words"] for line in lines]),
+        )
 
 
 @dataclass
@@ -113,7 +141,7 @@ def collect(work_dirs: list[Path]) -> tuple[list[Result], list[str]]:
         records = Records(root)
         for record_path in sorted(root.glob(f"**/{RECORD}")):
             relpath = str(record_path.parent.relative_to(root))
-            record = records.get(relpath)
+            record = records.require(relpath)
             if record["stage"] not in ("decode", "memsim") or "method" not in record["settings"]:
                 continue
             if not records.current_path(relpath):
@@ -124,8 +152,8 @@ def collect(work_dirs: list[Path]) -> tuple[list[Result], list[str]]:
 
 
 def _result(root: Path, relpath: str, record: dict, records: Records) -> Result:
-    model = records.get(record["inputs"]["model"]["path"])
-    chip = records.get(record["inputs"]["chip"]["path"]) if "chip" in record["inputs"] else None
+    model = records.require(record["inputs"]["model"]["path"])
+    chip = records.require(record["inputs"]["chip"]["path"]) if "chip" in record["inputs"] else None
     decode = record["settings"]
     settings = _flatten("", model["settings"], {})
     if chip is not None:
@@ -134,10 +162,23 @@ def _result(root: Path, relpath: str, record: dict, records: Records) -> Result:
     bits = model["settings"]["quant"]["weight_bits"]
     system = "memsim" if chip is not None else ("float" if bits is None else "qat")
     made_by = record["made_by"]
-    return Result(root, relpath, system, model["path"], model.get("baseline", model["path"]), bits,
-                  chip["path"] if chip else None, chip["label"] if chip else "", decode.get("instance"),
-                  decode["split"], decode["method"], settings, read_score(root / relpath / SCORE_FILE),
-                  made_by.get("revision"), made_by.get("dirty"))
+    return Result(
+        root,
+        relpath,
+        system,
+        model["path"],
+        model.get("baseline", model["path"]),
+        bits,
+        chip["path"] if chip else None,
+        chip["label"] if chip else "",
+        decode.get("instance"),
+        decode["split"],
+        decode["method"],
+        settings,
+        read_score(root / relpath / SCORE_FILE),
+        made_by.get("revision"),
+        made_by.get("dirty"),
+    )
 
 
 def group(results: list[Result]) -> list[Group]:
@@ -149,7 +190,7 @@ def group(results: list[Result]) -> list[Group]:
     groups = [Group(sorted(members, key=lambda r: r.instance or 0)) for members in grouped.values()]
     _label(groups)
     digital = {(str(g.first.root), g.first.model, *g.first.comparison_key): g for g in groups if g.first.chip is None}
-    counts = {}
+    counts: dict[int, np.ndarray] = {}
     for g in groups:
         r = g.first
         if r.system == "float":
@@ -194,15 +235,43 @@ def summary_table(groups: list[Group]) -> str:
     """WER mean / std / min / max per group, with the relative changes and their 95 % intervals."""
     revisions = sorted({str(r.revision) + ("+dirty" if r.dirty else "") for g in groups for r in g.members})
     with_revision = len(revisions) > 1
-    header = ["split", "method", "system", "bits", "chip", "settings", "instances", "Snt", "Wrd", "WER mean", "std",
-              "min", "max", "rel. to float [95 % CI]", "rel. to QAT [95 % CI]"] + (["revision"] * with_revision)
+    header = [
+        "split",
+        "method",
+        "system",
+        "bits",
+        "chip",
+        "settings",
+        "instances",
+        "Snt",
+        "Wrd",
+        "WER mean",
+        "std",
+        "min",
+        "max",
+        "rel. to float [95 % CI]",
+        "rel. to QAT [95 % CI]",
+    ] + (["revision"] * with_revision)
     lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
     for g in groups:
         r, wers = g.first, g.wers
-        cells = [r.split, r.method, r.system, "" if r.weight_bits is None else f"{r.weight_bits:g}", r.chip_label or "-",
-                 g.label or "-", len(wers), r.score.snt, r.score.words, f"{statistics.mean(wers):.2f}",
-                 f"{statistics.stdev(wers) if len(wers) > 1 else 0:.2f}", f"{min(wers):.2f}", f"{max(wers):.2f}",
-                 _cell(g.relative.get("float"), r.system != "float"), _cell(g.relative.get("qat"), r.system == "memsim")]
+        cells = [
+            r.split,
+            r.method,
+            r.system,
+            "" if r.weight_bits is None else f"{r.weight_bits:g}",
+            r.chip_label or "-",
+            g.label or "-",
+            len(wers),
+            r.score.snt,
+            r.score.words,
+            f"{statistics.mean(wers):.2f}",
+            f"{statistics.stdev(wers) if len(wers) > 1 else 0:.2f}",
+            f"{min(wers):.2f}",
+            f"{max(wers):.2f}",
+            _cell(g.relative.get("float"), r.system != "float"),
+            _cell(g.relative.get("qat"), r.system == "memsim"),
+        ]
         if with_revision:
             cells.append(", ".join(sorted({str(m.revision) + ("+dirty" if m.dirty else "") for m in g.members})))
         lines.append("|" + "|".join(map(str, cells)) + "|")
@@ -214,7 +283,14 @@ def espnet_table(groups: list[Group]) -> str:
     lines = [HEADER]
     for g in groups:
         r = g.first
-        parts = [r.system, "" if r.weight_bits is None else f"w{r.weight_bits:g}", r.chip_label, g.label, r.split, r.method]
+        parts = [
+            r.system,
+            "" if r.weight_bits is None else f"w{r.weight_bits:g}",
+            r.chip_label,
+            g.label,
+            r.split,
+            r.method,
+        ]
         name = "/".join(p for p in parts if p)
         if len(g.members) > 1:
             name += f" ({len(g.members)} instances pooled)"
@@ -225,8 +301,12 @@ def espnet_table(groups: list[Group]) -> str:
 def results_markdown(groups: list[Group], stale: list[str], title: str, notes: str = "") -> str:
     env = environment()
     revisions = sorted({str(r.revision) + ("+dirty" if r.dirty else "") for g in groups for r in g.members})
-    stale_note = (f"\n{len(stale)} stale result(s) left out: their models or chips were made again since. Run the "
-                  "decode and memsim stages of those configurations again to refresh them.\n" if stale else "")
+    stale_note = (
+        f"\n{len(stale)} stale result(s) left out: their models or chips were made again since. Run the "
+        "decode and memsim stages of those configurations again to refresh them.\n"
+        if stale
+        else ""
+    )
     return (
         f"# {title}\n\n{notes}## WER (%) per system\n\n{summary_table(groups)}\n\n"
         "Snt and Wrd: the utterances and reference words each split scored. A memsim row holds its programming "
@@ -239,7 +319,8 @@ def results_markdown(groups: list[Group], stale: list[str], title: str, notes: s
         f"## Environment\n\n- results made at git revision(s): {', '.join(revisions)}\n"
         f"- this report: git revision {env['revision']}{' (dirty)' if env['dirty'] else ''}, project "
         f"{env['project']}, python {env['python']}, torch {env['torch']}, {env['device']}\n"
-        f"- command: `{' '.join(sys.argv)}`\n")
+        f"- command: `{' '.join(sys.argv)}`\n"
+    )
 
 
 def write_csv(groups: list[Group], path: Path) -> None:
@@ -249,12 +330,23 @@ def write_csv(groups: list[Group], path: Path) -> None:
     writer.writeheader()
     for g in groups:
         for r in g.members:
-            writer.writerow({"system": r.system, "weight_bits": "" if r.weight_bits is None else r.weight_bits,
-                             "model": r.model, "chip": r.chip or "", "settings": g.label, "split": r.split,
-                             "method": r.method, "instance": "" if r.instance is None else r.instance,
-                             "wer": round(r.score.err, 2), **{k: v for k, v in r.score.to_dict().items()
-                                                               if k in COLUMNS}, "revision": r.revision,
-                             "dirty": r.dirty, "path": r.path})
+            writer.writerow(
+                {
+                    "system": r.system,
+                    "weight_bits": "" if r.weight_bits is None else r.weight_bits,
+                    "model": r.model,
+                    "chip": r.chip or "",
+                    "settings": g.label,
+                    "split": r.split,
+                    "method": r.method,
+                    "instance": "" if r.instance is None else r.instance,
+                    "wer": round(r.score.err, 2),
+                    **{k: v for k, v in r.score.to_dict().items() if k in COLUMNS},
+                    "revision": r.revision,
+                    "dirty": r.dirty,
+                    "path": r.path,
+                }
+            )
     write_text(path, buffer.getvalue())
 
 
@@ -271,10 +363,11 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
     split = split if split in splits else sorted(splits)[0]
     chosen = [g for g in groups if g.first.split == split]
     methods = sorted({g.first.method for g in chosen})
-    series_count = max(len({(g.first.system, g.first.chip_label, g.label) for g in chosen if g.first.method == m})
-                       for m in methods)
+    series_count = max(
+        len({(g.first.system, g.first.chip_label, g.label) for g in chosen if g.first.method == m}) for m in methods
+    )
     fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 4 + 0.22 * series_count), squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    for ax, method in zip(axes[0], methods, strict=True):
         series = defaultdict(list)  # label -> (bits, mean, std): one line per system, chip and setting
         for g in (g for g in chosen if g.first.method == method):
             r, wers = g.first, g.wers
@@ -283,12 +376,21 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
                 ax.axhline(wers[0], color="black", linestyle="--", linewidth=1, label=f"float{extra}")
                 continue
             name = ("QAT digital" if r.system == "qat" else f"memsim {r.chip_label}") + extra
-            series[name].append((r.weight_bits, statistics.mean(wers), statistics.stdev(wers) if len(wers) > 1 else 0.0))
+            series[name].append(
+                (r.weight_bits, statistics.mean(wers), statistics.stdev(wers) if len(wers) > 1 else 0.0)
+            )
         spread = 0.25 / max(1, len(series))  # markers of one bit width side by side within +-0.125
         for i, (name, points) in enumerate(sorted(series.items())):
-            x, y, error = zip(*sorted(points))
-            ax.errorbar([b + spread * (i - (len(series) - 1) / 2) for b in x], y, yerr=error,
-                        fmt="-o" if name.startswith("QAT") else "-s", markersize=4, capsize=3, label=name)
+            x, y, error = zip(*sorted(points), strict=True)
+            ax.errorbar(
+                [b + spread * (i - (len(series) - 1) / 2) for b in x],
+                y,
+                yerr=error,
+                fmt="-o" if name.startswith("QAT") else "-s",
+                markersize=4,
+                capsize=3,
+                label=name,
+            )
         wers = [w for g in chosen if g.first.method == method for w in g.wers]
         scale = "log" if min(wers) > 0 else "linear"  # a WER of 0 has no place on a log axis
         if scale == "log":

@@ -4,6 +4,7 @@ TED-LIUM practice, followed here: words are the whitespace-separated tokens of t
 (asr.data.tedlium.normalize_words), and `<unk>` is an ordinary word on both sides. A reference `<unk>`
 counts in Wrd; a hypothesis `<unk>` against it is correct, anything else against it an error.
 """
+
 import json
 from collections import Counter
 from dataclasses import dataclass, fields
@@ -58,8 +59,13 @@ class Score:
 
     def to_dict(self) -> dict:
         """What score.json holds: snt, snt_err, the word counts, `err` and `sentence_err` in %."""
-        return {"snt": self.snt, "snt_err": self.snt_err, **self.counts(), "err": round(self.err, 4),
-                "sentence_err": round(self.sentence_err, 4)}
+        return {
+            "snt": self.snt,
+            "snt_err": self.snt_err,
+            **self.counts(),
+            "err": round(self.err, 4),
+            "sentence_err": round(self.sentence_err, 4),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Score":
@@ -86,20 +92,33 @@ def align(refs: list[str], hyps: list[str]) -> list[Alignment]:
         return []
     aligned = jiwer.process_words(refs, hyps)
     out = []
-    for ref, hyp, chunks in zip(aligned.references, aligned.hypotheses, aligned.alignments):
-        counts, pairs = Counter(), []
+    for ref, hyp, chunks in zip(aligned.references, aligned.hypotheses, aligned.alignments, strict=True):
+        counts: Counter[str] = Counter()
+        pairs: list[tuple[str, str]] = []
         for c in chunks:
-            r, h = ref[c.ref_start_idx:c.ref_end_idx], hyp[c.hyp_start_idx:c.hyp_end_idx]
+            r, h = ref[c.ref_start_idx : c.ref_end_idx], hyp[c.hyp_start_idx : c.hyp_end_idx]
             if c.type == "insert":
                 pairs += [(DELETED, w) for w in h]
             elif c.type == "delete":
                 pairs += [(w, DELETED) for w in r]
             else:
-                pairs += list(zip(r, h))
+                pairs += list(zip(r, h, strict=True))
             counts[c.type] += len(h) if c.type == "insert" else len(r)
         errors = counts["substitute"] + counts["delete"] + counts["insert"]
-        out.append(Alignment(Score(1, len(ref), counts["equal"], counts["substitute"], counts["delete"],
-                                   counts["insert"], int(errors > 0)), tuple(pairs)))
+        out.append(
+            Alignment(
+                Score(
+                    1,
+                    len(ref),
+                    counts["equal"],
+                    counts["substitute"],
+                    counts["delete"],
+                    counts["insert"],
+                    int(errors > 0),
+                ),
+                tuple(pairs),
+            )
+        )
     return out
 
 
@@ -121,7 +140,10 @@ def error_statistics(ids: list[str], alignments: list[Alignment]) -> str:
     substitutions (ref -> hyp), deletions and insertions by frequency, per-word statistics, and every
     utterance with an error, aligned: equal words plain, errors as (ref->hyp)."""
     score = total(a.score for a in alignments)
-    subs, dels, inss, per_word = Counter(), Counter(), Counter(), {}
+    subs: Counter[tuple[str, str]] = Counter()
+    dels: Counter[str] = Counter()
+    inss: Counter[str] = Counter()
+    per_word: dict[str, list[int]] = {}
     for a in alignments:
         for ref, hyp in a.pairs:
             if ref == DELETED:
@@ -139,9 +161,12 @@ def error_statistics(ids: list[str], alignments: list[Alignment]) -> str:
             else:
                 for word in {ref, hyp} - {DELETED}:
                     per_word[word][1] += 1
-    lines = [f"%WER {score.err:.2f} [ {score.errors} / {score.words}, {score.ins} ins, {score.del_} del, "
-             f"{score.sub} sub ]", f"%SER {score.sentence_err:.2f} [ {score.snt_err} / {score.snt} ]", "",
-             "SUBSTITUTIONS: count ref -> hyp"]
+    lines = [
+        f"%WER {score.err:.2f} [ {score.errors} / {score.words}, {score.ins} ins, {score.del_} del, {score.sub} sub ]",
+        f"%SER {score.sentence_err:.2f} [ {score.snt_err} / {score.snt} ]",
+        "",
+        "SUBSTITUTIONS: count ref -> hyp",
+    ]
     lines += [f"{n:6d}  {ref} -> {hyp}" for (ref, hyp), n in _by_count(subs)]
     lines += ["", "DELETIONS: count ref"] + [f"{n:6d}  {word}" for word, n in _by_count(dels)]
     lines += ["", "INSERTIONS: count hyp"] + [f"{n:6d}  {word}" for word, n in _by_count(inss)]
@@ -149,7 +174,7 @@ def error_statistics(ids: list[str], alignments: list[Alignment]) -> str:
     ranked = sorted(per_word.items(), key=lambda item: (-item[1][1], item[0]))
     lines += [f"{word}  {c}  {e}  {r}  {h}" for word, (c, e, r, h) in ranked if e]
     lines += ["", "UTTERANCES WITH ERRORS: id: aligned words, errors as (ref->hyp)"]
-    for utt, a in zip(ids, alignments):
+    for utt, a in zip(ids, alignments, strict=True):
         if a.score.errors:
             lines.append(f"{utt}: " + " ".join(ref if ref == hyp else f"({ref}->{hyp})" for ref, hyp in a.pairs))
     return "\n".join(lines) + "\n"

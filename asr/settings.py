@@ -11,19 +11,19 @@ A YAML file under configs/ holds only what differs from these defaults. Hydra ty
 override against the schema (an unknown key or a wrong type stops composition); `load` then builds the
 real dataclasses, whose checks name the bad setting, and checks the settings against each other.
 """
+
 import dataclasses
 import logging
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING as REQUIRED
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from memsim import ADC_PRESETS, CrossbarConfig
 from asr.data.corpus import DataSettings
 from asr.data.features import FeatureSettings
 from asr.data.loader import LoaderSettings
@@ -34,6 +34,7 @@ from asr.model import ModelConfig
 from asr.quant import QuantConfig, max_level
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
+from memsim import ADC_PRESETS, CrossbarConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +59,51 @@ def mirror(cls: type, name: str, *, drop: tuple[str, ...] = (), add: tuple[tuple
         return cls(**{f.name: getattr(self, f.name) for f in kept}, **more)
 
     fields_ = [(n, t, field(default=d)) for n, t, d in add] + [(f.name, hints[f.name], default(f)) for f in kept]
-    return dataclasses.make_dataclass(name, fields_, namespace={
-        "build": build, "__doc__": f"The recipe's settings of {cls.__module__}.{cls.__qualname__}; build() makes one."})
+    return dataclasses.make_dataclass(
+        name,
+        fields_,
+        namespace={
+            "build": build,
+            "__doc__": f"The recipe's settings of {cls.__module__}.{cls.__qualname__}; build() makes one.",
+        },
+    )
 
 
-ModelSettings = mirror(ModelConfig, "ModelSettings", drop=("vocab_size", "n_mels"), add=(("name", str, "paper"),))
-QuantSettings = mirror(QuantConfig, "QuantSettings", add=(
-    ("name", typing.Optional[str], None),  # None: `float`, or w<weight_bits>a<input_bits> such as w3a8
-))
-TrainSettings = mirror(TrainConfig, "TrainSettings", drop=("seed",), add=(
-    ("init_from", typing.Optional[str], None),  # None | "float" (this configuration's float model) | a checkpoint
-))
-ChipSettings = mirror(CrossbarConfig, "ChipSettings", drop=("weight_bits",), add=(
-    ("name", str, "chip"),  # a label for outputs and tables
-    ("instances", int, 3),  # programming instances (fresh chips), each decoding every split
-    ("seed", int, 1000),  # instance k is programmed with seed + k
-    ("adc", typing.Optional[str], "high_precision"),  # a preset of ADC_CHOICES, or None: adc_*_bits as set
-))
-PrepareSettings = mirror(PrepareOptions, "PrepareSettings")
+if TYPE_CHECKING:  # made at run time from the dataclasses' own fields, so a type checker sees them as Any
+    ModelSettings: TypeAlias = Any
+    QuantSettings: TypeAlias = Any
+    TrainSettings: TypeAlias = Any
+    ChipSettings: TypeAlias = Any
+    PrepareSettings: TypeAlias = Any
+else:
+    ModelSettings = mirror(ModelConfig, "ModelSettings", drop=("vocab_size", "n_mels"), add=(("name", str, "paper"),))
+    QuantSettings = mirror(
+        QuantConfig,
+        "QuantSettings",
+        add=(
+            ("name", str | None, None),  # None: `float`, or w<weight_bits>a<input_bits> such as w3a8
+        ),
+    )
+    TrainSettings = mirror(
+        TrainConfig,
+        "TrainSettings",
+        drop=("seed",),
+        add=(
+            ("init_from", str | None, None),  # None | "float" (this configuration's float model) | a checkpoint
+        ),
+    )
+    ChipSettings = mirror(
+        CrossbarConfig,
+        "ChipSettings",
+        drop=("weight_bits",),
+        add=(
+            ("name", str, "chip"),  # a label for outputs and tables
+            ("instances", int, 3),  # programming instances (fresh chips), each decoding every split
+            ("seed", int, 1000),  # instance k is programmed with seed + k
+            ("adc", str | None, "high_precision"),  # a preset of ADC_CHOICES, or None: adc_*_bits as set
+        ),
+    )
+    PrepareSettings = mirror(PrepareOptions, "PrepareSettings")
 
 
 @dataclass
@@ -149,7 +177,7 @@ def register() -> None:
 
 def load(cfg: DictConfig) -> RecipeSettings:
     """The typed settings of a composed configuration, every group checked; a UserError names the setting."""
-    values = {}
+    values: dict[str, Any] = {}
     for f in dataclasses.fields(RecipeSettings):
         node = cfg[f.name]
         try:
@@ -173,8 +201,10 @@ def check(s: RecipeSettings) -> None:
     _built("train", lambda: s.train_config(False))
     unknown = sorted(set(s.qat_train) - {f.name for f in dataclasses.fields(TrainSettings)})
     if unknown:
-        raise UserError(f"qat_train: {unknown} are not train settings (known: "
-                        f"{[f.name for f in dataclasses.fields(TrainSettings)]})")
+        raise UserError(
+            f"qat_train: {unknown} are not train settings (known: "
+            f"{[f.name for f in dataclasses.fields(TrainSettings)]})"
+        )
     if s.quantized:
         _built("qat_train", lambda: s.train_config(True))
     for quantized in {False, s.quantized}:
@@ -201,8 +231,9 @@ def _canonical_bits(s: RecipeSettings) -> None:
     2 is rewritten to 1.5, so a sweep over both makes one model (named w1.5a8 unless quant.name is set)."""
     if s.quant.weight_bits == 2:
         s.quant.weight_bits = 1.5
-        log.warning("quant.weight_bits=2 has the levels of 1.5 bits (ternary, +-%d): running it as 1.5 bits",
-                    max_level(1.5))
+        log.warning(
+            "quant.weight_bits=2 has the levels of 1.5 bits (ternary, +-%d): running it as 1.5 bits", max_level(1.5)
+        )
 
 
 def _check_init_from(s: RecipeSettings, quantized: bool) -> None:
@@ -217,15 +248,21 @@ def _check_init_from(s: RecipeSettings, quantized: bool) -> None:
 def _check_chip(s: RecipeSettings) -> None:
     m = s.memsim
     if m.adc is not None and m.adc not in ADC_CHOICES:
-        raise UserError(f"memsim.adc must be one of {list(ADC_CHOICES)} or null (then memsim.adc_precision_bits and "
-                        f"memsim.adc_range_bits apply), got {m.adc!r}")
+        raise UserError(
+            f"memsim.adc must be one of {list(ADC_CHOICES)} or null (then memsim.adc_precision_bits and "
+            f"memsim.adc_range_bits apply), got {m.adc!r}"
+        )
     defaults = (CrossbarConfig.adc_precision_bits, CrossbarConfig.adc_range_bits)
     if m.adc is not None and (m.adc_precision_bits, m.adc_range_bits) != defaults:
-        raise UserError(f"memsim.adc={m.adc} sets the ADC: set memsim.adc=null to choose memsim.adc_precision_bits "
-                        "and memsim.adc_range_bits yourself")
+        raise UserError(
+            f"memsim.adc={m.adc} sets the ADC: set memsim.adc=null to choose memsim.adc_precision_bits "
+            "and memsim.adc_range_bits yourself"
+        )
     if m.instances < 1:
         raise UserError(f"memsim.instances must be >= 1, got {m.instances}")
     if m.dac_bits is not None and m.dac_bits != s.quant.input_bits:
-        raise UserError(f"memsim.dac_bits={m.dac_bits} differs from quant.input_bits={s.quant.input_bits}: the chip "
-                        "maps the model exactly only when its DAC has the bits of the activation quantizer")
+        raise UserError(
+            f"memsim.dac_bits={m.dac_bits} differs from quant.input_bits={s.quant.input_bits}: the chip "
+            "maps the model exactly only when its DAC has the bits of the activation quantizer"
+        )
     _built("memsim", s.chip_config)

@@ -6,6 +6,7 @@ not the two systems' shared difficulty. With several programming instances, a sy
 utterance are their mean over instances; instances themselves are not resampled (the WER's std and
 min-max over instances show that spread).
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +32,9 @@ def resample_counts(utterances: int, resamples: int = RESAMPLES, seed: int = 0) 
     return rng.multinomial(utterances, np.full(utterances, 1 / utterances), size=resamples)
 
 
-def relative_change(reference: np.ndarray, system: np.ndarray, counts: np.ndarray | None = None,
-                    level: float = LEVEL) -> Interval:
+def relative_change(
+    reference: np.ndarray, system: np.ndarray, counts: np.ndarray | None = None, level: float = LEVEL
+) -> Interval:
     """Relative change of the error count, system against reference, with a percentile interval.
 
     reference, system: errors per utterance, [utterances] or [instances, utterances] (averaged over

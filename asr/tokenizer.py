@@ -3,10 +3,11 @@
 TED-LIUM keeps `<unk>` in its transcripts as a word to be recognized; sentencepiece would otherwise spell
 it out as the characters < u n k >, so it is mapped to sentencepiece's own unknown id in both directions.
 """
+
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import sentencepiece as spm
 
@@ -41,10 +42,20 @@ def train(texts: Iterable[str], path: str | Path, model_type: str, vocab_size: i
     """
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=(t.replace(UNK, " ") for t in texts), model_writer=model,
-        model_type=model_type, vocab_size=vocab_size, num_threads=num_threads, hard_vocab_limit=False,
-        character_coverage=1.0, pad_id=BLANK_ID, pad_piece="<blank>", unk_id=UNK_ID,
-        bos_id=-1, eos_id=-1, minloglevel=2)
+        sentence_iterator=(t.replace(UNK, " ") for t in texts),
+        model_writer=model,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        num_threads=num_threads,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        pad_id=BLANK_ID,
+        pad_piece="<blank>",
+        unk_id=UNK_ID,
+        bos_id=-1,
+        eos_id=-1,
+        minloglevel=2,
+    )
     with atomic_path(path) as tmp:
         tmp.write_bytes(model.getvalue())
     return Tokenizer(path)
@@ -70,7 +81,8 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        parts, current = [], []
+        parts: list[str] = []
+        current: list[int] = []
         for i in ids:
             if i == UNK_ID:
                 parts += [self.sp.decode(current), UNK]

@@ -28,6 +28,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from asr.errors import UserError
 from asr.model import ConformerCTC, ModelConfig, count_parameters, ctc_loss, infeasible
 from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
-from asr.tokenizer import BLANK_ID, Tokenizer
+from asr.tokenizer import BLANK_ID
 from asr.train_log import TrainingLog
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,20 @@ log = logging.getLogger(__name__)
 FINAL = "final.pt"  # the averaged weights a finished run leaves in its directory
 
 # Settings a resumed run must share with the run that wrote the checkpoint (they shape the optimization).
-RESUME_MUST_MATCH = ("optimizer", "lr", "betas", "weight_decay", "schedule", "pct_start", "div_factor",
-                     "final_div_factor", "warmup_steps", "epochs", "max_steps", "seed")
+RESUME_MUST_MATCH = (
+    "optimizer",
+    "lr",
+    "betas",
+    "weight_decay",
+    "schedule",
+    "pct_start",
+    "div_factor",
+    "final_div_factor",
+    "warmup_steps",
+    "epochs",
+    "max_steps",
+    "seed",
+)
 
 
 @dataclass
@@ -96,8 +109,10 @@ class TrainConfig:
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if self.average_last < 1 or self.keep_checkpoints < self.average_last:
-            raise ValueError(f"average_last must be >= 1 and keep_checkpoints >= average_last, got "
-                             f"average_last={self.average_last} keep_checkpoints={self.keep_checkpoints}")
+            raise ValueError(
+                f"average_last must be >= 1 and keep_checkpoints >= average_last, got "
+                f"average_last={self.average_last} keep_checkpoints={self.keep_checkpoints}"
+            )
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -119,7 +134,8 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     """Every generator's state as tensors and plain values (so checkpoints load with weights_only=True)."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)
     return {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
@@ -140,7 +156,8 @@ def set_rng_state(state: dict) -> None:
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Weight decay on weight matrices and conv kernels only: not on biases, norms, attention position
     biases or learned quantization steps."""
-    decay, rest = [], []
+    decay: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (decay if name.endswith("weight") and p.dim() >= 2 else rest).append(p)
@@ -203,8 +220,9 @@ class _Run:
     """One training run: the state a checkpoint holds (weights, optimizer, schedule, RNG, data position) and
     the loop that advances it."""
 
-    def __init__(self, model: nn.Module, batches, cfg: TrainConfig, out_dir: Path, device: torch.device | None,
-                 meta: dict | None):
+    def __init__(
+        self, model: nn.Module, batches, cfg: TrainConfig, out_dir: Path, device: torch.device | None, meta: dict | None
+    ):
         self.rank, self.world, local_rank = init_distributed()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.device.index is None:
@@ -212,13 +230,23 @@ class _Run:
         self.model, self.batches, self.cfg, self.out_dir, self.meta = model, batches, cfg, out_dir, meta
         seed_everything(cfg.seed + self.rank)
         model.to(self.device).train()
-        self.net = model if self.world == 1 else DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = (
+            model
+            if self.world == 1
+            else DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        )
         self.optimizer = build_optimizer(model, cfg)
         self.total_steps = _total_steps(batches, cfg)
         self.scheduler = build_scheduler(
-            self.optimizer, cfg.schedule, self.total_steps, peak_lr=cfg.lr, pct_start=cfg.pct_start,
-            div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor, warmup_steps=cfg.warmup_steps)
+            self.optimizer,
+            cfg.schedule,
+            self.total_steps,
+            peak_lr=cfg.lr,
+            pct_start=cfg.pct_start,
+            div_factor=cfg.div_factor,
+            final_div_factor=cfg.final_div_factor,
+            warmup_steps=cfg.warmup_steps,
+        )
         self.step = self.epoch = self.done_in_epoch = 0
         self.saved_step, self.pending_rng = -1, None
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,8 +262,10 @@ class _Run:
         same = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 (yaml lists, tuples)
         changed = [k for k in RESUME_MUST_MATCH if same(state["train_config"][k]) != same(getattr(self.cfg, k))]
         if changed:
-            raise UserError(f"{self.out_dir} holds a run with other {', '.join(changed)}: resume it with the same "
-                            "settings, or train into another directory")
+            raise UserError(
+                f"{self.out_dir} holds a run with other {', '.join(changed)}: resume it with the same "
+                "settings, or train into another directory"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -252,17 +282,28 @@ class _Run:
     def save(self, epoch_end: bool = False) -> None:
         """A checkpoint of the current step; `epoch_end`: it ends an epoch (the one just finished, or the
         partial epoch a step limit stopped)."""
-        states = [None] * self.world
+        states: list[Any] = [None] * self.world
         if self.world > 1:
             dist.all_gather_object(states, rng_state())
         else:
             states = [rng_state()]
         if self.rank == 0:
-            checkpoint.save({
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": states, "step": self.step, "epoch": self.epoch,
-                "done_in_epoch": self.done_in_epoch, "train_config": asdict(self.cfg), "meta": self.meta,
-            }, checkpoint.path_for(self.out_dir, self.step, self.epoch + (self.done_in_epoch > 0) if epoch_end else None))
+            checkpoint.save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": states,
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "done_in_epoch": self.done_in_epoch,
+                    "train_config": asdict(self.cfg),
+                    "meta": self.meta,
+                },
+                checkpoint.path_for(
+                    self.out_dir, self.step, self.epoch + (self.done_in_epoch > 0) if epoch_end else None
+                ),
+            )
             checkpoint.prune(self.out_dir, self.cfg.keep_checkpoints)
         self.saved_step = self.step
 
@@ -279,8 +320,9 @@ class _Run:
 
     def run(self, valid_batches=None) -> None:
         cfg = self.cfg
-        progress = tqdm(total=self.total_steps, initial=self.step, disable=self.rank != 0, unit="step",
-                        dynamic_ncols=True)
+        progress = tqdm(
+            total=self.total_steps, initial=self.step, disable=self.rank != 0, unit="step", dynamic_ncols=True
+        )
         began, unlogged = time.perf_counter(), 0
         running, dropped = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
         while self.step < self.total_steps and self.epoch < cfg.epochs:
@@ -298,11 +340,21 @@ class _Run:
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     mean_loss, n_dropped = running.item() / unlogged, int(dropped)
                     running, dropped, unlogged = torch.zeros_like(running), torch.zeros_like(dropped), 0
-                    self._log("train", mean_loss, lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm.item(),
-                              dropped=n_dropped, seconds=round(time.perf_counter() - began, 1))
+                    self._log(
+                        "train",
+                        mean_loss,
+                        lr=self.scheduler.get_last_lr()[0],
+                        grad_norm=grad_norm.item(),
+                        dropped=n_dropped,
+                        seconds=round(time.perf_counter() - began, 1),
+                    )
                     if n_dropped and self.rank == 0:
-                        log.warning("step %d: the CTC loss dropped %d utterance(s) in the last steps: fewer frames "
-                                    "than their labels need", self.step, n_dropped)
+                        log.warning(
+                            "step %d: the CTC loss dropped %d utterance(s) in the last steps: fewer frames "
+                            "than their labels need",
+                            self.step,
+                            n_dropped,
+                        )
                     progress.set_postfix(loss=f"{mean_loss:.3f}", epoch=self.epoch)
                 if self.step % cfg.checkpoint_every == 0:
                     self.save()
@@ -325,7 +377,7 @@ class _Run:
         """Load and write (out_dir/final.pt) the average of the newest `average_last` epoch-end checkpoints."""
         if self.world > 1:
             dist.barrier()
-        final = checkpoint.average(checkpoint.epoch_checkpoints(self.out_dir)[-self.cfg.average_last:])
+        final = checkpoint.average(checkpoint.epoch_checkpoints(self.out_dir)[-self.cfg.average_last :])
         self.model.load_state_dict(final)
         if self.logbook:
             checkpoint.save({"model": final, "meta": self.meta, "step": self.step}, self.out_dir / FINAL)
@@ -335,13 +387,21 @@ class _Run:
         return self.model
 
 
-def fit(model: nn.Module, batches, cfg: TrainConfig, out_dir: str | Path, *, valid_batches=None,
-        device: str | torch.device | None = None, meta: dict | None = None) -> nn.Module:
+def fit(
+    model: nn.Module,
+    batches,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    valid_batches=None,
+    device: str | torch.device | None = None,
+    meta: dict | None = None,
+) -> nn.Module:
     """Train `model` (float, or already quantized with asr.quant.quantize) and return it with the weights of
     `out_dir/final.pt`: the average of the newest `average_last` epoch-end checkpoints. Resumes from out_dir's newest
     checkpoint if there is one. `meta` (e.g. the model and quant configs) goes into every checkpoint so a
     checkpoint alone can rebuild its model (see checkpoint.load_model)."""
-    run = _Run(model, batches, cfg, Path(out_dir), device, meta)
+    run = _Run(model, batches, cfg, Path(out_dir), None if device is None else torch.device(device), meta)
     run.resume()
     run.run(valid_batches)
     return run.finish()
@@ -366,14 +426,27 @@ class RankShard(Sampler):
 def _rank_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
     if world == 1:
         return loader
-    return DataLoader(loader.dataset, batch_sampler=RankShard(loader.batch_sampler, rank, world),
-                      collate_fn=loader.collate_fn, num_workers=loader.num_workers,
-                      persistent_workers=loader.persistent_workers)
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=RankShard(loader.batch_sampler, rank, world),
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        persistent_workers=loader.persistent_workers,
+    )
 
 
-def train_model(model_config: ModelConfig, quant_config: QuantConfig, train_config: TrainConfig, *, files: DataFiles,
-                features: FeatureSettings, loader: LoaderSettings, out_dir: Path, init_from: Path | None = None,
-                fresh: bool = True) -> None:
+def train_model(
+    model_config: ModelConfig,
+    quant_config: QuantConfig,
+    train_config: TrainConfig,
+    *,
+    files: DataFiles,
+    features: FeatureSettings,
+    loader: LoaderSettings,
+    out_dir: Path,
+    init_from: Path | None = None,
+    fresh: bool = True,
+) -> None:
     """A Conformer-CTC trained float or quantization-aware on the prepared data, into out_dir; `final.pt`
     there holds the averaged weights and the configs (checkpoint.load_model rebuilds the model).
 
@@ -392,12 +465,30 @@ def train_model(model_config: ModelConfig, quant_config: QuantConfig, train_conf
         model.load_state_dict(checkpoint.load(init_from)["model"])
     quantize(model, quant_config)
     log.info("model: %s parameters, quantized layers: %d", f"{count_parameters(model):,}", len(quantized_layers(model)))
-    batches = {split: _rank_loader(split_loader(files, split, features, max_seconds=loader.max_seconds,
-                                                num_workers=loader.num_workers, seed=train_config.seed,
-                                                train=split == "train"), rank, world)
-               for split in ("train", "dev")}
-    fit(model, batches["train"], train_config, out_dir, valid_batches=batches["dev"],
-        meta={"model": asdict(model_config), "quant": asdict(quant_config)})
+    batches = {
+        split: _rank_loader(
+            split_loader(
+                files,
+                split,
+                features,
+                max_seconds=loader.max_seconds,
+                num_workers=loader.num_workers,
+                seed=train_config.seed,
+                train=split == "train",
+            ),
+            rank,
+            world,
+        )
+        for split in ("train", "dev")
+    }
+    fit(
+        model,
+        batches["train"],
+        train_config,
+        out_dir,
+        valid_batches=batches["dev"],
+        meta={"model": asdict(model_config), "quant": asdict(quant_config)},
+    )
 
 
 def clear_run(out_dir: Path) -> None:
@@ -407,4 +498,3 @@ def clear_run(out_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-

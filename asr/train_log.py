@@ -4,7 +4,9 @@ import csv
 from pathlib import Path
 
 try:
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter as _SummaryWriter
+
+    SummaryWriter: type | None = _SummaryWriter
 except ImportError:  # tensorboard is optional
     SummaryWriter = None
 

@@ -3,13 +3,15 @@
 Per shape, at batch 1024: nn.Linear, the 3-bit MemristorLinear (GEMM read: noiseless mean and noise
 variance per tile, one Gaussian per output), and a brute-force per-cell read as the paper's code does it
 (a [batch, rows, columns] tensor of cell currents per array) at a batch it can afford, scaled per vector.
-Also the peak tensor memory a forward allocates (its inputs and the programmed r excluded) and the programming time per million cells.
+Also the peak tensor memory a forward allocates (its inputs and the programmed r excluded) and the
+programming time per million cells.
 Targets (issue 3): <= 10x nn.Linear; >= 300x faster than the per-cell read; memory O(cells).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import weakref
 
@@ -93,10 +95,14 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     config = memsim.CrossbarConfig(weight_bits=3)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 3-bit weights, "
-          f"tile {config.tile_size}, physical read noise, ADC ({config.adc_precision_bits}, {config.adc_range_bits})")
-    print(f"{'shape':>10s} {'cells':>9s} {'linear ms':>9s} {'xbar ms':>8s} {'x linear':>8s} "
-          f"{'per-cell ms/vec':>15s} {'speed-up':>9s} {'xbar MiB':>8s} {'cells MiB':>9s} {'program s/Mcell':>15s}")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 3-bit weights, "
+        f"tile {config.tile_size}, physical read noise, ADC ({config.adc_precision_bits}, {config.adc_range_bits})"
+    )
+    print(
+        f"{'shape':>10s} {'cells':>9s} {'linear ms':>9s} {'xbar ms':>8s} {'x linear':>8s} "
+        f"{'per-cell ms/vec':>15s} {'speed-up':>9s} {'xbar MiB':>8s} {'cells MiB':>9s} {'program s/Mcell':>15s}"
+    )
     for in_features, out_features in SHAPES:
         linear = nn.Linear(in_features, out_features).to(device)
         start = time.perf_counter()
@@ -106,15 +112,17 @@ def main() -> None:
         cells = layer.r.numel()
         x = torch.randn(args.batch, in_features, device=device)
         with torch.no_grad():
-            t_linear = seconds_per_call(lambda: linear(x), args.repeats, sync)
-            t_xbar = seconds_per_call(lambda: layer(x), args.repeats, sync)
+            t_linear = seconds_per_call(functools.partial(linear, x), args.repeats, sync)
+            t_xbar = seconds_per_call(functools.partial(layer, x), args.repeats, sync)
             small = x[: args.brute_batch]
-            t_brute = seconds_per_call(lambda: per_cell_forward(layer, small), 2, sync) / args.brute_batch
-            memory = peak_mib(lambda: layer(x))
+            t_brute = seconds_per_call(functools.partial(per_cell_forward, layer, small), 2, sync) / args.brute_batch
+            memory = peak_mib(functools.partial(layer, x))
         per_vector = t_xbar / args.batch
-        print(f"{in_features:>4d}x{out_features:<5d} {cells:9d} {t_linear * 1e3:9.2f} {t_xbar * 1e3:8.1f} "
-              f"{t_xbar / t_linear:8.1f} {t_brute * 1e3:15.2f} {t_brute / per_vector:9.0f} {memory:8.1f} "
-              f"{cells * 4 / 2**20:9.2f} {program_s / cells * 1e6:15.2f}")
+        print(
+            f"{in_features:>4d}x{out_features:<5d} {cells:9d} {t_linear * 1e3:9.2f} {t_xbar * 1e3:8.1f} "
+            f"{t_xbar / t_linear:8.1f} {t_brute * 1e3:15.2f} {t_brute / per_vector:9.0f} {memory:8.1f} "
+            f"{cells * 4 / 2**20:9.2f} {program_s / cells * 1e6:15.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"{args.cells:,} cells, p = 10, {args.repeats} repeats; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"{args.cells:,} cells, p = 10, {args.repeats} repeats; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     seed_reference(0)
     start = time.perf_counter()
     reference = ReferenceCells(args.cells)
@@ -53,8 +55,10 @@ def main() -> None:
     start = time.perf_counter()
     ours = memsim.CellArray(args.cells, generator=torch.Generator().manual_seed(0))
     ours_init = time.perf_counter() - start
-    rows = {"reference (numpy)": (measure(reference, args.repeats), reference_init),
-            "memsim (cpu)": (measure(ours, args.repeats), ours_init)}
+    rows = {
+        "reference (numpy)": (measure(reference, args.repeats), reference_init),
+        "memsim (cpu)": (measure(ours, args.repeats), ours_init),
+    }
     if torch.cuda.is_available():
         start = time.perf_counter()
         cuda = memsim.CellArray(args.cells, generator=torch.Generator("cuda").manual_seed(0))
@@ -64,9 +68,11 @@ def main() -> None:
     base = rows["reference (numpy)"][0]
     print(f"{'':20s} {'init s':>8s} {'cycles/s':>10s} {'x ref':>7s} {'reads/s':>10s} {'x ref':>7s} {'bytes/cell':>11s}")
     for name, (figures, init) in rows.items():
-        print(f"{name:20s} {init:8.3f} {figures['cycles_per_s']:10.2f} "
-              f"{figures['cycles_per_s'] / base['cycles_per_s']:7.2f} {figures['reads_per_s']:10.1f} "
-              f"{figures['reads_per_s'] / base['reads_per_s']:7.2f} {figures['bytes_per_cell']:11.1f}")
+        print(
+            f"{name:20s} {init:8.3f} {figures['cycles_per_s']:10.2f} "
+            f"{figures['cycles_per_s'] / base['cycles_per_s']:7.2f} {figures['reads_per_s']:10.1f} "
+            f"{figures['reads_per_s'] / base['reads_per_s']:7.2f} {figures['bytes_per_cell']:11.1f}"
+        )
     print("cell updates/s (cpu):", f"{2 * rows['memsim (cpu)'][0]['cycles_per_s'] * args.cells:.3g}")
 
 

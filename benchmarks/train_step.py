@@ -23,8 +23,12 @@ from asr.quant import QuantConfig, quantize
 
 # size -> (model fields, vocab, batch size, frames per utterance); batches of ~100 s (small) and ~40 s (paper)
 SIZES = {
-    "small": (dict(frontend="conv2d", d_model=144, n_layers=4, n_heads=4, d_ff=576, kernel_size=15,
-                   pos_enc="relative"), 100, 16, 600),
+    "small": (
+        dict(frontend="conv2d", d_model=144, n_layers=4, n_heads=4, d_ff=576, kernel_size=15, pos_enc="relative"),
+        100,
+        16,
+        600,
+    ),
     "paper": (dict(), 500, 4, 1000),
 }
 
@@ -77,22 +81,42 @@ def main() -> None:
         print(json.dumps(measure(*args.worker, args.steps, args.device)))
         return
 
-    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"memory: {'peak allocated' if args.device.startswith('cuda') else 'peak RSS growth over the steps'}")
-    print(f"{'size':6} {'params':>11} {'batch':>12} {'float s/step':>13} {'QAT s/step':>11} {'QAT/float':>10} "
-          f"{'float MB':>9} {'QAT MB':>8}")
+    print(
+        f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"memory: {'peak allocated' if args.device.startswith('cuda') else 'peak RSS growth over the steps'}"
+    )
+    print(
+        f"{'size':6} {'params':>11} {'batch':>12} {'float s/step':>13} {'QAT s/step':>11} {'QAT/float':>10} "
+        f"{'float MB':>9} {'QAT MB':>8}"
+    )
     for size in args.sizes:
         runs = {"float": [], "qat": []}
         for _ in range(args.rounds):  # alternate the modes; the fastest round is the least disturbed one
             for mode in runs:
-                out = subprocess.run([sys.executable, __file__, "--worker", size, mode, "--steps", str(args.steps),
-                                      "--device", args.device], capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        size,
+                        mode,
+                        "--steps",
+                        str(args.steps),
+                        "--device",
+                        args.device,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
         runs = {mode: min(results, key=lambda r: r["step_s"]) for mode, results in runs.items()}
         _, _, batch, frames = SIZES[size]
         f, q = runs["float"], runs["qat"]
-        print(f"{size:6} {f['params']:>11,} {f'{batch}x{frames / 100:.0f}s':>12} {f['step_s']:>13.3f} "
-              f"{q['step_s']:>11.3f} {q['step_s'] / f['step_s']:>9.2f}x {f['memory_mb']:>9.0f} {q['memory_mb']:>8.0f}")
+        print(
+            f"{size:6} {f['params']:>11,} {f'{batch}x{frames / 100:.0f}s':>12} {f['step_s']:>13.3f} "
+            f"{q['step_s']:>11.3f} {q['step_s'] / f['step_s']:>9.2f}x {f['memory_mb']:>9.0f} {q['memory_mb']:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

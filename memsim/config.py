@@ -36,8 +36,10 @@ class CrossbarConfig:
             raise ValueError(f"CrossbarConfig.{field} must be {requirement}, got {getattr(self, field)!r}")
 
         bits = self.weight_bits
-        if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not (
-            bits == 1.5 or (float(bits).is_integer() and 2 <= bits <= 8)
+        if (
+            isinstance(bits, bool)
+            or not isinstance(bits, (int, float))
+            or not (bits == 1.5 or (float(bits).is_integer() and 2 <= bits <= 8))
         ):
             fail("weight_bits", "1.5 (ternary) or an integer from 2 to 8")
         if not _is_int(self.tile_size) or self.tile_size < 1:
@@ -79,7 +81,7 @@ class CrossbarConfig:
         """Binary bit planes of the magnitude (b - 1; 1 for ternary)."""
         return max(1, math.ceil(math.log2(self.max_level + 1)))
 
-    def with_adc(self, preset: str) -> "CrossbarConfig":
+    def with_adc(self, preset: str) -> CrossbarConfig:
         """This config with one of the paper's ADC presets: "high_precision" (8, 10) or "reasonable" (4, 4)."""
         if preset not in ADC_PRESETS:
             raise ValueError(f"unknown ADC preset {preset!r}; choose one of {sorted(ADC_PRESETS)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +28,13 @@ def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def convert(model: nn.Module, config: CrossbarConfig, generator: torch.Generator | None = None,
-            include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None) -> nn.Module:
+def convert(
+    model: nn.Module,
+    config: CrossbarConfig,
+    generator: torch.Generator | None = None,
+    include: Iterable[str] | str | None = None,
+    exclude: Iterable[str] | str | None = None,
+) -> nn.Module:
     """Replace, in place, the linear layers of any model by programmed MemristorLinear layers.
 
     include / exclude: module names or fnmatch patterns as in named_modules() (e.g. "encoder.*.ff*");
@@ -39,9 +45,13 @@ def convert(model: nn.Module, config: CrossbarConfig, generator: torch.Generator
     if _is_mappable(model) and not include:
         return MemristorLinear.from_linear(model, config, generator)
     chosen = [
-        (name, module) for name, module in model.named_modules()
-        if name and _is_mappable(module) and not isinstance(module, MemristorLinear)
-        and (include is None or _matches(name, include)) and not _matches(name, exclude)
+        (name, module)
+        for name, module in model.named_modules()
+        if name
+        and _is_mappable(module)
+        and not isinstance(module, MemristorLinear)
+        and (include is None or _matches(name, include))
+        and not _matches(name, exclude)
     ]
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
@@ -73,27 +83,29 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
     return model
 
 
-def summary(model: nn.Module) -> list[dict]:
+def summary(model: nn.Module) -> list[dict[str, Any]]:
     """Per converted layer and in total: cells, arrays, tiles, failed cells, ADC conversions per input vector."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, layer in memristor_layers(model):
         tile = layer.config.tile_size
         planes = layer.config.planes
         in_tiles = math.ceil(layer.in_features / tile)
         out_tiles = math.ceil(layer.out_features / tile)
         arrays = 2 * planes * in_tiles * out_tiles
-        rows.append({
-            "layer": name,
-            "shape": f"{layer.in_features}x{layer.out_features}",
-            "weight_bits": layer.config.weight_bits,
-            "planes": planes,
-            "tiles": in_tiles * out_tiles,
-            "arrays": arrays,
-            "cells": arrays * tile * tile,
-            "failed_cells": int(layer.failed_cells),
-            "adc_conversions": in_tiles * planes * layer.out_features,
-        })
-    total = {"layer": "total", "shape": "", "weight_bits": "", "planes": ""}
+        rows.append(
+            {
+                "layer": name,
+                "shape": f"{layer.in_features}x{layer.out_features}",
+                "weight_bits": layer.config.weight_bits,
+                "planes": planes,
+                "tiles": in_tiles * out_tiles,
+                "arrays": arrays,
+                "cells": arrays * tile * tile,
+                "failed_cells": int(layer.failed_cells),
+                "adc_conversions": in_tiles * planes * layer.out_features,
+            }
+        )
+    total: dict[str, Any] = {"layer": "total", "shape": "", "weight_bits": "", "planes": ""}
     for key in ("tiles", "arrays", "cells", "failed_cells", "adc_conversions"):
         total[key] = sum(row[key] for row in rows)
     return rows + [total]

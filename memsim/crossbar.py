@@ -45,8 +45,9 @@ class ReadModel:
         else:
             params = device_params(config)
             self.base = _divide_by_v(params.llrs, "LLRS", params.path)
-            self.delta = _divide_by_v(_pad_like(params.hhrs, params.llrs) - _pad_like(params.llrs, params.hhrs),
-                                      "HHRS - LLRS", params.path)
+            self.delta = _divide_by_v(
+                _pad_like(params.hhrs, params.llrs) - _pad_like(params.llrs, params.hhrs), "HHRS - LLRS", params.path
+            )
             r_lrs, r_hrs = nominal_r(params)
             self.r_on, self.r_off = r_lrs, r_hrs
             self.noise = read_noise(config.read_noise)
@@ -66,8 +67,10 @@ def nominal_r(params: DeviceParams) -> tuple[float, float]:
     weights = params.gmm_weights / params.gmm_weights.sum()
     mu, sigma = (weights[:, None] * params.gmm_means).sum(0).split(N_FEATURES)
     features = mu + sigma * params.gamma[:, -1]
-    r = [(params.g_llrs - 1 / resistance) / (params.g_llrs - params.g_hhrs)
-         for resistance in (float(features[LRS]), 10 ** float(features[HRS]))]
+    r = [
+        (params.g_llrs - 1 / resistance) / (params.g_llrs - params.g_hhrs)
+        for resistance in (float(features[LRS]), 10 ** float(features[HRS]))
+    ]
     return r[0], r[1]
 
 
@@ -78,8 +81,10 @@ def _pad_like(poly: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 def _divide_by_v(poly: torch.Tensor, name: str, path: str) -> torch.Tensor:
     if poly[-1] != 0:
-        raise ValueError(f"{path}: the {name} I-V polynomial must pass through 0 A at 0 V "
-                         f"(constant term {float(poly[-1])!r}) to define a chord conductance")
+        raise ValueError(
+            f"{path}: the {name} I-V polynomial must pass through 0 A at 0 V "
+            f"(constant term {float(poly[-1])!r}) to define a chord conductance"
+        )
     return poly[:-1]
 
 
@@ -102,8 +107,9 @@ def bit_planes(q: torch.Tensor, planes: int, tile_size: int) -> torch.Tensor:
     return cells
 
 
-def program(cells_on: torch.Tensor, config: CrossbarConfig,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+def program(
+    cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, int]:
     """Program binary contents into fresh cells; returns r (same shape, float32) and the failed-cell count.
 
     Per chunk of cells: optional random cycling, full RESET, SET of the ones, then verify and re-SET
@@ -118,7 +124,7 @@ def program(cells_on: torch.Tensor, config: CrossbarConfig,
     r_threshold = (r_lrs + r_hrs) / 2
     failed = 0
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
-        on = flat_on[start:start + PROGRAM_CHUNK]
+        on = flat_on[start : start + PROGRAM_CHUNK]
         cells = CellArray(on.numel(), params=params, generator=generator, device=on.device)
         _random_cycles(cells, config, generator)
         cells.apply_voltage(config.reset_voltage)
@@ -127,7 +133,7 @@ def program(cells_on: torch.Tensor, config: CrossbarConfig,
             if attempt > 0 and not bool(todo.any()):  # programming is not a hot loop: a sync is fine
                 break
             cells.apply_voltage(torch.where(todo, config.set_voltage + attempt * config.verify_step, 0.0))
-        r[start:start + on.numel()] = cells.r
+        r[start : start + on.numel()] = cells.r
         failed += int((on & (cells.r > r_threshold)).sum())
     return r.view(cells_on.shape), failed
 
@@ -168,11 +174,12 @@ def adc_codes(y_in_steps: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
 
 
 def adc_step(config: CrossbarConfig) -> float:
-    return 1.0 if config.adc_precision_bits is None else 2.0 ** -config.adc_precision_bits
+    return 1.0 if config.adc_precision_bits is None else 2.0**-config.adc_precision_bits
 
 
-def crossbar_matmul(v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: CrossbarConfig,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def crossbar_matmul(
+    v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: CrossbarConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Read voltages v [B, in] through programmed tiles r [2, in_padded, planes, out].
 
     Returns sum over planes 2^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
@@ -200,9 +207,9 @@ def crossbar_matmul(v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: 
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
         y = mean_rows[:, rows] @ difference[rows]
         if noise is not None:
-            std = (variance_rows[:, rows] @ total[rows]).add_(common_variance[:, tile:tile + 1])
+            std = (variance_rows[:, rows] @ total[rows]).add_(common_variance[:, tile : tile + 1])
             y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
         adc_codes(y, config)
         for plane in range(planes):
-            result.add_(y[:, plane * out_features:(plane + 1) * out_features], alpha=2**plane * step)
+            result.add_(y[:, plane * out_features : (plane + 1) * out_features], alpha=2**plane * step)
     return result

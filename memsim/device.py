@@ -61,10 +61,14 @@ class CellState:
     in_hrs: torch.Tensor  # [n] bool
     in_lrs: torch.Tensor  # [n] bool
 
-    def __getitem__(self, cells: slice) -> "CellState":
+    def __getitem__(self, cells: slice) -> CellState:
         """Views of a range of cells: updating them updates this state."""
-        return CellState(**{name: tensor[cells] if tensor.ndim == 1 or name == "history" else tensor[:, cells]
-                            for name, tensor in vars(self).items()})
+        return CellState(
+            **{
+                name: tensor[cells] if tensor.ndim == 1 or name == "history" else tensor[:, cells]
+                for name, tensor in vars(self).items()
+            }
+        )
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (getattr(self, f.name) for f in dataclasses.fields(self)))
@@ -141,7 +145,7 @@ class CellArray:
         """Bytes of per-cell state held by this array (all cells)."""
         return self.state.nbytes()
 
-    def apply_voltage(self, u: torch.Tensor | float) -> "CellArray":
+    def apply_voltage(self, u: torch.Tensor | float) -> CellArray:
         """Apply one pulse of u volts (scalar, or one per cell): SET where u <= US, RESET where u > UR."""
         p = self.params
         u = self._voltage(u)
@@ -185,8 +189,9 @@ class CellArray:
         return torch.randn(*shape, generator=self.generator, device=self.device)
 
 
-def _apply_pulse(s: CellState, u: torch.Tensor, at_u: Curves, at_umax: Curves, innovations: torch.Tensor,
-                 p: DeviceParams) -> None:
+def _apply_pulse(
+    s: CellState, u: torch.Tensor, at_u: Curves, at_umax: Curves, innovations: torch.Tensor, p: DeviceParams
+) -> None:
     """One pulse of u volts on the cells of s, updated in place, in the order of the reference.
 
     at_u, at_umax: the boundary currents at u and at Umax; innovations: [4, cells] normal draws.

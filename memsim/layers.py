@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,12 +17,24 @@ class MemristorLinear(nn.Module):
 
     Buffers (saved by state_dict, so a programmed chip can be stored and restored exactly):
     `r` [2, in_padded, planes, out], the state variable of every positive/negative cell;
-    `weight_scale` [out] (per-tensor scales repeated; per-channel scales are applied digitally too); `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
+    `weight_scale` [out] (per-tensor scales repeated; per-channel scales are applied digitally too);
+    `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
     `failed_cells`, the cells that would not SET.
     """
 
-    def __init__(self, in_features: int, out_features: int, config: CrossbarConfig, bias: bool = True,
-                 generator: torch.Generator | None = None):
+    r: torch.Tensor
+    weight_scale: torch.Tensor
+    input_range: torch.Tensor
+    failed_cells: torch.Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        config: CrossbarConfig,
+        bias: bool = True,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.in_features, self.out_features, self.config = in_features, out_features, config
         self.generator = generator  # read noise; None: torch's default generator
@@ -35,10 +48,12 @@ class MemristorLinear(nn.Module):
         self.calibrating = False
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, config: CrossbarConfig,
-                    generator: torch.Generator | None = None) -> "MemristorLinear":
+    def from_linear(
+        cls, linear: Any, config: CrossbarConfig, generator: torch.Generator | None = None
+    ) -> MemristorLinear:
         """Map and program a trained layer: a plain nn.Linear (per-tensor scale max|W| / max_level), or a
-        quantization-aware linear exposing integer_weight(), weight_scale and input_scale, input_bits."""
+        quantization-aware linear exposing integer_weight(), weight_scale and input_scale, input_bits (any
+        module with these attributes: duck-typed, hence `Any`)."""
         weight = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, generator)
         layer.to(weight.device)
@@ -46,8 +61,10 @@ class MemristorLinear(nn.Module):
             q = linear.integer_weight().detach()
             scale = torch.as_tensor(linear.weight_scale).detach().reshape(-1)  # per-tensor or per-channel
             if q.abs().max() > config.max_level:
-                raise ValueError(f"the layer's integer weights reach {int(q.abs().max())}, beyond the "
-                                 f"{config.weight_bits}-bit crossbar's +-{config.max_level}")
+                raise ValueError(
+                    f"the layer's integer weights reach {int(q.abs().max())}, beyond the "
+                    f"{config.weight_bits}-bit crossbar's +-{config.max_level}"
+                )
             # The activation quantizer's full scale maps to v_read: a DAC of input_bits reproduces it.
             layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * (2 ** (linear.input_bits - 1) - 1))
         else:
@@ -76,6 +93,8 @@ class MemristorLinear(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"in_features={self.in_features}, out_features={self.out_features}, weight_bits={c.weight_bits}, "
-                f"device={c.device}, tile_size={c.tile_size}, dac_bits={c.dac_bits}, "
-                f"adc=({c.adc_precision_bits}, {c.adc_range_bits}), read_noise={c.read_noise}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, weight_bits={c.weight_bits}, "
+            f"device={c.device}, tile_size={c.tile_size}, dac_bits={c.dac_bits}, "
+            f"adc=({c.adc_precision_bits}, {c.adc_range_bits}), read_noise={c.read_noise}"
+        )

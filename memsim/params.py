@@ -51,7 +51,7 @@ class DeviceParams:
     def device(self) -> torch.device:
         return self.hhrs.device
 
-    def to(self, device: torch.device | str | None) -> "DeviceParams":
+    def to(self, device: torch.device | str | None) -> DeviceParams:
         if device is None or torch.device(device) == self.device:
             return self
         moved = {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Merge the outputs of several work directories (e.g. sweeps) into one results.csv, RESULTS.md and plot.
 
-    python scripts/report.py work/mini other/work_dir --out report/
+python scripts/report.py work/mini other/work_dir --out report/
 """
+
 import argparse
 import sys
 from pathlib import Path

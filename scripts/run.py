@@ -3,6 +3,7 @@
 
 Expected bad input (asr.errors.UserError) ends with one message and exit status 1, no traceback.
 """
+
 import sys
 
 import hydra

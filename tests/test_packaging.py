@@ -1,5 +1,6 @@
 """What `pip install .` and `pip install '.[asr]'` promise: memsim with only what it imports, the recipe with
 its extra, and nothing declared that nothing imports."""
+
 import ast
 import re
 import subprocess
@@ -43,7 +44,8 @@ def test_memsim_imports_only_its_three_dependencies_and_declares_only_them():
 
 
 def test_importing_memsim_leaves_the_validation_tools_and_the_recipe_out():
-    code = "import sys, memsim; print(sorted(m for m in sys.modules if m.startswith(('memsim.validation', 'asr', 'hydra'))))"
+    loaded = "sorted(m for m in sys.modules if m.startswith(('memsim.validation', 'asr', 'hydra')))"
+    code = f"import sys, memsim; print({loaded})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -60,12 +62,14 @@ def test_memsim_alone_installs_into_a_fresh_venv_and_converts_a_model(tmp_path):
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
     subprocess.run([python, "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt", ROOT], check=True)
-    script = ("import torch, memsim\n"
-              "model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))\n"
-              "chip = memsim.convert(model, memsim.CrossbarConfig(weight_bits=3, tile_size=16),\n"
-              "                      generator=torch.Generator().manual_seed(0))\n"
-              "memsim.calibrate(chip, [torch.randn(4, 20)])\n"
-              "print(tuple(chip(torch.randn(4, 20)).shape), memsim.summary(chip)[-1]['cells'])\n")
+    script = (
+        "import torch, memsim\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))\n"
+        "chip = memsim.convert(model, memsim.CrossbarConfig(weight_bits=3, tile_size=16),\n"
+        "                      generator=torch.Generator().manual_seed(0))\n"
+        "memsim.calibrate(chip, [torch.randn(4, 20)])\n"
+        "print(tuple(chip(torch.randn(4, 20)).shape), memsim.summary(chip)[-1]['cells'])\n"
+    )
     done = subprocess.run([python, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert done.stdout.split() == ["(4,", "5)", "6144"]
     freeze = subprocess.run([python, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout.lower()

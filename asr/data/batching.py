@@ -1,4 +1,5 @@
 """Length-bucketed batches bounded by seconds of padded audio, and their collation."""
+
 import random
 from collections.abc import Sequence
 
@@ -16,8 +17,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     batch of its own.
     """
 
-    def __init__(self, durations: Sequence[float], max_seconds: float, shuffle: bool = False, seed: int = 0,
-                 jitter: float = 0.1):
+    def __init__(
+        self, durations: Sequence[float], max_seconds: float, shuffle: bool = False, seed: int = 0, jitter: float = 0.1
+    ):
         self.durations, self.max_seconds = list(durations), max_seconds
         self.shuffle, self.seed, self.jitter, self.epoch = shuffle, seed, jitter, 0
 
@@ -30,7 +32,9 @@ class BucketBatchSampler(Sampler[list[int]]):
             keys = [d * (1 + rng.uniform(-self.jitter, self.jitter)) for d in self.durations]
         else:
             keys = self.durations
-        batches, batch, longest = [], [], 0.0
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        longest = 0.0
         for i in sorted(range(len(keys)), key=keys.__getitem__):
             new_longest = max(longest, self.durations[i])
             if batch and new_longest * (len(batch) + 1) > self.max_seconds:

@@ -1,4 +1,5 @@
 """Which corpus a run reads: the user's TEDLIUM_release2 copy, or the embedded mini corpus (synthesized)."""
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +33,10 @@ class SynthSettings:
             raise ValueError(f"data.synth.splits must name exactly {list(SPLITS)}, got {sorted(self.splits)}")
         for name, size in self.splits.items():
             if size.talks < 1 or size.minutes <= 0:
-                raise ValueError(f"data.synth.splits.{name} needs talks >= 1 and minutes > 0, "
-                                 f"got talks={size.talks} minutes={size.minutes}")
+                raise ValueError(
+                    f"data.synth.splits.{name} needs talks >= 1 and minutes > 0, "
+                    f"got talks={size.talks} minutes={size.minutes}"
+                )
         if self.workers < 1:
             raise ValueError(f"data.synth.workers must be >= 1, got {self.workers}")
 
@@ -57,14 +60,20 @@ class DataSettings:
     def identity(self) -> dict:
         """What the prepared manifests depend on: the synthesis recipe, or the corpus folder."""
         if self.synth is None:
-            return {"name": self.name, "corpus_dir": str(Path(self.corpus_dir).resolve())}
+            return {"name": self.name, "corpus_dir": str(self.locate().resolve())}
         s = self.synth
-        return {"name": self.name, "synth": {"seed": s.seed, "generator_version": mini_corpus.GENERATOR_VERSION,
-                                             "splits": {k: vars(v) for k, v in sorted(s.splits.items())}}}
+        return {
+            "name": self.name,
+            "synth": {
+                "seed": s.seed,
+                "generator_version": mini_corpus.GENERATOR_VERSION,
+                "splits": {k: vars(v) for k, v in sorted(s.splits.items())},
+            },
+        }
 
     def locate(self) -> Path:
         """The TEDLIUM_release2 tree: the user's copy, or the mini corpus (synthesized on first use)."""
         if self.synth is None:
-            return Path(self.corpus_dir)
+            return Path(str(self.corpus_dir))  # set: __post_init__ checked it
         s = self.synth
         return mini_corpus.build(s.cache_dir, s.seed, {k: vars(v) for k, v in s.splits.items()}, s.workers)

@@ -1,4 +1,5 @@
 """Segments from a manifest -> (features, unit ids), read from the talk audio by frame range."""
+
 from collections.abc import Sequence
 
 import soundfile as sf
@@ -11,8 +12,12 @@ from asr.tokenizer import Tokenizer
 
 def read_segment(record: dict) -> torch.Tensor:
     """The segment's samples as float32 in [-1, 1]; only its frames are read from the (long) talk file."""
-    samples, rate = sf.read(record["audio"], start=round(record["start"] * SAMPLE_RATE),
-                            stop=round(record["end"] * SAMPLE_RATE), dtype="float32")
+    samples, rate = sf.read(
+        record["audio"],
+        start=round(record["start"] * SAMPLE_RATE),
+        stop=round(record["end"] * SAMPLE_RATE),
+        dtype="float32",
+    )
     if rate != SAMPLE_RATE:
         raise ValueError(f"{record['audio']}: {rate} Hz, expected {SAMPLE_RATE} Hz")
     return torch.from_numpy(samples)
@@ -25,9 +30,16 @@ class SegmentDataset(Dataset):
     generator, which the DataLoader seeds per worker.
     """
 
-    def __init__(self, records: Sequence[dict], tokenizer: Tokenizer | None = None, cmvn: GlobalCMVN | None = None,
-                 num_mel_bins: int = 80, speeds: Sequence[float] = (1.0,), dither: float = 0.0,
-                 specaugment=None):
+    def __init__(
+        self,
+        records: Sequence[dict],
+        tokenizer: Tokenizer | None = None,
+        cmvn: GlobalCMVN | None = None,
+        num_mel_bins: int = 80,
+        speeds: Sequence[float] = (1.0,),
+        dither: float = 0.0,
+        specaugment=None,
+    ):
         self.records, self.tokenizer, self.cmvn = records, tokenizer, cmvn
         self.num_mel_bins, self.speeds, self.dither, self.specaugment = num_mel_bins, list(speeds), dither, specaugment
 
@@ -38,7 +50,7 @@ class SegmentDataset(Dataset):
         record = self.records[index]
         wave = read_segment(record)
         if len(self.speeds) > 1:
-            wave = speed_perturb(wave, self.speeds[torch.randint(len(self.speeds), ()).item()])
+            wave = speed_perturb(wave, self.speeds[int(torch.randint(len(self.speeds), ()))])
         feats = fbank(wave, self.num_mel_bins, self.dither)
         if self.cmvn is not None:
             feats = self.cmvn(feats)

@@ -1,4 +1,5 @@
 """Acoustic features: Kaldi-compatible log-mel filterbanks, global CMVN, SpecAugment, speed perturbation."""
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,7 @@ class SpecAugmentSettings:
         """The training-time augmentation, or None when disabled."""
         if not self.enabled:
             return None
-        return spec_augment(self.freq_masks, self.freq_width, self.time_masks, self.time_width,
-                            self.max_time_fraction)
+        return spec_augment(self.freq_masks, self.freq_width, self.time_masks, self.time_width, self.max_time_fraction)
 
 
 @dataclass
@@ -63,8 +63,13 @@ def fbank(wave: torch.Tensor, num_mel_bins: int = 80, dither: float = 0.0) -> to
     Kaldi's fbank expects 16-bit sample values, hence the scaling; dither (Kaldi's default is 1.0)
     belongs to training only.
     """
-    return kaldi.fbank(wave.unsqueeze(0) * 32768, num_mel_bins=num_mel_bins, sample_frequency=SAMPLE_RATE,
-                       dither=dither, energy_floor=0.0)
+    return kaldi.fbank(
+        wave.unsqueeze(0) * 32768,
+        num_mel_bins=num_mel_bins,
+        sample_frequency=SAMPLE_RATE,
+        dither=dither,
+        energy_floor=0.0,
+    )
 
 
 def speed_perturb(wave: torch.Tensor, factor: float) -> torch.Tensor:
@@ -86,16 +91,18 @@ class GlobalCMVN:
     @classmethod
     def estimate(cls, feature_batches) -> "GlobalCMVN":
         """From an iterable of [frames, dims] tensors; float64 sums so long corpora do not lose precision."""
-        count, total, squares = 0, 0.0, 0.0
+        count = 0
+        total: torch.Tensor | float = 0.0
+        squares: torch.Tensor | float = 0.0
         for feats in feature_batches:
             feats = feats.double()
             count += feats.shape[0]
             total = total + feats.sum(0)
-            squares = squares + (feats ** 2).sum(0)
-        if count == 0:
+            squares = squares + (feats**2).sum(0)
+        if count == 0 or not isinstance(total, torch.Tensor) or not isinstance(squares, torch.Tensor):
             raise ValueError("no frames to estimate CMVN from")
         mean = total / count
-        std = (squares / count - mean ** 2).clamp_min(1e-10).sqrt()
+        std = (squares / count - mean**2).clamp_min(1e-10).sqrt()
         return cls(mean.float(), std.float())
 
     def save(self, path: str | Path) -> None:
@@ -107,11 +114,18 @@ class GlobalCMVN:
         return cls(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
 
 
-def spec_augment(freq_masks: int, freq_width: int, time_masks: int, time_width: int,
-                 max_time_fraction: float) -> SpecAugment:
+def spec_augment(
+    freq_masks: int, freq_width: int, time_masks: int, time_width: int, max_time_fraction: float
+) -> SpecAugment:
     """SpecAugment with masks set to zero, which is the mean once features are CMVN-normalized.
 
     It works on [..., dims, frames]: transpose [frames, dims] features before and after.
     """
-    return SpecAugment(n_time_masks=time_masks, time_mask_param=time_width, n_freq_masks=freq_masks,
-                       freq_mask_param=freq_width, p=max_time_fraction, zero_masking=True)
+    return SpecAugment(
+        n_time_masks=time_masks,
+        time_mask_param=time_width,
+        n_freq_masks=freq_masks,
+        freq_mask_param=freq_width,
+        p=max_time_fraction,
+        zero_masking=True,
+    )

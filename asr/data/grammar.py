@@ -1,10 +1,12 @@
 """A small English grammar the project wrote itself: the sentences of the embedded mini corpus.
 
 A few hundred words, 3 to 17 words a sentence (about 8 on average), numbers written as words, lower
-case, no punctuation. Each sentence comes twice: the text espeak-ng speaks, and the STM words in TED-LIUM's own conventions
-(split contractions, <unk> for names outside the vocabulary, <sil> at a pause, pronunciation variants),
-so that preparing the mini corpus exercises the same normalization as the real one.
+case, no punctuation. Each sentence comes twice: the text espeak-ng speaks, and the STM words in
+TED-LIUM's own conventions (split contractions, <unk> for names outside the vocabulary, <sil> at a pause,
+pronunciation variants), so that preparing the mini corpus exercises the same normalization as the real
+one.
 """
+
 import random
 from dataclasses import dataclass
 
@@ -17,14 +19,41 @@ ADJECTIVES = """small large old new bright quiet strange simple careful happy he
 beautiful dark green red blue cold warm early late tiny huge clever famous local modern ancient
 difficult gentle narrow loud slow quick rare wild open""".split()
 TRANSITIVE = [  # (base, past)
-    ("build", "built"), ("find", "found"), ("see", "saw"), ("carry", "carried"), ("open", "opened"),
-    ("paint", "painted"), ("test", "tested"), ("measure", "measured"), ("move", "moved"),
-    ("share", "shared"), ("draw", "drew"), ("fix", "fixed"), ("sell", "sold"), ("buy", "bought"),
-    ("watch", "watched"), ("follow", "followed"), ("change", "changed"), ("explain", "explained"),
-    ("design", "designed"), ("study", "studied"), ("count", "counted"), ("lose", "lost"),
-    ("keep", "kept"), ("teach", "taught"), ("hear", "heard"), ("write", "wrote"), ("take", "took"),
-    ("bring", "brought"), ("remember", "remembered"), ("protect", "protected"), ("record", "recorded"),
-    ("read", "read"), ("show", "showed"), ("clean", "cleaned"), ("plant", "planted"),
+    ("build", "built"),
+    ("find", "found"),
+    ("see", "saw"),
+    ("carry", "carried"),
+    ("open", "opened"),
+    ("paint", "painted"),
+    ("test", "tested"),
+    ("measure", "measured"),
+    ("move", "moved"),
+    ("share", "shared"),
+    ("draw", "drew"),
+    ("fix", "fixed"),
+    ("sell", "sold"),
+    ("buy", "bought"),
+    ("watch", "watched"),
+    ("follow", "followed"),
+    ("change", "changed"),
+    ("explain", "explained"),
+    ("design", "designed"),
+    ("study", "studied"),
+    ("count", "counted"),
+    ("lose", "lost"),
+    ("keep", "kept"),
+    ("teach", "taught"),
+    ("hear", "heard"),
+    ("write", "wrote"),
+    ("take", "took"),
+    ("bring", "brought"),
+    ("remember", "remembered"),
+    ("protect", "protected"),
+    ("record", "recorded"),
+    ("read", "read"),
+    ("show", "showed"),
+    ("clean", "cleaned"),
+    ("plant", "planted"),
 ]
 INTRANSITIVE = """agreed arrived waited worked laughed failed grew stopped started listened smiled
 disappeared returned changed won""".split()
@@ -32,8 +61,20 @@ PRONOUNS = "i we you they she he".split()
 MODALS = "can will should could might must".split()
 DETERMINERS = "the a this that every one".split()
 PREPOSITIONS = "near under behind across inside above beside through".split()
-TIMES = ["last year", "every morning", "on monday", "in the evening", "after lunch", "next week",
-         "today", "yesterday", "at night", "once again", "for a long time", "right now"]
+TIMES = [
+    "last year",
+    "every morning",
+    "on monday",
+    "in the evening",
+    "after lunch",
+    "next week",
+    "today",
+    "yesterday",
+    "at night",
+    "once again",
+    "for a long time",
+    "right now",
+]
 CONNECTORS = "so and but now well because".split()
 ORDINALS = "first second third last only".split()
 CONTRACTED_OPENERS = ["it's", "that's", "here's", "there's"]
@@ -42,8 +83,10 @@ NEGATIONS = ["don't", "can't", "didn't", "won't"]
 NAMES = "zorvex kalindra moratu quesnik belvoran tiskadu".split()  # spoken, transcribed as <unk>
 VARIANT_WORDS = {"the", "a", "and", "to", "of", "for", "read", "record", "live"}
 
-ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-        "fifteen sixteen seventeen eighteen nineteen").split()
+ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 P_UNK, P_SIL, P_VARIANT = 0.04, 0.05, 0.08
@@ -156,13 +199,14 @@ class Grammar:
 
     def _ordinal(self) -> str:
         r = self.rng
-        return (f"this is the {r.choice(ORDINALS)} {r.choice(NOUNS)} {r.choice(PRONOUNS)} "
-                f"ever {self._verb()[1]}")
+        return f"this is the {r.choice(ORDINALS)} {r.choice(NOUNS)} {r.choice(PRONOUNS)} ever {self._verb()[1]}"
 
     def _percent(self) -> str:
         r = self.rng
-        return (f"about {number_words(r.randint(1, 99))} percent of the {plural(r.choice(NOUNS))} "
-                f"{r.choice(INTRANSITIVE)} {r.choice(TIMES)}")
+        return (
+            f"about {number_words(r.randint(1, 99))} percent of the {plural(r.choice(NOUNS))} "
+            f"{r.choice(INTRANSITIVE)} {r.choice(TIMES)}"
+        )
 
     _SHORT = [_subject_modal, _opener, _negation, _intransitive, _question]
     _LONG = [_story, _plan, _count, _year, _ordinal, _percent]
@@ -191,7 +235,26 @@ def vocabulary() -> set[str]:
     words |= {w for pair in TRANSITIVE for w in pair} | set(PRONOUNS) | set(MODALS) | set(DETERMINERS)
     words |= set(PREPOSITIONS) | set(CONNECTORS) | set(ORDINALS) | set(ONES) | set(TENS[2:])
     words |= {w for t in TIMES for w in t.split()} | set(CONTRACTED_OPENERS) | set(CONTRACTED_SUBJECTS)
-    words |= set(NEGATIONS) | {"hundred", "thousand", "and", "there", "were", "in", "how", "this", "is",
-                               "ever", "about", "percent", "of", "going", "to", "my", "friend", "said",
-                               "an", "<unk>"}
+    words |= set(NEGATIONS) | {
+        "hundred",
+        "thousand",
+        "and",
+        "there",
+        "were",
+        "in",
+        "how",
+        "this",
+        "is",
+        "ever",
+        "about",
+        "percent",
+        "of",
+        "going",
+        "to",
+        "my",
+        "friend",
+        "said",
+        "an",
+        "<unk>",
+    }
     return words

@@ -1,4 +1,5 @@
 """DataLoaders over a split's manifest, with the tokenizer and CMVN that earlier stages made."""
+
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,33 +40,66 @@ class DataFiles:
         return read_jsonl(self.manifests / f"{split}.jsonl")
 
 
-def make_loader(records: list[dict], features: FeatureSettings, *, max_seconds: float, num_workers: int, seed: int,
-                train: bool, tokenizer: Tokenizer | None = None, cmvn: GlobalCMVN | None = None) -> DataLoader:
+def make_loader(
+    records: list[dict],
+    features: FeatureSettings,
+    *,
+    max_seconds: float,
+    num_workers: int,
+    seed: int,
+    train: bool,
+    tokenizer: Tokenizer | None = None,
+    cmvn: GlobalCMVN | None = None,
+) -> DataLoader:
     """Batches of `records` (manifest entries) of at most max_seconds padded audio; `train` adds speed
     perturbation, dither, SpecAugment and shuffling. Without `tokenizer` the batches' tokens are empty;
     without `cmvn` the features are not normalized (what the CMVN estimate itself reads)."""
     speeds = list(features.speeds) if train else [1.0]
-    dataset = SegmentDataset(records, tokenizer=tokenizer, cmvn=cmvn, num_mel_bins=features.num_mel_bins,
-                             speeds=speeds, dither=features.dither if train else 0.0,
-                             specaugment=features.specaugment.build() if train else None)
+    dataset = SegmentDataset(
+        records,
+        tokenizer=tokenizer,
+        cmvn=cmvn,
+        num_mel_bins=features.num_mel_bins,
+        speeds=speeds,
+        dither=features.dither if train else 0.0,
+        specaugment=features.specaugment.build() if train else None,
+    )
     # Slowing down lengthens a segment: bound the batch by its longest possible duration.
     stretch = 1 / min(speeds)
     sampler = BucketBatchSampler([r["duration"] * stretch for r in records], max_seconds, shuffle=train, seed=seed)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0
+    )
 
 
-def split_loader(files: DataFiles, split: str, features: FeatureSettings, *, max_seconds: float, num_workers: int,
-                 seed: int, train: bool, tokenize: bool = True) -> DataLoader:
+def split_loader(
+    files: DataFiles,
+    split: str,
+    features: FeatureSettings,
+    *,
+    max_seconds: float,
+    num_workers: int,
+    seed: int,
+    train: bool,
+    tokenize: bool = True,
+) -> DataLoader:
     """make_loader over one split of `files`, normalized with its CMVN (and tokenized, unless `tokenize` is off)."""
-    return make_loader(files.records(split), features, max_seconds=max_seconds, num_workers=num_workers, seed=seed,
-                       train=train, tokenizer=Tokenizer(files.tokenizer) if tokenize else None,
-                       cmvn=GlobalCMVN.load(files.cmvn))
+    return make_loader(
+        files.records(split),
+        features,
+        max_seconds=max_seconds,
+        num_workers=num_workers,
+        seed=seed,
+        train=train,
+        tokenizer=Tokenizer(files.tokenizer) if tokenize else None,
+        cmvn=GlobalCMVN.load(files.cmvn),
+    )
 
 
 def estimate_cmvn(records: list[dict], features: FeatureSettings, *, seed: int, num_workers: int) -> GlobalCMVN:
     """Global feature mean and deviation from a seeded sample of `features.cmvn_segments` training segments."""
     sample = random.Random(seed).sample(records, min(len(records), features.cmvn_segments))
-    items = DataLoader(SegmentDataset(sample, num_mel_bins=features.num_mel_bins), batch_size=None,
-                       num_workers=num_workers)
+    items = DataLoader(
+        SegmentDataset(sample, num_mel_bins=features.num_mel_bins), batch_size=None, num_workers=num_workers
+    )
     return GlobalCMVN.estimate(item["feats"] for item in tqdm(items, desc="cmvn", unit="segment"))

@@ -9,6 +9,7 @@ its own speaker, and dev/test speakers never occur in train.
 The tree is a function of (seed, sizes, GENERATOR_VERSION) only: it is built once into a folder named
 by their hash under the cache directory, atomically, and reused afterwards.
 """
+
 import hashlib
 import io
 import json
@@ -67,8 +68,10 @@ def require_espeak() -> str:
     """Path of espeak-ng, or a UserError telling how to install it."""
     path = shutil.which("espeak-ng")
     if path is None:
-        raise UserError("espeak-ng is not installed; the mini corpus is synthesized with it. "
-                        "Install it with `apt-get install espeak-ng` (`make setup` does so when run as root).")
+        raise UserError(
+            "espeak-ng is not installed; the mini corpus is synthesized with it. "
+            "Install it with `apt-get install espeak-ng` (`make setup` does so when run as root)."
+        )
     return path
 
 
@@ -80,16 +83,28 @@ def assign_speakers(seed: int, talks: dict[str, int]) -> dict[str, list[Speaker]
         raise UserError(f"the mini corpus has {len(pool)} distinct speakers; asked for {sum(talks.values())} talks")
     out, used = {}, 0
     for split in ("dev", "test", "train"):
-        out[split] = pool[used:used + talks[split]]
+        out[split] = pool[used : used + talks[split]]
         used += talks[split]
     return out
 
 
 def synthesize(espeak: str, speaker: Speaker, text: str) -> np.ndarray:
     """One utterance as float32 samples at 16 kHz (espeak-ng itself writes 22.05 kHz)."""
-    wav = subprocess.run([espeak, "-v", f"{speaker.voice}+{speaker.variant}", "-p", str(speaker.pitch),
-                          "-s", str(speaker.speed), "--stdout", text],
-                         capture_output=True, check=True).stdout
+    wav = subprocess.run(
+        [
+            espeak,
+            "-v",
+            f"{speaker.voice}+{speaker.variant}",
+            "-p",
+            str(speaker.pitch),
+            "-s",
+            str(speaker.speed),
+            "--stdout",
+            text,
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return AF.resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()
 
@@ -113,8 +128,9 @@ def build_talk(espeak: str, split: str, speaker: Speaker, seconds: float, seed: 
         nonlocal t
         samples = int(rng.uniform(0.3, 1.0) * SAMPLE_RATE)
         pieces.append(np.zeros(samples, np.float32))
-        segments.append([t, t + samples / SAMPLE_RATE, "inter_segment_gap", "<o,,unknown>",
-                         ["ignore_time_segment_in_scoring"]])
+        segments.append(
+            [t, t + samples / SAMPLE_RATE, "inter_segment_gap", "<o,,unknown>", ["ignore_time_segment_in_scoring"]]
+        )
         t += samples / SAMPLE_RATE
 
     while speech < seconds:
@@ -136,11 +152,15 @@ def build_talk(espeak: str, split: str, speaker: Speaker, seconds: float, seed: 
         pause()
     audio = np.concatenate(pieces)
     audio += noise.normal(0, NOISE_FLOOR, len(audio)).astype(np.float32)
-    sf.write(split_dir / "sph" / f"{speaker.name}.sph", np.clip(audio, -1, 1), SAMPLE_RATE,
-             format="NIST", subtype="PCM_16")
-    (split_dir / "stm" / f"{speaker.name}.stm").write_text("".join(
-        f"{speaker.name} 1 {who} {start:.2f} {end:.2f} {tag} {' '.join(words)}\n"
-        for start, end, who, tag, words in segments))
+    sf.write(
+        split_dir / "sph" / f"{speaker.name}.sph", np.clip(audio, -1, 1), SAMPLE_RATE, format="NIST", subtype="PCM_16"
+    )
+    (split_dir / "stm" / f"{speaker.name}.stm").write_text(
+        "".join(
+            f"{speaker.name} 1 {who} {start:.2f} {end:.2f} {tag} {' '.join(words)}\n"
+            for start, end, who, tag, words in segments
+        )
+    )
     return speech
 
 
@@ -181,10 +201,19 @@ def build(cache_dir: str | Path, seed: int, splits: dict, workers: int = 2) -> P
         with ThreadPoolExecutor(max(1, workers)) as pool:  # the work runs in espeak-ng and torch, not Python
             speech = list(tqdm(pool.map(run, jobs), total=len(jobs), desc="synthesize mini corpus", unit="talk"))
         seconds = time.perf_counter() - began
-        hours = {name: sum(sec for job, sec in zip(jobs, speech) if job[0] == name) / 3600 for name in splits}
-        write_json(tmp / "mini_corpus.json", {
-            "seed": seed, "splits": splits, "version": GENERATOR_VERSION, "generation_seconds": round(seconds, 1),
-            "speech_hours": {name: round(h, 4) for name, h in hours.items()}})
+        hours = {
+            name: sum(sec for job, sec in zip(jobs, speech, strict=True) if job[0] == name) / 3600 for name in splits
+        }
+        write_json(
+            tmp / "mini_corpus.json",
+            {
+                "seed": seed,
+                "splits": splits,
+                "version": GENERATOR_VERSION,
+                "generation_seconds": round(seconds, 1),
+                "speech_hours": {name: round(h, 4) for name, h in hours.items()},
+            },
+        )
         if not home.exists():  # else another process finished the same corpus first: theirs is identical
             tmp.rename(home)
     except subprocess.CalledProcessError as e:

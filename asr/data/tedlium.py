@@ -5,6 +5,7 @@ audio headers and the dataset reads each segment by frame range. Conventions fol
 (docs/sources.md): scoring-excluded lines dropped, noise tokens and <sil> removed, pronunciation variants
 stripped, split contractions joined, <unk> kept.
 """
+
 import logging
 import re
 from dataclasses import dataclass
@@ -47,10 +48,17 @@ class _SplitStats:
     clipped: int = 0  # segments that ran past the end of their audio
 
     def as_dict(self) -> dict:
-        return {"talks": self.talks, "segments": self.segments, "words": self.words,
-                "hours": round(self.seconds / 3600, 4), "dropped_ignored": self.ignored,
-                "dropped_empty": self.empty, "dropped_too_short": self.too_short,
-                "dropped_too_long": self.too_long, "clipped": self.clipped}
+        return {
+            "talks": self.talks,
+            "segments": self.segments,
+            "words": self.words,
+            "hours": round(self.seconds / 3600, 4),
+            "dropped_ignored": self.ignored,
+            "dropped_empty": self.empty,
+            "dropped_too_short": self.too_short,
+            "dropped_too_long": self.too_long,
+            "clipped": self.clipped,
+        }
 
 
 def normalize_words(words: list[str]) -> str:
@@ -71,11 +79,12 @@ def _parse_stm_line(line: str, where: str):
     """(talk, speaker, start, end, words) of one STM line, or None for a line scoring ignores."""
     fields = line.split()
     try:
-        talk, _channel, speaker, start, end, *rest = fields
-        start, end = float(start), float(end)
+        talk, _channel, speaker, start_text, end_text, *rest = fields
+        start, end = float(start_text), float(end_text)
     except ValueError:
-        raise UserError(f"{where}: malformed STM line, expected "
-                        f"'talk channel speaker start end <label> words': {line.strip()!r}") from None
+        raise UserError(
+            f"{where}: malformed STM line, expected 'talk channel speaker start end <label> words': {line.strip()!r}"
+        ) from None
     if not 0 <= start < end:
         raise UserError(f"{where}: segment times must satisfy 0 <= start < end, got {start} {end}")
     if rest and rest[0].startswith("<") and rest[0].endswith(">") and rest[0] not in ("<unk>", "<sil>"):
@@ -93,8 +102,7 @@ def _audio_seconds(path: Path, where: str) -> float:
     except (RuntimeError, sf.LibsndfileError) as e:
         raise UserError(f"{path}: cannot read audio ({e})") from None
     if info.samplerate != SAMPLE_RATE or info.channels != 1:
-        raise UserError(f"{path}: {info.samplerate} Hz, {info.channels} channel(s); "
-                        f"expected {SAMPLE_RATE} Hz mono")
+        raise UserError(f"{path}: {info.samplerate} Hz, {info.channels} channel(s); expected {SAMPLE_RATE} Hz mono")
     return info.frames / info.samplerate
 
 
@@ -125,8 +133,9 @@ def _prepare_split(split_dir: Path, split: str, opts: Options):
                 durations[talk] = _audio_seconds(audio, where)
             total = durations[talk]
             if start >= total or end > total + opts.clip_tolerance:
-                raise UserError(f"{where}: segment {start:.2f}-{end:.2f} s lies outside its audio "
-                                f"{audio} ({total:.2f} s)")
+                raise UserError(
+                    f"{where}: segment {start:.2f}-{end:.2f} s lies outside its audio {audio} ({total:.2f} s)"
+                )
             if end > total:
                 stats.clipped += 1
                 first_clip = first_clip or f"{where}: end {end:.2f} s > {total:.2f} s"
@@ -144,21 +153,24 @@ def _prepare_split(split_dir: Path, split: str, opts: Options):
                 if duration > opts.train_max_duration:
                     stats.too_long += 1
                     continue
-            records.append({
-                "id": f"{talk}-{round(start * 100):07d}-{round(end * 100):07d}",
-                "audio": str(audio),
-                "start": round(seg_start, 3),
-                "end": round(seg_end, 3),
-                "duration": round(duration, 3),
-                "speaker": speaker,
-                "text": text,
-            })
+            records.append(
+                {
+                    "id": f"{talk}-{round(start * 100):07d}-{round(end * 100):07d}",
+                    "audio": str(audio),
+                    "start": round(seg_start, 3),
+                    "end": round(seg_end, 3),
+                    "duration": round(duration, 3),
+                    "speaker": speaker,
+                    "text": text,
+                }
+            )
             talks.add(talk)
             stats.words += len(text.split())
             stats.seconds += duration
     if stats.clipped:
-        log.warning("%s: clipped %d segment(s) that ran past the end of their audio, e.g. %s",
-                    split, stats.clipped, first_clip)
+        log.warning(
+            "%s: clipped %d segment(s) that ran past the end of their audio, e.g. %s", split, stats.clipped, first_clip
+        )
     stats.talks, stats.segments = len(talks), len(records)
     return records, stats
 
@@ -170,8 +182,9 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: Options = Options
     """
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     if not corpus_dir.is_dir():
-        raise UserError(f"corpus directory not found: {corpus_dir} "
-                        "(set data.corpus_dir to your TEDLIUM_release2 folder)")
+        raise UserError(
+            f"corpus directory not found: {corpus_dir} (set data.corpus_dir to your TEDLIUM_release2 folder)"
+        )
     prepared = {split: _prepare_split(corpus_dir / split, split, opts) for split in SPLITS}
     for split, (records, _) in prepared.items():
         write_jsonl(out_dir / f"{split}.jsonl", records)
@@ -183,6 +196,7 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: Options = Options
 def format_stats(stats: dict) -> str:
     """The per-split statistics as a small table for the log."""
     rows = ["| split | talks | segments | words | hours |", "|---|---|---|---|---|"]
-    rows += [f"| {split} | {s['talks']} | {s['segments']} | {s['words']} | {s['hours']:.3f} |"
-             for split, s in stats.items()]
+    rows += [
+        f"| {split} | {s['talks']} | {s['segments']} | {s['words']} | {s['hours']:.3f} |" for split, s in stats.items()
+    ]
     return "\n".join(rows)

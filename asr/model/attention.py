@@ -48,7 +48,7 @@ class SelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         if rel_pos:
             d_head = d_model // n_heads
-            self.pos_proj = nn.Linear(d_model, d_model, bias=False)
+            self.pos_proj: nn.Linear | None = nn.Linear(d_model, d_model, bias=False)
             self.pos_bias_u = nn.Parameter(torch.zeros(n_heads, 1, d_head))
             self.pos_bias_v = nn.Parameter(torch.zeros(n_heads, 1, d_head))
             nn.init.xavier_uniform_(self.pos_bias_u)

@@ -48,6 +48,7 @@ class ConvModule(nn.Module):
         self.pointwise1 = nn.Linear(d_model, 2 * d_model)
         self.glu = nn.GLU(dim=-1)
         self.depthwise = nn.Conv1d(d_model, d_model, kernel_size, padding=kernel_size // 2, groups=d_model)
+        self.conv_norm: nn.Module
         if norm == "batch":
             self.conv_norm = nn.BatchNorm1d(d_model)
         elif norm == "layer":
@@ -68,8 +69,17 @@ class ConvModule(nn.Module):
 class ConformerBlock(nn.Module):
     """x + FF/2, + attention, + convolution, + FF/2, then a final LayerNorm."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, kernel_size: int, dropout: float,
-                 attn_dropout: float, rel_pos: bool, conv_norm: str):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        kernel_size: int,
+        dropout: float,
+        attn_dropout: float,
+        rel_pos: bool,
+        conv_norm: str,
+    ):
         super().__init__()
         self.ff1 = FeedForward(d_model, d_ff, dropout)
         self.attn = SelfAttention(d_model, n_heads, dropout, attn_dropout, rel_pos)

@@ -59,8 +59,16 @@ class ConformerCTC(nn.Module):
         self.frontend = FRONTENDS[cfg.frontend](cfg.n_mels, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            ConformerBlock(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.kernel_size, cfg.dropout, cfg.attn_dropout,
-                           cfg.pos_enc == "relative", cfg.conv_norm)
+            ConformerBlock(
+                cfg.d_model,
+                cfg.n_heads,
+                cfg.d_ff,
+                cfg.kernel_size,
+                cfg.dropout,
+                cfg.attn_dropout,
+                cfg.pos_enc == "relative",
+                cfg.conv_norm,
+            )
             for _ in range(cfg.n_layers)
         )
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
@@ -78,8 +86,9 @@ class ConformerCTC(nn.Module):
         return self.head(x), out_lengths
 
 
-def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor, token_lengths: torch.Tensor,
-             blank: int) -> torch.Tensor:
+def ctc_loss(
+    logits: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor, token_lengths: torch.Tensor, blank: int
+) -> torch.Tensor:
     """CTC loss summed over utterances and divided by the batch size (as ESPnet), computed in float32.
 
     Utterances too short for their labels give zero loss and gradient instead of inf (zero_infinity).

@@ -18,11 +18,15 @@ class VGGSubsampling(nn.Module):
         super().__init__()
         c1, c2 = channels
         self.convs = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, c1, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c1, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c2, c2, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2, ceil_mode=True),
         )
         self.out = nn.Linear(c2 * ((n_mels + 3) // 4), d_model)
@@ -44,8 +48,10 @@ class Conv2dSubsampling(nn.Module):
     def __init__(self, n_mels: int, d_model: int):
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(1, d_model, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(d_model, d_model, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(1, d_model, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(d_model, d_model, 3, stride=2),
+            nn.ReLU(),
         )
         self.out = nn.Linear(d_model * (((n_mels - 1) // 2 - 1) // 2), d_model)
 

@@ -10,6 +10,7 @@
 - chip (memsim/): the model, the crossbar configuration and the programming seed
 - chip decode: the chip, the model and its data, the instance, the split, the method and its settings
 """
+
 from dataclasses import asdict
 
 from asr.data.loader import DataFiles
@@ -32,9 +33,13 @@ def tokenizer(s: RecipeSettings) -> Output:
 
 def cmvn(s: RecipeSettings) -> Output:
     f = s.features
-    return Output("cmvn", "cmvn", f"fbank{f.num_mel_bins}",
-                  {"num_mel_bins": f.num_mel_bins, "cmvn_segments": f.cmvn_segments, "seed": s.seed},
-                  {"manifests": manifests(s)})
+    return Output(
+        "cmvn",
+        "cmvn",
+        f"fbank{f.num_mel_bins}",
+        {"num_mel_bins": f.num_mel_bins, "cmvn_segments": f.cmvn_segments, "seed": s.seed},
+        {"manifests": manifests(s)},
+    )
 
 
 def data_inputs(s: RecipeSettings) -> dict[str, Output]:
@@ -44,8 +49,9 @@ def data_inputs(s: RecipeSettings) -> dict[str, Output]:
 def data_files(s: RecipeSettings) -> DataFiles:
     """The prepared data of this configuration: its manifests, tokenizer and CMVN under work_dir."""
     root = s.work_dir_path
-    return DataFiles(root / manifests(s).relpath, root / tokenizer(s).relpath / TOKENIZER_FILE,
-                     root / cmvn(s).relpath / CMVN_FILE)
+    return DataFiles(
+        root / manifests(s).relpath, root / tokenizer(s).relpath / TOKENIZER_FILE, root / cmvn(s).relpath / CMVN_FILE
+    )
 
 
 def model(s: RecipeSettings, quantized: bool) -> Output:
@@ -53,18 +59,31 @@ def model(s: RecipeSettings, quantized: bool) -> Output:
     run = s.train_settings(quantized)
     train = {k: v for k, v in asdict(run).items() if k not in NOT_IN_MODEL_IDENTITY and k != "init_from"}
     inputs = data_inputs(s)
+    init: str | dict | None = FLOAT
     if run.init_from == FLOAT:
         inputs["init"] = model(s, quantized=False)
-        init = FLOAT
     else:
         init = file_identity(run.init_from) if run.init_from else None
-    settings = {"model": asdict(s.model), "quant": asdict(s.quant_config(quantized)), "train": train,
-                "init_from": init, "features": asdict(s.features), "loader": asdict(s.loader), "seed": s.seed}
+    settings = {
+        "model": asdict(s.model),
+        "quant": asdict(s.quant_config(quantized)),
+        "train": train,
+        "init_from": init,
+        "features": asdict(s.features),
+        "loader": asdict(s.loader),
+        "seed": s.seed,
+    }
     label = f"{s.model.name}-{s.system_name(quantized)}"
     output = Output("train" if quantized else "train_float", "exp", label, settings, inputs)
     baseline = output if not quantized else model(s, quantized=False)
-    return Output(output.stage, output.kind, output.label, output.settings, output.inputs,
-                  notes={"system": s.system_name(quantized), "baseline": baseline.relpath})
+    return Output(
+        output.stage,
+        output.kind,
+        output.label,
+        output.settings,
+        output.inputs,
+        notes={"system": s.system_name(quantized), "baseline": baseline.relpath},
+    )
 
 
 def systems(s: RecipeSettings) -> list[Output]:
@@ -79,8 +98,11 @@ def _decode_settings(s: RecipeSettings, split: str, method: str) -> dict:
 def decodes(s: RecipeSettings, trained: Output) -> list[Output]:
     """Every split and method of `decode` for one trained model."""
     inputs = {"model": trained, **data_inputs(s)}
-    return [Output("decode", "decode", method, _decode_settings(s, split, method), inputs, (trained.name, split))
-            for split in s.decode.splits for method in s.decode.methods]
+    return [
+        Output("decode", "decode", method, _decode_settings(s, split, method), inputs, (trained.name, split))
+        for split in s.decode.splits
+        for method in s.decode.methods
+    ]
 
 
 def chip(s: RecipeSettings, trained: Output) -> Output:
@@ -92,6 +114,16 @@ def chip(s: RecipeSettings, trained: Output) -> Output:
 def chip_decodes(s: RecipeSettings, trained: Output, programmed: Output) -> list[Output]:
     """Every instance, split and method of a chip configuration."""
     inputs = {"chip": programmed, "model": trained, **data_inputs(s)}
-    return [Output("memsim", "memsim", method, {"instance": k, **_decode_settings(s, split, method)}, inputs,
-                   (trained.name, programmed.name, f"instance-{k}", split))
-            for k in range(s.memsim.instances) for split in s.decode.splits for method in s.decode.methods]
+    return [
+        Output(
+            "memsim",
+            "memsim",
+            method,
+            {"instance": k, **_decode_settings(s, split, method)},
+            inputs,
+            (trained.name, programmed.name, f"instance-{k}", split),
+        )
+        for k in range(s.memsim.instances)
+        for split in s.decode.splits
+        for method in s.decode.methods
+    ]

@@ -15,6 +15,7 @@ An output is current when its record exists and every input is current and still
 made from. Making an output again (a forced stage, or new inputs) gives it a new run, so everything made
 from the old run is stale: the runner makes it again, and the report leaves it out.
 """
+
 import functools
 import hashlib
 import json
@@ -51,8 +52,12 @@ class Output:
 
     @functools.cached_property
     def digest(self) -> str:
-        payload = {"kind": self.kind, "label": self.label, "settings": self.settings,
-                   "inputs": {role: output.digest for role, output in self.inputs.items()}}
+        payload = {
+            "kind": self.kind,
+            "label": self.label,
+            "settings": self.settings,
+            "inputs": {role: output.digest for role, output in self.inputs.items()},
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:DIGEST_CHARS]
 
     @property
@@ -82,13 +87,23 @@ class Records:
             self._records[relpath] = read_json(self.root / relpath / RECORD)
         return self._records[relpath]
 
+    def require(self, relpath: str) -> dict:
+        """The record of an output that must exist (the plan checked it)."""
+        record = self.get(relpath)
+        if record is None:
+            raise RuntimeError(f"{self.root / relpath} has no record")
+        return record
+
     def current_path(self, relpath: str) -> bool:
         """The output at relpath is complete, and so is every input, each still the run it was made from."""
         if relpath not in self._current:
             record = self.get(relpath)
             self._current[relpath] = record is not None and all(
-                (found := self.get(used["path"])) is not None and found["run"] == used["run"]
-                and self.current_path(used["path"]) for used in record["inputs"].values())
+                (found := self.get(used["path"])) is not None
+                and found["run"] == used["run"]
+                and self.current_path(used["path"])
+                for used in record["inputs"].values()
+            )
         return self._current[relpath]
 
     def current(self, output: Output) -> bool:
@@ -105,8 +120,9 @@ def environment() -> dict:
 
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return None
 
@@ -117,9 +133,15 @@ def environment() -> dict:
     except metadata.PackageNotFoundError:
         version = None
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    return {"revision": revision, "dirty": None if status is None else bool(status), "project": version,
-            "torch": torch.__version__, "python": platform.python_version(), "device": device,
-            "host": platform.node()}
+    return {
+        "revision": revision,
+        "dirty": None if status is None else bool(status),
+        "project": version,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "host": platform.node(),
+    }
 
 
 class Job:
@@ -135,8 +157,9 @@ class Job:
         self.root, self.output, self.writer = Path(root), output, input_runs is not None
         self.path = self.root / output.relpath
         self.committed, self.resumed, self.run = False, False, uuid.uuid4().hex
-        self.inputs = {role: {"path": used.relpath, "run": (input_runs or {}).get(role)}
-                       for role, used in output.inputs.items()}
+        self.inputs = {
+            role: {"path": used.relpath, "run": (input_runs or {}).get(role)} for role, used in output.inputs.items()
+        }
         started = read_json(self.path / STARTED)
         if self.writer and not forced and started is not None and not (self.path / RECORD).is_file():
             self.resumed = started["inputs"] == self.inputs
@@ -152,13 +175,23 @@ class Job:
             return
         (self.path / RECORD).unlink(missing_ok=True)
         write_json(self.path / STARTED, {"run": self.run, "inputs": self.inputs})
-        write_text(self.path / CONFIG, OmegaConf.to_yaml(OmegaConf.create(
-            {"settings": self.output.settings, "inputs": {r: i["path"] for r, i in self.inputs.items()}})))
+        write_text(
+            self.path / CONFIG,
+            OmegaConf.to_yaml(
+                OmegaConf.create(
+                    {"settings": self.output.settings, "inputs": {r: i["path"] for r, i in self.inputs.items()}}
+                )
+            ),
+        )
 
     def provenance(self) -> dict:
         """What every result file of this output carries: its identity, settings, run, and made_by."""
-        return {"identity": self.output.digest, "settings": self.output.settings, "run": self.run,
-                "made_by": {**environment(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+        return {
+            "identity": self.output.digest,
+            "settings": self.output.settings,
+            "run": self.run,
+            "made_by": {**environment(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        }
 
     def commit(self, results: dict[str, dict] | None = None) -> None:
         """The output is complete: write each results file (name -> JSON object, with its provenance added)
@@ -169,9 +202,18 @@ class Job:
         provenance = self.provenance()
         for name, content in (results or {}).items():
             write_json(self.path / name, {**content, "provenance": provenance})
-        write_json(self.path / RECORD, {"path": self.output.relpath, "stage": self.output.stage,
-                                        "kind": self.output.kind, "label": self.output.label,
-                                        "inputs": self.inputs, **self.output.notes, **provenance})
+        write_json(
+            self.path / RECORD,
+            {
+                "path": self.output.relpath,
+                "stage": self.output.stage,
+                "kind": self.output.kind,
+                "label": self.output.label,
+                "inputs": self.inputs,
+                **self.output.notes,
+                **provenance,
+            },
+        )
         (self.path / STARTED).unlink(missing_ok=True)
 
 

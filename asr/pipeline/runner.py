@@ -7,6 +7,7 @@ naming the stage to run first, instead of after hours of training.
 
 Under torchrun only rank 0 runs the stages that are not training, and only rank 0 writes records.
 """
+
 import logging
 import time
 
@@ -24,7 +25,7 @@ def plan(s: RecipeSettings) -> list[tuple[str, list[Output]]]:
     """Each stage of the run with the outputs it will make; a UserError if an input will be missing."""
     records = Records(s.work_dir_path)
     remade: set[str] = set()  # folders of the outputs this run makes
-    steps = []
+    steps: list[tuple[str, list[Output]]] = []
     for name in s.stage_names:
         stage = STAGES[name]
         if stage.outputs is None:
@@ -34,7 +35,11 @@ def plan(s: RecipeSettings) -> list[tuple[str, list[Output]]]:
         for output in stage.outputs(s):  # inputs before the outputs made from them
             if output.relpath in remade:  # made by this run already (an earlier stage, or listed twice)
                 continue
-            if name in s.force or not records.current(output) or any(i.relpath in remade for i in output.inputs.values()):
+            if (
+                name in s.force
+                or not records.current(output)
+                or any(i.relpath in remade for i in output.inputs.values())
+            ):
                 pending.append(output)
                 remade.add(output.relpath)
         for output in pending:
@@ -52,17 +57,29 @@ def _made_from(output: Output, remade: set[str]) -> bool:
 
 
 def _missing_input(stage: str, used: Output, records: Records) -> str:
-    state = "does not exist yet" if records.get(used.relpath) is None else "is or will be out of date (its inputs are made again)"
-    return (f"stage {stage} needs {used.relpath}, which {state}: it is made by stage {used.stage}; run "
-            f"stages=[{used.stage},...,{stage}] or stages=all")
+    state = (
+        "does not exist yet"
+        if records.get(used.relpath) is None
+        else "is or will be out of date (its inputs are made again)"
+    )
+    return (
+        f"stage {stage} needs {used.relpath}, which {state}: it is made by stage {used.stage}; run "
+        f"stages=[{used.stage},...,{stage}] or stages=all"
+    )
 
 
 def _jobs(s: RecipeSettings, outputs: list[Output], forced: bool, writer: bool) -> list[Job]:
     """Jobs in order, each knowing the runs of its inputs: made earlier (their records) or by this stage."""
-    records, runs, jobs = Records(s.work_dir_path), {}, []
+    records, runs, jobs = Records(s.work_dir_path), dict[str, str](), list[Job]()
     for output in outputs:
-        input_runs = {role: runs.get(used.relpath) or records.get(used.relpath)["run"]
-                      for role, used in output.inputs.items()} if writer else None
+        input_runs = (
+            {
+                role: runs.get(used.relpath) or records.require(used.relpath)["run"]
+                for role, used in output.inputs.items()
+            }
+            if writer
+            else None
+        )
         jobs.append(Job(s.work_dir_path, output, input_runs, forced))
         runs[output.relpath] = jobs[-1].run
     return jobs

@@ -2,6 +2,8 @@
 the code it drives with typed settings and the folders of its inputs. Every body commits each output
 (its record) as soon as that output is complete, so an interrupted stage keeps what it finished.
 """
+
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -71,14 +73,23 @@ def train_models(s: RecipeSettings, jobs: list[Job]) -> None:
         files = graph.data_files(s)
         init = job.input("init") / train.FINAL if "init" in job.output.inputs else s.train_settings(quantized).init_from
         model_config = s.model.build(vocab_size=Tokenizer(files.tokenizer).vocab_size, n_mels=s.features.num_mel_bins)
-        train.train_model(model_config, s.quant_config(quantized), s.train_config(quantized), files=files,
-                          features=s.features, loader=s.loader, out_dir=job.path, init_from=init,
-                          fresh=not job.resumed)
+        train.train_model(
+            model_config,
+            s.quant_config(quantized),
+            s.train_config(quantized),
+            files=files,
+            features=s.features,
+            loader=s.loader,
+            out_dir=job.path,
+            init_from=init,
+            fresh=not job.resumed,
+        )
         job.commit()
 
 
-def decode_jobs(s: RecipeSettings, model: torch.nn.Module, jobs: list[Job],
-                before_split: Callable[[str], object] | None = None) -> None:
+def decode_jobs(
+    s: RecipeSettings, model: torch.nn.Module, jobs: list[Job], before_split: Callable[[str], object] | None = None
+) -> None:
     """Decode the splits and methods of `jobs` (one model's outputs) and commit each; before_split(split), if
     given, runs before each split is decoded (a chip reseeds its read noise there)."""
     files = graph.data_files(s)
@@ -92,8 +103,16 @@ def decode_jobs(s: RecipeSettings, model: torch.nn.Module, jobs: list[Job],
     for split, split_jobs in by_split.items():
         if before_split is not None:
             before_split(split)
-        loader = split_loader(files, split, s.features, max_seconds=s.decode.batch_seconds,
-                              num_workers=s.loader.num_workers, seed=s.seed, train=False, tokenize=False)
+        loader = split_loader(
+            files,
+            split,
+            s.features,
+            max_seconds=s.decode.batch_seconds,
+            num_workers=s.loader.num_workers,
+            seed=s.seed,
+            train=False,
+            tokenize=False,
+        )
         chosen = {j.output.settings["method"]: j for j in split_jobs}
         scores = decode_split(model, loader, {m: decoders[m] for m in chosen}, {m: j.path for m, j in chosen.items()})
         for method, job in chosen.items():
@@ -103,8 +122,8 @@ def decode_jobs(s: RecipeSettings, model: torch.nn.Module, jobs: list[Job],
 
 
 def decode_models(s: RecipeSettings, jobs: list[Job]) -> None:
-    for _, group in groupby(jobs, key=lambda j: j.output.inputs["model"].relpath):
-        group = list(group)
+    for _, same_model in groupby(jobs, key=lambda j: j.output.inputs["model"].relpath):
+        group = list(same_model)
         decode_jobs(s, load_model(group[0].input("model") / train.FINAL, device()), group)
 
 
@@ -129,7 +148,7 @@ def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
                 log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(model)))
                 job.commit({SUMMARY_FILE: summary})
         if instance_jobs:
-            decode_jobs(s, model, instance_jobs, lambda split: generator.manual_seed(chips.read_seed(seed, split)))
+            decode_jobs(s, model, instance_jobs, functools.partial(chips.reseed, generator, seed))
         log.info("memsim instance %d: programmed in %.1f s", instance, seconds)
 
 

@@ -13,11 +13,12 @@ PROTOCOL_SET_V = -2.0
 PROTOCOL_RESET_V = 1.46
 
 
-def full_cycles(cells, n_cycles: int, set_voltage: float = PROTOCOL_SET_V,
-                reset_voltage: float = PROTOCOL_RESET_V) -> dict[str, torch.Tensor]:
+def full_cycles(
+    cells, n_cycles: int, set_voltage: float = PROTOCOL_SET_V, reset_voltage: float = PROTOCOL_RESET_V
+) -> dict[str, torch.Tensor]:
     """Run n_cycles SET/RESET cycles; per cycle and cell ([n_cycles, n] float64 on the CPU):
     `lrs` and `hrs` (noiseless ohm after SET and after RESET) and the cycle's thresholds `us`, `ur`."""
-    records = {key: [] for key in ("us", "ur", "lrs", "hrs")}
+    records: dict[str, list[torch.Tensor]] = {key: [] for key in ("us", "ur", "lrs", "hrs")}
     if n_cycles < 1:
         raise ValueError(f"n_cycles must be positive, got {n_cycles}")
     for _ in range(n_cycles):

@@ -32,7 +32,7 @@ class ReferenceCells:
         self.cells.resetCoefs[:] = 0
         self.n = n
 
-    def apply_voltage(self, u) -> "ReferenceCells":
+    def apply_voltage(self, u) -> ReferenceCells:
         if isinstance(u, torch.Tensor):
             u = u.cpu().numpy()
         reference.applyVoltage(self.cells, u)

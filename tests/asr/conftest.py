@@ -1,4 +1,5 @@
 """Fixtures for the asr tests: a fake TED-LIUM 2 tree with every quirk, a tiny mini corpus, composed configs."""
+
 import shutil
 from pathlib import Path
 
@@ -45,8 +46,11 @@ def make_corpus(root: Path) -> Path:
     return root
 
 
-TINY_SPLITS = {"train": {"talks": 2, "minutes": 0.25}, "dev": {"talks": 1, "minutes": 0.1},
-               "test": {"talks": 1, "minutes": 0.1}}
+TINY_SPLITS = {
+    "train": {"talks": 2, "minutes": 0.25},
+    "dev": {"talks": 1, "minutes": 0.1},
+    "test": {"talks": 1, "minutes": 0.1},
+}
 
 
 @pytest.fixture
@@ -75,4 +79,5 @@ def make_cfg():
     def make(*overrides):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             return compose("config", overrides=list(overrides))
+
     return make

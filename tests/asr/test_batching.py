@@ -41,8 +41,14 @@ def test_a_segment_longer_than_the_budget_is_a_batch_of_its_own():
 
 
 def test_loader_gives_padded_feature_and_token_batches(fake_corpus, tmp_path, make_cfg):
-    cfg = make_cfg("+experiment=tedlium2", f"data.corpus_dir={fake_corpus}", f"work_dir={tmp_path}",
-                   "loader.max_seconds=4", "loader.num_workers=2", "stages=[prepare,tokenizer,cmvn]")
+    cfg = make_cfg(
+        "+experiment=tedlium2",
+        f"data.corpus_dir={fake_corpus}",
+        f"work_dir={tmp_path}",
+        "loader.max_seconds=4",
+        "loader.num_workers=2",
+        "stages=[prepare,tokenizer,cmvn]",
+    )
     runner.run(cfg)
     s = settings.load(cfg)
     files = graph.data_files(s)
@@ -58,6 +64,6 @@ def test_loader_gives_padded_feature_and_token_batches(fake_corpus, tmp_path, ma
             n = len(b["ids"])
             assert b["feats"].shape == (n, int(b["feat_lens"].max()), 80)
             assert b["tokens"].shape == (n, int(b["token_lens"].max()))
-            assert [tok.decode(t[:k].tolist()) for t, k in zip(b["tokens"], b["token_lens"])] == b["texts"]
+            assert [tok.decode(t[:k].tolist()) for t, k in zip(b["tokens"], b["token_lens"], strict=True)] == b["texts"]
     dev = batches("dev", False)
     assert sorted(i for b in dev for i in b["ids"]) == ["TalkB_2012-0000100-0000300", "TalkB_2012-0000300-0000400"]

@@ -39,7 +39,7 @@ def emissions(frames: list[tuple[str, ...]]) -> torch.Tensor:
     rows = []
     for names in frames:
         p = torch.full((len(UNITS),), 1e-4)
-        for name, share in zip(names, (1.0,) if len(names) == 1 else (0.55, 0.45)):
+        for name, share in zip(names, (1.0,) if len(names) == 1 else (0.55, 0.45), strict=True):
             p[UNITS.index(name)] = share
         rows.append((p / p.sum()).log())
     return torch.stack(rows)[None]
@@ -109,14 +109,27 @@ def test_word_error_counts_and_espnet_row():
     hyps = ["the cat sat on mat", "a <unk> dog barked", "yellow", "uh"]
     utterances = score_utterances(refs, hyps)
     assert [(s.words, s.corr, s.sub, s.del_, s.ins, s.snt_err) for s in utterances] == [
-        (6, 5, 0, 1, 0, 1), (3, 3, 0, 0, 1, 1), (1, 0, 1, 0, 0, 1), (0, 0, 0, 0, 1, 1)]
+        (6, 5, 0, 1, 0, 1),
+        (3, 3, 0, 0, 1, 1),
+        (1, 0, 1, 0, 0, 1),
+        (0, 0, 0, 0, 1, 1),
+    ]
     score = total(utterances) + total(score_utterances(["ok"], ["ok"]))
     assert score == Score(snt=5, words=11, corr=9, sub=1, del_=1, ins=2, snt_err=4)
     assert score.err == pytest.approx(400 / 11) and score.sentence_err == 80.0
     assert HEADER.splitlines()[0] == "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|"
     assert score.row("dev") == "|dev|5|11|81.8|9.1|9.1|18.2|36.4|80.0|"
-    assert score.to_dict() == {"snt": 5, "snt_err": 4, "words": 11, "corr": 9, "sub": 1, "del": 1, "ins": 2,
-                               "err": 36.3636, "sentence_err": 80.0}
+    assert score.to_dict() == {
+        "snt": 5,
+        "snt_err": 4,
+        "words": 11,
+        "corr": 9,
+        "sub": 1,
+        "del": 1,
+        "ins": 2,
+        "err": 36.3636,
+        "sentence_err": 80.0,
+    }
     assert Score.from_dict(score.to_dict()) == score
     assert score_utterances([], []) == [] and total([]).err == 0.0
 
@@ -146,8 +159,13 @@ def test_decode_settings_say_what_each_method_depends_on(tmp_path):
     (tmp_path / "lm.arpa").write_text(ARPA)
     settings_ = DecodeSettings(beam_size=7, lm_weight=3.0)
     assert settings_.method_settings("greedy") == {"batch_seconds": 200}
-    assert settings_.method_settings("beam") == {"batch_seconds": 200, "beam_size": 7, "word_score": 0.0,
-                                                 "lexicon": None, "lm": None}  # no LM: its weight does not matter
+    assert settings_.method_settings("beam") == {
+        "batch_seconds": 200,
+        "beam_size": 7,
+        "word_score": 0.0,
+        "lexicon": None,
+        "lm": None,
+    }  # no LM: its weight does not matter
     with_lm = DecodeSettings(lm=str(tmp_path / "lm.arpa")).method_settings("beam")
     assert with_lm["lm_weight"] == 1.0 and len(with_lm["lm"]["sha256"]) == 64
     with pytest.raises(ValueError, match="decode.beam_size must be >= 1"):
@@ -172,10 +190,22 @@ class AlwaysBlank(nn.Module):
 def trained(tmp_path_factory, tiny_mini_corpus, tiny_splits, make_cfg):
     """A tiny work dir through prepare, tokenizer, cmvn, a 1-step float model and its decode stage."""
     work = tmp_path_factory.mktemp("work")
-    sizes = [f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()]
-    base = [f"work_dir={work}", f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}", *sizes, "model.d_model=32",
-            "model.n_layers=1", "model.d_ff=64", "model.n_heads=2", "train.max_steps=1", "train.average_last=1",
-            "loader.num_workers=0", "decode.beam_size=8"]
+    sizes = [
+        f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()
+    ]
+    base = [
+        f"work_dir={work}",
+        f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
+        *sizes,
+        "model.d_model=32",
+        "model.n_layers=1",
+        "model.d_ff=64",
+        "model.n_heads=2",
+        "train.max_steps=1",
+        "train.average_last=1",
+        "loader.num_workers=0",
+        "decode.beam_size=8",
+    ]
     runner.run(make_cfg(*base, "stages=[prepare,tokenizer,cmvn,train,decode]"))
     return work, base
 

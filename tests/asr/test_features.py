@@ -35,8 +35,7 @@ def test_speed_perturbation_changes_duration_by_the_factor():
 
 def test_specaugment_zeroes_bands_and_keeps_shape():
     torch.manual_seed(0)
-    augment = features.spec_augment(freq_masks=2, freq_width=27, time_masks=2, time_width=40,
-                                    max_time_fraction=0.2)
+    augment = features.spec_augment(freq_masks=2, freq_width=27, time_masks=2, time_width=40, max_time_fraction=0.2)
     feats = torch.ones(300, 80)
     masked = augment(feats.T).T
     assert masked.shape == feats.shape

@@ -55,8 +55,7 @@ def test_grammar_has_tedlium_quirks_and_a_closed_vocabulary():
     assert "it's" in vocab and "don't" in vocab
 
 
-def test_same_seed_gives_the_same_corpus_and_the_cache_is_reused(tiny_mini_corpus, tiny_splits, tmp_path,
-                                                                 monkeypatch):
+def test_same_seed_gives_the_same_corpus_and_the_cache_is_reused(tiny_mini_corpus, tiny_splits, tmp_path, monkeypatch):
     again = mini_corpus.build(tmp_path, seed=0, splits=tiny_splits)
     files = sorted(p.relative_to(tiny_mini_corpus) for p in tiny_mini_corpus.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
@@ -91,16 +90,27 @@ def test_mini_corpus_prepares_like_tedlium(tiny_mini_corpus, tiny_splits, tmp_pa
 
 
 def run_cli(tmp_path, *overrides):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "+experiment=mini",
-                           f"work_dir={tmp_path / 'work'}", f"data.synth.cache_dir={tmp_path / 'cache'}", *overrides],
-                          capture_output=True, text=True, cwd=tmp_path)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run.py"),
+            "+experiment=mini",
+            f"work_dir={tmp_path / 'work'}",
+            f"data.synth.cache_dir={tmp_path / 'cache'}",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
 
 
 def test_command_line_builds_prepares_and_then_skips_finished_stages(tmp_path, tiny_splits):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    sizes = [f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items()
-             for key, value in spec.items()]
+    sizes = [
+        f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()
+    ]
     sizes.append("stages=[prepare,tokenizer,cmvn]")
     first = run_cli(tmp_path, *sizes)
     assert first.returncode == 0, first.stderr

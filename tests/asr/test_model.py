@@ -9,15 +9,29 @@ from asr.tokenizer import BLANK_ID
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    base = dict(vocab_size=12, frontend="conv2d", d_model=32, n_layers=2, n_heads=4, d_ff=64, kernel_size=5,
-                dropout=0.0, attn_dropout=0.0, pos_enc="relative")
+    base = dict(
+        vocab_size=12,
+        frontend="conv2d",
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        d_ff=64,
+        kernel_size=5,
+        dropout=0.0,
+        attn_dropout=0.0,
+        pos_enc="relative",
+    )
     return ModelConfig(**{**base, **overrides})
 
 
-@pytest.mark.parametrize("frontend, shortest", [
-    (lambda: VGGSubsampling(80, 8, channels=(4, 8)), 1),  # lengths do not depend on the widths
-    (lambda: Conv2dSubsampling(80, 8), 7),
-], ids=["vgg", "conv2d"])
+@pytest.mark.parametrize(
+    "frontend, shortest",
+    [
+        (lambda: VGGSubsampling(80, 8, channels=(4, 8)), 1),  # lengths do not depend on the widths
+        (lambda: Conv2dSubsampling(80, 8), 7),
+    ],
+    ids=["vgg", "conv2d"],
+)
 def test_frontend_output_length_function_matches_the_frames_it_produces(frontend, shortest):
     torch.manual_seed(0)
     module = frontend().eval()
@@ -81,7 +95,9 @@ def test_every_weight_matmul_in_the_model_runs_inside_an_nn_linear(pos_enc, monk
     frames = model.output_lengths(torch.tensor(t)).item()
     per_head = 2 * b * model.cfg.n_heads * frames * (model.cfg.d_model // model.cfg.n_heads)
     attention = per_head * 2 * frames + (per_head * (2 * frames - 1) if pos_enc == "relative" else 0)
-    matmul = sum(n for op, n in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm", "aten.bmm"))
+    matmul = sum(
+        n for op, n in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm", "aten.bmm")
+    )
     assert matmul == sum(linear_flops) + model.cfg.n_layers * attention
     convs = [m for m in model.blocks.modules() if isinstance(m, nn.Conv1d | nn.Conv2d)]
     assert convs and all(c.groups == c.in_channels == c.out_channels for c in convs)

@@ -1,4 +1,5 @@
 """The runner: outputs keyed by their settings, staleness flowing downstream, planning, ranks, configs."""
+
 import json
 import logging
 from pathlib import Path
@@ -77,17 +78,23 @@ def test_making_an_input_again_makes_everything_made_from_it_again(tmp_path, toy
     assert [stage for stage, _, _ in toy_stages] == ["up", "down", "up", "down", "up", "down"]
 
 
-def test_a_run_that_would_make_an_output_from_one_it_makes_stale_is_refused(tmp_path, toy_stages, make_cfg, monkeypatch):
+def test_a_run_that_would_make_an_output_from_one_it_makes_stale_is_refused(
+    tmp_path, toy_stages, make_cfg, monkeypatch
+):
     def mid(s):
         return Output("mid", "mid", "toy", {}, {"up": Output("up", "up", "toy", {"seed": s.seed})})
 
     monkeypatch.setattr(settings, "STAGE_NAMES", (*settings.STAGE_NAMES, "mid"))
     monkeypatch.setitem(STAGES, "mid", Stage(lambda s: [mid(s)], STAGES["up"].make))
-    monkeypatch.setitem(STAGES, "down", Stage(lambda s: [Output("down", "down", "toy", {}, {"mid": mid(s)})],
-                                              STAGES["up"].make))
+    monkeypatch.setitem(
+        STAGES, "down", Stage(lambda s: [Output("down", "down", "toy", {}, {"mid": mid(s)})], STAGES["up"].make)
+    )
     runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up,mid,down]"))
-    with pytest.raises(UserError, match=r"stage down needs mid/toy-\w+, which is or will be out of date .* made by "
-                                        r"stage mid"):
+    with pytest.raises(
+        UserError,
+        match=r"stage down needs mid/toy-\w+, which is or will be out of date .* made by "
+        r"stage mid",
+    ):
         runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up,down]", "force=[up,down]"))
     assert len(toy_stages) == 3  # refused before anything ran
     runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up,down]", "force=[up]"))  # down is not made: it goes stale
@@ -95,8 +102,11 @@ def test_a_run_that_would_make_an_output_from_one_it_makes_stale_is_refused(tmp_
 
 
 def test_a_stage_whose_inputs_are_missing_names_the_stage_that_makes_them(tmp_path, toy_stages, make_cfg):
-    with pytest.raises(UserError, match=r"stage down needs up/toy-\w+, which does not exist yet: it is made by "
-                                        r"stage up; run stages=\[up,...,down\]"):
+    with pytest.raises(
+        UserError,
+        match=r"stage down needs up/toy-\w+, which does not exist yet: it is made by "
+        r"stage up; run stages=\[up,...,down\]",
+    ):
         runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[down]"))
     assert toy_stages == [] and not tmp_path.joinpath("up").exists()
 
@@ -104,13 +114,17 @@ def test_a_stage_whose_inputs_are_missing_names_the_stage_that_makes_them(tmp_pa
 def test_recipe_stages_in_a_fresh_work_dir_name_the_stage_to_run_first(tmp_path, make_cfg):
     with pytest.raises(UserError, match="made by stage prepare"):
         runner.run(make_cfg("+experiment=mini", f"work_dir={tmp_path}", "stages=[train]"))
-    with pytest.raises(UserError, match=r"exp/small-float-\w+, which does not exist yet: it is made by stage "
-                                        "train_float"):
+    with pytest.raises(
+        UserError,
+        match=r"exp/small-float-\w+, which does not exist yet: it is made by stage "
+        "train_float",
+    ):
         runner.run(make_cfg("+experiment=mini", f"work_dir={tmp_path}", "stages=[decode]"))
 
 
-def test_an_interrupted_output_is_resumed_and_a_failed_stage_leaves_no_record(tmp_path, toy_stages, make_cfg,
-                                                                             monkeypatch):
+def test_an_interrupted_output_is_resumed_and_a_failed_stage_leaves_no_record(
+    tmp_path, toy_stages, make_cfg, monkeypatch
+):
     def fail(s, jobs):
         raise UserError("broken")
 
@@ -121,8 +135,14 @@ def test_an_interrupted_output_is_resumed_and_a_failed_stage_leaves_no_record(tm
     assert (folder / STARTED).is_file() and not (folder / RECORD).exists()
     monkeypatch.undo()
     monkeypatch.setattr(settings, "STAGE_NAMES", (*settings.STAGE_NAMES, "up"))
-    monkeypatch.setitem(STAGES, "up", Stage(lambda s: [Output("up", "up", "toy", {"seed": s.seed})],
-                                            lambda s, jobs: [toy_stages.append(j.resumed) or j.commit() for j in jobs]))
+    monkeypatch.setitem(
+        STAGES,
+        "up",
+        Stage(
+            lambda s: [Output("up", "up", "toy", {"seed": s.seed})],
+            lambda s, jobs: [toy_stages.append(j.resumed) or j.commit() for j in jobs],
+        ),
+    )
     runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up]"))
     assert toy_stages == [True] and (folder / RECORD).is_file() and not (folder / STARTED).exists()
 
@@ -185,5 +205,7 @@ def test_two_bit_weights_are_run_as_the_ternary_model(make_cfg, caplog):
     caplog.set_level(logging.WARNING, logger="asr.settings")
     s = settings.load(make_cfg("+experiment=mini", "quant.weight_bits=2"))
     assert s.quant.weight_bits == 1.5 and s.system_name(True) == "w1.5a8" and "ternary" in caplog.text
-    assert graph.model(s, True).relpath == graph.model(settings.load(make_cfg("+experiment=mini",
-                                                                              "quant.weight_bits=1.5")), True).relpath
+    assert (
+        graph.model(s, True).relpath
+        == graph.model(settings.load(make_cfg("+experiment=mini", "quant.weight_bits=1.5")), True).relpath
+    )

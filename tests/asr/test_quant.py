@@ -72,7 +72,7 @@ def test_lsq_step_gradient():
     torch.manual_seed(0)
     layer = QuantLinear.from_linear(nn.Linear(8, 4), QuantConfig(weight_bits=3, weight_scale="lsq"))
     w, step, qmax = layer.weight.detach(), layer.weight_quant.step.detach(), 3
-    assert torch.allclose(step, 2 * w.abs().mean() / qmax ** 0.5)
+    assert torch.allclose(step, 2 * w.abs().mean() / qmax**0.5)
     layer.weight_quant(layer.weight).sum().backward()
     v = w / step
     expected = torch.where(v.abs() <= qmax, v.round() - v, v.sign() * qmax).sum() / (w.numel() * qmax) ** 0.5
@@ -86,8 +86,9 @@ def test_eval_forward_is_the_contract_formula():
     layer.eval()
     x = 4 * torch.randn(10, 16)
     s, qmax = layer.input_scale, 2 ** (layer.input_bits - 1) - 1
-    expected = nn.functional.linear(s * (x / s).clamp(-qmax, qmax).round(), layer.integer_weight() * layer.weight_scale,
-                                    layer.bias)
+    expected = nn.functional.linear(
+        s * (x / s).clamp(-qmax, qmax).round(), layer.integer_weight() * layer.weight_scale, layer.bias
+    )
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
 
 
@@ -96,21 +97,46 @@ def test_an_ideal_crossbar_reproduces_the_quantized_layer():
     layer = QuantLinear.from_linear(nn.Linear(40, 24), QuantConfig(weight_bits=3))
     layer(torch.randn(64, 40))
     layer.eval()
-    config = memsim.CrossbarConfig(weight_bits=3, tile_size=16, device="ideal", read_noise="none",
-                                   dac_bits=8, adc_precision_bits=None, adc_range_bits=None)
+    config = memsim.CrossbarConfig(
+        weight_bits=3,
+        tile_size=16,
+        device="ideal",
+        read_noise="none",
+        dac_bits=8,
+        adc_precision_bits=None,
+        adc_range_bits=None,
+    )
     crossbar = memsim.MemristorLinear.from_linear(layer, config)
     x = torch.randn(20, 40)
     torch.testing.assert_close(crossbar(x), layer(x), rtol=1e-4, atol=1e-4)
 
 
 def test_quantize_swaps_exactly_the_crossbar_layers():
-    model = ConformerCTC(ModelConfig(vocab_size=10, frontend="conv2d", d_model=16, n_layers=2, n_heads=2, d_ff=32,
-                                     kernel_size=3, pos_enc="relative"))
+    model = ConformerCTC(
+        ModelConfig(
+            vocab_size=10,
+            frontend="conv2d",
+            d_model=16,
+            n_layers=2,
+            n_heads=2,
+            d_ff=32,
+            kernel_size=3,
+            pos_enc="relative",
+        )
+    )
     float_names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     quantize(model, QuantConfig(weight_bits=3))
     quantized = {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
-    per_block = {"ff1.w1", "ff1.w2", "ff2.w1", "ff2.w2", "attn.in_proj", "attn.out_proj", "conv.pointwise1",
-                 "conv.pointwise2"}
+    per_block = {
+        "ff1.w1",
+        "ff1.w2",
+        "ff2.w1",
+        "ff2.w2",
+        "attn.in_proj",
+        "attn.out_proj",
+        "conv.pointwise1",
+        "conv.pointwise2",
+    }
     assert quantized == {f"blocks.{i}.{n}" for i in range(2) for n in per_block}
     assert float_names - quantized == {"frontend.out", "head", "blocks.0.attn.pos_proj", "blocks.1.attn.pos_proj"}
     assert CROSSBAR_LAYERS == QuantConfig().include
@@ -125,16 +151,34 @@ def test_quantize_does_nothing_for_float_and_rejects_patterns_that_match_nothing
 
 def test_memsim_maps_a_quantized_conformer_exactly_on_ideal_crossbars():
     torch.manual_seed(0)
-    model = ConformerCTC(ModelConfig(vocab_size=10, frontend="conv2d", d_model=16, n_layers=2, n_heads=2, d_ff=32,
-                                     kernel_size=3, dropout=0.0, attn_dropout=0.0))
+    model = ConformerCTC(
+        ModelConfig(
+            vocab_size=10,
+            frontend="conv2d",
+            d_model=16,
+            n_layers=2,
+            n_heads=2,
+            d_ff=32,
+            kernel_size=3,
+            dropout=0.0,
+            attn_dropout=0.0,
+        )
+    )
     quantize(model, QuantConfig(weight_bits=3))
     features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
     model(features, lengths)  # observe input ranges
     model.eval()
     with torch.no_grad():
         digital, _ = model(features, lengths)
-        config = memsim.CrossbarConfig(weight_bits=3, tile_size=16, device="ideal", read_noise="none", dac_bits=8,
-                                       adc_precision_bits=None, adc_range_bits=None)
+        config = memsim.CrossbarConfig(
+            weight_bits=3,
+            tile_size=16,
+            device="ideal",
+            read_noise="none",
+            dac_bits=8,
+            adc_precision_bits=None,
+            adc_range_bits=None,
+        )
         memsim.convert(model, config, include=CROSSBAR_LAYERS)
         analog, _ = model(features, lengths)
     assert sum(isinstance(m, memsim.MemristorLinear) for m in model.modules()) == 16

@@ -1,4 +1,5 @@
 """The whole recipe end to end on a few-utterance mini corpus: outputs, sweeps, forced retraining, reproducibility."""
+
 import csv
 import json
 import logging
@@ -14,20 +15,39 @@ from asr import settings
 from asr.checkpoint import load_model
 from asr.pipeline import graph, runner
 from asr.pipeline.outputs import RECORD
-from asr.pipeline.stages import SUMMARY_FILE, STAGES
+from asr.pipeline.stages import STAGES, SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_MODEL = ["model.d_model=32", "model.n_layers=1", "model.d_ff=64", "model.n_heads=2", "train.max_steps=3",
-              "train.checkpoint_every=1", "train.average_last=2", "loader.num_workers=0", "qat_train.epochs=1"]
+TINY_MODEL = [
+    "model.d_model=32",
+    "model.n_layers=1",
+    "model.d_ff=64",
+    "model.n_heads=2",
+    "train.max_steps=3",
+    "train.checkpoint_every=1",
+    "train.average_last=2",
+    "loader.num_workers=0",
+    "qat_train.epochs=1",
+]
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory, tiny_mini_corpus, tiny_splits, make_cfg):
     """A work dir through every stage once: (work_dir, overrides that reproduce its configuration)."""
     work = tmp_path_factory.mktemp("recipe")
-    sizes = [f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()]
-    overrides = ["+experiment=mini", f"work_dir={work}", f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
-                 *sizes, *TINY_MODEL, "memsim.instances=2", "memsim.tile_size=16", "decode.beam_size=8"]
+    sizes = [
+        f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()
+    ]
+    overrides = [
+        "+experiment=mini",
+        f"work_dir={work}",
+        f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
+        *sizes,
+        *TINY_MODEL,
+        "memsim.instances=2",
+        "memsim.tile_size=16",
+        "decode.beam_size=8",
+    ]
     runner.run(make_cfg(*overrides))
     return work, overrides
 
@@ -91,12 +111,18 @@ def test_forced_retraining_decodes_and_programs_again_and_reproduces_every_resul
     work, overrides = recipe
     s = settings.load(make_cfg(*overrides))
     before = {kind: runs(work, kind) for kind in ("exp", "decode", "memsim")}
-    weights = {m.relpath: torch.load(work / m.relpath / "final.pt", weights_only=True)["model"] for m in graph.systems(s)}
+    weights = {
+        m.relpath: torch.load(work / m.relpath / "final.pt", weights_only=True)["model"] for m in graph.systems(s)
+    }
     results = hypotheses(work)
     runner.run(make_cfg(*overrides, "force=[train_float]"))
     after = {kind: runs(work, kind) for kind in ("exp", "decode", "memsim")}
-    for output in [*graph.systems(s), *graph.decodes(s, graph.model(s, False)), *graph.decodes(s, graph.model(s, True)),
-                   graph.chip(s, graph.model(s, True))]:
+    for output in [
+        *graph.systems(s),
+        *graph.decodes(s, graph.model(s, False)),
+        *graph.decodes(s, graph.model(s, True)),
+        graph.chip(s, graph.model(s, True)),
+    ]:
         folder = str(work / output.relpath)
         kind = output.kind
         assert after[kind][folder] != before[kind][folder], folder  # the QAT model starts from the float one
@@ -125,24 +151,45 @@ def test_the_memsim_stage_is_bit_reproducible(recipe, make_cfg):
     logits = []
     for _ in range(2):
         model, generator, _ = chips.program(work / trained.relpath / "final.pt", s.chip_config(), 7, "cpu")
-        generator.manual_seed(chips.read_seed(7, "dev"))
+        chips.reseed(generator, 7, "dev")
         with torch.inference_mode():
-            logits.append(model(torch.randn(2, 50, 80, generator=torch.Generator().manual_seed(0)),
-                                torch.tensor([50, 40]))[0])
+            logits.append(
+                model(torch.randn(2, 50, 80, generator=torch.Generator().manual_seed(0)), torch.tensor([50, 40]))[0]
+            )
     assert torch.equal(*logits)
     assert isinstance(load_model(work / trained.relpath / "final.pt"), torch.nn.Module)
 
 
 def test_unknown_key_on_the_command_line_is_one_clear_message(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "+experiment=mini",
-                             f"work_dir={tmp_path}", "quant.wieght_bits=3"], capture_output=True, text=True,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run.py"),
+            "+experiment=mini",
+            f"work_dir={tmp_path}",
+            "quant.wieght_bits=3",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
     assert result.returncode != 0 and "wieght_bits" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_bad_setting_on_the_command_line_is_one_clear_message(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "+experiment=mini",
-                             f"work_dir={tmp_path}", "memsim.dac_bits=6"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run.py"),
+            "+experiment=mini",
+            f"work_dir={tmp_path}",
+            "memsim.dac_bits=6",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("error: memsim.dac_bits=6 differs from quant.input_bits=8: the chip maps the model "
-                                     "exactly only when its DAC has the bits of the activation quantizer")
+    assert result.stderr.strip() == (
+        "error: memsim.dac_bits=6 differs from quant.input_bits=8: the chip maps the model "
+        "exactly only when its DAC has the bits of the activation quantizer"
+    )

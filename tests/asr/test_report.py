@@ -1,4 +1,5 @@
 """The report: results read from records, grouped, compared with their references with bootstrap intervals."""
+
 import csv
 import subprocess
 import sys
@@ -25,24 +26,34 @@ def made(root: Path, output: Output, errors: list[int] | None = None) -> Output:
     job.begin()
     results = None
     if errors is not None:
-        lines = [{"id": f"utt{i}", "ref": "", "hyp": "", "words": WORDS, "corr": WORDS - e, "sub": e, "del": 0, "ins": 0}
-                 for i, e in enumerate(errors)]
+        lines = [
+            {"id": f"utt{i}", "ref": "", "hyp": "", "words": WORDS, "corr": WORDS - e, "sub": e, "del": 0, "ins": 0}
+            for i, e in enumerate(errors)
+        ]
         write_jsonl(job.path / HYPS_FILE, lines)
         score = sum((Score.of_utterance(line) for line in lines), Score())
-        results = {SCORE_FILE: {"split": output.settings["split"], "method": output.settings["method"],
-                                **score.to_dict()}}
+        results = {
+            SCORE_FILE: {"split": output.settings["split"], "method": output.settings["method"], **score.to_dict()}
+        }
     job.commit(results)
     return output
 
 
 def model(root: Path, bits: float | None, baseline: Output | None = None) -> Output:
     out = Output("train", "exp", f"m-{bits}", {"quant": {"weight_bits": bits}, "train": {"lr": 1e-3}})
-    return made(root, Output(out.stage, out.kind, out.label, out.settings,
-                             notes={"baseline": (baseline or out).relpath}))
+    return made(
+        root, Output(out.stage, out.kind, out.label, out.settings, notes={"baseline": (baseline or out).relpath})
+    )
 
 
-def decode(root: Path, trained: Output, errors: list[int], beam_size: int = 100, chip: Output | None = None,
-           instance: int | None = None) -> None:
+def decode(
+    root: Path,
+    trained: Output,
+    errors: list[int],
+    beam_size: int = 100,
+    chip: Output | None = None,
+    instance: int | None = None,
+) -> None:
     settings = {"split": "test", "method": "beam", "beam_size": beam_size}
     if chip is not None:
         settings = {"instance": instance, **settings}
@@ -64,8 +75,17 @@ def work(tmp_path) -> Path:
     decode(root, float_model, spread(20))
     decode(root, float_model, spread(30), beam_size=10)
     decode(root, qat, spread(22))
-    chip = made(root, Output("memsim", "memsim", "my chip", {"crossbar": {"device": "ideal", "weight_bits": 3.0},
-                                                              "seed": 1}, {"model": qat}, (qat.name,)))
+    chip = made(
+        root,
+        Output(
+            "memsim",
+            "memsim",
+            "my chip",
+            {"crossbar": {"device": "ideal", "weight_bits": 3.0}, "seed": 1},
+            {"model": qat},
+            (qat.name,),
+        ),
+    )
     for instance, errors in enumerate((24, 26, 28)):
         decode(root, qat, spread(errors), chip=chip, instance=instance)
     return root
@@ -102,13 +122,17 @@ def test_a_result_made_from_an_older_run_of_its_model_is_left_out(work, tmp_path
 
 def test_report_script_merges_work_directories_and_refuses_empty_ones(work, tmp_path):
     out = tmp_path / "merged"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(work), "--out", str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report.py"), str(work), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "|qat|3|" in (out / "RESULTS.md").read_text()
     (tmp_path / "empty").mkdir()
-    empty = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(tmp_path / "empty")],
-                           capture_output=True, text=True)
+    empty = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report.py"), str(tmp_path / "empty")], capture_output=True, text=True
+    )
     assert empty.returncode == 1 and "no current decode results" in empty.stderr and "Traceback" not in empty.stderr
 
 

@@ -16,10 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def record(corpus, split, talk, start, end, text, speaker=None, seg=None):
     seg_start, seg_end = seg or (start, end)
-    return {"id": f"{talk}-{round(start * 100):07d}-{round(end * 100):07d}",
-            "audio": str((corpus / split / "sph" / f"{talk}.sph").resolve()),
-            "start": seg_start, "end": seg_end, "duration": round(seg_end - seg_start, 3),
-            "speaker": speaker or talk, "text": text}
+    return {
+        "id": f"{talk}-{round(start * 100):07d}-{round(end * 100):07d}",
+        "audio": str((corpus / split / "sph" / f"{talk}.sph").resolve()),
+        "start": seg_start,
+        "end": seg_end,
+        "duration": round(seg_end - seg_start, 3),
+        "speaker": speaker or talk,
+        "text": text,
+    }
 
 
 def test_manifests_follow_tedlium_conventions(fake_corpus, tmp_path, caplog):
@@ -39,9 +44,17 @@ def test_manifests_follow_tedlium_conventions(fake_corpus, tmp_path, caplog):
         record(fake_corpus, "dev", b, 3.0, 4.0, "they're here"),
     ]
     assert read_jsonl(out / "test.jsonl") == [record(fake_corpus, "test", c, 0.0, 1.0, "a test")]
-    assert stats["train"] == {"talks": 1, "segments": 3, "words": 10, "hours": round(5.0 / 3600, 4),
-                              "dropped_ignored": 1, "dropped_empty": 1, "dropped_too_short": 1,
-                              "dropped_too_long": 0, "clipped": 1}
+    assert stats["train"] == {
+        "talks": 1,
+        "segments": 3,
+        "words": 10,
+        "hours": round(5.0 / 3600, 4),
+        "dropped_ignored": 1,
+        "dropped_empty": 1,
+        "dropped_too_short": 1,
+        "dropped_too_long": 0,
+        "clipped": 1,
+    }
     assert stats["dev"]["segments"] == 2 and stats["dev"]["words"] == 2
     assert json.loads((out / "stats.json").read_text()) == stats
     assert "clipped 1 segment" in caplog.text and "line 6" in caplog.text
@@ -94,8 +107,7 @@ def _segment_outside_audio(corpus):
     return corpus, "TalkC_2013.stm line 2: segment 12.00-13.00 s lies outside its audio"
 
 
-BAD_INPUTS = [_missing_corpus, _missing_audio, _unreadable_audio, _malformed_line, _bad_times,
-              _segment_outside_audio]
+BAD_INPUTS = [_missing_corpus, _missing_audio, _unreadable_audio, _malformed_line, _bad_times, _segment_outside_audio]
 
 
 @pytest.mark.parametrize("spoil", BAD_INPUTS, ids=lambda f: f.__name__[1:])
@@ -111,9 +123,19 @@ def test_command_line_reports_bad_input_without_traceback(fake_corpus, tmp_path)
     _malformed_line(fake_corpus)
     work = tmp_path / "work"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "run.py"), "+experiment=tedlium2", f"data.corpus_dir={fake_corpus}",
-         f"work_dir={work}", "stages=[prepare]"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run.py"),
+            "+experiment=tedlium2",
+            f"data.corpus_dir={fake_corpus}",
+            f"work_dir={work}",
+            "stages=[prepare]",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
     assert result.returncode == 1
     assert "TalkB_2012.stm line 3: malformed STM line" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr

@@ -2,8 +2,12 @@ import pytest
 
 from asr import tokenizer
 
-TEXTS = ["it's the quiet camera near the river", "we don't know <unk> yet", "they're going to build a robot",
-         "in nineteen ninety four she found the old bridge"] * 20
+TEXTS = [
+    "it's the quiet camera near the river",
+    "we don't know <unk> yet",
+    "they're going to build a robot",
+    "in nineteen ninety four she found the old bridge",
+] * 20
 
 
 @pytest.mark.parametrize("model_type,vocab_size", [("char", 100), ("bpe", 60), ("unigram", 40)])

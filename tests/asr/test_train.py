@@ -27,26 +27,50 @@ def one_thread():
 
 def tiny_model(quant: QuantConfig | None = None, dropout: float = 0.1) -> ConformerCTC:
     torch.manual_seed(0)
-    model = ConformerCTC(ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=2, n_heads=2, d_ff=64,
-                                     kernel_size=5, dropout=dropout, attn_dropout=dropout, pos_enc="relative",
-                                     conv_norm="layer"))
+    model = ConformerCTC(
+        ModelConfig(
+            vocab_size=10,
+            frontend="conv2d",
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            d_ff=64,
+            kernel_size=5,
+            dropout=dropout,
+            attn_dropout=dropout,
+            pos_enc="relative",
+            conv_norm="layer",
+        )
+    )
     return quantize(model, quant) if quant else model
 
 
 def synthetic_batches(n: int, size: int = 4, frames: int = 48, seed: int = 1) -> list[dict]:
     """Batches shaped like asr.data.batching.collate's: random features and label sequences."""
     g = torch.Generator().manual_seed(seed)
-    return [{
-        "feats": torch.randn(size, frames, 80, generator=g),
-        "feat_lens": torch.randint(frames // 2, frames + 1, (size,), generator=g).clamp_max(frames),
-        "tokens": torch.randint(1, 10, (size, 5), generator=g),
-        "token_lens": torch.randint(2, 6, (size,), generator=g),
-    } for _ in range(n)]
+    return [
+        {
+            "feats": torch.randn(size, frames, 80, generator=g),
+            "feat_lens": torch.randint(frames // 2, frames + 1, (size,), generator=g).clamp_max(frames),
+            "tokens": torch.randint(1, 10, (size, 5), generator=g),
+            "token_lens": torch.randint(2, 6, (size,), generator=g),
+        }
+        for _ in range(n)
+    ]
 
 
 def quick_config(**overrides) -> TrainConfig:
-    base = dict(optimizer="radam", lr=3e-3, schedule="onecycle", epochs=3, checkpoint_every=5, keep_checkpoints=3,
-                average_last=2, log_every=2, seed=0)
+    base = dict(
+        optimizer="radam",
+        lr=3e-3,
+        schedule="onecycle",
+        epochs=3,
+        checkpoint_every=5,
+        keep_checkpoints=3,
+        average_last=2,
+        log_every=2,
+        seed=0,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -92,10 +116,15 @@ def test_resuming_with_other_optimization_settings_is_a_clear_error(tmp_path):
 
 
 def test_checkpoints_are_pruned_and_final_is_the_average_of_epoch_ends(tmp_path):
-    model = fit(tiny_model(), synthetic_batches(4), quick_config(), tmp_path, valid_batches=synthetic_batches(1, seed=2))
+    model = fit(
+        tiny_model(), synthetic_batches(4), quick_config(), tmp_path, valid_batches=synthetic_batches(1, seed=2)
+    )
     kept = checkpoint.checkpoints(tmp_path)  # step checkpoints (5, 10) are for resuming only
-    assert [p.name for p in kept] == ["ckpt-00000004-epoch-0001.pt", "ckpt-00000008-epoch-0002.pt",
-                                      "ckpt-00000012-epoch-0003.pt"]
+    assert [p.name for p in kept] == [
+        "ckpt-00000004-epoch-0001.pt",
+        "ckpt-00000008-epoch-0002.pt",
+        "ckpt-00000012-epoch-0003.pt",
+    ]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     final = checkpoint.load(tmp_path / "final.pt")["model"]
     expected = checkpoint.average(kept[-2:])
@@ -107,8 +136,10 @@ def test_checkpoints_are_pruned_and_final_is_the_average_of_epoch_ends(tmp_path)
 
 def test_a_step_limit_inside_an_epoch_ends_a_partial_epoch_that_final_averages(tmp_path):
     fit(tiny_model(), synthetic_batches(4), quick_config(max_steps=6, checkpoint_every=100), tmp_path)
-    assert [p.name for p in checkpoint.epoch_checkpoints(tmp_path)] == ["ckpt-00000004-epoch-0001.pt",
-                                                                        "ckpt-00000006-epoch-0002.pt"]
+    assert [p.name for p in checkpoint.epoch_checkpoints(tmp_path)] == [
+        "ckpt-00000004-epoch-0001.pt",
+        "ckpt-00000006-epoch-0002.pt",
+    ]
     final = checkpoint.load(tmp_path / "final.pt")["model"]
     expected = checkpoint.average(checkpoint.epoch_checkpoints(tmp_path))
     assert all(torch.equal(final[k], expected[k]) for k in expected)
@@ -136,8 +167,13 @@ def test_utterances_too_short_for_their_labels_are_counted_as_dropped(tmp_path):
 @pytest.mark.parametrize("quant", [None, QuantConfig(weight_bits=3)], ids=["float", "qat-from-scratch"])
 def test_training_lowers_the_loss_on_every_device(tmp_path, device, quant):
     batches = synthetic_batches(2)
-    fit(tiny_model(quant, dropout=0.0), batches, quick_config(epochs=40, lr=5e-3, log_every=10, checkpoint_every=1000),
-        tmp_path, device=device)
+    fit(
+        tiny_model(quant, dropout=0.0),
+        batches,
+        quick_config(epochs=40, lr=5e-3, log_every=10, checkpoint_every=1000),
+        tmp_path,
+        device=device,
+    )
     losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
     assert losses[-1] < 0.5 * losses[0], losses
 
@@ -167,8 +203,9 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str, shards: list) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     model = fit(tiny_model(dropout=0.0), shards[rank], quick_config(epochs=2), out_dir, device="cpu")
     torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
@@ -177,7 +214,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, shards: list) ->
 
 def test_ddp_on_two_cpu_processes_matches_one_process_on_the_whole_batches(tmp_path):
     whole = synthetic_batches(3, size=4)
-    shards = [[{k: v[r * 2:(r + 1) * 2] for k, v in b.items()} for b in whole] for r in range(2)]
+    shards = [[{k: v[r * 2 : (r + 1) * 2] for k, v in b.items()} for b in whole] for r in range(2)]
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), shards), nprocs=2)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in range(2)]
     single = fit(tiny_model(dropout=0.0), whole, quick_config(epochs=2), tmp_path / "single").state_dict()
@@ -187,9 +224,19 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_the_whole_batches(tmp_p
 
 
 def test_train_stage_trains_float_then_qat_from_the_float_weights(tmp_path, tiny_mini_corpus, tiny_splits, make_cfg):
-    sizes = [f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()]
-    tiny = ["model.d_model=32", "model.n_layers=1", "model.d_ff=64", "model.n_heads=2", "train.max_steps=2",
-            "train.checkpoint_every=1", "train.average_last=2", "loader.num_workers=0"]
+    sizes = [
+        f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()
+    ]
+    tiny = [
+        "model.d_model=32",
+        "model.n_layers=1",
+        "model.d_ff=64",
+        "model.n_heads=2",
+        "train.max_steps=2",
+        "train.checkpoint_every=1",
+        "train.average_last=2",
+        "loader.num_workers=0",
+    ]
     base = [f"work_dir={tmp_path}", f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}", *sizes, *tiny]
     qat = [*base, "quant=qat", "+qat_train.init_from=float"]
     runner.run(make_cfg(*qat, "stages=[prepare,tokenizer,cmvn,train_float,train]"))

@@ -35,7 +35,6 @@ def test_three_bit_weights_use_four_cells_each():
 
 def per_cell_read(layer, x, noise, reads=1):
     """Brute force: every cell read by the device model itself at its own row voltage, then summed."""
-    config = layer.config
     two, in_padded, planes, out = layer.r.shape
     batch = x.shape[0]
     cells = memsim.CellArray(batch * layer.r.numel())
@@ -60,8 +59,9 @@ def _sum_cells(layer, x, cells, noise):
 @pytest.mark.parametrize("adc_bits", [(None, None), (4, 10)])
 def test_gemm_read_matches_per_cell_read_in_distribution(adc_bits):
     torch.manual_seed(1)
-    config = memsim.CrossbarConfig(tile_size=16, read_noise="paper", adc_precision_bits=adc_bits[0],
-                                   adc_range_bits=adc_bits[1])
+    config = memsim.CrossbarConfig(
+        tile_size=16, read_noise="paper", adc_precision_bits=adc_bits[0], adc_range_bits=adc_bits[1]
+    )
     layer = memsim.MemristorLinear.from_linear(nn.Linear(40, 6), config, generator=torch.Generator().manual_seed(2))
     x = torch.randn(3, 40)
     reads = 600
@@ -104,8 +104,10 @@ def test_reasonable_adc_clips_large_column_sums():
 
 def test_seeds_reproduce_a_chip_and_different_seeds_differ():
     linear = nn.Linear(64, 32)
-    chips = [memsim.MemristorLinear.from_linear(linear, memsim.CrossbarConfig(), torch.Generator().manual_seed(s))
-             for s in (7, 7, 8)]
+    chips = [
+        memsim.MemristorLinear.from_linear(linear, memsim.CrossbarConfig(), torch.Generator().manual_seed(s))
+        for s in (7, 7, 8)
+    ]
     assert torch.equal(chips[0].r, chips[1].r) and not torch.equal(chips[0].r, chips[2].r)
 
 
@@ -123,7 +125,9 @@ def test_paper_noise_is_larger_than_physical_by_the_expected_factor():
     physical, paper = memsim.READ_NOISE_MODES["physical"], memsim.READ_NOISE_MODES["paper"]
     # At 0.6 V shot noise dominates both modes; the ratio lies between the shot-only and the 0.2 V figure.
     shot_only = math.sqrt(paper.charge * paper.bandwidth / (physical.charge * physical.bandwidth))
-    assert 0.8 * shot_only < ratio < 1.1 * math.sqrt(paper.variance_per_siemens(0.6) / physical.variance_per_siemens(0.6))
+    assert (
+        0.8 * shot_only < ratio < 1.1 * math.sqrt(paper.variance_per_siemens(0.6) / physical.variance_per_siemens(0.6))
+    )
 
 
 def test_state_dict_restores_a_programmed_chip_exactly():
@@ -202,17 +206,20 @@ def test_calibrate_sets_input_ranges_from_batches():
     assert torch.allclose(model(10 * torch.ones(1, 4)), model(3 * torch.ones(1, 4)))
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("weight_bits", 2.5, "1.5 \\(ternary\\) or an integer"),
-    ("weight_bits", 9, "from 2 to 8"),
-    ("tile_size", 0, "positive integer"),
-    ("dac_bits", 1, "from 2 to 24"),
-    ("v_read", 2.0, "\\(0, 1.5\\]"),
-    ("read_noise", "loud", "one of"),
-    ("device", "pcm", "synaptogen"),
-    ("set_voltage", 1.0, "negative"),
-    ("var_order", 11, "from 1 to 10"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("weight_bits", 2.5, "1.5 \\(ternary\\) or an integer"),
+        ("weight_bits", 9, "from 2 to 8"),
+        ("tile_size", 0, "positive integer"),
+        ("dac_bits", 1, "from 2 to 24"),
+        ("v_read", 2.0, "\\(0, 1.5\\]"),
+        ("read_noise", "loud", "one of"),
+        ("device", "pcm", "synaptogen"),
+        ("set_voltage", 1.0, "negative"),
+        ("var_order", 11, "from 1 to 10"),
+    ],
+)
 def test_bad_config_is_named(field, value, message):
     with pytest.raises(ValueError, match=f"CrossbarConfig.{field} must be .*{message}.*got {value!r}"):
         memsim.CrossbarConfig(**{field: value})

@@ -52,8 +52,9 @@ def make_pair(n, p, device, monkeypatch, seed=0):
     generator = torch.Generator(device=device).manual_seed(seed)
     ours = memsim.CellArray(n, params=memsim.load_params(p=p), generator=generator)
     uniform, z, epsilon = recorder.take()
-    k = np.searchsorted(np.cumsum(ours.params.gmm_weights.cpu().numpy()) / ours.params.gmm_weights.sum().item(),
-                        uniform)
+    k = np.searchsorted(
+        np.cumsum(ours.params.gmm_weights.cpu().numpy()) / ours.params.gmm_weights.sum().item(), uniform
+    )
     # The reference draws innovations [4, n], the component uniforms, then per component [8, n_k].
     server.queue = [epsilon, uniform] + [z[k == kk].T for kk in range(ours.params.gmm_weights.numel())]
     theirs = ReferenceCells(n, p=p)
@@ -84,9 +85,18 @@ def assert_same_state(ours, theirs, label):
 
 def scripted_voltages(n, seed=1):
     rng = np.random.default_rng(seed)
-    steps = [("SET", -2.0), ("partial RESET 0.8 V", 0.8), ("partial RESET 0.9 V", 0.9), ("SET", -2.0),
-             ("partial RESET 1.0 V", 1.0), ("partial RESET 1.2 V", 1.2), ("full RESET", 1.46),
-             ("SET", -2.5), ("full RESET", 2.0), ("weak SET", -0.7)]
+    steps = [
+        ("SET", -2.0),
+        ("partial RESET 0.8 V", 0.8),
+        ("partial RESET 0.9 V", 0.9),
+        ("SET", -2.0),
+        ("partial RESET 1.0 V", 1.0),
+        ("partial RESET 1.2 V", 1.2),
+        ("full RESET", 1.46),
+        ("SET", -2.5),
+        ("full RESET", 2.0),
+        ("weak SET", -0.7),
+    ]
     steps += [(f"random voltages {i}", rng.uniform(-1.6, 1.6, n).astype(np.float32)) for i in range(25)]
     steps += [("SET", -2.0), ("per-cell partial RESET", rng.uniform(0.7, 1.4, n).astype(np.float32))]
     return steps

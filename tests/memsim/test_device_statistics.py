@@ -48,7 +48,7 @@ def test_cycle_statistics_match_oracles(cycled, feature):
     overall = cycle_statistics(cycled, BURN_IN)[feature]
     size = DEVICES // GROUPS
     per_group = [
-        cycle_statistics({k: v[:, g * size:(g + 1) * size] for k, v in cycled.items()}, BURN_IN)[feature]
+        cycle_statistics({k: v[:, g * size : (g + 1) * size] for k, v in cycled.items()}, BURN_IN)[feature]
         for g in range(GROUPS)
     ]
     failures = []

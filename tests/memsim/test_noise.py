@@ -30,8 +30,10 @@ def test_physical_noise_at_read_voltage(lrs_and_hrs):
 def test_paper_noise_is_about_forty_times_physical(lrs_and_hrs):
     lrs, _ = lrs_and_hrs
     ratio = relative_sigma(lrs, "paper") / relative_sigma(lrs, "physical")
-    expected = (memsim.READ_NOISE_MODES["paper"].variance_per_siemens(0.2)
-                / memsim.READ_NOISE_MODES["physical"].variance_per_siemens(0.2)) ** 0.5
+    expected = (
+        memsim.READ_NOISE_MODES["paper"].variance_per_siemens(0.2)
+        / memsim.READ_NOISE_MODES["physical"].variance_per_siemens(0.2)
+    ) ** 0.5
     assert 30 < expected < 45
     assert ratio == pytest.approx(expected, rel=0.1)
 
