@@ -92,38 +92,36 @@ def test_eval_forward_is_the_contract_formula():
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
 
 
+# Ideal cells and converters with the DAC of the 8-bit activation quantizer: the exact mapping.
+IDEAL_CHIP = memsim.CrossbarConfig(
+    weight_bits=3,
+    tile_size=16,
+    device="ideal",
+    read_noise="none",
+    dac_bits=8,
+    adc_precision_bits=None,
+    adc_range_bits=None,
+)
+
+
 def test_an_ideal_crossbar_reproduces_the_quantized_layer():
     torch.manual_seed(0)
     layer = QuantLinear.from_linear(nn.Linear(40, 24), QuantConfig(weight_bits=3))
     layer(torch.randn(64, 40))
     layer.eval()
-    config = memsim.CrossbarConfig(
-        weight_bits=3,
-        tile_size=16,
-        device="ideal",
-        read_noise="none",
-        dac_bits=8,
-        adc_precision_bits=None,
-        adc_range_bits=None,
-    )
-    crossbar = memsim.MemristorLinear.from_linear(layer, config)
+    crossbar = memsim.MemristorLinear.from_linear(layer, IDEAL_CHIP)
     x = torch.randn(20, 40)
     torch.testing.assert_close(crossbar(x), layer(x), rtol=1e-4, atol=1e-4)
 
 
+def small_conformer(**options) -> ConformerCTC:
+    """A 2 x 16 Conformer-CTC with 10 output units."""
+    dims = dict(vocab_size=10, frontend="conv2d", d_model=16, n_layers=2, n_heads=2, d_ff=32, kernel_size=3)
+    return ConformerCTC(ModelConfig(**dims, **options))
+
+
 def test_quantize_swaps_exactly_the_crossbar_layers():
-    model = ConformerCTC(
-        ModelConfig(
-            vocab_size=10,
-            frontend="conv2d",
-            d_model=16,
-            n_layers=2,
-            n_heads=2,
-            d_ff=32,
-            kernel_size=3,
-            pos_enc="relative",
-        )
-    )
+    model = small_conformer(pos_enc="relative")
     float_names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     quantize(model, QuantConfig(weight_bits=3))
     quantized = {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
@@ -151,35 +149,14 @@ def test_quantize_does_nothing_for_float_and_rejects_patterns_that_match_nothing
 
 def test_memsim_maps_a_quantized_conformer_exactly_on_ideal_crossbars():
     torch.manual_seed(0)
-    model = ConformerCTC(
-        ModelConfig(
-            vocab_size=10,
-            frontend="conv2d",
-            d_model=16,
-            n_layers=2,
-            n_heads=2,
-            d_ff=32,
-            kernel_size=3,
-            dropout=0.0,
-            attn_dropout=0.0,
-        )
-    )
+    model = small_conformer(dropout=0.0, attn_dropout=0.0)
     quantize(model, QuantConfig(weight_bits=3))
     features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
     model(features, lengths)  # observe input ranges
     model.eval()
     with torch.no_grad():
         digital, _ = model(features, lengths)
-        config = memsim.CrossbarConfig(
-            weight_bits=3,
-            tile_size=16,
-            device="ideal",
-            read_noise="none",
-            dac_bits=8,
-            adc_precision_bits=None,
-            adc_range_bits=None,
-        )
-        memsim.convert(model, config, include=CROSSBAR_LAYERS)
+        memsim.convert(model, IDEAL_CHIP, include=CROSSBAR_LAYERS)
         analog, _ = model(features, lengths)
     assert sum(isinstance(m, memsim.MemristorLinear) for m in model.modules()) == 16
     torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)

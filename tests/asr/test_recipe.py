@@ -160,34 +160,19 @@ def test_the_memsim_stage_is_bit_reproducible(recipe, make_cfg):
     assert isinstance(load_model(work / trained.relpath / "final.pt"), torch.nn.Module)
 
 
+def run_script(work: Path, override: str) -> subprocess.CompletedProcess:
+    """scripts/run.py on the mini experiment with one override, as a user runs it."""
+    command = [sys.executable, str(ROOT / "scripts" / "run.py"), "+experiment=mini", f"work_dir={work}", override]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
 def test_unknown_key_on_the_command_line_is_one_clear_message(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "run.py"),
-            "+experiment=mini",
-            f"work_dir={tmp_path}",
-            "quant.wieght_bits=3",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-    )
+    result = run_script(tmp_path, "quant.wieght_bits=3")
     assert result.returncode != 0 and "wieght_bits" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_bad_setting_on_the_command_line_is_one_clear_message(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "run.py"),
-            "+experiment=mini",
-            f"work_dir={tmp_path}",
-            "memsim.dac_bits=6",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = run_script(tmp_path, "memsim.dac_bits=6")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         "error: memsim.dac_bits=6 differs from quant.input_bits=8: the chip maps the model "
