@@ -34,16 +34,18 @@ def convert(
     generator: torch.Generator | None = None,
     include: Iterable[str] | str | None = None,
     exclude: Iterable[str] | str | None = None,
+    program: bool = True,
 ) -> nn.Module:
     """Replace, in place, the linear layers of any model by programmed MemristorLinear layers.
 
     include / exclude: module names or fnmatch patterns as in named_modules() (e.g. "encoder.*.ff*");
-    with include, only matching layers are converted; exclude wins over include.
+    with include, only matching layers are converted; exclude wins over include. program=False leaves the
+    cells unprogrammed, to load a saved chip into with load_state_dict.
     """
     if isinstance(model, MemristorLinear):
         raise ValueError("the model is already a MemristorLinear")
     if _is_mappable(model) and not include:
-        return MemristorLinear.from_linear(model, config, generator)
+        return MemristorLinear.from_linear(model, config, generator, program)
     chosen = [
         (name, module)
         for name, module in model.named_modules()
@@ -56,7 +58,7 @@ def convert(
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, MemristorLinear.from_linear(module, config, generator))
+        setattr(parent, child, MemristorLinear.from_linear(module, config, generator, program))
     return model
 
 

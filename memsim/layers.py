@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from memsim.config import CrossbarConfig
-from memsim.crossbar import ReadModel, bit_planes, crossbar_matmul, dac, integer_weights, program
+from memsim.crossbar import ReadModel, bit_planes, crossbar_matmul, dac, integer_weights
+from memsim.crossbar import program as program_cells
 
 
 class MemristorLinear(nn.Module):
@@ -49,11 +50,12 @@ class MemristorLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: Any, config: CrossbarConfig, generator: torch.Generator | None = None
+        cls, linear: Any, config: CrossbarConfig, generator: torch.Generator | None = None, program: bool = True
     ) -> MemristorLinear:
         """Map and program a trained layer: a plain nn.Linear (per-tensor scale max|W| / max_level), or a
         quantization-aware linear exposing integer_weight(), weight_scale and input_scale, input_bits (any
-        module with these attributes: duck-typed, hence `Any`)."""
+        module with these attributes: duck-typed, hence `Any`). program=False maps without programming
+        (every cell stays in HRS): a shell to load a saved chip's state_dict into, in a fraction of the time."""
         weight = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, generator)
         layer.to(weight.device)
@@ -69,10 +71,11 @@ class MemristorLinear(nn.Module):
             layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * (2 ** (linear.input_bits - 1) - 1))
         else:
             q, scale = integer_weights(weight, config.max_level)
-        r, failed = program(bit_planes(q, config.planes, config.tile_size), config, generator)
-        layer.r.copy_(r)
+        if program:
+            r, failed = program_cells(bit_planes(q, config.planes, config.tile_size), config, generator)
+            layer.r.copy_(r)
+            layer.failed_cells.fill_(failed)
         layer.weight_scale.copy_(scale.expand(linear.out_features))
-        layer.failed_cells.fill_(failed)
         if layer.bias is not None:
             layer.bias.data.copy_(linear.bias.detach())
         return layer

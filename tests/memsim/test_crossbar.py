@@ -141,6 +141,16 @@ def test_state_dict_restores_a_programmed_chip_exactly():
     assert torch.equal(chip(x), other(x)) and torch.equal(chip[0].r, other[0].r)
 
 
+def test_an_unprogrammed_shell_takes_a_saved_chip_without_programming():
+    config = memsim.CrossbarConfig(read_noise="none")
+    chip = memsim.convert(nn.Sequential(nn.Linear(50, 20)), config, generator=torch.Generator().manual_seed(1))
+    shell = memsim.convert(nn.Sequential(nn.Linear(50, 20)), config, program=False)
+    assert torch.equal(shell[0].r, torch.ones_like(chip[0].r))  # every cell still in HRS
+    shell.load_state_dict(chip.state_dict())
+    x = torch.randn(4, 50)
+    assert torch.equal(chip(x), shell(x))
+
+
 def test_failed_sets_are_retried_and_counted():
     linear = nn.Linear(64, 64)
     weak = memsim.CrossbarConfig(set_voltage=-0.6, verify_retries=0)  # above most cells' SET threshold

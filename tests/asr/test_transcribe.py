@@ -1,0 +1,140 @@
+"""Transcription of audio files with a trained model, digitally and on fresh or saved chips."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asr import settings, transcribe
+from asr.errors import UserError
+from asr.pipeline import graph, runner
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_mini_corpus, tiny_splits, make_cfg):
+    """A tiny work dir with float and 3-bit models and one chip folder; the settings; a test utterance as wav."""
+    work = tmp_path_factory.mktemp("work")
+    sizes = [
+        f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()
+    ]
+    overrides = [
+        "+experiment=mini",
+        f"work_dir={work}",
+        f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
+        *sizes,
+        "model.d_model=32",
+        "model.n_layers=1",
+        "model.d_ff=64",
+        "model.n_heads=2",
+        "train.max_steps=2",
+        "loader.num_workers=0",
+        "qat_train.epochs=1",
+        "memsim.instances=1",
+        "memsim.tile_size=16",
+        "decode.methods=[greedy]",
+        "decode.splits=[test]",
+    ]
+    runner.run(make_cfg(*overrides, "stages=[prepare,tokenizer,cmvn,train_float,train,memsim]"))
+    s = settings.load(make_cfg(*overrides))
+    record = graph.data_files(s).records("test")[0]
+    samples, rate = sf.read(record["audio"], start=round(record["start"] * 16000), stop=round(record["end"] * 16000))
+    sf.write(work / "utterance.wav", samples, rate)
+    return work, s
+
+
+def test_a_file_is_transcribed_alike_at_any_rate_and_channel_count(trained, tmp_path):
+    work, s = trained
+    samples, _ = sf.read(work / "utterance.wav", dtype="float32")
+    stereo = np.stack([samples, samples], axis=1)
+    sf.write(tmp_path / "stereo.flac", stereo, 16000)
+    assert torch.equal(transcribe.read_audio(tmp_path / "stereo.flac"), torch.from_numpy(samples))
+    sf.write(tmp_path / "fast.wav", samples[::2], 8000)
+    assert abs(len(transcribe.read_audio(tmp_path / "fast.wav")) - len(samples)) <= 2  # resampled to 16 kHz
+    model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
+    texts = transcribe.transcribe_files(model.load("cpu"), model, [work / "utterance.wav", tmp_path / "stereo.flac"])
+    assert len(texts) == 2 and texts[0] == texts[1]
+
+
+def test_a_fresh_chip_is_saved_and_loads_back_cell_for_cell(trained, tmp_path):
+    work, s = trained
+    model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
+    chip_folder = work / graph.chip(s, graph.model(s, True)).relpath
+    fresh, config = transcribe.model_on(model, "7", chip_folder, "cpu")
+    assert config == s.chip_config()
+    transcribe.save_chip(tmp_path / "chip.pt", model, config, fresh)
+    loaded, saved = transcribe.model_on(model, str(tmp_path / "chip.pt"), chip_folder, "cpu")
+    assert saved == config
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    other = transcribe.TrainedModel.open(work / graph.model(s, False).relpath)
+    with pytest.raises(UserError, match="holds a chip of exp/small-w3a8-.*, not of exp/small-float-"):
+        transcribe.model_on(other, str(tmp_path / "chip.pt"), None, "cpu")
+    with pytest.raises(UserError, match="is the float model"):
+        transcribe.model_on(other, "7", None, "cpu")
+
+
+def test_a_chip_saved_with_other_settings_is_refused(trained, tmp_path):
+    work, s = trained
+    model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
+    config = transcribe.chip_settings(model, None)
+    chip = transcribe.program_chip(model, config, 3, "cpu")
+    transcribe.save_chip(tmp_path / "chip.pt", model, config, chip)
+    chip_folder = work / graph.chip(s, graph.model(s, True)).relpath  # tile_size 16, not the default 128
+    with pytest.raises(UserError, match="saved with other chip settings .*tile_size"):
+        transcribe.model_on(model, str(tmp_path / "chip.pt"), chip_folder, "cpu")
+
+
+def test_bad_input_is_named(trained, tmp_path):
+    work, s = trained
+    (tmp_path / "notes.wav").write_text("not audio")
+    with pytest.raises(UserError, match="notes.wav: cannot read audio"):
+        transcribe.read_audio(tmp_path / "notes.wav")
+    with pytest.raises(UserError, match="is not a trained model of a work dir"):
+        transcribe.TrainedModel.open(tmp_path)
+    (tmp_path / "chip.pt").write_bytes(b"junk")
+    model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
+    with pytest.raises(UserError, match="chip.pt: cannot read a saved chip"):
+        transcribe.model_on(model, str(tmp_path / "chip.pt"), None, "cpu")
+
+
+def test_the_command_line_prints_a_line_per_file(trained):
+    work, s = trained
+    model = work / graph.model(s, True).relpath
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "transcribe.py"),
+            str(work / "utterance.wav"),
+            "--model",
+            str(model),
+            "--chip",
+            "1",
+            "--method",
+            "beam",
+            "--beam-size",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert line.startswith(f"{work / 'utterance.wav'}\t")
+    missing = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "transcribe.py"),
+            str(work / "utterance.wav"),
+            "--model",
+            str(work / "nope"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "is not a trained model" in missing.stderr and "Traceback" not in missing.stderr
