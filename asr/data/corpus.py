@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asr.data import download as download_module
 from asr.data import mini_corpus
 from asr.data.tedlium import SPLITS
 
@@ -48,19 +49,25 @@ class DataSettings:
     name: str = "mini"
     corpus_dir: str | None = None  # TEDLIUM_release2 with {train,dev,test}/{sph,stm}
     synth: SynthSettings | None = None  # set: the mini corpus is synthesized and corpus_dir is ignored
+    download: bool = False  # fetch and unpack the corpus into corpus_dir if it is not there (asr.data.download)
+    url: str = download_module.TEDLIUM2_URL
+    sha256: str | None = download_module.TEDLIUM2_SHA256  # of the archive; None: check its size only
 
     def __post_init__(self):
         if self.synth is not None:
             return
         if not self.corpus_dir:
-            raise ValueError("data.corpus_dir is not set: pass data.corpus_dir=/path/to/TEDLIUM_release2")
-        if not Path(self.corpus_dir).is_dir():
-            raise ValueError(f"data.corpus_dir: no such directory: {self.corpus_dir}")
+            raise ValueError(
+                "data.corpus_dir is not set: pass data.corpus_dir=/path/to/TEDLIUM_release2 (add data.download=true "
+                "to fetch it there)"
+            )
+        if not self.download and not Path(self.corpus_dir).is_dir():
+            raise ValueError(f"data.corpus_dir: no such directory: {self.corpus_dir} (data.download=true fetches it)")
 
     def identity(self) -> dict:
         """What the prepared manifests depend on: the synthesis recipe, or the corpus folder."""
         if self.synth is None:
-            return {"name": self.name, "corpus_dir": str(self.locate().resolve())}
+            return {"name": self.name, "corpus_dir": str(Path(str(self.corpus_dir)).resolve())}
         s = self.synth
         return {
             "name": self.name,
@@ -74,6 +81,7 @@ class DataSettings:
     def locate(self) -> Path:
         """The TEDLIUM_release2 tree: the user's copy, or the mini corpus (synthesized on first use)."""
         if self.synth is None:
-            return Path(str(self.corpus_dir))  # set: __post_init__ checked it
+            corpus = Path(str(self.corpus_dir))  # set: __post_init__ checked it
+            return download_module.ensure_corpus(corpus, self.url, self.sha256) if self.download else corpus
         s = self.synth
         return mini_corpus.build(s.cache_dir, s.seed, {k: vars(v) for k, v in s.splits.items()}, s.workers)
