@@ -10,7 +10,9 @@ split), so a split's noise does not depend on which other splits or methods a ru
 """
 
 import hashlib
+import itertools
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -40,8 +42,25 @@ def reseed(generator: torch.Generator, seed: int, split: str) -> None:
     generator.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:7], "little"))
 
 
-def chip_summary(model: ConformerCTC, config: memsim.CrossbarConfig, program_seconds: float) -> dict:
-    """memsim.summary's totals and layers, the configuration, and ADC conversions per second of audio."""
+def layer_errors(chip: ConformerCTC, model_path: Path, batches: Iterable[dict], count: int) -> list[dict]:
+    """memsim.layer_errors of the chip against the digital model at model_path, over `count` batches (features
+    as decode_split reads them): where the chip's error arises, layer by layer."""
+    device = next(chip.parameters()).device
+    digital = load_model(model_path, device)
+
+    def run(model: torch.nn.Module) -> None:
+        model.eval()
+        for batch in itertools.islice(batches, count):
+            model(batch["feats"].to(device), batch["feat_lens"].to(device))
+
+    return memsim.layer_errors(chip, digital, run)
+
+
+def chip_summary(
+    model: ConformerCTC, config: memsim.CrossbarConfig, program_seconds: float, errors: list[dict]
+) -> dict:
+    """memsim.summary's totals and layers, the configuration, ADC conversions per second of audio, and the
+    layer errors against the digital model."""
     rows = memsim.summary(model)
     vectors_per_second = int(model.output_lengths(torch.tensor([FEATURE_FRAMES_PER_SECOND]))[0])
     return {
@@ -50,4 +69,5 @@ def chip_summary(model: ConformerCTC, config: memsim.CrossbarConfig, program_sec
         "total": rows[-1],
         "adc_conversions_per_second_of_audio": rows[-1]["adc_conversions"] * vectors_per_second,
         "program_seconds": round(program_seconds, 2),
+        "layer_errors": errors,
     }

@@ -8,14 +8,25 @@ Esser et al. 2020), an exponential moving average instead of the running max for
 Only the layers a crossbar holds are quantized (`CROSSBAR_LAYERS`: feed-forward, attention in/out
 projections, conv-module pointwise layers); the frontend, the output layer and everything else stay float.
 Pass the same patterns to `memsim.convert(..., include=CROSSBAR_LAYERS)` so the two sides agree.
+
+The rest of that code's QAT, each an option (all on in `configs/quant/paper.yaml`): the outputs of the
+crossbar layers quantized too (`output_bits`), the digital attention products quantized at the weight bit
+width (`quantize_attention`: queries, keys, values and the attention weights) and the depthwise convolution's
+weights (`quantize_depthwise`).
 """
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from asr.model.attention import SelfAttention
+from asr.model.conformer import ConvModule
+
+M = TypeVar("M", bound=nn.Module)
 
 # Module names (fnmatch patterns over named_modules() of asr.model.ConformerCTC) that a crossbar holds.
 CROSSBAR_LAYERS = (
@@ -75,11 +86,14 @@ class QuantConfig:
     per_channel: bool = False  # one scale per output row (memsim maps per-tensor scales only)
     input_bits: int = 8
     input_momentum: float | None = None  # None: running max (MinMax, the paper); else EMA of each batch's max
+    output_bits: int | None = None  # quantize the outputs of the crossbar layers too (8 in the paper's code)
+    quantize_attention: bool = False  # queries, keys, values and attention weights at weight_bits
+    quantize_depthwise: bool = False  # the conv module's depthwise weights at weight_bits
     include: tuple[str, ...] = CROSSBAR_LAYERS
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        for name in ("weight_bits", "input_bits"):
+        for name in ("weight_bits", "input_bits", "output_bits"):
             value = getattr(self, name)
             if value is not None or name == "input_bits":
                 try:
@@ -125,7 +139,8 @@ class WeightQuantizer(nn.Module):
 
 
 class InputQuantizer(nn.Module):
-    """Per-tensor symmetric fake quantization of a layer's input with an observed range.
+    """Per-tensor symmetric fake quantization of an activation (a layer's input or output, an attention
+    operand) with an observed range; `bits` as max_level's (1.5: ternary).
 
     Training updates the range from each batch (running max, or an EMA with `momentum`) before quantizing;
     evaluation uses the stored range. All on-device, no host synchronization.
@@ -133,7 +148,7 @@ class InputQuantizer(nn.Module):
 
     max_abs: torch.Tensor
 
-    def __init__(self, bits: int = 8, momentum: float | None = None):
+    def __init__(self, bits: float = 8, momentum: float | None = None):
         super().__init__()
         self.bits = bits
         self.qmax = max_level(bits)
@@ -158,7 +173,7 @@ class InputQuantizer(nn.Module):
 
 
 class QuantLinear(nn.Linear):
-    """nn.Linear with fake-quantized weights and inputs; a crossbar converter maps it exactly.
+    """nn.Linear with fake-quantized weights and inputs (and outputs); a crossbar converter maps it exactly.
 
     Contract (what `memsim.MemristorLinear.from_linear` reads):
     - `integer_weight()`: [out_features, in_features] tensor of integers in +-`weight_qmax` (float dtype),
@@ -168,8 +183,11 @@ class QuantLinear(nn.Linear):
       clamp(round(x / input_scale), +-(2^(input_bits-1)-1)), so the DAC's full scale is
       input_scale * (2^(input_bits-1)-1).
     - `bias`: float, added digitally.
+    - `output_quant`: None, or an InputQuantizer (output_bits) applied after the bias; a converter keeps this
+      module and applies it to its own output, so the output quantization stays on on the chip.
     In eval mode forward(x) equals
-    F.linear(input_scale * clamp(round(x / input_scale)), integer_weight() * weight_scale, bias).
+    F.linear(input_scale * clamp(round(x / input_scale)), integer_weight() * weight_scale, bias), passed
+    through output_quant when it is set.
     """
 
     def __init__(
@@ -189,6 +207,9 @@ class QuantLinear(nn.Linear):
         self.weight_bits = config.weight_bits
         self.weight_quant = WeightQuantizer(self.weight, config.weight_bits, config.weight_scale, config.per_channel)
         self.input_quant = InputQuantizer(config.input_bits, config.input_momentum)
+        self.output_quant: InputQuantizer | None = None
+        if config.output_bits is not None:
+            self.output_quant = InputQuantizer(config.output_bits, config.input_momentum)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: QuantConfig) -> "QuantLinear":
@@ -217,7 +238,7 @@ class QuantLinear(nn.Linear):
         return self.input_quant.scale
 
     @property
-    def input_bits(self) -> int:
+    def input_bits(self) -> float:
         return self.input_quant.bits
 
     @torch.no_grad()
@@ -225,14 +246,55 @@ class QuantLinear(nn.Linear):
         return (self.weight / self.weight_scale).clamp(-self.weight_qmax, self.weight_qmax).round()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        y = F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)
+        return y if self.output_quant is None else self.output_quant(y)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight_bits={self.weight_bits}, input_bits={self.input_bits}"
+        output = "" if self.output_quant is None else f", output_bits={self.output_quant.bits}"
+        return f"{super().extra_repr()}, weight_bits={self.weight_bits}, input_bits={self.input_bits}{output}"
+
+
+class QuantConv1d(nn.Conv1d):
+    """nn.Conv1d with fake-quantized weights (per tensor, as the released code's Conv1dQuant): the conv
+    module's depthwise convolution under `quantize_depthwise`. Its input and output stay float."""
+
+    def __init__(self, *args, config: QuantConfig, weight: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if weight is not None:
+            self.weight.data.copy_(weight)
+        if config.weight_bits is None:
+            raise ValueError("QuantConv1d needs weight_bits (None is the float model)")
+        self.weight_quant = WeightQuantizer(self.weight, config.weight_bits, config.weight_scale)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv1d, config: QuantConfig) -> "QuantConv1d":
+        """A quantization-aware copy of a (trained or fresh) Conv1d; LSQ steps start from its weights."""
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device=conv.weight.device,
+            config=config,
+            weight=conv.weight.detach(),
+        )
+        if conv.bias is not None:
+            layer.get_parameter("bias").data.copy_(conv.bias.detach())
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight_quant(self.weight), self.bias)
 
 
 def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
-    """Swap, in place, the nn.Linear layers named by config.include (and not config.exclude) for QuantLinear.
+    """Swap, in place, the nn.Linear layers named by config.include (and not config.exclude) for QuantLinear;
+    with quantize_attention, give every SelfAttention quantizers for its queries, keys, values and weights;
+    with quantize_depthwise, make every ConvModule's depthwise convolution a QuantConv1d.
 
     Returns the model unchanged when config.weight_bits is None. Call it after loading float weights to
     start QAT from a float checkpoint, or on a fresh model for QAT from scratch (the paper).
@@ -252,7 +314,23 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent)
         setattr(owner, child, QuantLinear.from_linear(getattr(owner, child), config))
+    if config.quantize_attention:
+        for attention in _all(model, SelfAttention, "quantize_attention"):
+            attention.q_quant, attention.k_quant, attention.v_quant, attention.weights_quant = (
+                InputQuantizer(config.weight_bits, config.input_momentum) for _ in range(4)
+            )
+    if config.quantize_depthwise:
+        for conv in _all(model, ConvModule, "quantize_depthwise"):
+            conv.depthwise = QuantConv1d.from_conv(conv.depthwise, config)
     return model
+
+
+def _all(model: nn.Module, kind: type[M], option: str) -> list[M]:
+    """Every module of `kind` in the model; an option that would change nothing is an error."""
+    found = [m for m in model.modules() if isinstance(m, kind)]
+    if not found:
+        raise ValueError(f"{option}: the model has no {kind.__name__}")
+    return found
 
 
 def quantized_layers(model: nn.Module) -> list[str]:

@@ -159,7 +159,7 @@ def _result(root: Path, relpath: str, record: dict, records: Records) -> Result:
     if chip is not None:
         _flatten("memsim", {**chip["settings"]["crossbar"], "seed": chip["settings"]["seed"]}, settings)
     _flatten("decode", decode, settings)
-    bits = model["settings"]["quant"]["weight_bits"]
+    bits = (model["settings"]["quant"] or {}).get("weight_bits")  # None: the float model
     system = "memsim" if chip is not None else ("float" if bits is None else "qat")
     made_by = record["made_by"]
     return Result(

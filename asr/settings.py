@@ -34,7 +34,7 @@ from asr.model import ModelConfig
 from asr.quant import QuantConfig, max_level
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
-from memsim import ADC_PRESETS, CrossbarConfig
+from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,11 @@ else:
             ("instances", int, 3),  # programming instances (fresh chips), each decoding every split
             ("seed", int, 1000),  # instance k is programmed with seed + k
             ("adc", str | None, "high_precision"),  # a preset of ADC_CHOICES, or None: adc_*_bits as set
+            # instance k (1..instances) pre-cycles precycle_pulses + k x this (the paper's protocol: 50)
+            ("precycle_per_instance", int, 0),
+            # an ablation: "all" keeps every non-ideality, "none" removes them all, or the one of
+            # memsim.NON_IDEALITIES to keep alone (CrossbarConfig.only)
+            ("only", str, "all"),
         ),
     )
     PrepareSettings = mirror(PrepareOptions, "PrepareSettings")
@@ -161,13 +166,22 @@ class RecipeSettings:
         settings = self.train_settings(quantized)
         return settings.build(seed=self.seed)
 
-    def chip_config(self) -> CrossbarConfig:
-        """The crossbar chip that holds the quantized system's weights."""
+    def chip_config(self, instance: int = 0) -> CrossbarConfig:
+        """The crossbar chip that holds the quantized system's weights, as programmed for `instance` (0-based:
+        it sets the pre-cycling of precycle_per_instance)."""
         m = self.memsim
         config = m.build(weight_bits=self.quant.weight_bits)
         if m.adc == "ideal":
-            return dataclasses.replace(config, adc_precision_bits=None, adc_range_bits=None)
-        return config.with_adc(m.adc) if m.adc else config
+            config = dataclasses.replace(config, adc_precision_bits=None, adc_range_bits=None)
+        elif m.adc:
+            config = config.with_adc(m.adc)
+        if m.precycle_per_instance:
+            config = dataclasses.replace(
+                config, precycle_pulses=config.precycle_pulses + (instance + 1) * m.precycle_per_instance
+            )
+        if m.only != "all":
+            config = config.only(None if m.only == "none" else m.only)
+        return config
 
 
 def register() -> None:
@@ -260,6 +274,10 @@ def _check_chip(s: RecipeSettings) -> None:
         )
     if m.instances < 1:
         raise UserError(f"memsim.instances must be >= 1, got {m.instances}")
+    if m.only not in ("all", "none", *NON_IDEALITIES):
+        raise UserError(f"memsim.only must be 'all', 'none' or one of {list(NON_IDEALITIES)}, got {m.only!r}")
+    if m.precycle_per_instance < 0:
+        raise UserError(f"memsim.precycle_per_instance must be >= 0, got {m.precycle_per_instance}")
     if m.dac_bits is not None and m.dac_bits != s.quant.input_bits:
         raise UserError(
             f"memsim.dac_bits={m.dac_bits} differs from quant.input_bits={s.quant.input_bits}: the chip "

@@ -78,7 +78,7 @@ def chip_settings(trained: TrainedModel, folder: str | Path | None) -> memsim.Cr
     """The settings of a chip folder the memsim stage made for this model, or CrossbarConfig's defaults for
     the model's weight and input bits."""
     quant = trained.record["settings"]["quant"]
-    if quant["weight_bits"] is None:
+    if quant is None or quant["weight_bits"] is None:
         raise UserError(f"{trained.folder} is the float model: a chip holds a quantized (QAT) model's weights")
     if folder is None:
         return memsim.CrossbarConfig(weight_bits=quant["weight_bits"], dac_bits=quant["input_bits"])

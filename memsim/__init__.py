@@ -1,8 +1,9 @@
 """memsim: memristor crossbar simulation on the Synaptogen device model, in PyTorch."""
 
-from memsim.config import ADC_PRESETS, CrossbarConfig
+from memsim.config import ADC_PRESETS, NON_IDEALITIES, PRESETS, CrossbarConfig
 from memsim.convert import calibrate, convert, format_summary, summary
 from memsim.device import CellArray, draw_device_parameters
+from memsim.diagnostics import layer_errors
 from memsim.layers import MemristorLinear
 from memsim.noise import READ_NOISE_MODES, ReadNoise, read_noise
 from memsim.params import DeviceParams, ParamsError, load_params
@@ -13,6 +14,8 @@ __all__ = [
     "CrossbarConfig",
     "DeviceParams",
     "MemristorLinear",
+    "NON_IDEALITIES",
+    "PRESETS",
     "ParamsError",
     "READ_NOISE_MODES",
     "ReadNoise",
@@ -20,6 +23,7 @@ __all__ = [
     "convert",
     "draw_device_parameters",
     "format_summary",
+    "layer_errors",
     "load_params",
     "read_noise",
     "summary",

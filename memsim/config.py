@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from memsim.noise import READ_NOISE_MODES
 from memsim.params import MAX_VAR_ORDER
@@ -11,6 +12,10 @@ from memsim.params import MAX_VAR_ORDER
 # The paper's ADC settings (precision bits p, range bits r): step 2^-p, clipping at +-2^(r-1).
 ADC_PRESETS = {"high_precision": (8, 10), "reasonable": (4, 4)}
 DEVICES = ("synaptogen", "ideal")
+DAC_GRIDS = ("symmetric", "paper")
+CALIBRATIONS = ("nominal", "paper", "per_column")
+# What CrossbarConfig.only() can keep, each one a way the chip differs from the digital layer.
+NON_IDEALITIES = ("device_variation", "cycle_variation", "iv_nonlinearity", "read_noise", "dac", "adc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +31,15 @@ class CrossbarConfig:
     set_voltage: float = -2.0  # SET pulse for the cells that store 1 (the paper: -2 V)
     reset_voltage: float = 2.0  # full RESET of every cell before programming (the paper: +2 V)
     random_cycles: int = 0  # before programming, each cell runs a uniform 0..N full cycles (the paper's option)
+    precycle_pulses: int = 0  # before programming: pulses of one uniform [-2, 2] V draw per array (the paper)
     verify_retries: int = 3  # re-SET cells that did not switch, each time verify_step volts stronger
     verify_step: float = -0.25
+    dac_grid: str = "symmetric"  # "symmetric": +-(2^(b-1)-1) levels, as the activation quantizer; "paper"
+    calibration: str = "nominal"  # "nominal" | "paper" (its fixed 8020 A^-1) | "per_column" (fitted per column)
+    # Ablation switches: False removes one non-ideality of the Synaptogen cells (see only()).
+    device_variation: bool = True  # False: every device at the mixture's mean parameters
+    cycle_variation: bool = True  # False: no cycle-to-cycle variation (the VAR process stays at 0)
+    iv_nonlinearity: bool = True  # False: each cell ohmic at its own resistance (read at the model's U0)
     var_order: int = MAX_VAR_ORDER  # VAR order p of the device model
     params_path: str | None = None  # Synaptogen parameter JSON; None: the synaptogen package's
 
@@ -64,12 +76,48 @@ class CrossbarConfig:
             fail("reset_voltage", "a positive voltage")
         if not _is_int(self.random_cycles) or self.random_cycles < 0:
             fail("random_cycles", "a non-negative integer")
+        if not _is_int(self.precycle_pulses) or self.precycle_pulses < 0:
+            fail("precycle_pulses", "a non-negative integer")
         if not _is_int(self.verify_retries) or self.verify_retries < 0:
             fail("verify_retries", "a non-negative integer")
         if not isinstance(self.verify_step, (int, float)) or self.verify_step > 0:
             fail("verify_step", "a voltage <= 0 (each retry SETs harder)")
         if not _is_int(self.var_order) or not 1 <= self.var_order <= MAX_VAR_ORDER:
             fail("var_order", f"an integer from 1 to {MAX_VAR_ORDER}")
+        if self.dac_grid not in DAC_GRIDS:
+            fail("dac_grid", f"one of {list(DAC_GRIDS)}")
+        if self.calibration not in CALIBRATIONS:
+            fail("calibration", f"one of {list(CALIBRATIONS)}")
+        for switch in ("device_variation", "cycle_variation", "iv_nonlinearity"):
+            if not isinstance(getattr(self, switch), bool):
+                fail(switch, "True or False")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> CrossbarConfig:
+        """A named chip condition, with any field overridden: "physical" (this simulator's defaults) or
+        "paper" (the released code of Rossenbach et al. 2025, point by point: its read-noise constants, its
+        fixed output current scaling, its DAC grid, pre-cycling, no verify; docs/sources.md)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown chip preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def only(self, kept: str | None) -> CrossbarConfig:
+        """This config with every non-ideality removed but `kept` (one of NON_IDEALITIES; None keeps none).
+
+        Removing all of them (ideal converters, no read noise, identical ohmic cells at the nominal LRS and
+        HRS) leaves a chip that reproduces the digital layer under the nominal calibration."""
+        if kept is not None and kept not in NON_IDEALITIES:
+            raise ValueError(f"unknown non-ideality {kept!r}; choose one of {list(NON_IDEALITIES)} or None")
+        ideal: dict[str, dict[str, Any]] = {
+            "device_variation": {"device_variation": False},
+            "cycle_variation": {"cycle_variation": False},
+            "iv_nonlinearity": {"iv_nonlinearity": False},
+            "read_noise": {"read_noise": "none"},
+            "dac": {"dac_bits": None},
+            "adc": {"adc_precision_bits": None, "adc_range_bits": None},
+        }
+        changes = {field: value for name, fields in ideal.items() if name != kept for field, value in fields.items()}
+        return dataclasses.replace(self, **changes)
 
     @property
     def max_level(self) -> int:
@@ -87,6 +135,22 @@ class CrossbarConfig:
             raise ValueError(f"unknown ADC preset {preset!r}; choose one of {sorted(ADC_PRESETS)}")
         precision, range_ = ADC_PRESETS[preset]
         return dataclasses.replace(self, adc_precision_bits=precision, adc_range_bits=range_)
+
+
+# Named conditions for CrossbarConfig.preset(). The paper's instance k (k = 1..K) pre-cycles with k x 50
+# pulses: the recipe sets precycle_pulses per instance (memsim.precycle_per_instance).
+PRESETS: dict[str, dict[str, Any]] = {
+    "physical": {},
+    "paper": {
+        "read_noise": "paper",
+        "calibration": "paper",
+        "dac_grid": "paper",
+        "precycle_pulses": 50,
+        "verify_retries": 0,
+        "adc_precision_bits": ADC_PRESETS["high_precision"][0],
+        "adc_range_bits": ADC_PRESETS["high_precision"][1],
+    },
+}
 
 
 def _is_int(value) -> bool:

@@ -86,7 +86,8 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
 
 
 def summary(model: nn.Module) -> list[dict[str, Any]]:
-    """Per converted layer and in total: cells, arrays, tiles, failed cells, ADC conversions per input vector."""
+    """Per converted layer and in total: cells, arrays, tiles, failed cells, ADC conversions per input vector,
+    and the cells a read could disturb (count, and percent of the programmed cells; see crossbar.program)."""
     rows: list[dict[str, Any]] = []
     for name, layer in memristor_layers(model):
         tile = layer.config.tile_size
@@ -105,12 +106,20 @@ def summary(model: nn.Module) -> list[dict[str, Any]]:
                 "cells": arrays * tile * tile,
                 "failed_cells": int(layer.failed_cells),
                 "adc_conversions": in_tiles * planes * layer.out_features,
+                "read_disturbable_cells": int(layer.read_disturbable_cells),
+                "read_disturb_pct": _percent(int(layer.read_disturbable_cells), layer.r.numel()),
             }
         )
     total: dict[str, Any] = {"layer": "total", "shape": "", "weight_bits": "", "planes": ""}
-    for key in ("tiles", "arrays", "cells", "failed_cells", "adc_conversions"):
+    for key in ("tiles", "arrays", "cells", "failed_cells", "adc_conversions", "read_disturbable_cells"):
         total[key] = sum(row[key] for row in rows)
+    programmed = sum(layer.r.numel() for _, layer in memristor_layers(model))
+    total["read_disturb_pct"] = _percent(total["read_disturbable_cells"], programmed)
     return rows + [total]
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100 * part / whole, 2) if whole else 0.0
 
 
 def format_summary(rows: list[dict]) -> str:

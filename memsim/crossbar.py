@@ -16,6 +16,7 @@ per-cell current is ever built.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -25,10 +26,20 @@ from memsim.noise import ReadNoise, read_noise
 from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
 
 PROGRAM_CHUNK = 1 << 22  # cells programmed at once: bounds the device model's 230 bytes/cell of state
+# The paper's code maps crossbar currents to ADC inputs with a fixed 8020 A^-1 (DacAdcHardwareSettings.
+# hardware_output_current_scaling in rwth-i6/SynaptogenML; docs/sources.md): one programmed pair reads about 1.
+PAPER_OUTPUT_SCALING = 8020.0
+PRECYCLE_VOLTAGE = 2.0  # pre-cycling pulses are uniform in [-2, 2] V, one draw per array and pulse (the paper)
 
 
 def device_params(config: CrossbarConfig) -> DeviceParams:
-    return cached_params(config.params_path, config.var_order)
+    """The device model of a config, with the variations its ablation switches remove taken out."""
+    params = cached_params(config.params_path, config.var_order)
+    if not config.device_variation:
+        params = params.without_device_variation()
+    if not config.cycle_variation:
+        params = params.without_cycle_variation()
+    return params
 
 
 class ReadModel:
@@ -48,12 +59,19 @@ class ReadModel:
             self.delta = _divide_by_v(
                 _pad_like(params.hhrs, params.llrs) - _pad_like(params.llrs, params.hhrs), "HHRS - LLRS", params.path
             )
+            if not config.iv_nonlinearity:  # ohmic: the chord conductances at U0, whatever the voltage
+                self.base, self.delta = polyval(self.base, params.u0)[None], polyval(self.delta, params.u0)[None]
             r_lrs, r_hrs = nominal_r(params)
             self.r_on, self.r_off = r_lrs, r_hrs
             self.noise = read_noise(config.read_noise)
         v = torch.tensor(config.v_read)
-        # One programmed pair (LRS against HRS) at a full-scale input reads as 1 after calibration.
-        self.unit_current = float(v * polyval(self.delta, v) * (self.r_on - self.r_off))
+        # One programmed pair (LRS against HRS) at a full-scale input reads as 1 after calibration: for the
+        # nominal LRS and HRS of the device model, or with the paper's fixed scaling (Synaptogen cells only:
+        # the ideal device's conductance is arbitrary). Per-column calibration corrects on top of nominal.
+        if config.calibration == "paper" and config.device != "ideal":
+            self.unit_current = 1 / PAPER_OUTPUT_SCALING
+        else:
+            self.unit_current = float(v * polyval(self.delta, v) * (self.r_on - self.r_off))
 
     def conductances(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """base(v) and delta(v), elementwise (coefficients copied to v's device once, not per read)."""
@@ -107,26 +125,39 @@ def bit_planes(q: torch.Tensor, planes: int, tile_size: int) -> torch.Tensor:
     return cells
 
 
-def program(
-    cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, int]:
-    """Program binary contents into fresh cells; returns r (same shape, float32) and the failed-cell count.
+class Programmed(NamedTuple):
+    r: torch.Tensor  # the state variable of every cell, shaped as the contents
+    failed: int  # cells storing 1 that did not SET
+    read_disturbable: int  # cells a read within +-v_read could switch: see program()
 
-    Per chunk of cells: optional random cycling, full RESET, SET of the ones, then verify and re-SET
-    what did not switch (the SET threshold's tail), each retry verify_step volts harder.
+
+def program(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None) -> Programmed:
+    """Program binary contents [2, in_padded, planes, out] into fresh cells.
+
+    Per chunk of cells: optional random cycling and pre-cycling, full RESET, SET of the ones, then verify and
+    re-SET what did not switch (the SET threshold's tail), each retry verify_step volts harder.
+
+    Also counts the cells whose programmed state a read could disturb: a cell storing 0 whose SET threshold
+    lies above -v_read, or a cell storing 1 whose RESET threshold lies below +v_read. Reads never change a
+    cell in this simulator (as in the paper); the count says how much that assumption carries.
     """
     if config.device == "ideal":
-        return torch.where(cells_on, 0.0, 1.0), 0
+        return Programmed(torch.where(cells_on, 0.0, 1.0), 0, 0)
     flat_on = cells_on.reshape(-1)
     r = torch.empty(flat_on.shape, device=flat_on.device)
     params = device_params(config).to(flat_on.device)
     r_lrs, r_hrs = nominal_r(params)
     r_threshold = (r_lrs + r_hrs) / 2
-    failed = 0
+    precycle = _precycle_voltages(cells_on.shape, config, generator, flat_on.device)
+    failed = disturbable = 0
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
         cells = CellArray(on.numel(), params=params, generator=generator, device=on.device)
         _random_cycles(cells, config, generator)
+        if precycle is not None:
+            arrays = _array_of_cells(start, on.numel(), cells_on.shape, config.tile_size, on.device)
+            for voltages in precycle:
+                cells.apply_voltage(voltages[arrays])
         cells.apply_voltage(config.reset_voltage)
         for attempt in range(config.verify_retries + 1):
             todo = on & (cells.r > r_threshold)
@@ -135,7 +166,8 @@ def program(
             cells.apply_voltage(torch.where(todo, config.set_voltage + attempt * config.verify_step, 0.0))
         r[start : start + on.numel()] = cells.r
         failed += int((on & (cells.r > r_threshold)).sum())
-    return r.view(cells_on.shape), failed
+        disturbable += int(torch.where(on, cells.ur <= config.v_read, cells.us >= -config.v_read).sum())
+    return Programmed(r.view(cells_on.shape), failed, disturbable)
 
 
 def _random_cycles(cells: CellArray, config: CrossbarConfig, generator: torch.Generator | None) -> None:
@@ -148,12 +180,40 @@ def _random_cycles(cells: CellArray, config: CrossbarConfig, generator: torch.Ge
         cells.apply_voltage(torch.where(active, config.reset_voltage, 0.0))
 
 
+def _precycle_voltages(
+    shape: torch.Size, config: CrossbarConfig, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor | None:
+    """[pulses, arrays] voltages, uniform in +-PRECYCLE_VOLTAGE: one per array (a tile of one sign and
+    plane) and pulse, drawn before any cell so that chunking does not change them."""
+    if config.precycle_pulses == 0:
+        return None
+    _, in_padded, planes, out_features = shape
+    arrays = 2 * (in_padded // config.tile_size) * planes * math.ceil(out_features / config.tile_size)
+    uniform = torch.rand(config.precycle_pulses, arrays, generator=generator, device=device)
+    return uniform.mul_(2 * PRECYCLE_VOLTAGE).sub_(PRECYCLE_VOLTAGE)
+
+
+def _array_of_cells(start: int, count: int, shape: torch.Size, tile_size: int, device: torch.device) -> torch.Tensor:
+    """The array index of flat cells start..start+count of contents [2, in_padded, planes, out]."""
+    _, in_padded, planes, out_features = shape
+    flat = torch.arange(start, start + count, device=device)
+    column, rest = flat % out_features, flat // out_features
+    plane, rest = rest % planes, rest // planes
+    row, sign = rest % in_padded, rest // in_padded
+    row_tiles, column_tiles = in_padded // tile_size, math.ceil(out_features / tile_size)
+    return ((sign * row_tiles + row // tile_size) * planes + plane) * column_tiles + column // tile_size
+
+
 def dac(x: torch.Tensor, input_range: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
-    """Inputs to voltages: scaled by the input range into [-1, 1], quantized symmetrically, times v_read."""
+    """Inputs to voltages: scaled by the input range into [-1, 1], quantized, times v_read.
+
+    dac_grid "symmetric" has steps 1/(2^(b-1)-1), the activation quantizer's own grid, so an 8-bit DAC passes
+    8-bit activations unchanged; "paper" has steps 2^-(b-1) over [-1, 1] (2^b + 1 levels), as the paper's code.
+    """
     x = (x / input_range).clamp(-1, 1)
     if config.dac_bits is not None:
-        levels = 2 ** (config.dac_bits - 1) - 1
-        x = torch.round(x * levels) / levels
+        steps = 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
+        x = torch.round(x * steps) / steps
     return x * config.v_read
 
 
@@ -178,12 +238,18 @@ def adc_step(config: CrossbarConfig) -> float:
 
 
 def crossbar_matmul(
-    v: torch.Tensor, r: torch.Tensor, model: ReadModel, config: CrossbarConfig, generator: torch.Generator | None = None
+    v: torch.Tensor,
+    r: torch.Tensor,
+    model: ReadModel,
+    config: CrossbarConfig,
+    generator: torch.Generator | None = None,
+    columns: ColumnCalibration | None = None,
 ) -> torch.Tensor:
     """Read voltages v [B, in] through programmed tiles r [2, in_padded, planes, out].
 
     Returns sum over planes 2^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
-    product with v / v_read, as the hardware computes it, [B, out].
+    product with v / v_read, as the hardware computes it, [B, out]. With `columns`, each ADC output is
+    corrected digitally, (code - offset) / gain per tile, plane and column.
     """
     _, in_padded, planes, out_features = r.shape
     v = torch.nn.functional.pad(v, (0, in_padded - v.shape[-1]))
@@ -201,6 +267,9 @@ def crossbar_matmul(
         common_variance = 2 * (weight * base).view(v.shape[0], -1, config.tile_size).sum(2)
         total = (r[0] + r[1]).reshape(in_padded, planes * out_features)
         gaussian = v.new_empty(v.shape[0], planes * out_features)
+    if columns is not None:
+        offset_in_steps = (columns.offset / step).reshape(-1, planes * out_features)
+        inverse_gain = columns.gain.reciprocal().reshape(-1, planes * out_features)
     result = v.new_zeros(v.shape[0], out_features)
     for tile, start in enumerate(range(0, in_padded, config.tile_size)):
         rows = slice(start, start + config.tile_size)
@@ -210,6 +279,53 @@ def crossbar_matmul(
             std = (variance_rows[:, rows] @ total[rows]).add_(common_variance[:, tile : tile + 1])
             y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
         adc_codes(y, config)
+        if columns is not None:
+            y.sub_(offset_in_steps[tile]).mul_(inverse_gain[tile])
         for plane in range(planes):
             result.add_(y[:, plane * out_features : (plane + 1) * out_features], alpha=2**plane * step)
     return result
+
+
+class ColumnCalibration(NamedTuple):
+    gain: torch.Tensor  # [tiles, planes, out] measured / expected output of each column
+    offset: torch.Tensor  # [tiles, planes, out] in units of one programmed pair at a full-scale input
+
+
+MIN_COLUMN_GAIN = 0.1  # a broken column (its ones failed to SET) is not amplified beyond 10x
+# Test inputs are uniform in +-v_read x this: a trained layer's inputs mostly use a small part of the DAC's range
+# (set by the largest input seen), and the chord conductance depends on the voltage, so the fit reads at that
+# size. Measured on a 384 -> 1536 layer with N(0, 1) inputs: full-scale test inputs leave a 2 % gain error.
+COLUMN_TEST_AMPLITUDE = 0.25
+
+
+@torch.no_grad()
+def fit_columns(
+    cells_on: torch.Tensor,
+    r: torch.Tensor,
+    model: ReadModel,
+    config: CrossbarConfig,
+    generator: torch.Generator | None = None,
+) -> ColumnCalibration:
+    """Per-column calibration, as a chip does after programming: read every tile with known test inputs
+    (2 x tile_size vectors, uniform in +-v_read x COLUMN_TEST_AMPLITUDE, both polarities) and fit, per
+    tile, plane and column, measured = gain x expected + offset by least squares, where expected is what
+    the stored bits give.
+
+    The fit sees the noiseless currents (the mean of many test reads) before the ADC; it costs test reads
+    and two numbers per column, not weights.
+    """
+    _, in_padded, planes, out_features = r.shape
+    tiles, tile = in_padded // config.tile_size, config.tile_size
+    amplitude = config.v_read * COLUMN_TEST_AMPLITUDE
+    v = torch.rand(2 * tile, tile, generator=generator, device=r.device).mul_(2 * amplitude).sub_(amplitude)
+    _, delta = model.conductances(v)
+    measured = (v * delta / model.unit_current) @ (r[0] - r[1]).reshape(tiles, tile, planes * out_features)
+    stored = (cells_on[0].float() - cells_on[1].float()).reshape(tiles, tile, planes * out_features)
+    expected = (v / config.v_read) @ stored  # [tiles, tests, planes * out]
+    centred = expected - expected.mean(1, keepdim=True)
+    variance = centred.square().sum(1)
+    covariance = (centred * (measured - measured.mean(1, keepdim=True))).sum(1)
+    gain = torch.where(variance > 0, covariance / variance.clamp_min(torch.finfo(v.dtype).tiny), 1.0)
+    gain = gain.clamp_min(MIN_COLUMN_GAIN)
+    offset = measured.mean(1) - gain * expected.mean(1)
+    return ColumnCalibration(gain.view(tiles, planes, out_features), offset.view(tiles, planes, out_features))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from memsim.config import CrossbarConfig
-from memsim.crossbar import ReadModel, bit_planes, crossbar_matmul, dac, integer_weights
+from memsim.crossbar import ColumnCalibration, ReadModel, bit_planes, crossbar_matmul, dac, fit_columns, integer_weights
 from memsim.crossbar import program as program_cells
 
 
@@ -20,13 +20,20 @@ class MemristorLinear(nn.Module):
     `r` [2, in_padded, planes, out], the state variable of every positive/negative cell;
     `weight_scale` [out] (per-tensor scales repeated; per-channel scales are applied digitally too);
     `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
-    `failed_cells`, the cells that would not SET.
+    `failed_cells`, the cells that would not SET; `read_disturbable_cells`, those a read could switch;
+    with calibration="per_column", `column_gain` and `column_offset` [tiles, planes, out], the digital
+    correction fitted after programming.
+    `output_quant`: a quantizer the source layer applied to its output (a quantization-aware layer's
+    `output_quant` module), kept after the crossbar and the bias.
     """
 
     r: torch.Tensor
     weight_scale: torch.Tensor
     input_range: torch.Tensor
     failed_cells: torch.Tensor
+    read_disturbable_cells: torch.Tensor
+    column_gain: torch.Tensor
+    column_offset: torch.Tensor
 
     def __init__(
         self,
@@ -44,7 +51,12 @@ class MemristorLinear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features))  # per output column
         self.register_buffer("input_range", torch.zeros(()))
         self.register_buffer("failed_cells", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("read_disturbable_cells", torch.zeros((), dtype=torch.int64))
+        if config.calibration == "per_column":
+            self.register_buffer("column_gain", torch.ones(padded // config.tile_size, config.planes, out_features))
+            self.register_buffer("column_offset", torch.zeros_like(self.column_gain))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.output_quant: nn.Module | None = None
         self.read_model = ReadModel(config)
         self.calibrating = False
 
@@ -72,9 +84,18 @@ class MemristorLinear(nn.Module):
         else:
             q, scale = integer_weights(weight, config.max_level)
         if program:
-            r, failed = program_cells(bit_planes(q, config.planes, config.tile_size), config, generator)
-            layer.r.copy_(r)
-            layer.failed_cells.fill_(failed)
+            cells = bit_planes(q, config.planes, config.tile_size)
+            programmed = program_cells(cells, config, generator)
+            layer.r.copy_(programmed.r)
+            layer.failed_cells.fill_(programmed.failed)
+            layer.read_disturbable_cells.fill_(programmed.read_disturbable)
+            if config.calibration == "per_column":
+                gain, offset = fit_columns(cells, layer.r, layer.read_model, config, generator)
+                layer.column_gain.copy_(gain)
+                layer.column_offset.copy_(offset)
+        output_quant = getattr(linear, "output_quant", None)
+        if isinstance(output_quant, nn.Module):
+            layer.output_quant = output_quant
         layer.weight_scale.copy_(scale.expand(linear.out_features))
         if layer.bias is not None:
             layer.bias.data.copy_(linear.bias.detach())
@@ -88,10 +109,15 @@ class MemristorLinear(nn.Module):
             self.input_range.copy_(torch.maximum(self.input_range, batch_range))
         input_range = torch.where(self.input_range > 0, self.input_range, batch_range)
         v = dac(x, input_range, self.config)
-        y = crossbar_matmul(v, self.r, self.read_model, self.config, self.generator)
+        columns = None
+        if self.config.calibration == "per_column":
+            columns = ColumnCalibration(self.column_gain, self.column_offset)
+        y = crossbar_matmul(v, self.r, self.read_model, self.config, self.generator, columns)
         y = y * (input_range * self.weight_scale)
         if self.bias is not None:
             y = y + self.bias
+        if self.output_quant is not None:
+            y = self.output_quant(y)
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -99,5 +125,5 @@ class MemristorLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, weight_bits={c.weight_bits}, "
             f"device={c.device}, tile_size={c.tile_size}, dac_bits={c.dac_bits}, "
-            f"adc=({c.adc_precision_bits}, {c.adc_range_bits}), read_noise={c.read_noise}"
+            f"adc=({c.adc_precision_bits}, {c.adc_range_bits}), read_noise={c.read_noise}, calibration={c.calibration}"
         )

@@ -61,6 +61,20 @@ class DeviceParams:
         }
         return dataclasses.replace(self, **moved)
 
+    def without_device_variation(self) -> DeviceParams:
+        """Every device drawn at the mixture's mean (mu, sigma): one component, no spread (an ablation)."""
+        weights = self.gmm_weights / self.gmm_weights.sum()
+        mean = (weights[:, None] * self.gmm_means).sum(0, keepdim=True)
+        return dataclasses.replace(
+            self, gmm_weights=torch.ones_like(weights[:1]), gmm_means=mean, gmm_chol=torch.zeros_like(self.gmm_chol[:1])
+        )
+
+    def without_cycle_variation(self) -> DeviceParams:
+        """A VAR process that stays at 0: each device repeats the cycle mu + sigma Gamma(0) (an ablation)."""
+        return dataclasses.replace(
+            self, var_noise=torch.zeros_like(self.var_noise), var_lags=torch.zeros_like(self.var_lags)
+        )
+
 
 def polyval(coefficients: torch.Tensor, x: torch.Tensor | float) -> torch.Tensor:
     """Horner evaluation, highest power first, in the dtype of `coefficients`."""

@@ -37,7 +37,8 @@ class ConvModule(nn.Module):
 
     The pointwise convolutions are written as nn.Linear (identical maths, and mappable). Padded frames are
     zeroed before the depthwise conv so they do not leak into real frames. `norm="batch"` is the original
-    Conformer's BatchNorm; "layer" keeps every frame independent of the rest of the batch.
+    Conformer's BatchNorm; "layer" keeps every frame independent of the rest of the batch. asr.quant may
+    swap `depthwise` for a QuantConv1d (fake-quantized weights, the same parameter names).
     """
 
     def __init__(self, d_model: int, kernel_size: int, dropout: float, norm: str = "batch"):

@@ -66,7 +66,7 @@ def model(s: RecipeSettings, quantized: bool) -> Output:
         init = file_identity(run.init_from) if run.init_from else None
     settings = {
         "model": asdict(s.model),
-        "quant": asdict(s.quant_config(quantized)),
+        "quant": asdict(s.quant_config(quantized)) if quantized else None,  # a float model has no quant settings
         "train": train,
         "init_from": init,
         "features": asdict(s.features),
@@ -107,7 +107,8 @@ def decodes(s: RecipeSettings, trained: Output) -> list[Output]:
 
 def chip(s: RecipeSettings, trained: Output) -> Output:
     """The crossbar configuration that holds a quantized model (its summary: cells, tiles, ADC conversions)."""
-    settings = {"crossbar": asdict(s.chip_config()), "seed": s.memsim.seed}
+    m = s.memsim
+    settings = {"crossbar": asdict(s.chip_config()), "seed": m.seed, "precycle_per_instance": m.precycle_per_instance}
     return Output("memsim", "memsim", s.memsim.name, settings, {"model": trained}, (trained.name,))
 
 

@@ -29,6 +29,7 @@ from asr.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+LAYER_ERROR_BATCHES = 4  # batches of the first decode split that measure a chip's layer errors
 
 
 @dataclass(frozen=True)
@@ -103,22 +104,27 @@ def decode_jobs(
     for split, split_jobs in by_split.items():
         if before_split is not None:
             before_split(split)
-        loader = split_loader(
-            files,
-            split,
-            s.features,
-            max_seconds=s.decode.batch_seconds,
-            num_workers=s.loader.num_workers,
-            seed=s.seed,
-            train=False,
-            tokenize=False,
-        )
+        loader = _loader(s, split)
         chosen = {j.output.settings["method"]: j for j in split_jobs}
         scores = decode_split(model, loader, {m: decoders[m] for m in chosen}, {m: j.path for m, j in chosen.items()})
         for method, job in chosen.items():
             job.commit({SCORE_FILE: {"split": split, "method": method, **scores[method].to_dict()}})
             rows.append(scores[method].row(job.output.relpath))
     log.info("WER:\n%s", "\n".join([HEADER, *rows]))
+
+
+def _loader(s: RecipeSettings, split: str):
+    """The untokenized, unaugmented batches of one split, as decoding reads them."""
+    return split_loader(
+        graph.data_files(s),
+        split,
+        s.features,
+        max_seconds=s.decode.batch_seconds,
+        num_workers=s.loader.num_workers,
+        seed=s.seed,
+        train=False,
+        tokenize=False,
+    )
 
 
 def decode_models(s: RecipeSettings, jobs: list[Job]) -> None:
@@ -128,9 +134,8 @@ def decode_models(s: RecipeSettings, jobs: list[Job]) -> None:
 
 
 def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
-    """Program each instance that has pending outputs onto a fresh chip, summarize the chip (instance 0),
-    and decode its pending splits and methods."""
-    config = s.chip_config()
+    """Program each instance that has pending outputs onto a fresh chip, summarize the chip (instance 0:
+    cells, layer errors), and decode its pending splits and methods."""
     summaries = [j for j in jobs if "crossbar" in j.output.settings]
     by_instance = defaultdict(list)
     for job in jobs:
@@ -141,10 +146,13 @@ def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
     model_path = jobs[0].input("model") / train.FINAL
     for instance, instance_jobs in sorted(by_instance.items()):
         seed = s.memsim.seed + instance
+        config = s.chip_config(instance)
         model, generator, seconds = chips.program(model_path, config, seed, device())
         if instance == 0:
             for job in summaries:
-                summary = chips.chip_summary(model, config, seconds)
+                batches = _loader(s, s.decode.splits[0])
+                errors = chips.layer_errors(model, model_path, batches, LAYER_ERROR_BATCHES)
+                summary = chips.chip_summary(model, config, seconds, errors)
                 log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(model)))
                 job.commit({SUMMARY_FILE: summary})
         if instance_jobs:

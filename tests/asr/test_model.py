@@ -1,10 +1,12 @@
+import math
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from asr.model import ConformerCTC, Conv2dSubsampling, ModelConfig, VGGSubsampling, count_parameters, ctc_loss
-from asr.model.attention import rel_shift
+from asr.model.attention import SelfAttention, explicit_attention, rel_shift, relative_positions
 from asr.tokenizer import BLANK_ID
 
 
@@ -64,19 +66,12 @@ def test_padding_does_not_change_the_outputs_of_real_frames(pos_enc):
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
 
 
-def explicit_attention(q, k, v, attn_mask, dropout_p=0.0):
-    """scaled_dot_product_attention as two visible matmuls, so the FLOP counter sees them on every backend."""
-    scores = q @ k.transpose(-1, -2) / q.size(-1) ** 0.5
-    if attn_mask.dtype == torch.bool:
-        attn_mask = torch.zeros_like(scores).masked_fill(~attn_mask, float("-inf"))
-    return (scores + attn_mask).softmax(-1) @ v
-
-
 @pytest.mark.parametrize("pos_enc", ["none", "relative"])
 def test_every_weight_matmul_in_the_model_runs_inside_an_nn_linear(pos_enc, monkeypatch):
     """All matmul FLOPs are nn.Linear FLOPs plus the attention's activation-by-activation products, so a
     converter that swaps nn.Linear modules maps every weight product; the only convolutions in the
     Conformer blocks are depthwise (digital by design)."""
+    # two visible matmuls instead of SDPA, so the FLOP counter sees them on every backend
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", explicit_attention)
     torch.manual_seed(0)
     model = ConformerCTC(tiny_config(pos_enc=pos_enc)).eval()
@@ -104,7 +99,7 @@ def test_every_weight_matmul_in_the_model_runs_inside_an_nn_linear(pos_enc, monk
 
 
 def test_paper_config_has_about_42M_parameters():
-    model = ConformerCTC(ModelConfig(vocab_size=500))  # the dataclass defaults are the paper's model
+    model = ConformerCTC(ModelConfig(vocab_size=500))  # the dataclass defaults are the paper's architecture
     assert 41.5e6 < count_parameters(model) < 42.5e6
 
 
@@ -137,3 +132,41 @@ def test_outputs_are_the_tokenizer_units_with_blank_first():
     model = ConformerCTC(tiny_config())
     logits, _ = model(torch.randn(1, 30, 80), torch.tensor([30]))
     assert model.blank == BLANK_ID == 0 and logits.size(-1) == 12
+
+
+def sdpa_attention(attn: SelfAttention, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """SelfAttention.forward as it was before quantizers existed: the reference for its float path."""
+    b, t, d = x.shape
+    q, k, v = map(attn._heads, attn.in_proj(attn.norm(x)).chunk(3, dim=-1))
+    mask = valid[:, None, None, :]
+    if attn.pos_proj is not None:
+        p = attn._heads(attn.pos_proj(relative_positions(t, d)).unsqueeze(0))
+        bias = rel_shift(torch.matmul(q + attn.pos_bias_v, p.transpose(-1, -2))) * (1.0 / math.sqrt(q.size(-1)))
+        mask = bias.masked_fill(~mask, float("-inf"))
+        q = q + attn.pos_bias_u
+    y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.out_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+@pytest.mark.parametrize("rel_pos", [False, True], ids=["none", "relative"])
+def test_attention_without_quantizers_is_sdpa_and_the_explicit_path_matches_it(rel_pos):
+    torch.manual_seed(0)
+    attn = SelfAttention(32, 4, dropout=0.1, attn_dropout=0.1, rel_pos=rel_pos).eval()
+    x, valid = torch.randn(3, 17, 32), torch.arange(17)[None] < torch.tensor([[17], [12], [5]])
+    with torch.no_grad():
+        sdpa = attn(x, valid)
+        assert torch.equal(sdpa, sdpa_attention(attn, x, valid))
+        attn.weights_quant = nn.Identity()  # a quantizer that changes nothing: the explicit path
+        torch.testing.assert_close(attn(x, valid), sdpa, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bool_mask", [True, False], ids=["bool", "float"])
+def test_explicit_attention_is_scaled_dot_product_attention(bool_mask):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 9, 8).unbind(0)
+    mask = torch.rand(2, 4, 9, 9) > 0.3
+    mask[..., 0] = True  # every query attends somewhere
+    if not bool_mask:
+        mask = torch.randn(2, 4, 9, 9).masked_fill(~mask, float("-inf"))
+    expected = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(explicit_attention(q, k, v, mask), expected, rtol=1e-5, atol=1e-6)

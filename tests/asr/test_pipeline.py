@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import memsim
 from asr import settings
 from asr.errors import UserError
 from asr.pipeline import graph, outputs, runner
@@ -187,6 +188,9 @@ BAD_SETTINGS = [
     ("memsim.dac_bits=6", "memsim.dac_bits=6 differs from quant.input_bits=8"),
     ("memsim.adc_precision_bits=4", "memsim.adc=high_precision sets the ADC: set memsim.adc=null"),
     ("memsim.instances=0", "memsim.instances must be >= 1"),
+    ("memsim.only=noise", "memsim.only must be 'all', 'none' or one of"),
+    ("memsim.precycle_per_instance=-1", "memsim.precycle_per_instance must be >= 0"),
+    ("memsim.calibration=global", "CrossbarConfig.calibration must be one of"),
     ("data.synth.splits.dev.talks=0", "data.synth.splits.dev needs talks >= 1"),
     ("features.speeds=[]", "features.speeds must be a non-empty list"),
     ("loader.max_seconds=0", "loader.max_seconds must be > 0"),
@@ -209,3 +213,21 @@ def test_two_bit_weights_are_run_as_the_ternary_model(make_cfg, caplog):
         graph.model(s, True).relpath
         == graph.model(settings.load(make_cfg("+experiment=mini", "quant.weight_bits=1.5")), True).relpath
     )
+
+
+def test_the_paper_chip_is_the_memsim_preset_with_pre_cycling_per_instance(make_cfg):
+    s = settings.load(make_cfg("+experiment=mini", "quant=paper", "memsim=paper"))
+    assert s.chip_config(0) == memsim.CrossbarConfig.preset("paper", weight_bits=3, precycle_pulses=50)
+    assert [s.chip_config(k).precycle_pulses for k in range(3)] == [50, 100, 150]
+    assert s.quant.output_bits == 8 and s.quant.quantize_attention and s.quant.quantize_depthwise
+    physical = settings.load(make_cfg("+experiment=mini"))
+    assert physical.chip_config(2) == memsim.CrossbarConfig.preset("physical", weight_bits=3)
+
+
+def test_an_ablation_keeps_one_non_ideality_and_names_its_own_chip(make_cfg):
+    alone = settings.load(make_cfg("+experiment=mini", "memsim.only=iv_nonlinearity"))
+    assert alone.chip_config() == memsim.CrossbarConfig(weight_bits=3).only("iv_nonlinearity")
+    none = settings.load(make_cfg("+experiment=mini", "memsim.only=none"))
+    assert none.chip_config() == memsim.CrossbarConfig(weight_bits=3).only(None)
+    chips = {graph.chip(x, graph.model(x, True)).relpath for x in (alone, none)}
+    assert len(chips) == 2

@@ -1,10 +1,23 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 from torch import nn
 
 import memsim
-from asr.model import ConformerCTC, ModelConfig
-from asr.quant import CROSSBAR_LAYERS, InputQuantizer, QuantConfig, QuantLinear, fake_quantize, max_level, quantize
+from asr import checkpoint, settings
+from asr.model import ConformerCTC, ModelConfig, ctc_loss
+from asr.model.attention import SelfAttention
+from asr.quant import (
+    CROSSBAR_LAYERS,
+    InputQuantizer,
+    QuantConfig,
+    QuantConv1d,
+    QuantLinear,
+    fake_quantize,
+    max_level,
+    quantize,
+)
 
 
 def test_levels_per_bit_width():
@@ -114,6 +127,10 @@ def test_an_ideal_crossbar_reproduces_the_quantized_layer():
     torch.testing.assert_close(crossbar(x), layer(x), rtol=1e-4, atol=1e-4)
 
 
+# All of quant=paper's options (configs/quant/paper.yaml).
+PAPER = QuantConfig(weight_bits=3, output_bits=8, quantize_attention=True, quantize_depthwise=True)
+
+
 def small_conformer(**options) -> ConformerCTC:
     """A 2 x 16 Conformer-CTC with 10 output units."""
     dims = dict(vocab_size=10, frontend="conv2d", d_model=16, n_layers=2, n_heads=2, d_ff=32, kernel_size=3)
@@ -147,10 +164,11 @@ def test_quantize_does_nothing_for_float_and_rejects_patterns_that_match_nothing
         quantize(model, QuantConfig(weight_bits=3, include=("encoder.*",)))
 
 
-def test_memsim_maps_a_quantized_conformer_exactly_on_ideal_crossbars():
+@pytest.mark.parametrize("config", [QuantConfig(weight_bits=3), PAPER], ids=["qat", "paper"])
+def test_memsim_maps_a_quantized_conformer_exactly_on_ideal_crossbars(config):
     torch.manual_seed(0)
     model = small_conformer(dropout=0.0, attn_dropout=0.0)
-    quantize(model, QuantConfig(weight_bits=3))
+    quantize(model, config)
     features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
     model(features, lengths)  # observe input ranges
     model.eval()
@@ -160,3 +178,125 @@ def test_memsim_maps_a_quantized_conformer_exactly_on_ideal_crossbars():
         analog, _ = model(features, lengths)
     assert sum(isinstance(m, memsim.MemristorLinear) for m in model.modules()) == 16
     torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
+
+
+def on_grid(x: torch.Tensor, scale: torch.Tensor, qmax: int) -> bool:
+    """Whether x holds only the levels scale * {-qmax, ..., qmax}."""
+    levels = x / scale
+    return bool(torch.allclose(levels, levels.round(), atol=1e-4) and levels.abs().max() <= qmax + 1e-4)
+
+
+def test_quant_config_checks_output_bits_as_input_bits():
+    assert QuantConfig().output_bits is None
+    for bad in (1, 2.5, 17):
+        for name in ("input_bits", "output_bits"):
+            with pytest.raises(ValueError, match=name):
+                QuantConfig(**{name: bad})
+    assert QuantConfig(output_bits=8).output_bits == 8
+
+
+def test_output_quantizer_follows_the_bias_observes_in_training_and_freezes_in_eval():
+    torch.manual_seed(0)
+    assert QuantLinear.from_linear(nn.Linear(4, 4), QuantConfig()).output_quant is None
+    layer = QuantLinear.from_linear(nn.Linear(16, 8), QuantConfig(weight_bits=3, output_bits=8))
+    assert isinstance(layer.output_quant, InputQuantizer) and "output_quant.max_abs" in layer.state_dict()
+    x = torch.randn(32, 16)
+    y = layer(x)
+    float_y = nn.functional.linear(layer.input_quant(x), layer.weight_quant(layer.weight), layer.bias)
+    assert layer.output_quant.max_abs == float_y.abs().max()  # the range of the biased output
+    assert on_grid(y, layer.output_quant.scale, 127) and y.abs().max() == float_y.abs().max()
+    layer(x / 4)
+    assert layer.output_quant.max_abs == float_y.abs().max()  # a running max
+    layer.eval()
+    seen = layer.output_quant.max_abs.clone()
+    y = layer(10 * x)
+    assert layer.output_quant.max_abs == seen and on_grid(y, layer.output_quant.scale, 127)
+    assert y.abs().max() == seen  # clipped at the range seen in training
+
+
+@pytest.mark.parametrize("bits", [1.5, 3])
+def test_attention_quantizers_put_queries_keys_values_and_weights_on_the_weight_grid(bits):
+    torch.manual_seed(0)
+    model = small_conformer(attn_dropout=0.0, pos_enc="relative")
+    quantize(model, QuantConfig(weight_bits=bits, quantize_attention=True))
+    seen = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            seen[name] = (inputs[0], output, module.scale.clone())
+
+        return hook
+
+    attn = model.blocks[1].attn
+    for name in ("q_quant", "k_quant", "v_quant", "weights_quant"):
+        quant = getattr(attn, name)
+        assert isinstance(quant, InputQuantizer) and quant.qmax == max_level(bits)
+        quant.register_forward_hook(keep(name))
+    model(torch.randn(2, 40, 80), torch.tensor([40, 31]))
+    for name, (x, y, scale) in seen.items():
+        assert on_grid(y, scale, max_level(bits)), name
+        assert scale == x.abs().max() / max_level(bits), name  # its range: the running max of this batch
+    probabilities, quantized, _ = seen["weights_quant"]
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones_like(probabilities[..., 0]))  # the softmax
+    assert set(quantized.unique().tolist()) - {0.0} and not torch.equal(quantized, probabilities)
+
+
+def test_depthwise_weights_are_fake_quantized_under_their_old_names():
+    torch.manual_seed(0)
+    model = small_conformer()
+    float_keys = set(model.state_dict())
+    quantize(model, QuantConfig(weight_bits=3, quantize_depthwise=True))
+    keys = set(model.state_dict())
+    assert float_keys <= keys and all(k.endswith(".input_quant.max_abs") for k in keys - float_keys)
+    conv = model.blocks[0].conv.depthwise
+    assert isinstance(conv, QuantConv1d) and conv.groups == conv.in_channels == 16
+    used = []
+    conv.register_forward_hook(lambda module, inputs, output: used.append((inputs[0], output)))
+    model(torch.randn(2, 40, 80), torch.tensor([40, 31]))
+    x, y = used[0]
+    w = conv.weight_quant(conv.weight)
+    assert on_grid(w, conv.weight.abs().max() / 3, 3) and w.abs().max() == conv.weight.abs().max()
+    torch.testing.assert_close(y, nn.functional.conv1d(x, w, conv.bias, padding=1, groups=16), rtol=0, atol=1e-6)
+
+
+def test_by_default_attention_and_depthwise_stay_float():
+    model = quantize(small_conformer(pos_enc="relative"), QuantConfig(weight_bits=3))
+    for attn in (m for m in model.modules() if isinstance(m, SelfAttention)):
+        assert attn.q_quant is attn.k_quant is attn.v_quant is attn.weights_quant is None
+    assert not any(isinstance(m, QuantConv1d) for m in model.modules())
+    with pytest.raises(ValueError, match="quantize_attention: the model has no SelfAttention"):
+        quantize(nn.Sequential(nn.Linear(2, 2)), QuantConfig(weight_bits=3, quantize_attention=True, include=("0",)))
+
+
+@pytest.mark.parametrize("pos_enc", ["none", "relative"])
+def test_a_model_with_all_paper_options_trains_and_round_trips_through_a_checkpoint(pos_enc, tmp_path):
+    torch.manual_seed(0)
+    model_config = dict(vocab_size=10, frontend="conv2d", d_model=16, n_layers=2, n_heads=2, d_ff=32, kernel_size=3)
+    model_config.update(dropout=0.2, conv_norm="layer", pos_enc=pos_enc)
+    model = quantize(ConformerCTC(ModelConfig(**model_config)), PAPER)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    tokens, token_lengths = torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([3, 2])
+    logits, out_lengths = model(features, lengths)
+    loss = ctc_loss(logits, out_lengths, tokens, token_lengths, model.blank)
+    loss.backward()
+    assert torch.isfinite(loss)
+    quantized = [m for m in model.modules() if isinstance(m, QuantLinear | QuantConv1d)]
+    assert len(quantized) == 2 * 9
+    for module in quantized:
+        assert torch.isfinite(module.weight.grad).all() and module.weight.grad.abs().sum() > 0
+    optimizer.step()
+    path = tmp_path / "final.pt"
+    checkpoint.save({"meta": {"model": model_config, "quant": asdict(PAPER)}, "model": model.state_dict()}, path)
+    loaded = checkpoint.load_model(path)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(features, lengths)[0], model(features, lengths)[0])
+
+
+def test_quant_paper_config_is_all_paper_options(make_cfg):
+    s = settings.load(make_cfg("quant=paper", "model=paper"))
+    from_yaml = asdict(s.quant_config(True))  # the include and exclude tuples come back as lists
+    assert from_yaml == asdict(PAPER) | {"include": list(CROSSBAR_LAYERS), "exclude": []}
+    assert s.system_name(True) == "paper"
+    assert s.model.dropout == 0.2 and s.model.conv_norm == "layer"
