@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asr.chip_report import budget_plot, layer_error_table
 from asr.decode import HYPS_FILE, SCORE_FILE
 from asr.errors import UserError
 from asr.files import atomic_path, read_jsonl, write_text
@@ -307,6 +308,8 @@ def results_markdown(groups: list[Group], stale: list[str], title: str, notes: s
         if stale
         else ""
     )
+    chips = layer_error_table(groups)
+    chip_section = f"## Chip layer errors\n\n{chips}\n\n" if chips else ""
     return (
         f"# {title}\n\n{notes}## WER (%) per system\n\n{summary_table(groups)}\n\n"
         "Snt and Wrd: the utterances and reference words each split scored. A memsim row holds its programming "
@@ -315,7 +318,7 @@ def results_markdown(groups: list[Group], stale: list[str], title: str, notes: s
         "with the same decoding settings; the 95 % interval is a paired bootstrap over utterances (2000 "
         "resamples; the instances' own spread is in std/min/max). `settings` names what tells a row apart from "
         f"the other rows of its system, method and chip name.\n{stale_note}\n"
-        f"## Scoring details\n\n{espnet_table(groups)}\n\n"
+        f"{chip_section}## Scoring details\n\n{espnet_table(groups)}\n\n"
         f"## Environment\n\n- results made at git revision(s): {', '.join(revisions)}\n"
         f"- this report: git revision {env['revision']}{' (dirty)' if env['dirty'] else ''}, project "
         f"{env['project']}, python {env['python']}, torch {env['torch']}, {env['device']}\n"
@@ -408,7 +411,8 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
 
 
 def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = "") -> list[Group]:
-    """results.csv, RESULTS.md and wer_vs_bits.png in out_dir; returns the groups."""
+    """results.csv, RESULTS.md, wer_vs_bits.png and (with two chips or more) chips.png in out_dir; returns the
+    groups."""
     results, stale = collect(work_dirs)
     if not results:
         raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
@@ -417,4 +421,5 @@ def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = 
     write_csv(groups, out_dir / "results.csv")
     write_text(out_dir / "RESULTS.md", results_markdown(groups, stale, title, notes))
     plot(groups, out_dir / "wer_vs_bits.png")
+    budget_plot(groups, out_dir / "chips.png")
     return groups

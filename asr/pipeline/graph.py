@@ -20,6 +20,7 @@ from asr.settings import FLOAT, RecipeSettings
 
 NOT_IN_MODEL_IDENTITY = ("log_every", "keep_checkpoints", "checkpoint_every")
 TOKENIZER_FILE, CMVN_FILE = "sp.model", "cmvn.json"
+SUMMARY_FILE = "summary.json"  # a chip configuration's cells, tiles and layer errors (memsim stage)
 
 
 def manifests(s: RecipeSettings) -> Output:

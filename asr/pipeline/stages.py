@@ -28,7 +28,6 @@ from asr.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 LAYER_ERROR_BATCHES = 4  # batches of the first decode split that measure a chip's layer errors
 
 
@@ -154,7 +153,7 @@ def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
                 errors = chips.layer_errors(model, model_path, batches, LAYER_ERROR_BATCHES)
                 summary = chips.chip_summary(model, config, seconds, errors)
                 log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(model)))
-                job.commit({SUMMARY_FILE: summary})
+                job.commit({graph.SUMMARY_FILE: summary})
         if instance_jobs:
             decode_jobs(s, model, instance_jobs, functools.partial(chips.reseed, generator, seed))
         log.info("memsim instance %d: programmed in %.1f s", instance, seconds)

@@ -14,8 +14,9 @@ import torch
 from asr import settings
 from asr.checkpoint import load_model
 from asr.pipeline import graph, runner
+from asr.pipeline.graph import SUMMARY_FILE
 from asr.pipeline.outputs import RECORD
-from asr.pipeline.stages import STAGES, SUMMARY_FILE
+from asr.pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = [
@@ -71,7 +72,11 @@ def test_all_stages_from_corpus_to_report_then_a_rerun_makes_nothing(recipe, mak
     assert "|test|beam|memsim|3|high_precision-physical|-|2|" in results and "git revision" in results
     s = settings.load(make_cfg(*overrides))
     chip = graph.chip(s, graph.model(s, True))
-    assert json.loads((work / chip.relpath / SUMMARY_FILE).read_text())["total"]["tiles"] > 0
+    summary = json.loads((work / chip.relpath / SUMMARY_FILE).read_text())
+    assert summary["total"]["tiles"] > 0 and 0 < summary["total"]["read_disturb_pct"] < 50
+    mean = summary["layer_errors"][-1]
+    assert mean["layer"] == "mean" and 0 < mean["relative_error"] < 1 and 0.5 < mean["gain"] < 1.5
+    assert "## Chip layer errors" in results
     caplog.set_level(logging.INFO, logger="asr.pipeline.runner")
     runner.run(make_cfg(*overrides))
     assert sum("done already" in m for m in caplog.messages) == sum(st.outputs is not None for st in STAGES.values())

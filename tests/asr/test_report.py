@@ -10,6 +10,7 @@ import pytest
 
 from asr.decode import HYPS_FILE, SCORE_FILE
 from asr.files import write_jsonl
+from asr.pipeline.graph import SUMMARY_FILE
 from asr.pipeline.outputs import Job, Output, Records
 from asr.report import write_report
 from asr.scoring import Score
@@ -151,3 +152,32 @@ def test_paired_bootstrap_interval_covers_the_estimate_and_is_zero_for_a_copy():
     assert wide.high - wide.low > interval.high - interval.low  # fewer utterances, less certainty
     with pytest.raises(ValueError, match="same utterances"):
         relative_change(reference, system[:10])
+
+
+def test_chip_layer_errors_and_the_budget_chart_come_from_the_chip_summaries(work, tmp_path):
+    qat = next(p for p in (work / "exp").iterdir() if p.name.startswith("m-3.0"))
+    trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
+    assert trained.relpath == str(qat.relative_to(work))
+    errors = [
+        {"layer": "blocks.0.ff1.w1", "gain": 0.95, "relative_error": 0.12, "residual": 0.1},
+        {"layer": "blocks.0.ff1.w2", "gain": 0.97, "relative_error": 0.08, "residual": 0.07},
+        {"layer": "mean", "gain": 0.96, "relative_error": 0.10, "residual": 0.085},
+    ]
+    chip = Output("memsim", "memsim", "noisy", {"crossbar": {"device": "synaptogen"}, "seed": 1}, {"model": trained})
+    records = Records(work)
+    job = Job(work, chip, {"model": records.get(trained.relpath)["run"]}, forced=False)
+    job.begin()
+    job.commit({SUMMARY_FILE: {"layer_errors": errors, "total": {"read_disturb_pct": 19.5}}})
+    for instance, count in enumerate((30, 32)):
+        decode(work, trained, spread(count), chip=chip, instance=instance)
+    write_report([work], tmp_path / "out", "budget")
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("|w3 noisy|"))
+    assert row.endswith("|0.1000|0.9600|0.0850|blocks.0.ff1.w1 (0.1200)|19.5 %|") and "|15.50|+40.9 % [" in row
+    assert "|w3 my chip|13.00|+18.2 % [" in table and "|n/a|n/a|n/a|n/a|n/a|" in table  # no summary: n/a
+    assert (tmp_path / "out" / "chips.png").is_file()
+
+
+def test_no_budget_chart_for_a_single_chip(work, tmp_path):
+    write_report([work], tmp_path / "out", "one chip")
+    assert not (tmp_path / "out" / "chips.png").exists()

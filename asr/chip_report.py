@@ -1,0 +1,123 @@
+"""Where a chip's WER goes: per chip configuration, its WER change against the digital QAT model next to its
+crossbar layers' output errors (the memsim stage's summary.json, memsim.layer_errors), as a table and a
+bar chart. An error-budget sweep (memsim.only, experiment mini_budget) makes one row per non-ideality.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asr.files import atomic_path
+from asr.pipeline.graph import SUMMARY_FILE
+from asr.pipeline.outputs import read_json
+
+if TYPE_CHECKING:
+    from asr.report import Group
+
+
+def chip_groups(groups: list[Group], split: str = "test", method: str = "beam") -> list[Group]:
+    """The chip groups of one split and method (test and beam when present), one per chip configuration."""
+    memsim = [g for g in groups if g.first.system == "memsim"]
+    split = split if any(g.first.split == split for g in memsim) else min((g.first.split for g in memsim), default="")
+    method = (
+        method if any(g.first.method == method for g in memsim) else min((g.first.method for g in memsim), default="")
+    )
+    return [g for g in memsim if g.first.split == split and g.first.method == method]
+
+
+def chip_summary(g: Group) -> dict:
+    r = g.first
+    return read_json(r.root / str(r.chip) / SUMMARY_FILE) or {}
+
+
+def name(g: Group) -> str:
+    r = g.first
+    return f"w{r.weight_bits:g} {r.chip_label}" + (f" ({g.label})" if g.label else "")
+
+
+def layer_error_table(groups: list[Group]) -> str:
+    """One row per chip: WER, its change against the digital QAT model, and the layer errors (mean over the
+    crossbar layers of relative error, gain and residual; the worst layer), with the read-disturbable cells."""
+    chosen = chip_groups(groups)
+    if not chosen:
+        return ""
+    header = [
+        "chip",
+        "WER mean",
+        "rel. to QAT [95 % CI]",
+        "layer error",
+        "gain",
+        "residual",
+        "worst layer (error)",
+        "read-disturbable cells",
+    ]
+    lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
+    for g in chosen:
+        summary = chip_summary(g)
+        errors = summary.get("layer_errors") or []
+        layers = [row for row in errors if row["layer"] != "mean"]
+        mean = next((row for row in errors if row["layer"] == "mean"), None)
+        worst = max(layers, key=lambda row: row["relative_error"]) if layers else None
+        relative = g.relative.get("qat")
+        disturb = summary.get("total", {}).get("read_disturb_pct")
+        cells = [
+            name(g),
+            f"{statistics.mean(g.wers):.2f}",
+            relative.percent() if relative else "n/a",
+            f"{mean['relative_error']:.4f}" if mean else "n/a",
+            f"{mean['gain']:.4f}" if mean else "n/a",
+            f"{mean['residual']:.4f}" if mean else "n/a",
+            f"{worst['layer']} ({worst['relative_error']:.4f})" if worst else "n/a",
+            "n/a" if disturb is None else f"{disturb:.1f} %",
+        ]
+        lines.append("|" + "|".join(cells) + "|")
+    r = chosen[0].first
+    return (
+        f"Split {r.split}, {r.method} decoding. Layer error: |y - d| / |d| of each crossbar layer's output y "
+        "against its digital layer's d on the same inputs (4 batches of the first decoded split, instance 0), "
+        "averaged over the layers; gain: the least-squares slope of y on d; residual: what remains after the "
+        "gain. Read-disturbable cells: cells whose SET threshold lies above -v_read (those storing 0) or whose "
+        "RESET threshold lies below +v_read (those storing 1); reads never change a cell in this simulator.\n\n"
+        + "\n".join(lines)
+    )
+
+
+def budget_plot(groups: list[Group], path: Path) -> bool:
+    """Bars per chip: WER change against the digital QAT model (95 % interval) and mean layer error. Returns
+    False (and draws nothing) when fewer than two chips have results."""
+    chosen = chip_groups(groups)
+    if len(chosen) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [name(g) for g in chosen]
+    relative = [g.relative.get("qat") for g in chosen]
+    change = [100 * i.estimate if i else float("nan") for i in relative]
+    low = [100 * (i.estimate - i.low) if i else 0.0 for i in relative]
+    high = [100 * (i.high - i.estimate) if i else 0.0 for i in relative]
+    errors = []
+    for g in chosen:
+        mean = next((row for row in chip_summary(g).get("layer_errors", []) if row["layer"] == "mean"), None)
+        errors.append(100 * mean["relative_error"] if mean else float("nan"))
+    y = list(range(len(chosen)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.4 * len(chosen)), sharey=True)
+    left.barh(y, change, xerr=[low, high], capsize=3, color="tab:red")
+    left.axvline(0, color="black", linewidth=0.8)
+    left.set(xlabel="WER change against the digital QAT model (%, 95 % CI)", yticks=y, yticklabels=labels)
+    right.barh(y, errors, color="tab:blue")
+    right.set(xlabel="mean crossbar-layer output error (% of the digital output)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, axis="x")
+    left.invert_yaxis()
+    r = chosen[0].first
+    fig.suptitle(f"Chips: {r.split}, {r.method} decoding", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return True
