@@ -151,10 +151,12 @@ class RecipeSettings:
         return self.quant.build() if quantized else QuantConfig(weight_bits=None)
 
     def system_name(self, quantized: bool) -> str:
-        """The label of the float model or of the configured system, e.g. `w3a8`."""
+        """The label of the float model or of the configured system, e.g. `w3a8`; `{bits}` in quant.name
+        becomes the weight bits (`paper-w{bits}`: paper-w3, paper-w1.5)."""
         if not quantized:
             return FLOAT
-        return self.quant.name or f"w{self.quant.weight_bits:g}a{self.quant.input_bits}"
+        bits = f"{self.quant.weight_bits:g}"
+        return self.quant.name.replace("{bits}", bits) if self.quant.name else f"w{bits}a{self.quant.input_bits}"
 
     def train_settings(self, quantized: bool) -> TrainSettings:
         """The training run of the float model, or of the quantized system (`train` updated by `qat_train`)."""

@@ -298,5 +298,5 @@ def test_quant_paper_config_is_all_paper_options(make_cfg):
     s = settings.load(make_cfg("quant=paper", "model=paper"))
     from_yaml = asdict(s.quant_config(True))  # the include and exclude tuples come back as lists
     assert from_yaml == asdict(PAPER) | {"include": list(CROSSBAR_LAYERS), "exclude": []}
-    assert s.system_name(True) == "paper"
+    assert s.system_name(True) == "paper-w3"
     assert s.model.dropout == 0.2 and s.model.conv_norm == "layer"

@@ -3,7 +3,6 @@ switches, the calibration choices, and what programming reports about read distu
 
 import copy
 import dataclasses
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,54 +10,19 @@ from torch import nn
 
 import memsim
 from memsim.crossbar import PRECYCLE_VOLTAGE, ReadModel, _array_of_cells, _precycle_voltages, device_params
+from memsim.validation.parity import layer_statistics, protocol_layer
 
 NOISELESS = dict(read_noise="none", adc_precision_bits=None, adc_range_bits=None)
-
-
-def paper_layer(config, seed, batch=256):
-    """The parity protocol: 3-bit 384 -> 1536, W ~ N(0, 0.05^2) with scale max|W| / 6 (levels -3..3),
-    inputs N(0, 1) at the full scale max|x|. Returns the layer, the inputs and the digital product of the
-    DAC's own quantized inputs with the integer weights."""
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(1536, 384, generator=generator) * 0.05
-    scale = weight.abs().max() / 6
-    q = (weight / scale).round().clamp(-3, 3)
-    x = torch.randn(batch, 384, generator=generator)
-    source = SimpleNamespace(
-        weight=weight,
-        bias=None,
-        in_features=384,
-        out_features=1536,
-        integer_weight=lambda: q,
-        weight_scale=scale,
-        input_scale=x.abs().max() / 127,
-        input_bits=8,
-    )
-    layer = memsim.MemristorLinear.from_linear(source, config, generator)
-    v = memsim.crossbar.dac(x, x.abs().max(), config) / config.v_read * x.abs().max()
-    return layer, x, v @ (q * scale).T
-
-
-def layer_statistics(layer, x, digital):
-    """Gain (least-squares slope on the digital product), residual RMS after the gain and read-to-read RMS,
-    both relative to the digital output's RMS."""
-    with torch.no_grad():
-        first, second = layer(x), layer(x)
-    rms = digital.square().mean().sqrt()
-    gain = (first * digital).sum() / digital.square().sum()
-    residual = (first - gain * digital).square().mean().sqrt() / rms
-    read_to_read = (first - second).square().mean().sqrt() / rms
-    return float(gain), float(residual), float(read_to_read)
 
 
 def test_paper_preset_matches_the_paper_code_layer_statistics():
     # Measured with the paper's released code (rwth-i6/SynaptogenML) on this protocol: gain 0.972,
     # residual 0.102, read-to-read 0.062 (docs/sources.md). Tolerances: 0.003 in gain, 5 % in the others.
     config = memsim.CrossbarConfig.preset("paper", weight_bits=3, precycle_pulses=0)
-    gain, residual, read_to_read = layer_statistics(*paper_layer(config, seed=0))
-    assert gain == pytest.approx(0.972, abs=0.003)
-    assert residual == pytest.approx(0.102, rel=0.05)
-    assert read_to_read == pytest.approx(0.062, rel=0.05)
+    measured = layer_statistics(*protocol_layer(config, seed=0))
+    assert measured["gain"] == pytest.approx(0.972, abs=0.003)
+    assert measured["residual"] == pytest.approx(0.102, rel=0.05)
+    assert measured["read_to_read"] == pytest.approx(0.062, rel=0.05)
 
 
 def test_presets_are_named_and_overridable():
@@ -157,17 +121,12 @@ def test_only_keeps_exactly_one_non_ideality(kept):
 
 
 def test_per_column_calibration_removes_the_gain_error():
-    nominal, x, digital = paper_layer(memsim.CrossbarConfig(read_noise="none"), seed=0, batch=64)
-    per_column, _, _ = paper_layer(memsim.CrossbarConfig(read_noise="none", calibration="per_column"), 0, 64)
-    nominal_gain, _, _ = layer_statistics(nominal, x, digital)
-    gain, _, _ = layer_statistics(per_column, x, digital)
-    assert abs(1 - gain) < 0.01 < abs(1 - nominal_gain)
-    with torch.no_grad():
-        error = [float((layer(x) - digital).norm() / digital.norm()) for layer in (nominal, per_column)]
-    assert error[1] < error[0]
-    restored = memsim.convert(
-        nn.Linear(384, 1536, bias=False), per_column.config, program=False
-    )  # a shell with the calibration's buffers
+    nominal, x, digital = protocol_layer(memsim.CrossbarConfig(read_noise="none"), seed=0, batch=64)
+    per_column, _, _ = protocol_layer(memsim.CrossbarConfig(read_noise="none", calibration="per_column"), 0, 64)
+    before, after = (layer_statistics(layer, x, digital) for layer in (nominal, per_column))
+    assert abs(1 - after["gain"]) < 0.01 < abs(1 - before["gain"])
+    assert after["relative_error"] < before["relative_error"]
+    restored = memsim.convert(nn.Linear(384, 1536, bias=False), per_column.config, program=False)  # a shell
     restored.load_state_dict(per_column.state_dict())
     assert torch.equal(restored.column_gain, per_column.column_gain)
 
