@@ -14,7 +14,6 @@ import statistics
 import memsim
 from memsim.validation.parity import layer_statistics, protocol_layer
 
-
 PREQUANTIZED = "paper, inputs already 8-bit"  # the DAC re-quantizes 8-bit activations
 
 
