@@ -5,7 +5,7 @@ DEBIAN_PACKAGES := espeak-ng
 STAMP := $(VENV)/.installed
 SOURCES := memsim asr scripts benchmarks tests
 
-.PHONY: setup test lint demo benchmark clean
+.PHONY: setup test lint demo benchmark gpu-check clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ benchmark: setup
 	$(PYTHON) benchmarks/device.py
 	$(PYTHON) benchmarks/crossbar.py
 	$(PYTHON) benchmarks/train_step.py
+
+# on a CUDA machine: hot paths without host syncs, the test suites, the benchmarks and a tiny recipe on the GPU
+gpu-check: setup
+	$(PYTHON) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,134 @@
+"""Everything a GPU run of this project relies on, in one command (`make gpu-check`), with one table at the end.
+
+1. hot paths without host synchronization (torch.cuda.set_sync_debug_mode("error")): a device pulse, a
+   crossbar read, a QAT training step (programming is left out: its verify loop and failure counts sync
+   once per chunk on purpose);
+2. the memsim and asr test suites on CUDA (the `device` fixture adds CUDA when present; the recipe picks it);
+3. the benchmarks: device pulses and reads, the crossbar read against F.linear, the training step;
+4. a tiny end-to-end recipe (tests/asr/test_recipe.py) on CUDA.
+
+Without a CUDA device it says so and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_GPU = 2
+
+
+def pulse(device: torch.device) -> Callable[[], object]:
+    import memsim
+
+    cells = memsim.CellArray(1 << 16, generator=torch.Generator(device).manual_seed(0), device=device)
+    voltages = torch.linspace(-2, 2, cells.n, device=device)
+    return lambda: cells.apply_voltage(voltages).read(0.2)
+
+
+def read(device: torch.device) -> Callable[[], object]:
+    import memsim
+
+    linear = torch.nn.Linear(512, 512).to(device)
+    layer = memsim.MemristorLinear.from_linear(linear, memsim.CrossbarConfig(), torch.Generator(device).manual_seed(0))
+    x = torch.randn(256, 512, device=device)
+    return lambda: layer(x)
+
+
+def training_step(device: torch.device) -> Callable[[], object]:
+    from asr.model import ConformerCTC, ModelConfig, ctc_loss
+    from asr.quant import QuantConfig, quantize
+
+    config = ModelConfig(vocab_size=32, frontend="conv2d", d_model=144, n_layers=2, d_ff=576, kernel_size=15)
+    model = quantize(ConformerCTC(config), QuantConfig(weight_bits=3)).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    feats, lengths = torch.randn(4, 400, 80, device=device), torch.full((4,), 400, device=device)
+    tokens, token_lengths = torch.randint(1, 32, (4, 20), device=device), torch.full((4,), 20, device=device)
+
+    def step() -> None:
+        logits, out_lengths = model(feats, lengths)
+        loss = ctc_loss(logits, out_lengths, tokens, token_lengths, model.blank)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+HOT_PATHS = {"device pulse + read": pulse, "crossbar read": read, "QAT training step": training_step}
+
+
+def run_without_sync(make: Callable[[torch.device], Callable[[], object]], device: torch.device) -> None:
+    """Build the work (set-up may synchronize), run it once to warm up, then once more where any host
+    synchronization raises (CUDA only; on the CPU it just runs)."""
+    work = make(device)
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        work()
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+COMMANDS = {
+    "memsim tests": command("-m", "pytest", "-q", "tests/memsim"),
+    "asr tests": command("-m", "pytest", "-q", "tests/asr"),
+    "benchmark: device": command("benchmarks/device.py"),
+    "benchmark: crossbar read": command("benchmarks/crossbar.py", "--device", "cuda"),
+    "benchmark: training step": command("benchmarks/train_step.py", "--device", "cuda"),
+    "tiny recipe end to end": command("-m", "pytest", "-q", "tests/asr/test_recipe.py", "-k", "all_stages"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=["sync", *COMMANDS], help="run only these checks")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu-check: no CUDA device here (torch.cuda.is_available() is False); run it on a machine with a GPU")
+        return NO_GPU
+    device = torch.device("cuda")
+    print(f"gpu-check on {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
+    rows: list[tuple[str, str, float]] = []
+    for name, make in HOT_PATHS.items():
+        if args.only and "sync" not in args.only:
+            break
+        start = time.perf_counter()
+        try:
+            run_without_sync(make, device)
+            status = "ok"
+        except RuntimeError as error:  # set_sync_debug_mode("error") raises RuntimeError on a synchronization
+            status = f"FAILED: {str(error).splitlines()[0][:80]}"
+        rows.append((f"no host sync: {name}", status, time.perf_counter() - start))
+    for name, argv in COMMANDS.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"\n=== {name}: {' '.join(argv[1:])}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=ROOT)
+        rows.append(
+            (name, "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})", time.perf_counter() - start)
+        )
+    width = max(len(name) for name, _, _ in rows)
+    print(f"\n{'check':{width}s}  {'seconds':>8s}  result")
+    for name, status, seconds in rows:
+        print(f"{name:{width}s}  {seconds:8.1f}  {status}")
+    return 0 if all(status == "ok" for _, status, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
