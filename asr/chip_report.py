@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from asr.decode import SCORE_FILE
 from asr.files import atomic_path
 from asr.pipeline.graph import SUMMARY_FILE
 from asr.pipeline.outputs import read_json
@@ -52,6 +53,7 @@ def layer_error_table(groups: list[Group]) -> str:
         "residual",
         "worst layer (error)",
         "read-disturbable cells",
+        "real-time factor",
     ]
     lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
     for g in chosen:
@@ -71,6 +73,7 @@ def layer_error_table(groups: list[Group]) -> str:
             f"{mean['residual']:.4f}" if mean else "n/a",
             f"{worst['layer']} ({worst['relative_error']:.4f})" if worst else "n/a",
             "n/a" if disturb is None else f"{disturb:.1f} %",
+            _real_time_factor(g),
         ]
         lines.append("|" + "|".join(cells) + "|")
     r = chosen[0].first
@@ -79,9 +82,16 @@ def layer_error_table(groups: list[Group]) -> str:
         "against its digital layer's d on the same inputs (4 batches of the first decoded split, instance 0), "
         "averaged over the layers; gain: the least-squares slope of y on d; residual: what remains after the "
         "gain. Read-disturbable cells: cells whose SET threshold lies above -v_read (those storing 0) or whose "
-        "RESET threshold lies below +v_read (those storing 1); reads never change a cell in this simulator.\n\n"
-        + "\n".join(lines)
+        "RESET threshold lies below +v_read (those storing 1); reads never change a cell in this simulator. "
+        "Real-time factor: decoding seconds (the chip model and every decoder of its run) per second of audio, "
+        "mean over the instances.\n\n" + "\n".join(lines)
     )
+
+
+def _real_time_factor(g: Group) -> str:
+    factors = [(read_json(r.root / r.path / SCORE_FILE) or {}).get("real_time_factor") for r in g.members]
+    known = [f for f in factors if f is not None]
+    return f"{statistics.mean(known):.3f}" if known else "n/a"
 
 
 def budget_plot(groups: list[Group], path: Path) -> bool:

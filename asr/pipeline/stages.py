@@ -5,6 +5,7 @@ the code it drives with typed settings and the folders of its inputs. Every body
 
 import functools
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,11 +106,20 @@ def decode_jobs(
             before_split(split)
         loader = _loader(s, split)
         chosen = {j.output.settings["method"]: j for j in split_jobs}
+        began = time.perf_counter()
         scores = decode_split(model, loader, {m: decoders[m] for m in chosen}, {m: j.path for m, j in chosen.items()})
+        speed = _speed(time.perf_counter() - began, loader)
+        log.info("%s: %.1f s of audio decoded in %.1f s, real-time factor %.3f", split, *speed.values())
         for method, job in chosen.items():
-            job.commit({SCORE_FILE: {"split": split, "method": method, **scores[method].to_dict()}})
+            job.commit({SCORE_FILE: {"split": split, "method": method, **scores[method].to_dict(), **speed}})
             rows.append(scores[method].row(job.output.relpath))
     log.info("WER:\n%s", "\n".join([HEADER, *rows]))
+
+
+def _speed(seconds: float, loader) -> dict[str, float]:
+    """Audio seconds, decoding seconds (the model and every decoder of the run together) and their ratio."""
+    audio = sum(record["duration"] for record in loader.dataset.records)
+    return {"audio_seconds": round(audio, 2), "decode_seconds": round(seconds, 2), "real_time_factor": seconds / audio}
 
 
 def _loader(s: RecipeSettings, split: str):

@@ -77,6 +77,8 @@ def test_all_stages_from_corpus_to_report_then_a_rerun_makes_nothing(recipe, mak
     mean = summary["layer_errors"][-1]
     assert mean["layer"] == "mean" and 0 < mean["relative_error"] < 1 and 0.5 < mean["gain"] < 1.5
     assert "## Chip layer errors" in results
+    score = json.loads(next((work / "memsim").rglob("score.json")).read_text())
+    assert score["real_time_factor"] > 0 and score["audio_seconds"] > 0
     caplog.set_level(logging.INFO, logger="asr.pipeline.runner")
     runner.run(make_cfg(*overrides))
     assert sum("done already" in m for m in caplog.messages) == sum(st.outputs is not None for st in STAGES.values())
