@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from memsim.config import CrossbarConfig
-from memsim.device import HRS, LRS, CellArray
+from memsim.device import HRS, LRS, UR, US, CellArray, first_cycle, r_of_resistance
 from memsim.noise import ReadNoise, read_noise
 from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
 
@@ -143,6 +143,13 @@ def program(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Gen
     """
     if config.device == "ideal":
         return Programmed(torch.where(cells_on, 0.0, 1.0), 0, 0)
+    if config.random_cycles == 0 and config.precycle_pulses == 0:
+        return _program_fresh(cells_on, config, generator)
+    return _program_by_pulses(cells_on, config, generator)
+
+
+def _program_by_pulses(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None) -> Programmed:
+    """program(), every pulse simulated by the device model (needed once cells have cycled before)."""
     flat_on = cells_on.reshape(-1)
     r = torch.empty(flat_on.shape, device=flat_on.device)
     params = device_params(config).to(flat_on.device)
@@ -168,6 +175,28 @@ def program(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Gen
         failed += int((on & (cells.r > r_threshold)).sum())
         disturbable += int(torch.where(on, cells.ur <= config.v_read, cells.us >= -config.v_read).sum())
     return Programmed(r.view(cells_on.shape), failed, disturbable)
+
+
+def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None) -> Programmed:
+    """program() on fresh cells, in closed form. A fresh cell is in HRS at its first cycle's HRS: the full
+    RESET leaves it there, and a SET at u volts (u <= 0) takes it to the first cycle's LRS exactly when
+    u <= US; a retry only adds a stronger voltage. So a cell storing 1 ends in LRS if its US lies above the
+    strongest SET it can get, and no pulse needs simulating. Same draws as CellArray's: the same
+    distribution as the pulse-by-pulse path (and, within one chunk, the very same cells)."""
+    flat_on = cells_on.reshape(-1)
+    r = torch.empty(flat_on.shape, device=flat_on.device)
+    params = device_params(config).to(flat_on.device)
+    strongest_set = config.set_voltage + config.verify_retries * config.verify_step
+    failed = disturbable = torch.zeros((), dtype=torch.int64, device=flat_on.device)
+    for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
+        on = flat_on[start : start + PROGRAM_CHUNK]
+        _, _, y = first_cycle(on.numel(), params, generator)
+        switched = on & (y[US] >= strongest_set)
+        r_on, r_off = r_of_resistance(y[LRS], params), r_of_resistance(y[HRS], params)
+        r[start : start + on.numel()] = torch.where(switched, r_on, r_off)
+        failed = failed + (on & ~switched).sum()
+        disturbable = disturbable + torch.where(on, y[UR] <= config.v_read, y[US] >= -config.v_read).sum()
+    return Programmed(r.view(cells_on.shape), int(failed), int(disturbable))
 
 
 def _random_cycles(cells: CellArray, config: CrossbarConfig, generator: torch.Generator | None) -> None:
