@@ -77,12 +77,17 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return (x - x * factor).detach() + x * factor
 
 
+WEIGHT_SCALES = ("minmax", "running_max", "lsq")
+
+
 @dataclass
 class QuantConfig:
     """What `configs/quant/*.yaml` holds. weight_bits None: no quantization (the float model)."""
 
     weight_bits: float | None = 3
-    weight_scale: str = "minmax"  # "minmax" (the paper) | "lsq" (learned step size)
+    # "minmax": max|W| of the current weights; "running_max": the largest max|W| seen in training (the paper
+    # code's MinMaxObserver); "lsq": a learned step size
+    weight_scale: str = "minmax"
     per_channel: bool = False  # one scale per output row (memsim maps per-tensor scales only)
     input_bits: int = 8
     input_momentum: float | None = None  # None: running max (MinMax, the paper); else EMA of each batch's max
@@ -100,25 +105,31 @@ class QuantConfig:
                     max_level(value)
                 except ValueError as error:
                     raise ValueError(f"{name}: {error}") from None
-        if self.weight_scale not in ("minmax", "lsq"):
-            raise ValueError(f"weight_scale must be 'minmax' or 'lsq', got {self.weight_scale!r}")
+        if self.weight_scale not in WEIGHT_SCALES:
+            raise ValueError(f"weight_scale must be one of {list(WEIGHT_SCALES)}, got {self.weight_scale!r}")
         if self.input_momentum is not None and not 0 < self.input_momentum <= 1:
             raise ValueError(f"input_momentum must be in (0, 1] or None, got {self.input_momentum!r}")
 
 
 class WeightQuantizer(nn.Module):
-    """Symmetric weight fake quantization; the scale comes from the weights (MinMax) or is learned (LSQ)."""
+    """Symmetric weight fake quantization; the scale comes from the weights (MinMax: the current ones, or the
+    running maximum over training steps) or is learned (LSQ)."""
+
+    max_abs: torch.Tensor
 
     def __init__(self, weight: torch.Tensor, bits: float, mode: str = "minmax", per_channel: bool = False):
         super().__init__()
         self.qmax = max_level(bits)
         self.per_channel = per_channel
+        self.running = mode == "running_max"
         self.step: nn.Parameter | None
         if mode == "lsq":  # LSQ's initial step: 2 mean|w| / sqrt(qmax)
             mean_abs = self._reduce(weight.detach().abs(), "mean")
             self.step = nn.Parameter(2 * mean_abs / self.qmax**0.5)
         else:
             self.step = None
+        if self.running:  # 0 until the first training step: the current weights' maximum serves until then
+            self.register_buffer("max_abs", torch.zeros_like(self._reduce(weight.detach().abs(), "max")))
 
     def _reduce(self, values: torch.Tensor, how: str) -> torch.Tensor:
         if not self.per_channel:
@@ -127,11 +138,17 @@ class WeightQuantizer(nn.Module):
 
     def scale(self, weight: torch.Tensor) -> torch.Tensor:
         tiny = torch.finfo(weight.dtype).tiny
-        if self.step is None:
-            return (self._reduce(weight.detach().abs(), "max") / self.qmax).clamp_min(tiny)
-        return self.step.abs().clamp_min(tiny)
+        if self.step is not None:
+            return self.step.abs().clamp_min(tiny)
+        current = self._reduce(weight.detach().abs(), "max")
+        if self.running:
+            current = torch.where(self.max_abs > 0, self.max_abs, current)
+        return (current / self.qmax).clamp_min(tiny)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.running and self.training:
+            with torch.no_grad():
+                self.max_abs.copy_(torch.maximum(self.max_abs, self._reduce(weight.detach().abs(), "max")))
         scale = self.scale(weight)
         if self.step is not None:  # LSQ's gradient scale 1 / sqrt(weights per step * qmax)
             scale = _scale_grad(scale, (weight.numel() / scale.numel() * self.qmax) ** -0.5)

@@ -128,7 +128,9 @@ def test_an_ideal_crossbar_reproduces_the_quantized_layer():
 
 
 # All of quant=paper's options (configs/quant/paper.yaml).
-PAPER = QuantConfig(weight_bits=3, output_bits=8, quantize_attention=True, quantize_depthwise=True)
+PAPER = QuantConfig(
+    weight_bits=3, weight_scale="running_max", output_bits=8, quantize_attention=True, quantize_depthwise=True
+)
 
 
 def small_conformer(**options) -> ConformerCTC:
@@ -300,3 +302,21 @@ def test_quant_paper_config_is_all_paper_options(make_cfg):
     assert from_yaml == asdict(PAPER) | {"include": list(CROSSBAR_LAYERS), "exclude": []}
     assert s.system_name(True) == "paper-w3"
     assert s.model.dropout == 0.2 and s.model.conv_norm == "layer"
+
+
+def test_running_max_weight_scale_keeps_the_largest_weight_seen_in_training():
+    layer = QuantLinear.from_linear(nn.Linear(8, 4), QuantConfig(weight_bits=3, weight_scale="running_max"))
+    first = float(layer.weight.detach().abs().max())
+    assert float(layer.weight_scale) == pytest.approx(first / 3)  # before training: the current weights
+    layer.train()(torch.randn(2, 8))
+    with torch.no_grad():
+        layer.weight.mul_(0.5)
+    layer(torch.randn(2, 8))
+    assert float(layer.weight_scale) == pytest.approx(first / 3)  # shrunk weights keep the running max
+    with torch.no_grad():
+        layer.weight.mul_(4)
+    layer.eval()(torch.randn(2, 8))
+    assert float(layer.weight_scale) == pytest.approx(first / 3)  # evaluation does not update it
+    layer.train()(torch.randn(2, 8))
+    assert float(layer.weight_scale) == pytest.approx(2 * first / 3)
+    assert (layer.integer_weight().abs() <= 3).all()
