@@ -28,7 +28,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import memsim
-from memsim.crossbar import _program_by_pulses, adc, adc_step, bit_planes, dac, program
+from memsim.crossbar import _program_by_pulses, adc, adc_step, dac, digit_planes, program
 
 SHAPES = [(512, 512), (384, 1536), (1536, 384), (384, 1152)]
 
@@ -163,11 +163,11 @@ def paper_procedure(cells_on: torch.Tensor, tile: int) -> None:
 def programming(config: memsim.CrossbarConfig, device: torch.device, sync) -> None:
     weight = torch.randn(1536, 384) * 0.05
     q, _ = memsim.crossbar.integer_weights(weight, config.max_level)
-    cells_on = bit_planes(q, config.planes, config.tile_size)
+    cells_on = digit_planes(q, config.planes, config.tile_size)
     n = cells_on.numel()
     reference = timed(lambda: paper_procedure(cells_on, config.tile_size), lambda: None)
     on_device = cells_on.to(device)
-    pulses = timed(lambda: _program_by_pulses(on_device, config, torch.Generator(device).manual_seed(0)), sync)
+    pulses = timed(lambda: _program_by_pulses(on_device.bool(), config, torch.Generator(device).manual_seed(0)), sync)
     default = timed(lambda: program(on_device, config, torch.Generator(device).manual_seed(0)), sync)
     print(f"\nprogramming 384x1536, 3 bits, {n / 1e6:.2f} M cells ({device}):")
     print(f"{'method':>42s} {'seconds':>8s} {'s/Mcell':>8s} {'vs paper code':>13s}")
