@@ -171,13 +171,7 @@ def _program_by_pulses(cells_on: torch.Tensor, config: CrossbarConfig, generator
     failed = disturbable = 0
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
-        cells = CellArray(on.numel(), params=params, generator=generator, device=on.device)
-        _random_cycles(cells, config, generator)
-        if precycle is not None:
-            arrays = _array_of_cells(start, on.numel(), cells_on.shape, config.tile_size, on.device)
-            for voltages in precycle:
-                cells.apply_voltage(voltages[arrays])
-        cells.apply_voltage(config.reset_voltage)
+        cells = _reset_cells(start, on.numel(), cells_on.shape, params, config, generator, precycle)
         for attempt in range(config.verify_retries + 1):
             todo = on & (cells.r > r_threshold)
             if attempt > 0 and not bool(todo.any()):  # programming is not a hot loop: a sync is fine
@@ -187,6 +181,26 @@ def _program_by_pulses(cells_on: torch.Tensor, config: CrossbarConfig, generator
         failed += int((on & (cells.r > r_threshold)).sum())
         disturbable += int(torch.where(on, cells.ur <= config.v_read, cells.us >= -config.v_read).sum())
     return Programmed(r.view(cells_on.shape), failed, disturbable)
+
+
+def _reset_cells(
+    start: int,
+    count: int,
+    shape: torch.Size,
+    params: DeviceParams,
+    config: CrossbarConfig,
+    generator: torch.Generator | None,
+    precycle: torch.Tensor | None,
+) -> CellArray:
+    """Fresh cells for flat contents start..start+count: random cycling and pre-cycling if configured, then
+    the full RESET."""
+    cells = CellArray(count, params=params, generator=generator, device=params.device)
+    _random_cycles(cells, config, generator)
+    if precycle is not None:
+        arrays = _array_of_cells(start, count, shape, config.tile_size, params.device)
+        for voltages in precycle:
+            cells.apply_voltage(voltages[arrays])
+    return cells.apply_voltage(config.reset_voltage)
 
 
 def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None) -> Programmed:
@@ -263,7 +277,8 @@ def program_levels(
 ) -> Programmed:
     """Multi-level programming with write-verify, every cell its own state machine, all cells vectorized.
 
-    Level 0 is the fresh cell's HRS, the top level a verified SET (as binary cells). A middle level: SET, then
+    After random cycling and pre-cycling (if configured) and the full RESET, level 0 is the HRS and the top
+    level a verified SET (as binary cells). A middle level: SET, then
     RESET pulses from reset_start rising by reset_step (a partial RESET moves the cell towards HRS, the
     further the higher the pulse), each followed by a noiseless read of r, until the read reaches the level's
     target; a cell more than verify_tolerance level steps past it overshot, and is SET again and restarts
@@ -280,10 +295,11 @@ def program_levels(
     top = config.levels_per_cell - 1
     band = config.verify_tolerance * (r_hrs - r_lrs) / top  # r grows towards HRS
     strongest_set = config.set_voltage + config.verify_retries * config.verify_step
+    precycle = _precycle_voltages(contents.shape, config, generator, flat.device)
     failed = disturbable = 0
     for start in range(0, flat.numel(), PROGRAM_CHUNK):
         level = flat[start : start + PROGRAM_CHUNK]
-        cells = CellArray(level.numel(), params=params, generator=generator, device=level.device)
+        cells = _reset_cells(start, level.numel(), contents.shape, params, config, generator, precycle)
         target = target_r(level, config.levels_per_cell, r_lrs, r_hrs)
         middle = (level > 0) & (level < top)
         needs_set = level > 0
