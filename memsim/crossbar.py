@@ -291,6 +291,11 @@ def program_levels(
     r = torch.empty(flat.shape, device=flat.device)
     pulses = torch.zeros(flat.shape, dtype=torch.int16, device=flat.device)
     params = device_params(config).to(flat.device)
+    if config.reset_max >= params.umax:
+        raise ValueError(
+            f"CrossbarConfig.reset_max must lie below the device model's full-RESET voltage {params.umax} V "
+            f"(a pulse there resets fully, no middle level), got {config.reset_max}"
+        )
     r_lrs, r_hrs = nominal_r(params)
     top = config.levels_per_cell - 1
     band = config.verify_tolerance * (r_hrs - r_lrs) / top  # r grows towards HRS

@@ -298,3 +298,22 @@ def test_multi_level_chips_need_fewer_cells_and_conversions_and_report_their_pul
     x = torch.randn(16, 128)
     digital = fake_quantized(linear, 3)(x)
     assert float((four(x) - digital).norm() / digital.norm()) < 0.3
+
+
+@pytest.mark.parametrize("levels", range(2, 17))
+def test_digit_planes_recompose_every_weight(levels):
+    for bits in (1.5, 2, 3, 4, 5, 6, 7, 8):
+        config = memsim.CrossbarConfig(weight_bits=bits, levels_per_cell=levels)
+        q = torch.arange(-config.max_level, config.max_level + 1).repeat(3, 1)  # [3, 2 max + 1]
+        cells = memsim.crossbar.digit_planes(q, config.planes, 128, levels).long()
+        assert int(cells.max()) < levels
+        place = levels ** torch.arange(config.planes)
+        recomposed = ((cells[0] - cells[1]) * place[None, :, None]).sum(1)[: q.shape[1]]  # [in, out]
+        assert torch.equal(recomposed, q.T)
+
+
+def test_a_reset_ladder_up_to_the_full_reset_voltage_is_refused():
+    with pytest.raises(ValueError, match="CrossbarConfig.reset_max must lie below"):
+        memsim.crossbar.program(
+            torch.ones(2, 128, 1, 4, dtype=torch.uint8), memsim.CrossbarConfig(levels_per_cell=4, reset_max=1.5)
+        )
