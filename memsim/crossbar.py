@@ -259,13 +259,19 @@ def _array_of_cells(start: int, count: int, shape: torch.Size, tile_size: int, d
     return ((sign * row_tiles + row // tile_size) * planes + plane) * column_tiles + column // tile_size
 
 
-def dac(x: torch.Tensor, input_range: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
+def dac(
+    x: torch.Tensor, input_range: torch.Tensor, config: CrossbarConfig, input_levels: int | None = None
+) -> torch.Tensor:
     """Inputs to voltages: scaled by the input range into [-1, 1], quantized, times v_read.
 
-    dac_grid "symmetric" has steps 1/(2^(b-1)-1), the activation quantizer's own grid, so an 8-bit DAC passes
-    8-bit activations unchanged; "paper" has steps 2^-(b-1) over [-1, 1] (2^b + 1 levels), as the paper's code.
+    input_levels: the source layer's own activation quantizer (2^(b-1)-1 steps per polarity), applied first:
+    the digital model feeds the DAC these codes, so an ideal DAC (dac_bits None) reproduces them. The DAC's
+    grid then: "symmetric", steps 1/(2^(b-1)-1), the activation quantizer's own grid, so an 8-bit DAC passes
+    8-bit activations unchanged; "paper", steps 2^-(b-1) over [-1, 1] (2^b + 1 levels), as the paper's code.
     """
     x = (x / input_range).clamp(-1, 1)
+    if input_levels is not None:
+        x = torch.round(x * input_levels) / input_levels
     if config.dac_bits is not None:
         steps = 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
         x = torch.round(x * steps) / steps

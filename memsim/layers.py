@@ -70,6 +70,7 @@ class MemristorLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.output_quant: nn.Module | None = None
         self.read_model = ReadModel(config)
+        self.input_levels: int | None = None  # a quantization-aware source's activation quantizer (see dac)
         self.calibrating = False
 
     @classmethod
@@ -92,7 +93,8 @@ class MemristorLinear(nn.Module):
                     f"{config.weight_bits}-bit crossbar's +-{config.max_level}"
                 )
             # The activation quantizer's full scale maps to v_read: a DAC of input_bits reproduces it.
-            layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * (2 ** (linear.input_bits - 1) - 1))
+            layer.input_levels = 2 ** (int(linear.input_bits) - 1) - 1
+            layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * layer.input_levels)
         else:
             q, scale = integer_weights(weight, config.max_level)
         if program:
@@ -123,7 +125,7 @@ class MemristorLinear(nn.Module):
         if self.calibrating:
             self.input_range.copy_(torch.maximum(self.input_range, batch_range))
         input_range = torch.where(self.input_range > 0, self.input_range, batch_range)
-        v = dac(x, input_range, self.config)
+        v = dac(x, input_range, self.config, self.input_levels)
         columns = None
         if self.config.calibration == "per_column":
             columns = ColumnCalibration(self.column_gain, self.column_offset)

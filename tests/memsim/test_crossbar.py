@@ -194,14 +194,23 @@ class QuantLinear(nn.Linear):
         return x @ (self.integer_weight() * self.weight_scale).T + self.bias
 
 
-def test_quantization_aware_layer_maps_exactly():
+@pytest.mark.parametrize("dac_bits", [8, None])  # an ideal DAC converts the activation quantizer's codes exactly
+def test_quantization_aware_layer_maps_exactly(dac_bits):
     torch.manual_seed(0)
     qat = QuantLinear()
-    config = memsim.CrossbarConfig(**{**vars(IDEAL), "dac_bits": 8})
+    config = memsim.CrossbarConfig(**{**vars(IDEAL), "dac_bits": dac_bits})
     layer = memsim.MemristorLinear.from_linear(qat, config)
     x = torch.randn(6, 20)
     torch.testing.assert_close(layer(x), qat(x), rtol=1e-5, atol=1e-5)
     assert float(layer.input_range) == pytest.approx(0.02 * 127)
+
+
+def test_synaptogen_cells_without_any_non_ideality_map_a_quantization_aware_layer_exactly():
+    torch.manual_seed(0)
+    qat = QuantLinear()
+    layer = memsim.MemristorLinear.from_linear(qat, memsim.CrossbarConfig().only(None), torch.Generator())
+    x = torch.randn(6, 20)
+    torch.testing.assert_close(layer(x), qat(x), rtol=1e-4, atol=1e-4)
 
 
 def test_convert_nested_model_with_include_and_exclude():
