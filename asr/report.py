@@ -11,6 +11,7 @@ are left out, and RESULTS.md says how many.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import statistics
@@ -27,8 +28,10 @@ from asr.decode import HYPS_FILE, SCORE_FILE
 from asr.errors import UserError
 from asr.files import atomic_path, read_jsonl, write_text
 from asr.pipeline.outputs import RECORD, Records, environment
+from asr.quant import QuantConfig
 from asr.scoring import HEADER, Score, read_score, total
 from asr.significance import Interval, relative_change, resample_counts
+from memsim import CrossbarConfig
 
 COLUMNS = [
     "system",
@@ -152,13 +155,21 @@ def collect(work_dirs: list[Path]) -> tuple[list[Result], list[str]]:
     return results, stale
 
 
+# A setting a record lacks was added to the code after the record was made; every such setting's default
+# is the behaviour from before it existed, so records are compared as if they held the default.
+QUANT_DEFAULTS = dataclasses.asdict(QuantConfig())
+CROSSBAR_DEFAULTS = dataclasses.asdict(CrossbarConfig())
+
+
 def _result(root: Path, relpath: str, record: dict, records: Records) -> Result:
     model = records.require(record["inputs"]["model"]["path"])
     chip = records.require(record["inputs"]["chip"]["path"]) if "chip" in record["inputs"] else None
     decode = record["settings"]
-    settings = _flatten("", model["settings"], {})
+    quant = model["settings"]["quant"]
+    settings = _flatten("", {**model["settings"], "quant": quant and {**QUANT_DEFAULTS, **quant}}, {})
     if chip is not None:
-        _flatten("memsim", {**chip["settings"]["crossbar"], "seed": chip["settings"]["seed"]}, settings)
+        crossbar = {**CROSSBAR_DEFAULTS, **chip["settings"]["crossbar"], "seed": chip["settings"]["seed"]}
+        _flatten("memsim", crossbar, settings)
     _flatten("decode", decode, settings)
     bits = (model["settings"]["quant"] or {}).get("weight_bits")  # None: the float model
     system = "memsim" if chip is not None else ("float" if bits is None else "qat")

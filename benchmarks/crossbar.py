@@ -6,12 +6,19 @@ variance per tile, one Gaussian per output), and a brute-force per-cell read as 
 Also the peak tensor memory a forward allocates (its inputs and the programmed r excluded) and the
 programming time per million cells.
 Targets (issue 3): <= 10x nn.Linear; >= 300x faster than the per-cell read; memory O(cells).
+
+Then programming, side by side on one 384 -> 1536 3-bit layer (2.36 M cells): the paper's procedure with
+the reference numpy `synaptogen` package (a fresh CellArrayCPU per 128 x 128 array, +2 V, then -2 V on the
+ones), memsim pulse by pulse, and memsim's default (fresh cells in closed form). With --paper-model, the
+whole paper model's crossbar layers (12 x 384 Conformer, 3 bits) programmed by memsim.
+Target (issue 16): programming >= 3x faster per cell than the paper's numpy code.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import time
 import weakref
 
@@ -21,7 +28,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import memsim
-from memsim.crossbar import adc, adc_step, dac
+from memsim.crossbar import _program_by_pulses, adc, adc_step, dac, digit_planes, program
 
 SHAPES = [(512, 512), (384, 1536), (1536, 384), (384, 1152)]
 
@@ -90,6 +97,7 @@ def main() -> None:
     parser.add_argument("--brute-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--paper-model", action="store_true", help="also program the whole paper model")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -123,6 +131,67 @@ def main() -> None:
             f"{t_xbar / t_linear:8.1f} {t_brute * 1e3:15.2f} {t_brute / per_vector:9.0f} {memory:8.1f} "
             f"{cells * 4 / 2**20:9.2f} {program_s / cells * 1e6:15.2f}"
         )
+    programming(config, device, sync)
+    if args.paper_model:
+        paper_model(config, device, sync)
+
+
+def timed(action, sync) -> float:
+    sync()
+    start = time.perf_counter()
+    action()
+    sync()
+    return time.perf_counter() - start
+
+
+def paper_procedure(cells_on: torch.Tensor, tile: int) -> None:
+    """The paper's programming, with the reference package: per array (sign, row tile, plane, column tile)
+    a fresh CellArrayCPU of tile x tile cells, a +2 V RESET, then -2 V on the cells that store 1."""
+    from synaptogen import synaptogen as reference
+
+    params = reference.load_params(reference.default_param_fp, p=10)
+    padded = nn.functional.pad(cells_on, (0, -cells_on.shape[-1] % tile)).float()  # [2, in, planes, out]
+    for sign, rows, plane, columns in itertools.product(
+        range(2), range(0, padded.shape[1], tile), range(padded.shape[2]), range(0, padded.shape[3], tile)
+    ):
+        ones = padded[sign, rows : rows + tile, plane, columns : columns + tile].reshape(-1).numpy()
+        cells = reference.CellArrayCPU(ones.size, params)
+        reference.applyVoltage(cells, 2.0)
+        reference.applyVoltage(cells, ones * -2.0)
+
+
+def programming(config: memsim.CrossbarConfig, device: torch.device, sync) -> None:
+    weight = torch.randn(1536, 384) * 0.05
+    q, _ = memsim.crossbar.integer_weights(weight, config.max_level)
+    cells_on = digit_planes(q, config.planes, config.tile_size)
+    n = cells_on.numel()
+    reference = timed(lambda: paper_procedure(cells_on, config.tile_size), lambda: None)
+    on_device = cells_on.to(device)
+    pulses = timed(lambda: _program_by_pulses(on_device.bool(), config, torch.Generator(device).manual_seed(0)), sync)
+    default = timed(lambda: program(on_device, config, torch.Generator(device).manual_seed(0)), sync)
+    print(f"\nprogramming 384x1536, 3 bits, {n / 1e6:.2f} M cells ({device}):")
+    print(f"{'method':>42s} {'seconds':>8s} {'s/Mcell':>8s} {'vs paper code':>13s}")
+    for name, seconds in (
+        ("the paper's procedure, reference numpy (cpu)", reference),
+        ("memsim, pulse by pulse", pulses),
+        ("memsim, fresh cells in closed form (default)", default),
+    ):
+        print(f"{name:>42s} {seconds:8.2f} {seconds / n * 1e6:8.3f} {reference / seconds:12.1f}x")
+
+
+def paper_model(config: memsim.CrossbarConfig, device: torch.device, sync) -> None:
+    from asr.model import ConformerCTC, ModelConfig
+    from asr.quant import QuantConfig, quantize, quantized_layers
+
+    model = quantize(ConformerCTC(ModelConfig(vocab_size=500)), QuantConfig(weight_bits=3)).to(device)
+    layers = quantized_layers(model)
+    generator = torch.Generator(device).manual_seed(0)
+    seconds = timed(lambda: memsim.convert(model, config, generator, include=layers), sync)
+    total = memsim.summary(model)[-1]
+    print(
+        f"\npaper model (12 x 384, 3 bits): {len(layers)} crossbar layers, {total['cells'] / 1e6:.1f} M cells in "
+        f"{total['tiles']} tiles programmed in {seconds:.1f} s ({seconds / total['cells'] * 1e6:.3f} s/Mcell)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ def conditions() -> dict[str, memsim.CrossbarConfig]:
     chosen = {
         "paper (no pre-cycling)": paper,
         PREQUANTIZED: paper,
-        "paper, 50 pre-cycling pulses": dataclasses.replace(paper, precycle_pulses=50),
         "paper, per-column calibration": dataclasses.replace(paper, calibration="per_column"),
         "physical": physical,
         "physical, paper calibration": dataclasses.replace(physical, calibration="paper"),

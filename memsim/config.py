@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from memsim.noise import READ_NOISE_MODES
@@ -21,6 +20,7 @@ NON_IDEALITIES = ("device_variation", "cycle_variation", "iv_nonlinearity", "rea
 @dataclasses.dataclass(frozen=True)
 class CrossbarConfig:
     weight_bits: float = 3  # 1.5 (ternary) or an integer 2..8; symmetric levels +-(2^(b-1)-1)
+    levels_per_cell: int = 2  # conductance levels of a cell: 2 = binary; 3..16 are programmed and verified
     tile_size: int = 128  # rows and columns of one crossbar array
     dac_bits: int | None = 8  # input quantization, symmetric; None: ideal DAC
     v_read: float = 0.6  # volts of a full-scale input
@@ -34,6 +34,15 @@ class CrossbarConfig:
     precycle_pulses: int = 0  # before programming: pulses of one uniform [-2, 2] V draw per array (the paper)
     verify_retries: int = 3  # re-SET cells that did not switch, each time verify_step volts stronger
     verify_step: float = -0.25
+    # Multi-level cells (levels_per_cell > 2; crossbar.program_levels): after a SET, RESET pulses from
+    # reset_start rising by reset_step up to reset_max, each followed by a read, until the read reaches the
+    # level's target; more than verify_tolerance level steps past it is an overshoot (SET again, restart
+    # lower); pulse_budget pulses at most per cell.
+    reset_start: float = 0.75
+    reset_step: float = 0.02
+    reset_max: float = 1.4
+    verify_tolerance: float = 0.25
+    pulse_budget: int = 120
     dac_grid: str = "symmetric"  # "symmetric": +-(2^(b-1)-1) levels, as the activation quantizer; "paper"
     calibration: str = "nominal"  # "nominal" | "paper" (its fixed 8020 A^-1) | "per_column" (fitted per column)
     # Ablation switches: False removes one non-ideality of the Synaptogen cells (see only()).
@@ -54,6 +63,8 @@ class CrossbarConfig:
             or not (bits == 1.5 or (float(bits).is_integer() and 2 <= bits <= 8))
         ):
             fail("weight_bits", "1.5 (ternary) or an integer from 2 to 8")
+        if not _is_int(self.levels_per_cell) or not 2 <= self.levels_per_cell <= 16:
+            fail("levels_per_cell", "an integer from 2 to 16")
         if not _is_int(self.tile_size) or self.tile_size < 1:
             fail("tile_size", "a positive integer")
         if self.dac_bits is not None and (not _is_int(self.dac_bits) or not 2 <= self.dac_bits <= 24):
@@ -84,6 +95,14 @@ class CrossbarConfig:
             fail("verify_step", "a voltage <= 0 (each retry SETs harder)")
         if not _is_int(self.var_order) or not 1 <= self.var_order <= MAX_VAR_ORDER:
             fail("var_order", f"an integer from 1 to {MAX_VAR_ORDER}")
+        if not isinstance(self.reset_start, (int, float)) or not 0 < self.reset_start <= self.reset_max:
+            fail("reset_start", "a voltage in (0, reset_max]")
+        if not isinstance(self.reset_step, (int, float)) or self.reset_step <= 0:
+            fail("reset_step", "a positive voltage")
+        if not isinstance(self.verify_tolerance, (int, float)) or not 0 < self.verify_tolerance <= 0.5:
+            fail("verify_tolerance", "a fraction of a level step in (0, 0.5]")
+        if not _is_int(self.pulse_budget) or self.pulse_budget < 2:
+            fail("pulse_budget", "an integer >= 2")
         if self.dac_grid not in DAC_GRIDS:
             fail("dac_grid", f"one of {list(DAC_GRIDS)}")
         if self.calibration not in CALIBRATIONS:
@@ -126,8 +145,11 @@ class CrossbarConfig:
 
     @property
     def planes(self) -> int:
-        """Binary bit planes of the magnitude (b - 1; 1 for ternary)."""
-        return max(1, math.ceil(math.log2(self.max_level + 1)))
+        """Digit planes of the magnitude in base levels_per_cell (binary: b - 1; 1 for ternary)."""
+        planes = 1
+        while self.levels_per_cell**planes <= self.max_level:
+            planes += 1
+        return planes
 
     def with_adc(self, preset: str) -> CrossbarConfig:
         """This config with one of the paper's ADC presets: "high_precision" (8, 10) or "reasonable" (4, 4)."""

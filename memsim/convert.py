@@ -87,7 +87,8 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
 
 def summary(model: nn.Module) -> list[dict[str, Any]]:
     """Per converted layer and in total: cells, arrays, tiles, failed cells, ADC conversions per input vector,
-    and the cells a read could disturb (count, and percent of the programmed cells; see crossbar.program)."""
+    and the cells a read could disturb (count, and percent of the programmed cells; see crossbar.program);
+    for multi-level cells also the programming pulses per cell (mean, 99th percentile, maximum)."""
     rows: list[dict[str, Any]] = []
     for name, layer in memristor_layers(model):
         tile = layer.config.tile_size
@@ -110,6 +111,14 @@ def summary(model: nn.Module) -> list[dict[str, Any]]:
                 "read_disturb_pct": _percent(int(layer.read_disturbable_cells), layer.r.numel()),
             }
         )
+        if layer.config.levels_per_cell > 2:
+            mean, p99, most = layer.pulse_statistics.tolist()
+            rows[-1].update(
+                levels_per_cell=layer.config.levels_per_cell,
+                pulses_mean=round(mean, 2),
+                pulses_p99=p99,
+                pulses_max=most,
+            )
     total: dict[str, Any] = {"layer": "total", "shape": "", "weight_bits": "", "planes": ""}
     for key in ("tiles", "arrays", "cells", "failed_cells", "adc_conversions", "read_disturbable_cells"):
         total[key] = sum(row[key] for row in rows)
@@ -125,7 +134,7 @@ def _percent(part: int, whole: int) -> float:
 def format_summary(rows: list[dict]) -> str:
     """A fixed-width table of summary() rows."""
     columns = list(rows[0])
-    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
+    widths = {c: max(len(c), *(len(str(row.get(c, ""))) for row in rows)) for c in columns}
     lines = ["  ".join(c.rjust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(row[c]).rjust(widths[c]) for c in columns) for row in rows]
+    lines += ["  ".join(str(row.get(c, "")).rjust(widths[c]) for c in columns) for row in rows]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from memsim.config import CrossbarConfig
-from memsim.device import HRS, LRS, CellArray
+from memsim.device import HRS, LRS, UR, US, CellArray, first_cycle, r_of_resistance
 from memsim.noise import ReadNoise, read_noise
 from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
 
@@ -69,9 +69,10 @@ class ReadModel:
         # nominal LRS and HRS of the device model, or with the paper's fixed scaling (Synaptogen cells only:
         # the ideal device's conductance is arbitrary). Per-column calibration corrects on top of nominal.
         if config.calibration == "paper" and config.device != "ideal":
-            self.unit_current = 1 / PAPER_OUTPUT_SCALING
+            pair_current = 1 / PAPER_OUTPUT_SCALING
         else:
-            self.unit_current = float(v * polyval(self.delta, v) * (self.r_on - self.r_off))
+            pair_current = float(v * polyval(self.delta, v) * (self.r_on - self.r_off))
+        self.unit_current = pair_current / (config.levels_per_cell - 1)  # one level step reads as 1
 
     def conductances(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """base(v) and delta(v), elementwise (coefficients copied to v's device once, not per read)."""
@@ -112,37 +113,55 @@ def integer_weights(weight: torch.Tensor, max_level: int) -> tuple[torch.Tensor,
     return torch.round(weight.detach() / scale).clamp_(-max_level, max_level), scale
 
 
-def bit_planes(q: torch.Tensor, planes: int, tile_size: int) -> torch.Tensor:
-    """Binary cell contents [2 (positive, negative), in_padded, planes, out] of integer weights q [out, in]."""
+def digit_planes(q: torch.Tensor, planes: int, tile_size: int, levels: int = 2) -> torch.Tensor:
+    """Cell contents [2 (positive, negative), in_padded, planes, out] of integer weights q [out, in]: the
+    magnitude's digits in base `levels` (place values levels^k), uint8; binary bits for levels = 2."""
     out_features, in_features = q.shape
     padded = math.ceil(in_features / tile_size) * tile_size
     magnitude = q.abs().to(torch.int64).T  # [in, out]
-    bits = torch.stack([(magnitude >> k) & 1 for k in range(planes)], dim=1).bool()  # [in, planes, out]
-    cells = torch.zeros(2, padded, planes, out_features, dtype=torch.bool, device=q.device)
+    digits = torch.stack([(magnitude // levels**k) % levels for k in range(planes)], dim=1).to(torch.uint8)
+    cells = torch.zeros(2, padded, planes, out_features, dtype=torch.uint8, device=q.device)
     positive = (q.T > 0)[:, None, :]
-    cells[0, :in_features] = bits & positive
-    cells[1, :in_features] = bits & ~positive
+    cells[0, :in_features] = digits * positive
+    cells[1, :in_features] = digits * ~positive
     return cells
 
 
 class Programmed(NamedTuple):
     r: torch.Tensor  # the state variable of every cell, shaped as the contents
-    failed: int  # cells storing 1 that did not SET
+    failed: int  # cells that did not reach their level (binary: cells storing 1 that did not SET)
     read_disturbable: int  # cells a read within +-v_read could switch: see program()
+    pulses: torch.Tensor | None = None  # multi-level cells: pulses each cell took (int16), else None
 
 
-def program(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None) -> Programmed:
-    """Program binary contents [2, in_padded, planes, out] into fresh cells.
+def target_r(levels: torch.Tensor, levels_per_cell: int, r_on: float, r_off: float) -> torch.Tensor:
+    """The state r of each level: equally spaced conductances from HRS (level 0) to LRS (the top level);
+    the conductance is linear in r at any voltage, so the targets are equally spaced in r too."""
+    return r_off + levels.float() * ((r_on - r_off) / (levels_per_cell - 1))
 
-    Per chunk of cells: optional random cycling and pre-cycling, full RESET, SET of the ones, then verify and
-    re-SET what did not switch (the SET threshold's tail), each retry verify_step volts harder.
+
+def program(contents: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None) -> Programmed:
+    """Program cell contents [2, in_padded, planes, out] (levels 0..levels_per_cell-1) into fresh cells.
+
+    Binary cells, per chunk: optional random cycling and pre-cycling, full RESET, SET of the ones, then verify
+    and re-SET what did not switch (the SET threshold's tail), each retry verify_step volts harder.
+    Multi-level cells: program_levels() (SET, then RESET pulses with a read after each).
 
     Also counts the cells whose programmed state a read could disturb: a cell storing 0 whose SET threshold
     lies above -v_read, or a cell storing 1 whose RESET threshold lies below +v_read. Reads never change a
     cell in this simulator (as in the paper); the count says how much that assumption carries.
     """
     if config.device == "ideal":
-        return Programmed(torch.where(cells_on, 0.0, 1.0), 0, 0)
+        return Programmed(target_r(contents, config.levels_per_cell, 0.0, 1.0), 0, 0)
+    if config.levels_per_cell > 2:
+        return program_levels(contents, config, generator)
+    if config.random_cycles == 0 and config.precycle_pulses == 0:
+        return _program_fresh(contents.bool(), config, generator)
+    return _program_by_pulses(contents.bool(), config, generator)
+
+
+def _program_by_pulses(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None) -> Programmed:
+    """program(), every pulse simulated by the device model (needed once cells have cycled before)."""
     flat_on = cells_on.reshape(-1)
     r = torch.empty(flat_on.shape, device=flat_on.device)
     params = device_params(config).to(flat_on.device)
@@ -152,13 +171,7 @@ def program(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Gen
     failed = disturbable = 0
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
-        cells = CellArray(on.numel(), params=params, generator=generator, device=on.device)
-        _random_cycles(cells, config, generator)
-        if precycle is not None:
-            arrays = _array_of_cells(start, on.numel(), cells_on.shape, config.tile_size, on.device)
-            for voltages in precycle:
-                cells.apply_voltage(voltages[arrays])
-        cells.apply_voltage(config.reset_voltage)
+        cells = _reset_cells(start, on.numel(), cells_on.shape, params, config, generator, precycle)
         for attempt in range(config.verify_retries + 1):
             todo = on & (cells.r > r_threshold)
             if attempt > 0 and not bool(todo.any()):  # programming is not a hot loop: a sync is fine
@@ -168,6 +181,48 @@ def program(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Gen
         failed += int((on & (cells.r > r_threshold)).sum())
         disturbable += int(torch.where(on, cells.ur <= config.v_read, cells.us >= -config.v_read).sum())
     return Programmed(r.view(cells_on.shape), failed, disturbable)
+
+
+def _reset_cells(
+    start: int,
+    count: int,
+    shape: torch.Size,
+    params: DeviceParams,
+    config: CrossbarConfig,
+    generator: torch.Generator | None,
+    precycle: torch.Tensor | None,
+) -> CellArray:
+    """Fresh cells for flat contents start..start+count: random cycling and pre-cycling if configured, then
+    the full RESET."""
+    cells = CellArray(count, params=params, generator=generator, device=params.device)
+    _random_cycles(cells, config, generator)
+    if precycle is not None:
+        arrays = _array_of_cells(start, count, shape, config.tile_size, params.device)
+        for voltages in precycle:
+            cells.apply_voltage(voltages[arrays])
+    return cells.apply_voltage(config.reset_voltage)
+
+
+def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None) -> Programmed:
+    """program() on fresh cells, in closed form. A fresh cell is in HRS at its first cycle's HRS: the full
+    RESET leaves it there, and a SET at u volts (u <= 0) takes it to the first cycle's LRS exactly when
+    u <= US; a retry only adds a stronger voltage. So a cell storing 1 ends in LRS if its US lies above the
+    strongest SET it can get, and no pulse needs simulating. Same draws as CellArray's: the same
+    distribution as the pulse-by-pulse path (and, within one chunk, the very same cells)."""
+    flat_on = cells_on.reshape(-1)
+    r = torch.empty(flat_on.shape, device=flat_on.device)
+    params = device_params(config).to(flat_on.device)
+    strongest_set = config.set_voltage + config.verify_retries * config.verify_step
+    failed = disturbable = torch.zeros((), dtype=torch.int64, device=flat_on.device)
+    for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
+        on = flat_on[start : start + PROGRAM_CHUNK]
+        _, _, y = first_cycle(on.numel(), params, generator)
+        switched = on & (y[US] >= strongest_set)
+        r_on, r_off = r_of_resistance(y[LRS], params), r_of_resistance(y[HRS], params)
+        r[start : start + on.numel()] = torch.where(switched, r_on, r_off)
+        failed = failed + (on & ~switched).sum()
+        disturbable = disturbable + torch.where(on, y[UR] <= config.v_read, y[US] >= -config.v_read).sum()
+    return Programmed(r.view(cells_on.shape), int(failed), int(disturbable))
 
 
 def _random_cycles(cells: CellArray, config: CrossbarConfig, generator: torch.Generator | None) -> None:
@@ -204,17 +259,89 @@ def _array_of_cells(start: int, count: int, shape: torch.Size, tile_size: int, d
     return ((sign * row_tiles + row // tile_size) * planes + plane) * column_tiles + column // tile_size
 
 
-def dac(x: torch.Tensor, input_range: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
+def dac(
+    x: torch.Tensor, input_range: torch.Tensor, config: CrossbarConfig, input_levels: int | None = None
+) -> torch.Tensor:
     """Inputs to voltages: scaled by the input range into [-1, 1], quantized, times v_read.
 
-    dac_grid "symmetric" has steps 1/(2^(b-1)-1), the activation quantizer's own grid, so an 8-bit DAC passes
-    8-bit activations unchanged; "paper" has steps 2^-(b-1) over [-1, 1] (2^b + 1 levels), as the paper's code.
+    input_levels: the source layer's own activation quantizer (2^(b-1)-1 steps per polarity), applied first:
+    the digital model feeds the DAC these codes, so an ideal DAC (dac_bits None) reproduces them. The DAC's
+    grid then: "symmetric", steps 1/(2^(b-1)-1), the activation quantizer's own grid, so an 8-bit DAC passes
+    8-bit activations unchanged; "paper", steps 2^-(b-1) over [-1, 1] (2^b + 1 levels), as the paper's code.
     """
     x = (x / input_range).clamp(-1, 1)
+    if input_levels is not None:
+        x = torch.round(x * input_levels) / input_levels
     if config.dac_bits is not None:
         steps = 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
         x = torch.round(x * steps) / steps
     return x * config.v_read
+
+
+def program_levels(
+    contents: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None
+) -> Programmed:
+    """Multi-level programming with write-verify, every cell its own state machine, all cells vectorized.
+
+    After random cycling and pre-cycling (if configured) and the full RESET, level 0 is the HRS and the top
+    level a verified SET (as binary cells). A middle level: SET, then
+    RESET pulses from reset_start rising by reset_step (a partial RESET moves the cell towards HRS, the
+    further the higher the pulse), each followed by a noiseless read of r, until the read reaches the level's
+    target; a cell more than verify_tolerance level steps past it overshot, and is SET again and restarts
+    two steps below the pulse that overshot (each SET starts a new switching cycle); at reset_max the pulse
+    stays there. Aiming at the target rather than at the near edge of a band keeps the levels unbiased.
+    A cell not done within pulse_budget pulses counts as failed. Deterministic from the generator; one host
+    sync per pulse (to stop early).
+    """
+    flat = contents.reshape(-1)
+    r = torch.empty(flat.shape, device=flat.device)
+    pulses = torch.zeros(flat.shape, dtype=torch.int16, device=flat.device)
+    params = device_params(config).to(flat.device)
+    if config.reset_max >= params.umax:
+        raise ValueError(
+            f"CrossbarConfig.reset_max must lie below the device model's full-RESET voltage {params.umax} V "
+            f"(a pulse there resets fully, no middle level), got {config.reset_max}"
+        )
+    r_lrs, r_hrs = nominal_r(params)
+    top = config.levels_per_cell - 1
+    band = config.verify_tolerance * (r_hrs - r_lrs) / top  # r grows towards HRS
+    strongest_set = config.set_voltage + config.verify_retries * config.verify_step
+    precycle = _precycle_voltages(contents.shape, config, generator, flat.device)
+    failed = disturbable = 0
+    for start in range(0, flat.numel(), PROGRAM_CHUNK):
+        level = flat[start : start + PROGRAM_CHUNK]
+        cells = _reset_cells(start, level.numel(), contents.shape, params, config, generator, precycle)
+        target = target_r(level, config.levels_per_cell, r_lrs, r_hrs)
+        middle = (level > 0) & (level < top)
+        needs_set = level > 0
+        voltage = torch.full_like(target, config.reset_start)  # the next RESET pulse of each middle cell
+        done = level == 0
+        count = torch.zeros_like(level, dtype=torch.int16)
+        for _ in range(config.pulse_budget):
+            pulse = torch.where(needs_set, strongest_set, torch.where(done, 0.0, voltage))
+            cells.apply_voltage(pulse)
+            count += (pulse != 0).to(torch.int16)
+            now = cells.r
+            set_now = needs_set & (now < (r_lrs + r_hrs) / 2)
+            done |= set_now & ~middle  # the top level: a verified SET
+            reset_now = ~needs_set & ~done  # a middle cell that just had a RESET pulse
+            within = reset_now & (now >= target) & (now <= target + band)
+            overshoot = reset_now & (now > target + band)
+            done |= within
+            voltage = torch.where(
+                reset_now & ~within & ~overshoot, (voltage + config.reset_step).clamp(max=config.reset_max), voltage
+            )
+            voltage = torch.where(overshoot, (voltage - 2 * config.reset_step).clamp(min=config.reset_step), voltage)
+            needs_set = (needs_set & ~set_now) | overshoot
+            if bool(done.all()):  # programming is not a hot loop: a sync per pulse is fine
+                break
+        r[start : start + level.numel()] = cells.r
+        pulses[start : start + level.numel()] = count
+        failed += int((~done).sum())
+        disturbable += int(
+            torch.where(level > 0, cells.state.reset_threshold <= config.v_read, cells.us >= -config.v_read).sum()
+        )
+    return Programmed(r.view(contents.shape), failed, disturbable, pulses.view(contents.shape))
 
 
 def adc(y: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
@@ -247,7 +374,7 @@ def crossbar_matmul(
 ) -> torch.Tensor:
     """Read voltages v [B, in] through programmed tiles r [2, in_padded, planes, out].
 
-    Returns sum over planes 2^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
+    Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
     product with v / v_read, as the hardware computes it, [B, out]. With `columns`, each ADC output is
     corrected digitally, (code - offset) / gain per tile, plane and column.
     """
@@ -282,7 +409,8 @@ def crossbar_matmul(
         if columns is not None:
             y.sub_(offset_in_steps[tile]).mul_(inverse_gain[tile])
         for plane in range(planes):
-            result.add_(y[:, plane * out_features : (plane + 1) * out_features], alpha=2**plane * step)
+            place = config.levels_per_cell**plane
+            result.add_(y[:, plane * out_features : (plane + 1) * out_features], alpha=place * step)
     return result
 
 

@@ -47,6 +47,16 @@ def draw_device_parameters(
     return k, mu_sigma
 
 
+def first_cycle(
+    n: int, params: DeviceParams, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The draws that make n fresh cells: device parameters mu_sigma [8, n], the first VAR vector x [4, n],
+    and the first cycle's features y [4, n] (HRS in ohm, US, LRS in ohm, UR), in CellArray's draw order."""
+    mu_sigma = draw_device_parameters(n, params, generator)[1].T.contiguous()
+    x = params.var_noise @ torch.randn(N_FEATURES, n, generator=generator, device=params.device)
+    return mu_sigma, x, _features(x, mu_sigma, params)
+
+
 @dataclasses.dataclass
 class CellState:
     """Everything a cell remembers, one row per cell (float32 unless noted): 230 bytes at p = 10."""
@@ -92,16 +102,14 @@ class CellArray:
         self.generator = generator
         self.n = n
         self._at_umax = _boundary_currents(torch.tensor(p.umax, device=p.device), p)
-        mu_sigma = draw_device_parameters(n, p, generator)[1].T.contiguous()
-        x = p.var_noise @ self._randn(N_FEATURES, n)
+        mu_sigma, x, y = first_cycle(n, p, generator)
         history = torch.zeros(n, N_FEATURES * p.var_order, device=p.device)
         history[:, -N_FEATURES:] = x.T
-        y = _features(x, mu_sigma, p)
         self.state = CellState(
             history=history,
             mu_sigma=mu_sigma,
             y=y,
-            r=_r_of_resistance(y[HRS], p),
+            r=r_of_resistance(y[HRS], p),
             reset_threshold=y[UR].clone(),
             reset_coefs=torch.zeros(2, n, device=p.device),
             cycle_count=torch.zeros(n, dtype=torch.int32, device=p.device),
@@ -205,7 +213,7 @@ def _apply_pulse(
     new_cycle = s.in_lrs & reset
 
     set_w = set_.float()
-    s.r.lerp_(_r_of_resistance(s.y[LRS], p), set_w)
+    s.r.lerp_(r_of_resistance(s.y[LRS], p), set_w)
     s.in_lrs |= set_
     s.in_hrs &= ~set_
     s.reset_threshold.lerp_(s.y[UR], set_w)
@@ -215,7 +223,7 @@ def _apply_pulse(
     # Transition curve from (UR, I(UR)) in the current state to the new cycle's HRS at Umax. Cells not
     # starting a curve may divide by zero here (UR = Umax after a full RESET).
     i_start = _current(s.r, _boundary_currents(s.reset_threshold, p))
-    i_end = _current(_r_of_resistance(s.y[HRS], p), at_umax)
+    i_end = _current(r_of_resistance(s.y[HRS], p), at_umax)
     a = (i_start - i_end) / torch.abs(p.umax - s.reset_threshold) ** p.eta
     torch.where(new_cycle & ~full_reset, torch.stack((a, i_end)), s.reset_coefs, out=s.reset_coefs)
 
@@ -227,7 +235,7 @@ def _apply_pulse(
     torch.where(reset & ~full_reset, _r_of_current(i_transition, at_u), s.r, out=s.r)
 
     s.in_hrs |= full_reset
-    s.r.lerp_(_r_of_resistance(s.y[HRS], p), full_reset.float())
+    s.r.lerp_(r_of_resistance(s.y[HRS], p), full_reset.float())
 
 
 def _next_cycle(s: CellState, weight: torch.Tensor, innovations: torch.Tensor, p: DeviceParams) -> None:
@@ -250,7 +258,7 @@ def _features(x: torch.Tensor, mu_sigma: torch.Tensor, p: DeviceParams) -> torch
     return y
 
 
-def _r_of_resistance(resistance: torch.Tensor, p: DeviceParams) -> torch.Tensor:
+def r_of_resistance(resistance: torch.Tensor, p: DeviceParams) -> torch.Tensor:
     return (p.g_llrs - 1 / resistance) / (p.g_llrs - p.g_hhrs)
 
 

@@ -9,7 +9,15 @@ import torch
 from torch import nn
 
 from memsim.config import CrossbarConfig
-from memsim.crossbar import ColumnCalibration, ReadModel, bit_planes, crossbar_matmul, dac, fit_columns, integer_weights
+from memsim.crossbar import (
+    ColumnCalibration,
+    ReadModel,
+    crossbar_matmul,
+    dac,
+    digit_planes,
+    fit_columns,
+    integer_weights,
+)
 from memsim.crossbar import program as program_cells
 
 
@@ -22,7 +30,8 @@ class MemristorLinear(nn.Module):
     `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
     `failed_cells`, the cells that would not SET; `read_disturbable_cells`, those a read could switch;
     with calibration="per_column", `column_gain` and `column_offset` [tiles, planes, out], the digital
-    correction fitted after programming.
+    correction fitted after programming; with levels_per_cell > 2, `pulse_statistics` (mean, 99th
+    percentile, maximum of the pulses a cell took to be programmed and verified).
     `output_quant`: a quantizer the source layer applied to its output (a quantization-aware layer's
     `output_quant` module), kept after the crossbar and the bias.
     """
@@ -34,6 +43,7 @@ class MemristorLinear(nn.Module):
     read_disturbable_cells: torch.Tensor
     column_gain: torch.Tensor
     column_offset: torch.Tensor
+    pulse_statistics: torch.Tensor
 
     def __init__(
         self,
@@ -55,9 +65,12 @@ class MemristorLinear(nn.Module):
         if config.calibration == "per_column":
             self.register_buffer("column_gain", torch.ones(padded // config.tile_size, config.planes, out_features))
             self.register_buffer("column_offset", torch.zeros_like(self.column_gain))
+        if config.levels_per_cell > 2:
+            self.register_buffer("pulse_statistics", torch.zeros(3))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.output_quant: nn.Module | None = None
         self.read_model = ReadModel(config)
+        self.input_levels: int | None = None  # a quantization-aware source's activation quantizer (see dac)
         self.calibrating = False
 
     @classmethod
@@ -80,15 +93,19 @@ class MemristorLinear(nn.Module):
                     f"{config.weight_bits}-bit crossbar's +-{config.max_level}"
                 )
             # The activation quantizer's full scale maps to v_read: a DAC of input_bits reproduces it.
-            layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * (2 ** (linear.input_bits - 1) - 1))
+            layer.input_levels = 2 ** (int(linear.input_bits) - 1) - 1
+            layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * layer.input_levels)
         else:
             q, scale = integer_weights(weight, config.max_level)
         if program:
-            cells = bit_planes(q, config.planes, config.tile_size)
+            cells = digit_planes(q, config.planes, config.tile_size, config.levels_per_cell)
             programmed = program_cells(cells, config, generator)
             layer.r.copy_(programmed.r)
             layer.failed_cells.fill_(programmed.failed)
             layer.read_disturbable_cells.fill_(programmed.read_disturbable)
+            if programmed.pulses is not None:
+                pulses = programmed.pulses.float()
+                layer.pulse_statistics.copy_(torch.stack([pulses.mean(), pulses.quantile(0.99), pulses.max()]))
             if config.calibration == "per_column":
                 gain, offset = fit_columns(cells, layer.r, layer.read_model, config, generator)
                 layer.column_gain.copy_(gain)
@@ -108,7 +125,7 @@ class MemristorLinear(nn.Module):
         if self.calibrating:
             self.input_range.copy_(torch.maximum(self.input_range, batch_range))
         input_range = torch.where(self.input_range > 0, self.input_range, batch_range)
-        v = dac(x, input_range, self.config)
+        v = dac(x, input_range, self.config, self.input_levels)
         columns = None
         if self.config.calibration == "per_column":
             columns = ColumnCalibration(self.column_gain, self.column_offset)

@@ -20,16 +20,15 @@ def protocol_layer(
     config: CrossbarConfig, seed: int, batch: int = 256, prequantized: bool = False
 ) -> tuple[MemristorLinear, torch.Tensor, torch.Tensor]:
     """The programmed layer, the inputs, and the digital product of the DAC-quantized inputs with the
-    integer weights times their scale. prequantized: the inputs first pass an 8-bit activation quantizer at
-    max|x| (as in a QAT model), and the digital product uses those."""
+    integer weights times their scale. The DAC quantizes the raw inputs (as the measurement with the paper's
+    code did); prequantized: the inputs first pass an 8-bit activation quantizer at max|x| (as in a QAT
+    model, whose codes the DAC then converts), and the digital product uses those."""
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(OUT_FEATURES, IN_FEATURES, generator=generator) * 0.05
     scale = weight.abs().max() / 6
     q = (weight / scale).round().clamp(-3, 3)
     x = torch.randn(batch, IN_FEATURES, generator=generator)
     full_scale = x.abs().max()
-    if prequantized:
-        x = torch.round(x / full_scale * 127) * (full_scale / 127)
     source = SimpleNamespace(  # a quantization-aware layer as MemristorLinear.from_linear reads one
         weight=weight,
         bias=None,
@@ -41,7 +40,11 @@ def protocol_layer(
         input_bits=8,
     )
     layer = MemristorLinear.from_linear(source, config, generator)
-    quantized = x if prequantized else dac(x, full_scale, config) / config.v_read * full_scale
+    if prequantized:
+        quantized = torch.round(x / full_scale * 127) * (full_scale / 127)
+    else:
+        layer.input_levels = None  # no activation quantizer: the DAC sees the raw inputs
+        quantized = dac(x, full_scale, config) / config.v_read * full_scale
     return layer, x, quantized @ (q * scale).T
 
 

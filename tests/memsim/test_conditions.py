@@ -161,7 +161,17 @@ def test_an_output_quantizer_of_the_source_layer_stays_on_the_chip():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("precycle_pulses", -1), ("dac_grid", "fine"), ("calibration", "global"), ("device_variation", 0)],
+    [
+        ("precycle_pulses", -1),
+        ("dac_grid", "fine"),
+        ("calibration", "global"),
+        ("device_variation", 0),
+        ("levels_per_cell", 1),
+        ("levels_per_cell", 17),
+        ("pulse_budget", 1),
+        ("verify_tolerance", 0.7),
+        ("reset_start", 2.0),
+    ],
 )
 def test_bad_condition_settings_are_named(field, value):
     with pytest.raises(ValueError, match=f"CrossbarConfig.{field}"):
@@ -192,3 +202,14 @@ def fake_quantized_copy(model, bits):
             q, scale = memsim.crossbar.integer_weights(module.weight, memsim.CrossbarConfig(weight_bits=bits).max_level)
             module.weight.data.copy_(q * scale)
     return model
+
+
+@pytest.mark.parametrize("set_voltage", [-2.0, -0.7])  # -0.7 V: many cells need their verify retries
+def test_fresh_cells_programmed_in_closed_form_equal_the_pulse_by_pulse_programming(set_voltage):
+    cells = memsim.crossbar.digit_planes(torch.randint(-3, 4, (100, 200)), 2, 128).bool()
+    config = memsim.CrossbarConfig(set_voltage=set_voltage, verify_step=-0.05)
+    fresh = memsim.crossbar._program_fresh(cells, config, torch.Generator().manual_seed(3))
+    pulses = memsim.crossbar._program_by_pulses(cells, config, torch.Generator().manual_seed(3))
+    assert torch.equal(fresh.r, pulses.r)
+    assert (fresh.failed, fresh.read_disturbable) == (pulses.failed, pulses.read_disturbable)
+    assert (fresh.failed > 0) == (set_voltage > -1)

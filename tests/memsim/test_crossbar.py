@@ -17,11 +17,14 @@ def fake_quantized(linear, bits):
     return lambda x: x @ (q * scale).T + linear.bias.detach()
 
 
-@pytest.mark.parametrize("bits", [1.5, 2, 3, 5, 8])
-def test_ideal_crossbar_reproduces_the_fake_quantized_layer(bits, device):
+@pytest.mark.parametrize(
+    "bits, levels", [(1.5, 2), (2, 2), (3, 2), (5, 2), (8, 2), (3, 3), (3, 4), (4, 8), (5, 4), (8, 3), (8, 16)]
+)
+def test_ideal_crossbar_reproduces_the_fake_quantized_layer(bits, levels, device):
     torch.manual_seed(0)
     linear = nn.Linear(300, 70).to(device)  # 300 inputs: three tiles, the last zero-padded
-    layer = memsim.MemristorLinear.from_linear(linear, memsim.CrossbarConfig(**{**vars(IDEAL), "weight_bits": bits}))
+    config = memsim.CrossbarConfig(**{**vars(IDEAL), "weight_bits": bits, "levels_per_cell": levels})
+    layer = memsim.MemristorLinear.from_linear(linear, config)
     x = torch.randn(5, 9, 300, device=device)
     expected = fake_quantized(linear, bits)(x)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
@@ -31,6 +34,11 @@ def test_three_bit_weights_use_four_cells_each():
     layer = memsim.MemristorLinear.from_linear(nn.Linear(128, 128), IDEAL)
     assert layer.r.numel() == 4 * 128 * 128
     assert memsim.CrossbarConfig(weight_bits=8).planes == 7 and memsim.CrossbarConfig(weight_bits=1.5).planes == 1
+
+
+@pytest.mark.parametrize("bits, levels, planes", [(3, 4, 1), (3, 3, 2), (4, 8, 1), (5, 4, 2), (8, 16, 2), (8, 3, 5)])
+def test_multi_level_cells_need_fewer_planes(bits, levels, planes):
+    assert memsim.CrossbarConfig(weight_bits=bits, levels_per_cell=levels).planes == planes
 
 
 def per_cell_read(layer, x, noise, reads=1):
@@ -186,14 +194,23 @@ class QuantLinear(nn.Linear):
         return x @ (self.integer_weight() * self.weight_scale).T + self.bias
 
 
-def test_quantization_aware_layer_maps_exactly():
+@pytest.mark.parametrize("dac_bits", [8, None])  # an ideal DAC converts the activation quantizer's codes exactly
+def test_quantization_aware_layer_maps_exactly(dac_bits):
     torch.manual_seed(0)
     qat = QuantLinear()
-    config = memsim.CrossbarConfig(**{**vars(IDEAL), "dac_bits": 8})
+    config = memsim.CrossbarConfig(**{**vars(IDEAL), "dac_bits": dac_bits})
     layer = memsim.MemristorLinear.from_linear(qat, config)
     x = torch.randn(6, 20)
     torch.testing.assert_close(layer(x), qat(x), rtol=1e-5, atol=1e-5)
     assert float(layer.input_range) == pytest.approx(0.02 * 127)
+
+
+def test_synaptogen_cells_without_any_non_ideality_map_a_quantization_aware_layer_exactly():
+    torch.manual_seed(0)
+    qat = QuantLinear()
+    layer = memsim.MemristorLinear.from_linear(qat, memsim.CrossbarConfig().only(None), torch.Generator())
+    x = torch.randn(6, 20)
+    torch.testing.assert_close(layer(x), qat(x), rtol=1e-4, atol=1e-4)
 
 
 def test_convert_nested_model_with_include_and_exclude():
@@ -253,3 +270,59 @@ def test_per_channel_weight_scales_are_applied_per_output():
     config = memsim.CrossbarConfig(**{**vars(IDEAL), "dac_bits": 8})
     x = torch.randn(6, 20)
     torch.testing.assert_close(memsim.MemristorLinear.from_linear(qat, config)(x), qat(x), rtol=1e-5, atol=1e-5)
+
+
+def test_multi_level_cells_are_programmed_to_their_levels_and_verified():
+    config = memsim.CrossbarConfig(levels_per_cell=4)
+    contents = torch.randint(0, 4, (2, 128, 1, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    programmed = memsim.crossbar.program(contents, config, torch.Generator().manual_seed(1))
+    r_on, r_off = memsim.crossbar.nominal_r(memsim.crossbar.device_params(config))
+    level = (r_off - programmed.r) / ((r_off - r_on) / 3)  # in level steps: HRS 0, LRS 3
+    for j in (1, 2):  # verified middle levels: at or just past their target, within the tolerance
+        reached = level[contents == j]
+        assert float(reached.median()) == pytest.approx(j, abs=0.1)
+        assert float((reached - j).abs().quantile(0.99)) <= config.verify_tolerance + 0.01
+    assert float(level[contents == 3].median()) == pytest.approx(3, abs=0.15)  # a SET: LRS with its spread
+    assert programmed.failed <= 2 and programmed.pulses is not None
+    assert (
+        int(programmed.pulses[contents == 0].max()) == 0 and float(programmed.pulses[contents == 2].float().mean()) > 2
+    )
+    again = memsim.crossbar.program(contents, config, torch.Generator().manual_seed(1))
+    assert torch.equal(again.r, programmed.r)
+
+
+def test_multi_level_chips_need_fewer_cells_and_conversions_and_report_their_pulses():
+    linear = nn.Linear(128, 32)
+    binary, four = (
+        memsim.MemristorLinear.from_linear(linear, memsim.CrossbarConfig(levels_per_cell=levels), torch.Generator())
+        for levels in (2, 4)
+    )
+    rows = [memsim.summary(layer)[0] for layer in (binary, four)]
+    assert rows[1]["planes"] == 1 and rows[0]["planes"] == 2
+    assert 2 * rows[1]["cells"] == rows[0]["cells"] and 2 * rows[1]["adc_conversions"] == rows[0]["adc_conversions"]
+    assert (
+        rows[1]["pulses_mean"] > 0 and rows[1]["pulses_max"] >= rows[1]["pulses_p99"] and "pulses_mean" not in rows[0]
+    )
+    assert "pulses_p99" in memsim.format_summary(memsim.summary(four))
+    x = torch.randn(16, 128)
+    digital = fake_quantized(linear, 3)(x)
+    assert float((four(x) - digital).norm() / digital.norm()) < 0.3
+
+
+@pytest.mark.parametrize("levels", range(2, 17))
+def test_digit_planes_recompose_every_weight(levels):
+    for bits in (1.5, 2, 3, 4, 5, 6, 7, 8):
+        config = memsim.CrossbarConfig(weight_bits=bits, levels_per_cell=levels)
+        q = torch.arange(-config.max_level, config.max_level + 1).repeat(3, 1)  # [3, 2 max + 1]
+        cells = memsim.crossbar.digit_planes(q, config.planes, 128, levels).long()
+        assert int(cells.max()) < levels
+        place = levels ** torch.arange(config.planes)
+        recomposed = ((cells[0] - cells[1]) * place[None, :, None]).sum(1)[: q.shape[1]]  # [in, out]
+        assert torch.equal(recomposed, q.T)
+
+
+def test_a_reset_ladder_up_to_the_full_reset_voltage_is_refused():
+    with pytest.raises(ValueError, match="CrossbarConfig.reset_max must lie below"):
+        memsim.crossbar.program(
+            torch.ones(2, 128, 1, 4, dtype=torch.uint8), memsim.CrossbarConfig(levels_per_cell=4, reset_max=1.5)
+        )
