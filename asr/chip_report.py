@@ -38,6 +38,12 @@ def name(g: Group) -> str:
     return f"w{r.weight_bits:g} {r.chip_label}" + (f" ({g.label})" if g.label else "")
 
 
+def short_name(g: Group) -> str:
+    """The chip's name and the model it holds (its folder without the hash): short enough for a chart."""
+    r = g.first
+    return f"{r.chip_label} ({Path(r.model).name.rsplit('-', 1)[0]})"
+
+
 def layer_error_table(groups: list[Group]) -> str:
     """One row per chip: WER, its change against the digital QAT model, and the layer errors (mean over the
     crossbar layers of relative error, gain and residual; the worst layer), with the read-disturbable cells."""
@@ -105,7 +111,7 @@ def budget_plot(groups: list[Group], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [name(g) for g in chosen]
+    labels = [short_name(g) for g in chosen]
     relative = [g.relative.get("qat") for g in chosen]
     change = [100 * i.estimate if i else float("nan") for i in relative]
     low = [100 * (i.estimate - i.low) if i else 0.0 for i in relative]
@@ -115,7 +121,7 @@ def budget_plot(groups: list[Group], path: Path) -> bool:
         mean = next((row for row in chip_summary(g).get("layer_errors", []) if row["layer"] == "mean"), None)
         errors.append(100 * mean["relative_error"] if mean else float("nan"))
     y = list(range(len(chosen)))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.4 * len(chosen)), sharey=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.5 + 0.42 * len(chosen)), sharey=True)
     left.barh(y, change, xerr=[low, high], capsize=3, color="tab:red")
     left.axvline(0, color="black", linewidth=0.8)
     left.set(xlabel="WER change against the digital QAT model (%, 95 % CI)", yticks=y, yticklabels=labels)
