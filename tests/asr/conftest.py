@@ -72,6 +72,31 @@ def tiny_mini_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_recipe_overrides(tiny_mini_corpus):
+    """The overrides of a work dir on the tiny corpus with a one-block model: tiny_recipe_overrides(work_dir)."""
+    sizes = [
+        f"data.synth.splits.{split}.{key}={value}" for split, spec in TINY_SPLITS.items() for key, value in spec.items()
+    ]
+
+    def overrides(work: Path) -> list[str]:
+        return [
+            "+experiment=mini",
+            f"work_dir={work}",
+            f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
+            *sizes,
+            "model.d_model=32",
+            "model.n_layers=1",
+            "model.d_ff=64",
+            "model.n_heads=2",
+            "loader.num_workers=0",
+            "qat_train.epochs=1",
+            "memsim.tile_size=16",
+        ]
+
+    return overrides
+
+
+@pytest.fixture(scope="session")
 def make_cfg():
     """Compose configs/config.yaml with overrides, as scripts/run.py would."""
     settings.register()

@@ -19,36 +19,14 @@ from asr.pipeline.outputs import RECORD
 from asr.pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_MODEL = [
-    "model.d_model=32",
-    "model.n_layers=1",
-    "model.d_ff=64",
-    "model.n_heads=2",
-    "train.max_steps=3",
-    "train.checkpoint_every=1",
-    "train.average_last=2",
-    "loader.num_workers=0",
-    "qat_train.epochs=1",
-]
+TINY_TRAINING = ["train.max_steps=3", "train.checkpoint_every=1", "train.average_last=2"]
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory, tiny_mini_corpus, tiny_splits, make_cfg):
+def recipe(tmp_path_factory, tiny_recipe_overrides, make_cfg):
     """A work dir through every stage once: (work_dir, overrides that reproduce its configuration)."""
     work = tmp_path_factory.mktemp("recipe")
-    sizes = [
-        f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()
-    ]
-    overrides = [
-        "+experiment=mini",
-        f"work_dir={work}",
-        f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
-        *sizes,
-        *TINY_MODEL,
-        "memsim.instances=2",
-        "memsim.tile_size=16",
-        "decode.beam_size=8",
-    ]
+    overrides = [*tiny_recipe_overrides(work), *TINY_TRAINING, "memsim.instances=2", "decode.beam_size=8"]
     runner.run(make_cfg(*overrides))
     return work, overrides
 

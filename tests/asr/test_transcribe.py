@@ -17,26 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_mini_corpus, tiny_splits, make_cfg):
+def trained(tmp_path_factory, tiny_recipe_overrides, make_cfg):
     """A tiny work dir with float and 3-bit models and one chip folder; the settings; a test utterance as wav."""
     work = tmp_path_factory.mktemp("work")
-    sizes = [
-        f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()
-    ]
     overrides = [
-        "+experiment=mini",
-        f"work_dir={work}",
-        f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
-        *sizes,
-        "model.d_model=32",
-        "model.n_layers=1",
-        "model.d_ff=64",
-        "model.n_heads=2",
+        *tiny_recipe_overrides(work),
         "train.max_steps=2",
-        "loader.num_workers=0",
-        "qat_train.epochs=1",
         "memsim.instances=1",
-        "memsim.tile_size=16",
         "decode.methods=[greedy]",
         "decode.splits=[test]",
     ]
