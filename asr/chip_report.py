@@ -28,9 +28,15 @@ def chip_groups(groups: list[Group], split: str = "test", method: str = "beam") 
     return [g for g in memsim if g.first.split == split and g.first.method == method]
 
 
-def chip_summary(g: Group) -> dict:
+def _summary_of(g: Group) -> dict:
+    """The memsim stage's summary.json of the group's chip ({} when it has none)."""
     r = g.first
     return read_json(r.root / str(r.chip) / SUMMARY_FILE) or {}
+
+
+def _mean_layer_errors(summary: dict) -> dict | None:
+    """The "mean" row of a chip summary's layer errors."""
+    return next((row for row in summary.get("layer_errors") or [] if row["layer"] == "mean"), None)
 
 
 def name(g: Group) -> str:
@@ -63,10 +69,10 @@ def layer_error_table(groups: list[Group]) -> str:
     ]
     lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
     for g in chosen:
-        summary = chip_summary(g)
+        summary = _summary_of(g)
         errors = summary.get("layer_errors") or []
         layers = [row for row in errors if row["layer"] != "mean"]
-        mean = next((row for row in errors if row["layer"] == "mean"), None)
+        mean = _mean_layer_errors(summary)
         worst = max(layers, key=lambda row: row["relative_error"]) if layers else None
         relative = g.relative.get("qat")
         disturb = summary.get("total", {}).get("read_disturb_pct")
@@ -118,7 +124,7 @@ def budget_plot(groups: list[Group], path: Path) -> bool:
     high = [100 * (i.high - i.estimate) if i else 0.0 for i in relative]
     errors = []
     for g in chosen:
-        mean = next((row for row in chip_summary(g).get("layer_errors", []) if row["layer"] == "mean"), None)
+        mean = _mean_layer_errors(_summary_of(g))
         errors.append(100 * mean["relative_error"] if mean else float("nan"))
     y = list(range(len(chosen)))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.5 + 0.42 * len(chosen)), sharey=True)

@@ -179,7 +179,7 @@ def _program_by_pulses(cells_on: torch.Tensor, config: CrossbarConfig, generator
             cells.apply_voltage(torch.where(todo, config.set_voltage + attempt * config.verify_step, 0.0))
         r[start : start + on.numel()] = cells.r
         failed += int((on & (cells.r > r_threshold)).sum())
-        disturbable += int(torch.where(on, cells.ur <= config.v_read, cells.us >= -config.v_read).sum())
+        disturbable += int(_read_disturbable(on, cells.ur, cells.us, config.v_read))
     return Programmed(r.view(cells_on.shape), failed, disturbable)
 
 
@@ -221,8 +221,16 @@ def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: to
         r_on, r_off = r_of_resistance(y[LRS], params), r_of_resistance(y[HRS], params)
         r[start : start + on.numel()] = torch.where(switched, r_on, r_off)
         failed = failed + (on & ~switched).sum()
-        disturbable = disturbable + torch.where(on, y[UR] <= config.v_read, y[US] >= -config.v_read).sum()
+        disturbable = disturbable + _read_disturbable(on, y[UR], y[US], config.v_read)
     return Programmed(r.view(cells_on.shape), int(failed), int(disturbable))
+
+
+def _read_disturbable(
+    stored: torch.Tensor, reset_threshold: torch.Tensor, set_threshold: torch.Tensor, v_read: float
+) -> torch.Tensor:
+    """How many cells a read within +-v_read could switch: a cell storing a level above 0 whose RESET threshold
+    lies at or below +v_read, a cell storing 0 whose SET threshold lies at or above -v_read (program())."""
+    return torch.where(stored, reset_threshold <= v_read, set_threshold >= -v_read).sum()
 
 
 def _random_cycles(cells: CellArray, config: CrossbarConfig, generator: torch.Generator | None) -> None:
@@ -338,9 +346,7 @@ def program_levels(
         r[start : start + level.numel()] = cells.r
         pulses[start : start + level.numel()] = count
         failed += int((~done).sum())
-        disturbable += int(
-            torch.where(level > 0, cells.state.reset_threshold <= config.v_read, cells.us >= -config.v_read).sum()
-        )
+        disturbable += int(_read_disturbable(level > 0, cells.state.reset_threshold, cells.us, config.v_read))
     return Programmed(r.view(contents.shape), failed, disturbable, pulses.view(contents.shape))
 
 
