@@ -143,3 +143,102 @@ def budget_plot(groups: list[Group], path: Path) -> bool:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return True
+
+
+def cost_table(groups: list[Group]) -> str:
+    """One row per chip: what it is built of and what programming it cost (memsim.summary's totals and
+    memsim.level_statistics), next to its WER and the change against its digital QAT model."""
+    chosen = chip_groups(groups)
+    if not chosen:
+        return ""
+    header = [
+        "chip",
+        "levels per cell",
+        "verify tolerance",
+        "planes",
+        "cells",
+        "ADC conversions per s of audio",
+        "pulses per cell: mean / p99 / max",
+        "failed cells (per level)",
+        "WER mean",
+        "rel. to QAT [95 % CI]",
+    ]
+    lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
+    for g in chosen:
+        summary = _summary_of(g)
+        config, total, levels = summary.get("config", {}), summary.get("total", {}), summary.get("levels")
+        layers = summary.get("layers") or [{}]
+        relative = g.relative.get("qat")
+        if levels:
+            pulses = levels["pulses"]
+            pulse_cell = f"{pulses['pulses_mean']:.1f} / {pulses['pulses_p99']} / {pulses['pulses_max']}"
+            failed = f"{sum(levels['failed_by_level'])} ({', '.join(map(str, levels['failed_by_level']))})"
+        else:
+            pulse_cell, failed = "SET with verify", str(total.get("failed_cells", "n/a"))
+        cells = [
+            name(g),
+            str(config.get("levels_per_cell", 2)),
+            f"{config['verify_tolerance']:g}" if levels else "-",
+            str(layers[0].get("planes", "n/a")),
+            f"{total['cells']:,}" if "cells" in total else "n/a",
+            f"{summary['adc_conversions_per_second_of_audio']:,}"
+            if "adc_conversions_per_second_of_audio" in summary
+            else "n/a",
+            pulse_cell,
+            failed,
+            f"{statistics.mean(g.wers):.2f}",
+            relative.percent() if relative else "n/a",
+        ]
+        lines.append("|" + "|".join(cells) + "|")
+    r = chosen[0].first
+    return (
+        f"Split {r.split}, {r.method} decoding; programming figures of instance 0. Binary cells are SET and "
+        "verified; multi-level cells are programmed by SET and RESET pulses with a read after each, until the read "
+        "lies within the verify tolerance (a fraction of a level step) of the level's target (memsim.crossbar."
+        "program_levels); a cell out of pulses counts as failed, per stored level 0 (HRS) up.\n\n" + "\n".join(lines)
+    )
+
+
+def level_plots(groups: list[Group], out_dir: Path) -> list[Path]:
+    """levels-<model>-<chip>.png per multi-level chip: its cells' read conductance per stored level (instance 0),
+    one colour per level, the targets and verify bands marked. Returns the files written."""
+    written = []
+    for g in chip_groups(groups):
+        levels = _summary_of(g).get("levels")
+        if not levels:
+            continue
+        path = out_dir / f"levels-{short_name(g).replace(' (', '-').rstrip(')').replace(' ', '_')}.png"
+        _plot_levels(levels, f"{short_name(g)}: cells per read level (instance 0)", path)
+        written.append(path)
+    return written
+
+
+def _plot_levels(levels: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = levels["histogram_edges"]
+    top = levels["levels_per_cell"] - 1
+    tolerance = levels["verify_tolerance"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colours = plt.get_cmap("viridis")
+    for level, counts in enumerate(levels["histogram"]):
+        colour = colours(level / max(top, 1))
+        ax.stairs(counts, edges, fill=True, alpha=0.55, color=colour, label=f"level {level}")
+        ax.axvline(level, color=colour, linestyle="--", linewidth=1)
+        if 0 < level < top:
+            ax.axvspan(level - tolerance, level, color=colour, alpha=0.12)
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="read conductance above the nominal HRS, in level steps (targets dashed, verify bands shaded)",
+        ylabel="cells",
+        title=title,
+    )
+    ax.legend(fontsize=8, ncol=min(top + 1, 8))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -59,8 +59,8 @@ def layer_errors(chip: ConformerCTC, model_path: Path, batches: Iterable[dict], 
 def chip_summary(
     model: ConformerCTC, config: memsim.CrossbarConfig, program_seconds: float, errors: list[dict]
 ) -> dict:
-    """memsim.summary's totals and layers, the configuration, ADC conversions per second of audio, and the
-    layer errors against the digital model."""
+    """memsim.summary's totals and layers, the configuration, ADC conversions per second of audio, the layer
+    errors against the digital model and, for multi-level cells, memsim.level_statistics."""
     rows = memsim.summary(model)
     vectors_per_second = int(model.output_lengths(torch.tensor([FEATURE_FRAMES_PER_SECOND]))[0])
     return {
@@ -70,4 +70,5 @@ def chip_summary(
         "adc_conversions_per_second_of_audio": rows[-1]["adc_conversions"] * vectors_per_second,
         "program_seconds": round(program_seconds, 2),
         "layer_errors": errors,
+        "levels": memsim.level_statistics(model),
     }

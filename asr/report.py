@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.chip_report import budget_plot, layer_error_table
+from asr.chip_report import budget_plot, cost_table, layer_error_table, level_plots
 from asr.decode import HYPS_FILE, SCORE_FILE
 from asr.errors import UserError
 from asr.files import atomic_path, read_jsonl, write_text
@@ -321,6 +321,8 @@ def results_markdown(groups: list[Group], stale: list[str], title: str, notes: s
     )
     chips = layer_error_table(groups)
     chip_section = f"## Chip layer errors\n\n{chips}\n\n" if chips else ""
+    costs = cost_table(groups)
+    chip_section += f"## Chip cells, converters and programming\n\n{costs}\n\n" if costs else ""
     return (
         f"# {title}\n\n{notes}## WER (%) per system\n\n{summary_table(groups)}\n\n"
         "Snt and Wrd: the utterances and reference words each split scored. A memsim row holds its programming "
@@ -422,8 +424,8 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
 
 
 def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = "") -> list[Group]:
-    """results.csv, RESULTS.md, wer_vs_bits.png and (with two chips or more) chips.png in out_dir; returns the
-    groups."""
+    """results.csv, RESULTS.md, wer_vs_bits.png, (with two chips or more) chips.png and (per multi-level chip)
+    levels-*.png in out_dir; returns the groups."""
     results, stale = collect(work_dirs)
     if not results:
         raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
@@ -433,4 +435,5 @@ def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = 
     write_text(out_dir / "RESULTS.md", results_markdown(groups, stale, title, notes))
     plot(groups, out_dir / "wer_vs_bits.png")
     budget_plot(groups, out_dir / "chips.png")
+    level_plots(groups, out_dir)
     return groups

@@ -1,7 +1,7 @@
 """memsim: memristor crossbar simulation on the Synaptogen device model, in PyTorch."""
 
 from memsim.config import ADC_PRESETS, NON_IDEALITIES, PRESETS, CrossbarConfig
-from memsim.convert import calibrate, convert, format_summary, summary
+from memsim.convert import calibrate, convert, format_summary, level_statistics, summary
 from memsim.device import CellArray, draw_device_parameters
 from memsim.diagnostics import layer_errors
 from memsim.layers import MemristorLinear
@@ -24,6 +24,7 @@ __all__ = [
     "draw_device_parameters",
     "format_summary",
     "layer_errors",
+    "level_statistics",
     "load_params",
     "read_noise",
     "summary",

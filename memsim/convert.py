@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from memsim.config import CrossbarConfig
+from memsim.crossbar import LEVEL_BINS_PER_STEP
 from memsim.layers import MemristorLinear
 
 
@@ -88,7 +89,8 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
 def summary(model: nn.Module) -> list[dict[str, Any]]:
     """Per converted layer and in total: cells, arrays, tiles, failed cells, ADC conversions per input vector,
     and the cells a read could disturb (count, and percent of the programmed cells; see crossbar.program);
-    for multi-level cells also the programming pulses per cell (mean, 99th percentile, maximum)."""
+    for multi-level cells also the programming pulses per cell (mean, 99th percentile, maximum; level_statistics
+    has the rest)."""
     rows: list[dict[str, Any]] = []
     for name, layer in memristor_layers(model):
         tile = layer.config.tile_size
@@ -112,19 +114,53 @@ def summary(model: nn.Module) -> list[dict[str, Any]]:
             }
         )
         if layer.config.levels_per_cell > 2:
-            mean, p99, most = layer.pulse_statistics.tolist()
-            rows[-1].update(
-                levels_per_cell=layer.config.levels_per_cell,
-                pulses_mean=round(mean, 2),
-                pulses_p99=p99,
-                pulses_max=most,
-            )
+            rows[-1].update(levels_per_cell=layer.config.levels_per_cell, **pulse_statistics(layer.pulse_histogram))
     total: dict[str, Any] = {"layer": "total", "shape": "", "weight_bits": "", "planes": ""}
     for key in ("tiles", "arrays", "cells", "failed_cells", "adc_conversions", "read_disturbable_cells"):
         total[key] = sum(row[key] for row in rows)
     programmed = sum(layer.r.numel() for _, layer in memristor_layers(model))
     total["read_disturb_pct"] = _percent(total["read_disturbable_cells"], programmed)
+    levels = level_statistics(model)
+    if levels is not None:
+        total.update(levels_per_cell=levels["levels_per_cell"], **levels["pulses"])
     return rows + [total]
+
+
+def pulse_statistics(histogram: torch.Tensor) -> dict[str, float]:
+    """pulses_mean, pulses_p99 and pulses_max of cells counted per number of programming pulses."""
+    counts = histogram.double()
+    pulses = torch.arange(counts.numel(), dtype=torch.float64)
+    cumulative = counts.cumsum(0)
+    p99 = int(torch.searchsorted(cumulative, 0.99 * cumulative[-1]))
+    most = int(torch.nonzero(counts).max()) if bool(counts.any()) else 0
+    return {
+        "pulses_mean": round(float(counts @ pulses / counts.sum().clamp_min(1)), 2),
+        "pulses_p99": p99,
+        "pulses_max": most,
+    }
+
+
+def level_statistics(model: nn.Module) -> dict[str, Any] | None:
+    """What programming the multi-level layers cost and gave, summed over them (None without any): levels per
+    cell, the pulses per cell (pulse_statistics), failed cells per stored level, and the cells' read levels
+    (crossbar.level_histogram) per stored level with the bin edges, in level steps."""
+    layers = [layer for _, layer in memristor_layers(model) if layer.config.levels_per_cell > 2]
+    if not layers:
+        return None
+    kinds = {(layer.config.levels_per_cell, layer.config.pulse_budget) for layer in layers}
+    if len(kinds) > 1:
+        raise ValueError(f"the model's multi-level layers differ in (levels_per_cell, pulse_budget): {sorted(kinds)}")
+    levels = layers[0].config.levels_per_cell
+    histogram = sum(layer.level_histogram.cpu() for layer in layers)
+    edges = [-0.5 + k / LEVEL_BINS_PER_STEP for k in range(levels * LEVEL_BINS_PER_STEP + 1)]
+    return {
+        "levels_per_cell": levels,
+        "verify_tolerance": layers[0].config.verify_tolerance,
+        "pulses": pulse_statistics(sum(layer.pulse_histogram.cpu() for layer in layers)),
+        "failed_by_level": sum(layer.level_failures.cpu() for layer in layers).tolist(),
+        "histogram_edges": edges,
+        "histogram": histogram.tolist(),
+    }
 
 
 def _percent(part: int, whole: int) -> float:

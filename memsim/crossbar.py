@@ -132,12 +132,32 @@ class Programmed(NamedTuple):
     failed: int  # cells that did not reach their level (binary: cells storing 1 that did not SET)
     read_disturbable: int  # cells a read within +-v_read could switch: see program()
     pulses: torch.Tensor | None = None  # multi-level cells: pulses each cell took (int16), else None
+    failed_by_level: torch.Tensor | None = None  # multi-level cells: failed cells per stored level [levels]
 
 
 def target_r(levels: torch.Tensor, levels_per_cell: int, r_on: float, r_off: float) -> torch.Tensor:
     """The state r of each level: equally spaced conductances from HRS (level 0) to LRS (the top level);
     the conductance is linear in r at any voltage, so the targets are equally spaced in r too."""
     return r_off + levels.float() * ((r_on - r_off) / (levels_per_cell - 1))
+
+
+LEVEL_BINS_PER_STEP = 20  # resolution of level_histogram(): a twentieth of a level step
+
+
+def read_levels(r: torch.Tensor, levels_per_cell: int, r_on: float, r_off: float) -> torch.Tensor:
+    """Each cell's conductance in level steps above the nominal HRS (0; the nominal LRS is the top level).
+    The conductance is linear in r at every voltage, so this holds at any read voltage."""
+    return (r_off - r) * ((levels_per_cell - 1) / (r_off - r_on))
+
+
+def level_histogram(r: torch.Tensor, contents: torch.Tensor, levels_per_cell: int, model: ReadModel) -> torch.Tensor:
+    """Counts [levels, LEVEL_BINS_PER_STEP x levels] of the cells storing each level over their read level
+    (read_levels), in bins from -0.5 to levels - 0.5 level steps; cells beyond either end count in the end bin."""
+    bins = LEVEL_BINS_PER_STEP * levels_per_cell
+    read = read_levels(r, levels_per_cell, model.r_on, model.r_off)
+    index = ((read + 0.5) * LEVEL_BINS_PER_STEP).floor_().clamp_(0, bins - 1).long()
+    flat = (contents.long() * bins + index).reshape(-1)
+    return torch.bincount(flat, minlength=levels_per_cell * bins).view(levels_per_cell, bins)
 
 
 def program(contents: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None) -> Programmed:
@@ -298,8 +318,9 @@ def program_levels(
     target; a cell more than verify_tolerance level steps past it overshot, and is SET again and restarts
     two steps below the pulse that overshot (each SET starts a new switching cycle); at reset_max the pulse
     stays there. Aiming at the target rather than at the near edge of a band keeps the levels unbiased.
-    A cell not done within pulse_budget pulses counts as failed. Deterministic from the generator; one host
-    sync per pulse (to stop early).
+    A cell not done within pulse_budget pulses counts as failed. Cells that are done leave the array the pulses
+    act on (once they make half of it), so a few slow cells do not cost a pulse on every cell. Deterministic
+    from the generator; one host sync per pulse (to stop early and to compact).
     """
     flat = contents.reshape(-1)
     r = torch.empty(flat.shape, device=flat.device)
@@ -311,43 +332,91 @@ def program_levels(
             f"(a pulse there resets fully, no middle level), got {config.reset_max}"
         )
     r_lrs, r_hrs = nominal_r(params)
-    top = config.levels_per_cell - 1
-    band = config.verify_tolerance * (r_hrs - r_lrs) / top  # r grows towards HRS
-    strongest_set = config.set_voltage + config.verify_retries * config.verify_step
     precycle = _precycle_voltages(contents.shape, config, generator, flat.device)
-    failed = disturbable = 0
+    failed_by_level = torch.zeros(config.levels_per_cell, dtype=torch.int64, device=flat.device)
+    disturbable = torch.zeros((), dtype=torch.int64, device=flat.device)
     for start in range(0, flat.numel(), PROGRAM_CHUNK):
         level = flat[start : start + PROGRAM_CHUNK]
         cells = _reset_cells(start, level.numel(), contents.shape, params, config, generator, precycle)
-        target = target_r(level, config.levels_per_cell, r_lrs, r_hrs)
-        middle = (level > 0) & (level < top)
-        needs_set = level > 0
-        voltage = torch.full_like(target, config.reset_start)  # the next RESET pulse of each middle cell
-        done = level == 0
-        count = torch.zeros_like(level, dtype=torch.int16)
+        machine = _LevelMachine(
+            level, torch.arange(start, start + level.numel(), device=flat.device), config, r_lrs, r_hrs
+        )
         for _ in range(config.pulse_budget):
-            pulse = torch.where(needs_set, strongest_set, torch.where(done, 0.0, voltage))
-            cells.apply_voltage(pulse)
-            count += (pulse != 0).to(torch.int16)
-            now = cells.r
-            set_now = needs_set & (now < (r_lrs + r_hrs) / 2)
-            done |= set_now & ~middle  # the top level: a verified SET
-            reset_now = ~needs_set & ~done  # a middle cell that just had a RESET pulse
-            within = reset_now & (now >= target) & (now <= target + band)
-            overshoot = reset_now & (now > target + band)
-            done |= within
-            voltage = torch.where(
-                reset_now & ~within & ~overshoot, (voltage + config.reset_step).clamp(max=config.reset_max), voltage
-            )
-            voltage = torch.where(overshoot, (voltage - 2 * config.reset_step).clamp(min=config.reset_step), voltage)
-            needs_set = (needs_set & ~set_now) | overshoot
-            if bool(done.all()):  # programming is not a hot loop: a sync per pulse is fine
+            remaining = machine.pulse(cells)  # programming is not a hot loop: a sync per pulse is fine
+            if remaining == 0:
                 break
-        r[start : start + level.numel()] = cells.r
-        pulses[start : start + level.numel()] = count
-        failed += int((~done).sum())
-        disturbable += int(_read_disturbable(level > 0, cells.state.reset_threshold, cells.us, config.v_read))
-    return Programmed(r.view(contents.shape), failed, disturbable, pulses.view(contents.shape))
+            if remaining <= machine.done.numel() // 2:  # the cells that are done leave the array pulsed
+                left = torch.nonzero(machine.done).squeeze(1)
+                failed_by_level, disturbable = machine.select(left).record(
+                    cells.select(left), r, pulses, failed_by_level, disturbable
+                )
+                keep = torch.nonzero(~machine.done).squeeze(1)
+                machine, cells = machine.select(keep), cells.select(keep)
+        failed_by_level, disturbable = machine.record(cells, r, pulses, failed_by_level, disturbable)
+    failed = int(failed_by_level.sum())
+    return Programmed(r.view(contents.shape), failed, int(disturbable), pulses.view(contents.shape), failed_by_level)
+
+
+class _LevelMachine:
+    """The write-verify state of cells being programmed to levels (program_levels), one entry per cell."""
+
+    def __init__(self, level: torch.Tensor, index: torch.Tensor, config: CrossbarConfig, r_lrs: float, r_hrs: float):
+        self.config, self.r_lrs, self.r_hrs = config, r_lrs, r_hrs
+        top = config.levels_per_cell - 1
+        self.band = config.verify_tolerance * (r_hrs - r_lrs) / top  # r grows towards HRS
+        self.strongest_set = config.set_voltage + config.verify_retries * config.verify_step
+        self.level, self.index = level, index  # stored level, and position in the contents
+        self.target = target_r(level, config.levels_per_cell, r_lrs, r_hrs)
+        self.middle = (level > 0) & (level < top)
+        self.needs_set = level > 0
+        self.voltage = torch.full_like(self.target, config.reset_start)  # the next RESET pulse of a middle cell
+        self.done = level == 0
+        self.count = torch.zeros_like(level, dtype=torch.int16)  # pulses so far
+
+    def pulse(self, cells: CellArray) -> int:
+        """One pulse on every cell not done (a SET or the next RESET), a read, and the next step; returns how
+        many cells are not done."""
+        c = self.config
+        pulse = torch.where(self.needs_set, self.strongest_set, torch.where(self.done, 0.0, self.voltage))
+        cells.apply_voltage(pulse)
+        self.count += (pulse != 0).to(torch.int16)
+        now = cells.state.r
+        set_now = self.needs_set & (now < (self.r_lrs + self.r_hrs) / 2)
+        self.done |= set_now & ~self.middle  # the top level: a verified SET
+        reset_now = ~self.needs_set & ~self.done  # a middle cell that just had a RESET pulse
+        within = reset_now & (now >= self.target) & (now <= self.target + self.band)
+        overshoot = reset_now & (now > self.target + self.band)
+        self.done |= within
+        rise = reset_now & ~within & ~overshoot
+        self.voltage = torch.where(rise, (self.voltage + c.reset_step).clamp(max=c.reset_max), self.voltage)
+        self.voltage = torch.where(overshoot, (self.voltage - 2 * c.reset_step).clamp(min=c.reset_step), self.voltage)
+        self.needs_set = (self.needs_set & ~set_now) | overshoot
+        return int((~self.done).sum())
+
+    def record(
+        self,
+        cells: CellArray,
+        r: torch.Tensor,
+        pulses: torch.Tensor,
+        failed_by_level: torch.Tensor,
+        disturbable: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write these cells' final r and pulse counts into r and pulses (flat, all cells); return the failed
+        cells per level and the read-disturbable cells with theirs added."""
+        r[self.index], pulses[self.index] = cells.state.r, self.count
+        failed_by_level = failed_by_level + torch.bincount(
+            self.level[~self.done].long(), minlength=self.config.levels_per_cell
+        )
+        thresholds = cells.state.reset_threshold, cells.state.y[US]
+        return failed_by_level, disturbable + _read_disturbable(self.level > 0, *thresholds, self.config.v_read)
+
+    def select(self, keep: torch.Tensor) -> _LevelMachine:
+        """The machine of the cells at positions `keep` only."""
+        chosen = object.__new__(_LevelMachine)
+        chosen.__dict__.update(
+            {name: value[keep] if isinstance(value, torch.Tensor) else value for name, value in vars(self).items()}
+        )
+        return chosen
 
 
 def adc(y: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:

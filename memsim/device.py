@@ -71,8 +71,9 @@ class CellState:
     in_hrs: torch.Tensor  # [n] bool
     in_lrs: torch.Tensor  # [n] bool
 
-    def __getitem__(self, cells: slice) -> CellState:
-        """Views of a range of cells: updating them updates this state."""
+    def __getitem__(self, cells: slice | torch.Tensor) -> CellState:
+        """The state of some cells: views of a range (updating them updates this state), copies for an index
+        tensor."""
         return CellState(
             **{
                 name: tensor[cells] if tensor.ndim == 1 or name == "history" else tensor[:, cells]
@@ -119,6 +120,14 @@ class CellArray:
 
     def __len__(self) -> int:
         return self.n
+
+    def select(self, index: torch.Tensor) -> CellArray:
+        """A new array of the cells at `index` (copies of their state), with the same parameters and generator:
+        pulses then cost only what these cells need."""
+        chosen = object.__new__(CellArray)
+        chosen.params, chosen.generator, chosen._at_umax = self.params, self.generator, self._at_umax
+        chosen.n, chosen.state = int(index.numel()), self.state[index]
+        return chosen
 
     @property
     def device(self) -> torch.device:

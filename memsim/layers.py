@@ -10,6 +10,7 @@ from torch import nn
 
 from memsim.config import CrossbarConfig
 from memsim.crossbar import (
+    LEVEL_BINS_PER_STEP,
     ColumnCalibration,
     ReadModel,
     crossbar_matmul,
@@ -17,6 +18,7 @@ from memsim.crossbar import (
     digit_planes,
     fit_columns,
     integer_weights,
+    level_histogram,
 )
 from memsim.crossbar import program as program_cells
 
@@ -30,8 +32,9 @@ class MemristorLinear(nn.Module):
     `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
     `failed_cells`, the cells that would not SET; `read_disturbable_cells`, those a read could switch;
     with calibration="per_column", `column_gain` and `column_offset` [tiles, planes, out], the digital
-    correction fitted after programming; with levels_per_cell > 2, `pulse_statistics` (mean, 99th
-    percentile, maximum of the pulses a cell took to be programmed and verified).
+    correction fitted after programming; with levels_per_cell > 2, what programming cost and gave:
+    `pulse_histogram` [pulse_budget + 1] (cells per number of programming pulses), `level_failures` [levels]
+    (cells per stored level that missed it) and `level_histogram` (crossbar.level_histogram).
     `output_quant`: a quantizer the source layer applied to its output (a quantization-aware layer's
     `output_quant` module), kept after the crossbar and the bias.
     """
@@ -43,7 +46,9 @@ class MemristorLinear(nn.Module):
     read_disturbable_cells: torch.Tensor
     column_gain: torch.Tensor
     column_offset: torch.Tensor
-    pulse_statistics: torch.Tensor
+    pulse_histogram: torch.Tensor
+    level_failures: torch.Tensor
+    level_histogram: torch.Tensor
 
     def __init__(
         self,
@@ -66,7 +71,12 @@ class MemristorLinear(nn.Module):
             self.register_buffer("column_gain", torch.ones(padded // config.tile_size, config.planes, out_features))
             self.register_buffer("column_offset", torch.zeros_like(self.column_gain))
         if config.levels_per_cell > 2:
-            self.register_buffer("pulse_statistics", torch.zeros(3))
+            levels = config.levels_per_cell
+            self.register_buffer("pulse_histogram", torch.zeros(config.pulse_budget + 1, dtype=torch.int64))
+            self.register_buffer("level_failures", torch.zeros(levels, dtype=torch.int64))
+            self.register_buffer(
+                "level_histogram", torch.zeros(levels, levels * LEVEL_BINS_PER_STEP, dtype=torch.int64)
+            )
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.output_quant: nn.Module | None = None
         self.read_model = ReadModel(config)
@@ -103,9 +113,11 @@ class MemristorLinear(nn.Module):
             layer.r.copy_(programmed.r)
             layer.failed_cells.fill_(programmed.failed)
             layer.read_disturbable_cells.fill_(programmed.read_disturbable)
-            if programmed.pulses is not None:
-                pulses = programmed.pulses.float()
-                layer.pulse_statistics.copy_(torch.stack([pulses.mean(), pulses.quantile(0.99), pulses.max()]))
+            if programmed.pulses is not None and programmed.failed_by_level is not None:
+                pulses = programmed.pulses.reshape(-1).long()
+                layer.pulse_histogram.copy_(torch.bincount(pulses, minlength=config.pulse_budget + 1))
+                layer.level_failures.copy_(programmed.failed_by_level)
+                layer.level_histogram.copy_(level_histogram(layer.r, cells, config.levels_per_cell, layer.read_model))
             if config.calibration == "per_column":
                 gain, offset = fit_columns(cells, layer.r, layer.read_model, config, generator)
                 layer.column_gain.copy_(gain)

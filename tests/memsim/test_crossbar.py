@@ -326,3 +326,35 @@ def test_a_reset_ladder_up_to_the_full_reset_voltage_is_refused():
         memsim.crossbar.program(
             torch.ones(2, 128, 1, 4, dtype=torch.uint8), memsim.CrossbarConfig(levels_per_cell=4, reset_max=1.5)
         )
+
+
+def test_multi_level_programming_counts_failures_per_level_and_histograms_the_read_levels():
+    config = memsim.CrossbarConfig(levels_per_cell=4, pulse_budget=4)  # too few pulses for most middle cells
+    contents = torch.randint(0, 4, (2, 128, 1, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    programmed = memsim.crossbar.program(contents, config, torch.Generator().manual_seed(1))
+    failed = programmed.failed_by_level
+    assert failed is not None and int(failed[0]) == 0 and int(failed.sum()) == programmed.failed
+    assert int(failed[1]) > 0.5 * int((contents == 1).sum())  # level 1 needs the most RESET pulses
+
+    model = memsim.crossbar.ReadModel(config)
+    histogram = memsim.crossbar.level_histogram(programmed.r, contents, 4, model)
+    assert histogram.sum(1).tolist() == [int((contents == j).sum()) for j in range(4)]
+    read = memsim.crossbar.read_levels(programmed.r, 4, model.r_on, model.r_off)
+    in_bins = histogram.argmax(1).double() / memsim.crossbar.LEVEL_BINS_PER_STEP - 0.5  # each level's mode
+    assert abs(float(in_bins[0]) - float(read[contents == 0].median())) < 0.2
+
+
+def test_level_statistics_sum_a_models_multi_level_layers():
+    config = memsim.CrossbarConfig(levels_per_cell=4)
+    model = nn.Sequential(nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 16))
+    memsim.convert(model, config, torch.Generator().manual_seed(0))
+    stats = memsim.level_statistics(model)
+    assert stats is not None and stats["levels_per_cell"] == 4
+    layers = [m for m in model if isinstance(m, memsim.MemristorLinear)]
+    cells = sum(layer.r.numel() for layer in layers)
+    assert sum(map(sum, stats["histogram"])) == cells and len(stats["histogram_edges"]) == 4 * 20 + 1
+    pulses = torch.cat([layer.pulse_histogram[None] for layer in layers]).sum(0)
+    mean = float((pulses * torch.arange(pulses.numel())).sum() / pulses.sum())
+    assert stats["pulses"]["pulses_mean"] == pytest.approx(mean, abs=0.01)
+    assert memsim.summary(model)[-1]["pulses_max"] == stats["pulses"]["pulses_max"]
+    assert memsim.level_statistics(nn.Sequential(nn.Linear(4, 4))) is None
