@@ -151,13 +151,13 @@ def level_statistics(model: nn.Module) -> dict[str, Any] | None:
     if len(kinds) > 1:
         raise ValueError(f"the model's multi-level layers differ in (levels_per_cell, pulse_budget): {sorted(kinds)}")
     levels = layers[0].config.levels_per_cell
-    histogram = sum(layer.level_histogram.cpu() for layer in layers)
+    histogram = torch.stack([layer.level_histogram.cpu() for layer in layers]).sum(0)
     edges = [-0.5 + k / LEVEL_BINS_PER_STEP for k in range(levels * LEVEL_BINS_PER_STEP + 1)]
     return {
         "levels_per_cell": levels,
         "verify_tolerance": layers[0].config.verify_tolerance,
-        "pulses": pulse_statistics(sum(layer.pulse_histogram.cpu() for layer in layers)),
-        "failed_by_level": sum(layer.level_failures.cpu() for layer in layers).tolist(),
+        "pulses": pulse_statistics(torch.stack([layer.pulse_histogram.cpu() for layer in layers]).sum(0)),
+        "failed_by_level": torch.stack([layer.level_failures.cpu() for layer in layers]).sum(0).tolist(),
         "histogram_edges": edges,
         "histogram": histogram.tolist(),
     }
