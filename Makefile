@@ -31,7 +31,7 @@ lint: setup
 	$(PYTHON) -m mypy
 
 demo: setup
-	$(PYTHON) scripts/run.py +experiment=mini
+	$(PYTHON) scripts/run.py +experiment=mini_demo
 
 benchmark: setup
 	$(PYTHON) benchmarks/device.py

@@ -207,7 +207,9 @@ def level_plots(groups: list[Group], out_dir: Path) -> list[Path]:
         levels = _summary_of(g).get("levels")
         if not levels:
             continue
-        path = out_dir / f"levels-{short_name(g).replace(' (', '-').rstrip(')').replace(' ', '_')}.png"
+        r = g.first
+        model = Path(r.model).name.rsplit("-", 1)[0]
+        path = out_dir / f"levels-{model}-{r.chip_label}.png".replace(" ", "_").replace("/", "_")
         _plot_levels(levels, f"{short_name(g)}: cells per read level (instance 0)", path)
         written.append(path)
     return written

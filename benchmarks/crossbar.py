@@ -179,18 +179,30 @@ def programming(config: memsim.CrossbarConfig, device: torch.device, sync) -> No
         print(f"{name:>42s} {seconds:8.2f} {seconds / n * 1e6:8.3f} {reference / seconds:12.1f}x")
 
 
-def paper_model(config: memsim.CrossbarConfig, device: torch.device, sync) -> None:
+def paper_model(config: memsim.CrossbarConfig, device: torch.device, sync, batch_seconds: float = 40.0) -> None:
+    """The paper model's crossbar layers programmed by memsim (seconds per instance), and the real-time factor
+    of its forward pass (decoding's cost without the search) on the digital QAT model and on the chip, for a
+    batch of 4 utterances of batch_seconds / 4 of random features."""
     from asr.model import ConformerCTC, ModelConfig
     from asr.quant import QuantConfig, quantize, quantized_layers
 
-    model = quantize(ConformerCTC(ModelConfig(vocab_size=500)), QuantConfig(weight_bits=3)).to(device)
+    torch.manual_seed(0)
+    model = quantize(ConformerCTC(ModelConfig(vocab_size=500)), QuantConfig(weight_bits=3)).to(device).eval()
     layers = quantized_layers(model)
-    generator = torch.Generator(device).manual_seed(0)
-    seconds = timed(lambda: memsim.convert(model, config, generator, include=layers), sync)
+    frames = int(batch_seconds / 4 * 100)  # 10 ms feature frames
+    features = torch.randn(4, frames, 80, device=device)
+    lengths = torch.full((4,), frames, device=device)
+    with torch.no_grad():
+        digital = seconds_per_call(functools.partial(model, features, lengths), 2, sync)
+        generator = torch.Generator(device).manual_seed(0)
+        seconds = timed(lambda: memsim.convert(model, config, generator, include=layers), sync)
+        chip = seconds_per_call(functools.partial(model, features, lengths), 2, sync)
     total = memsim.summary(model)[-1]
     print(
         f"\npaper model (12 x 384, 3 bits): {len(layers)} crossbar layers, {total['cells'] / 1e6:.1f} M cells in "
-        f"{total['tiles']} tiles programmed in {seconds:.1f} s ({seconds / total['cells'] * 1e6:.3f} s/Mcell)"
+        f"{total['tiles']} tiles programmed in {seconds:.1f} s per instance ({seconds / total['cells'] * 1e6:.3f} "
+        f"s/Mcell); forward over {batch_seconds:g} s of audio (4 x {batch_seconds / 4:g} s): real-time factor "
+        f"{digital / batch_seconds:.3f} digital QAT, {chip / batch_seconds:.3f} on the chip ({chip / digital:.1f}x)"
     )
 
 

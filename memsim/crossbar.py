@@ -64,6 +64,7 @@ class ReadModel:
             r_lrs, r_hrs = nominal_r(params)
             self.r_on, self.r_off = r_lrs, r_hrs
             self.noise = read_noise(config.read_noise)
+        self.v_read = config.v_read
         v = torch.tensor(config.v_read)
         # One programmed pair (LRS against HRS) at a full-scale input reads as 1 after calibration: for the
         # nominal LRS and HRS of the device model, or with the paper's fixed scaling (Synaptogen cells only:
@@ -73,6 +74,30 @@ class ReadModel:
         else:
             pair_current = float(v * polyval(self.delta, v) * (self.r_on - self.r_off))
         self.unit_current = pair_current / (config.levels_per_cell - 1)  # one level step reads as 1
+
+    def row_factors(
+        self, v: torch.Tensor, unit: float, steps: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """What each input voltage v [B, rows] contributes per unit of r to a column's current, v delta(v) /
+        unit, and to its noise variance, w(v) delta(v) / unit^2 with w the noise's variance per siemens; and
+        the r-free part of the variance, w(v) base(v) / unit^2 (None, None without noise).
+
+        steps: v takes only the values k / steps x v_read (a DAC): the factors come from a table of those.
+        """
+        if steps is None:
+            return self._row_factors(v, unit)
+        levels = torch.arange(-steps, steps + 1, device=v.device, dtype=v.dtype) * (self.v_read / steps)
+        index = (v * (steps / self.v_read)).round_().long().add_(steps)
+        return tuple(None if table is None else table[index] for table in self._row_factors(levels, unit))  # type: ignore[return-value]
+
+    def _row_factors(
+        self, v: torch.Tensor, unit: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        base, delta = self.conductances(v)
+        if self.noise is None:
+            return v * delta / unit, None, None
+        weight = self.noise.variance_per_siemens(v) / unit**2
+        return v * delta / unit, weight * delta, weight * base
 
     def conductances(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """base(v) and delta(v), elementwise (coefficients copied to v's device once, not per read)."""
@@ -300,8 +325,8 @@ def dac(
     x = (x / input_range).clamp(-1, 1)
     if input_levels is not None:
         x = torch.round(x * input_levels) / input_levels
-    if config.dac_bits is not None:
-        steps = 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
+    steps = dac_steps(config)
+    if steps is not None:
         x = torch.round(x * steps) / steps
     return x * config.v_read
 
@@ -452,21 +477,19 @@ def crossbar_matmul(
     Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
     product with v / v_read, as the hardware computes it, [B, out]. With `columns`, each ADC output is
     corrected digitally, (code - offset) / gain per tile, plane and column.
+
+    Per tile: one GEMM for the mean currents and one for the noise variances, [B, planes x out] each, then one
+    Gaussian per element (a tile at a time keeps the temporaries in cache).
     """
     _, in_padded, planes, out_features = r.shape
     v = torch.nn.functional.pad(v, (0, in_padded - v.shape[-1]))
-    base, delta = model.conductances(v)
-    # Calibration and the ADC step folded into the row factors: the GEMMs give currents in ADC steps.
     step = adc_step(config)
-    unit = model.unit_current * step
-    mean_rows = v * delta / unit
+    # Calibration and the ADC step folded into the row factors: the GEMMs give currents in ADC steps.
+    mean_rows, variance_rows, common_rows = model.row_factors(v, model.unit_current * step, dac_steps(config))
     difference = (r[0] - r[1]).reshape(in_padded, planes * out_features)
-    noise = model.noise
-    if noise is not None:
-        weight = noise.variance_per_siemens(v) / unit**2
-        variance_rows = weight * delta
+    if variance_rows is not None and common_rows is not None:
         # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
-        common_variance = 2 * (weight * base).view(v.shape[0], -1, config.tile_size).sum(2)
+        common_variance = 2 * common_rows.view(v.shape[0], -1, config.tile_size).sum(2)
         total = (r[0] + r[1]).reshape(in_padded, planes * out_features)
         gaussian = v.new_empty(v.shape[0], planes * out_features)
     if columns is not None:
@@ -477,7 +500,7 @@ def crossbar_matmul(
         rows = slice(start, start + config.tile_size)
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
         y = mean_rows[:, rows] @ difference[rows]
-        if noise is not None:
+        if variance_rows is not None:
             std = (variance_rows[:, rows] @ total[rows]).add_(common_variance[:, tile : tile + 1])
             y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
         adc_codes(y, config)
@@ -487,6 +510,13 @@ def crossbar_matmul(
             place = config.levels_per_cell**plane
             result.add_(y[:, plane * out_features : (plane + 1) * out_features], alpha=place * step)
     return result
+
+
+def dac_steps(config: CrossbarConfig) -> int | None:
+    """Steps per polarity of the DAC (its voltages are k / steps x v_read for integers k), None for ideal."""
+    if config.dac_bits is None:
+        return None
+    return 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
 
 
 class ColumnCalibration(NamedTuple):

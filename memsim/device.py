@@ -34,27 +34,57 @@ def draw_device_parameters(
 
     Draw order: one uniform per device for the component, then 8 normals per device.
     """
-    device = params.device
-    weights = params.gmm_weights
-    cumulative = torch.cumsum(weights, 0) / weights.sum()
-    u = torch.rand(n, generator=generator, device=device)
-    k = torch.searchsorted(cumulative, u).clamp_(max=weights.numel() - 1)
-    z = torch.randn(n, 2 * N_FEATURES, generator=generator, device=device)
-    mu_sigma = torch.zeros(n, 2 * N_FEATURES, device=device)
-    for component in range(weights.numel()):
-        drawn = params.gmm_means[component] + z @ params.gmm_chol[component].T
-        mu_sigma = torch.where((k == component)[:, None], drawn, mu_sigma)
-    return k, mu_sigma
+    k, mu_sigma, _ = _draw(n, params, generator, with_first_vector=False)
+    return k, mu_sigma.T
 
 
 def first_cycle(
     n: int, params: DeviceParams, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The draws that make n fresh cells: device parameters mu_sigma [8, n], the first VAR vector x [4, n],
-    and the first cycle's features y [4, n] (HRS in ohm, US, LRS in ohm, UR), in CellArray's draw order."""
-    mu_sigma = draw_device_parameters(n, params, generator)[1].T.contiguous()
-    x = params.var_noise @ torch.randn(N_FEATURES, n, generator=generator, device=params.device)
-    return mu_sigma, x, _features(x, mu_sigma, params)
+    and the first cycle's features y [4, n] (HRS in ohm, US, LRS in ohm, UR), in CellArray's draw order:
+    draw_device_parameters's, then 4 normals per cell."""
+    _, mu_sigma, x = _draw(n, params, generator, with_first_vector=True)
+    y = torch.empty_like(x)
+    for cells in _chunks(n, params.device):
+        y[:, cells] = _features(x[:, cells], mu_sigma[:, cells], params)
+    return mu_sigma, x, y
+
+
+def _draw(
+    n: int, params: DeviceParams, generator: torch.Generator | None, with_first_vector: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Component k [n], (mu, sigma) [8, n] and, if asked, the first VAR vector x [4, n] (else empty).
+
+    All random numbers are drawn first, in the documented order; the transforms then run per chunk of cells
+    (in cache on the CPU). All K components' transforms in one GEMM, the cell's own selected by 0/1 weights."""
+    device = params.device
+    weights = params.gmm_weights
+    components = weights.numel()
+    cumulative = torch.cumsum(weights, 0) / weights.sum()
+    k = torch.searchsorted(cumulative, torch.rand(n, generator=generator, device=device)).clamp_(max=components - 1)
+    z = torch.randn(n, 2 * N_FEATURES, generator=generator, device=device)
+    innovations = torch.randn(N_FEATURES, n, generator=generator, device=device) if with_first_vector else None
+    transforms = params.gmm_chol.reshape(components * 2 * N_FEATURES, 2 * N_FEATURES)  # [K x 8, 8]
+    means = params.gmm_means.T.contiguous()  # [8, K]
+    mu_sigma = torch.empty(2 * N_FEATURES, n, device=device)
+    x = torch.empty(N_FEATURES, n if with_first_vector else 0, device=device)
+    for cells in _chunks(n, device):
+        drawn = (transforms @ z[cells].T).view(components, 2 * N_FEATURES, -1)  # every component's draw
+        chunk = drawn[0].add_(means[:, :1])
+        for component in range(1, components):
+            chosen = (k[cells] == component).float()
+            chunk.lerp_(drawn[component].add_(means[:, component : component + 1]), chosen)
+        mu_sigma[:, cells] = chunk
+        if innovations is not None:
+            x[:, cells] = params.var_noise @ innovations[:, cells]
+    return k, mu_sigma, x
+
+
+def _chunks(n: int, device: torch.device) -> list[slice]:
+    """Slices of n cells: CPU_CHUNK at a time on the CPU (temporaries in cache), all at once on CUDA."""
+    step = n if device.type == "cuda" else CPU_CHUNK
+    return [slice(start, start + step) for start in range(0, n, step)]
 
 
 @dataclasses.dataclass

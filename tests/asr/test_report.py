@@ -181,3 +181,36 @@ def test_chip_layer_errors_and_the_budget_chart_come_from_the_chip_summaries(wor
 def test_no_budget_chart_for_a_single_chip(work, tmp_path):
     write_report([work], tmp_path / "out", "one chip")
     assert not (tmp_path / "out" / "chips.png").exists()
+
+
+def test_a_multi_level_chip_gets_its_cost_row_and_level_histogram(work, tmp_path):
+    import torch
+    from torch import nn
+
+    import memsim
+
+    trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
+    config = memsim.CrossbarConfig(levels_per_cell=4)
+    layers = memsim.convert(nn.Sequential(nn.Linear(128, 16)), config, torch.Generator().manual_seed(0))
+    levels = memsim.level_statistics(layers)
+    assert levels is not None
+    chip = Output("memsim", "memsim", "four", {"crossbar": {"levels_per_cell": 4}, "seed": 1}, {"model": trained})
+    job = Job(work, chip, {"model": Records(work).get(trained.relpath)["run"]}, forced=False)
+    job.begin()
+    summary = {
+        "config": {"levels_per_cell": 4, "verify_tolerance": 0.25},
+        "layers": memsim.summary(layers)[:-1],
+        "total": memsim.summary(layers)[-1],
+        "adc_conversions_per_second_of_audio": 1000,
+        "levels": levels,
+    }
+    job.commit({SUMMARY_FILE: summary})
+    decode(work, trained, spread(30), chip=chip, instance=0)
+    write_report([work], tmp_path / "out", "levels")
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    pulses = levels["pulses"]
+    failed = levels["failed_by_level"]
+    row = next(line for line in table.splitlines() if line.startswith("|w3 four|4|0.25|1|"))
+    assert f"|{2 * 128 * 128:,}|1,000|{pulses['pulses_mean']:.1f} / {pulses['pulses_p99']} / " in row
+    assert f"|{sum(failed)} ({', '.join(map(str, failed))})|15.00|" in row
+    assert (tmp_path / "out" / "levels-m-3.0-four.png").is_file()
