@@ -5,12 +5,14 @@ variance per tile, one Gaussian per output), and a brute-force per-cell read as 
 (a [batch, rows, columns] tensor of cell currents per array) at a batch it can afford, scaled per vector.
 Also the peak tensor memory a forward allocates (its inputs and the programmed r excluded) and the
 programming time per million cells.
-Targets (issue 3): <= 10x nn.Linear; >= 300x faster than the per-cell read; memory O(cells).
+Targets: <= 9x nn.Linear (issue 16; issue 3 asked 10x); >= 300x faster than the per-cell read; memory
+O(cells + batch x outputs x tiles x planes).
 
 Then programming, side by side on one 384 -> 1536 3-bit layer (2.36 M cells): the paper's procedure with
 the reference numpy `synaptogen` package (a fresh CellArrayCPU per 128 x 128 array, +2 V, then -2 V on the
 ones), memsim pulse by pulse, and memsim's default (fresh cells in closed form). With --paper-model, the
-whole paper model's crossbar layers (12 x 384 Conformer, 3 bits) programmed by memsim.
+whole paper model's crossbar layers (12 x 384 Conformer, 3 bits) programmed by memsim, and its forward's
+real-time factor, digital and on the chip.
 Target (issue 16): programming >= 3x faster per cell than the paper's numpy code.
 """
 
