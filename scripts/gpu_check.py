@@ -4,7 +4,8 @@
    crossbar read, a QAT training step (programming is left out: its verify loop and failure counts sync
    once per chunk on purpose);
 2. the memsim and asr test suites on CUDA (the `device` fixture adds CUDA when present; the recipe picks it);
-3. the benchmarks: device pulses and reads, the crossbar read against F.linear, the training step;
+3. the benchmarks: device pulses and reads, the crossbar read against F.linear, programming, the paper model's
+   programming time per instance and real-time factor (digital and on the chip), the training step;
 4. a tiny end-to-end recipe (tests/asr/test_recipe.py) on CUDA.
 
 Without a CUDA device it says so and exits with status 2.
@@ -88,7 +89,9 @@ COMMANDS = {
     "memsim tests": command("-m", "pytest", "-q", "tests/memsim"),
     "asr tests": command("-m", "pytest", "-q", "tests/asr"),
     "benchmark: device": command("benchmarks/device.py"),
-    "benchmark: crossbar read": command("benchmarks/crossbar.py", "--device", "cuda"),
+    "benchmark: crossbar read, programming, paper model": command(
+        "benchmarks/crossbar.py", "--device", "cuda", "--paper-model"
+    ),
     "benchmark: training step": command("benchmarks/train_step.py", "--device", "cuda"),
     "tiny recipe end to end": command("-m", "pytest", "-q", "tests/asr/test_recipe.py", "-k", "all_stages"),
 }
