@@ -64,7 +64,6 @@ class ReadModel:
             r_lrs, r_hrs = nominal_r(params)
             self.r_on, self.r_off = r_lrs, r_hrs
             self.noise = read_noise(config.read_noise)
-        self.v_read = config.v_read
         v = torch.tensor(config.v_read)
         # One programmed pair (LRS against HRS) at a full-scale input reads as 1 after calibration: for the
         # nominal LRS and HRS of the device model, or with the paper's fixed scaling (Synaptogen cells only:
@@ -76,23 +75,11 @@ class ReadModel:
         self.unit_current = pair_current / (config.levels_per_cell - 1)  # one level step reads as 1
 
     def row_factors(
-        self, v: torch.Tensor, unit: float, steps: int | None
+        self, v: torch.Tensor, unit: float
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """What each input voltage v [B, rows] contributes per unit of r to a column's current, v delta(v) /
         unit, and to its noise variance, w(v) delta(v) / unit^2 with w the noise's variance per siemens; and
-        the r-free part of the variance, w(v) base(v) / unit^2 (None, None without noise).
-
-        steps: v takes only the values k / steps x v_read (a DAC): the factors come from a table of those.
-        """
-        if steps is None:
-            return self._row_factors(v, unit)
-        levels = torch.arange(-steps, steps + 1, device=v.device, dtype=v.dtype) * (self.v_read / steps)
-        index = (v * (steps / self.v_read)).round_().long().add_(steps)
-        return tuple(None if table is None else table[index] for table in self._row_factors(levels, unit))  # type: ignore[return-value]
-
-    def _row_factors(
-        self, v: torch.Tensor, unit: float
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        the r-free part of the variance, w(v) base(v) / unit^2 (None, None without noise)."""
         base, delta = self.conductances(v)
         if self.noise is None:
             return v * delta / unit, None, None
@@ -325,8 +312,8 @@ def dac(
     x = (x / input_range).clamp(-1, 1)
     if input_levels is not None:
         x = torch.round(x * input_levels) / input_levels
-    steps = dac_steps(config)
-    if steps is not None:
+    if config.dac_bits is not None:
+        steps = 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
         x = torch.round(x * steps) / steps
     return x * config.v_read
 
@@ -487,7 +474,7 @@ def crossbar_matmul(
     v = torch.nn.functional.pad(v, (0, in_padded - v.shape[-1]))
     step = adc_step(config)
     # Calibration and the ADC step folded into the row factors: the GEMMs give currents in ADC steps.
-    mean_rows, variance_rows, common_rows = model.row_factors(v, model.unit_current * step, dac_steps(config))
+    mean_rows, variance_rows, common_rows = model.row_factors(v, model.unit_current * step)
     difference = (r[0] - r[1]).reshape(in_padded, planes * out_features)
     if variance_rows is not None and common_rows is not None:
         # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
@@ -512,13 +499,6 @@ def crossbar_matmul(
             place = config.levels_per_cell**plane
             result.add_(y[:, plane * out_features : (plane + 1) * out_features], alpha=place * step)
     return result
-
-
-def dac_steps(config: CrossbarConfig) -> int | None:
-    """Steps per polarity of the DAC (its voltages are k / steps x v_read for integers k), None for ideal."""
-    if config.dac_bits is None:
-        return None
-    return 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
 
 
 class ColumnCalibration(NamedTuple):

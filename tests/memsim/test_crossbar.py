@@ -360,16 +360,6 @@ def test_level_statistics_sum_a_models_multi_level_layers():
     assert memsim.level_statistics(nn.Sequential(nn.Linear(4, 4))) is None
 
 
-@pytest.mark.parametrize("dac_grid", ["symmetric", "paper"])
-def test_row_factors_from_the_dac_table_equal_the_polynomials(dac_grid):
-    config = memsim.CrossbarConfig(dac_bits=6, dac_grid=dac_grid)
-    model = memsim.crossbar.ReadModel(config)
-    v = memsim.crossbar.dac(torch.randn(64, 200), torch.tensor(2.0), config)
-    steps = memsim.crossbar.dac_steps(config)
-    for table, direct in zip(model.row_factors(v, 1e-6, steps), model.row_factors(v, 1e-6, None), strict=True):
-        torch.testing.assert_close(table, direct, rtol=1e-5, atol=0)
-
-
 def test_a_selection_of_cells_is_a_copy_that_pulses_on_its_own():
     cells = memsim.CellArray(100, generator=torch.Generator().manual_seed(0))
     chosen = cells.select(torch.tensor([3, 7, 50]))
