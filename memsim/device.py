@@ -47,7 +47,7 @@ def first_cycle(
     _, mu_sigma, x = _draw(n, params, generator, with_first_vector=True)
     y = torch.empty_like(x)
     for cells in _chunks(n, params.device):
-        y[:, cells] = _features(x[:, cells], mu_sigma[:, cells], params)
+        _features(x[:, cells], mu_sigma[:, cells], params, out=y[:, cells])
     return mu_sigma, x, y
 
 
@@ -62,7 +62,10 @@ def _draw(
     weights = params.gmm_weights
     components = weights.numel()
     cumulative = torch.cumsum(weights, 0) / weights.sum()
-    k = torch.searchsorted(cumulative, torch.rand(n, generator=generator, device=device)).clamp_(max=components - 1)
+    u = torch.rand(n, generator=generator, device=device)
+    k = torch.zeros(n, dtype=torch.int64, device=device)  # the first component whose cumulative weight >= u
+    for bound in cumulative[:-1]:
+        k += u > bound
     z = torch.randn(n, 2 * N_FEATURES, generator=generator, device=device)
     innovations = torch.randn(N_FEATURES, n, generator=generator, device=device) if with_first_vector else None
     transforms = params.gmm_chol.reshape(components * 2 * N_FEATURES, 2 * N_FEATURES)  # [K x 8, 8]
@@ -71,11 +74,10 @@ def _draw(
     x = torch.empty(N_FEATURES, n if with_first_vector else 0, device=device)
     for cells in _chunks(n, device):
         drawn = (transforms @ z[cells].T).view(components, 2 * N_FEATURES, -1)  # every component's draw
-        chunk = drawn[0].add_(means[:, :1])
+        chunk = torch.add(drawn[0], means[:, :1], out=mu_sigma[:, cells])
         for component in range(1, components):
             chosen = (k[cells] == component).float()
             chunk.lerp_(drawn[component].add_(means[:, component : component + 1]), chosen)
-        mu_sigma[:, cells] = chunk
         if innovations is not None:
             x[:, cells] = params.var_noise @ innovations[:, cells]
     return k, mu_sigma, x
@@ -287,13 +289,15 @@ def _next_cycle(s: CellState, weight: torch.Tensor, innovations: torch.Tensor, p
     s.y.lerp_(_features(x, s.mu_sigma, p), weight)
 
 
-def _features(x: torch.Tensor, mu_sigma: torch.Tensor, p: DeviceParams) -> torch.Tensor:
-    """y = mu + sigma * Gamma(x), with the HRS feature from log10 ohm to ohm."""
+def _features(
+    x: torch.Tensor, mu_sigma: torch.Tensor, p: DeviceParams, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y = mu + sigma * Gamma(x), with the HRS feature from log10 ohm to ohm (into `out` if given)."""
     transformed = torch.zeros_like(x)
     for column in p.gamma.T:
         transformed.mul_(x).add_(column[:, None])
-    y = torch.addcmul(mu_sigma[:N_FEATURES], mu_sigma[N_FEATURES:], transformed)
-    y[HRS] = 10 ** y[HRS]
+    y = torch.addcmul(mu_sigma[:N_FEATURES], mu_sigma[N_FEATURES:], transformed, out=out)
+    torch.pow(10, y[HRS], out=y[HRS])
     return y
 
 
