@@ -89,9 +89,7 @@ COMMANDS = {
     "memsim tests": command("-m", "pytest", "-q", "tests/memsim"),
     "asr tests": command("-m", "pytest", "-q", "tests/asr"),
     "benchmark: device": command("benchmarks/device.py"),
-    "benchmark: crossbar read, programming, paper model": command(
-        "benchmarks/crossbar.py", "--device", "cuda", "--paper-model"
-    ),
+    "benchmark: crossbar": command("benchmarks/crossbar.py", "--device", "cuda", "--paper-model"),
     "benchmark: training step": command("benchmarks/train_step.py", "--device", "cuda"),
     "tiny recipe end to end": command("-m", "pytest", "-q", "tests/asr/test_recipe.py", "-k", "all_stages"),
 }
