@@ -72,15 +72,14 @@ def tiny_mini_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_recipe_overrides(tiny_mini_corpus):
-    """The overrides of a work dir on the tiny corpus with a one-block model: tiny_recipe_overrides(work_dir)."""
+def tiny_work_overrides(tiny_mini_corpus):
+    """The overrides of a work dir on the tiny corpus with a one-block model: tiny_work_overrides(work_dir)."""
     sizes = [
         f"data.synth.splits.{split}.{key}={value}" for split, spec in TINY_SPLITS.items() for key, value in spec.items()
     ]
 
     def overrides(work: Path) -> list[str]:
         return [
-            "+experiment=mini",
             f"work_dir={work}",
             f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
             *sizes,
@@ -89,11 +88,15 @@ def tiny_recipe_overrides(tiny_mini_corpus):
             "model.d_ff=64",
             "model.n_heads=2",
             "loader.num_workers=0",
-            "qat_train.epochs=1",
-            "memsim.tile_size=16",
         ]
 
     return overrides
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe_overrides(tiny_work_overrides):
+    """tiny_work_overrides for the mini recipe (experiment mini): one QAT epoch, 16 x 16 tiles."""
+    return lambda work: ["+experiment=mini", *tiny_work_overrides(work), "qat_train.epochs=1", "memsim.tile_size=16"]
 
 
 @pytest.fixture(scope="session")

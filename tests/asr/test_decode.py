@@ -187,25 +187,10 @@ class AlwaysBlank(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_mini_corpus, tiny_splits, make_cfg):
+def trained(tmp_path_factory, tiny_work_overrides, make_cfg):
     """A tiny work dir through prepare, tokenizer, cmvn, a 1-step float model and its decode stage."""
     work = tmp_path_factory.mktemp("work")
-    sizes = [
-        f"data.synth.splits.{split}.{key}={value}" for split, spec in tiny_splits.items() for key, value in spec.items()
-    ]
-    base = [
-        f"work_dir={work}",
-        f"data.synth.cache_dir={tiny_mini_corpus.parents[1]}",
-        *sizes,
-        "model.d_model=32",
-        "model.n_layers=1",
-        "model.d_ff=64",
-        "model.n_heads=2",
-        "train.max_steps=1",
-        "train.average_last=1",
-        "loader.num_workers=0",
-        "decode.beam_size=8",
-    ]
+    base = [*tiny_work_overrides(work), "train.max_steps=1", "train.average_last=1", "decode.beam_size=8"]
     runner.run(make_cfg(*base, "stages=[prepare,tokenizer,cmvn,train,decode]"))
     return work, base
 
