@@ -10,12 +10,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asr.decode import SCORE_FILE
-from asr.files import atomic_path
+from asr.files import atomic_path, markdown_table
 from asr.pipeline.graph import SUMMARY_FILE
 from asr.pipeline.outputs import read_json
 
 if TYPE_CHECKING:
     from asr.report import Group
+
+
+def save_png(fig, path: Path) -> None:
+    """Lay out a matplotlib figure, write it as a PNG atomically, and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
 
 
 def chip_groups(groups: list[Group], split: str = "test", method: str = "beam") -> list[Group]:
@@ -67,7 +77,7 @@ def layer_error_table(groups: list[Group]) -> str:
         "read-disturbable cells",
         "real-time factor",
     ]
-    lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
+    rows = []
     for g in chosen:
         summary = _summary_of(g)
         errors = summary.get("layer_errors") or []
@@ -87,7 +97,7 @@ def layer_error_table(groups: list[Group]) -> str:
             "n/a" if disturb is None else f"{disturb:.1f} %",
             _real_time_factor(g),
         ]
-        lines.append("|" + "|".join(cells) + "|")
+        rows.append(cells)
     r = chosen[0].first
     return (
         f"Split {r.split}, {r.method} decoding. Layer error: |y - d| / |d| of each crossbar layer's output y "
@@ -96,7 +106,7 @@ def layer_error_table(groups: list[Group]) -> str:
         "gain. Read-disturbable cells: cells whose SET threshold lies above -v_read (those storing 0) or whose "
         "RESET threshold lies below +v_read (those storing 1); reads never change a cell in this simulator. "
         "Real-time factor: decoding seconds (the chip model and every decoder of its run) per second of audio, "
-        "mean over the instances.\n\n" + "\n".join(lines)
+        "mean over the instances.\n\n" + markdown_table(header, rows)
     )
 
 
@@ -138,10 +148,7 @@ def budget_plot(groups: list[Group], path: Path) -> bool:
     left.invert_yaxis()
     r = chosen[0].first
     fig.suptitle(f"Chips: {r.split}, {r.method} decoding", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 
@@ -163,7 +170,7 @@ def cost_table(groups: list[Group]) -> str:
         "WER mean",
         "rel. to QAT [95 % CI]",
     ]
-    lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
+    rows = []
     for g in chosen:
         summary = _summary_of(g)
         config, total, levels = summary.get("config", {}), summary.get("total", {}), summary.get("levels")
@@ -189,13 +196,14 @@ def cost_table(groups: list[Group]) -> str:
             f"{statistics.mean(g.wers):.2f}",
             relative.percent() if relative else "n/a",
         ]
-        lines.append("|" + "|".join(cells) + "|")
+        rows.append(cells)
     r = chosen[0].first
     return (
         f"Split {r.split}, {r.method} decoding; programming figures of instance 0. Binary cells are SET and "
         "verified; multi-level cells are programmed by SET and RESET pulses with a read after each, until the read "
         "lies within the verify tolerance (a fraction of a level step) of the level's target (memsim.crossbar."
-        "program_levels); a cell out of pulses counts as failed, per stored level 0 (HRS) up.\n\n" + "\n".join(lines)
+        "program_levels); a cell out of pulses counts as failed, per stored level 0 (HRS) up.\n\n"
+        + markdown_table(header, rows)
     )
 
 
@@ -240,7 +248,4 @@ def _plot_levels(levels: dict, title: str, path: Path) -> None:
     )
     ax.legend(fontsize=8, ncol=min(top + 1, 8))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)

@@ -21,6 +21,12 @@ def atomic_path(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table: the header, its rule, then one line per row (cells as str())."""
+    lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["|" + "|".join(map(str, row)) + "|" for row in rows])
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.chip_report import budget_plot, cost_table, layer_error_table, level_plots
+from asr.chip_report import budget_plot, cost_table, layer_error_table, level_plots, save_png
 from asr.decode import HYPS_FILE, SCORE_FILE
 from asr.errors import UserError
-from asr.files import atomic_path, read_jsonl, write_text
+from asr.files import markdown_table, read_jsonl, write_text
 from asr.pipeline.outputs import RECORD, Records, environment
 from asr.quant import QuantConfig
 from asr.scoring import HEADER, Score, read_score, total
@@ -264,7 +264,7 @@ def summary_table(groups: list[Group]) -> str:
         "rel. to float [95 % CI]",
         "rel. to QAT [95 % CI]",
     ] + (["revision"] * with_revision)
-    lines = ["|" + "|".join(header) + "|", "|" + "---|" * len(header)]
+    rows = []
     for g in groups:
         r, wers = g.first, g.wers
         cells = [
@@ -286,8 +286,8 @@ def summary_table(groups: list[Group]) -> str:
         ]
         if with_revision:
             cells.append(", ".join(sorted({str(m.revision) + ("+dirty" if m.dirty else "") for m in g.members})))
-        lines.append("|" + "|".join(map(str, cells)) + "|")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def espnet_table(groups: list[Group]) -> str:
@@ -417,10 +417,7 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
         ax.set(xlabel="weight bits", ylabel=f"WER (%), {scale} scale", title=f"{split}, {method} decoding")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = "") -> list[Group]:
