@@ -9,10 +9,11 @@ The same generator then draws the read noise. Before each split is decoded it is
 split), so a split's noise does not depend on which other splits or methods a run decodes.
 """
 
+import dataclasses
 import hashlib
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -42,33 +43,76 @@ def reseed(generator: torch.Generator, seed: int, split: str) -> None:
     generator.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:7], "little"))
 
 
-def layer_errors(chip: ConformerCTC, model_path: Path, batches: Iterable[dict], count: int) -> list[dict]:
-    """memsim.layer_errors of the chip against the digital model at model_path, over `count` batches (features
-    as decode_split reads them): where the chip's error arises, layer by layer."""
-    device = next(chip.parameters()).device
-    digital = load_model(model_path, device)
+def feeder(batches: Iterable[dict], count: int) -> Callable[[torch.nn.Module], None]:
+    """A run(model) for memsim's measuring tools: the model, in eval mode, on the first `count` batches
+    (features as decode_split reads them)."""
 
     def run(model: torch.nn.Module) -> None:
+        device = next(model.parameters()).device
         model.eval()
         for batch in itertools.islice(batches, count):
             model(batch["feats"].to(device), batch["feat_lens"].to(device))
 
-    return memsim.layer_errors(chip, digital, run)
+    return run
+
+
+def set_adcs(
+    model: ConformerCTC,
+    calibration: Iterable[dict],
+    count: int,
+    auto: tuple[int, float] | None,
+    layer_adc: dict[str, list],
+) -> None:
+    """Give the chip's layers their own ADCs: with `auto` (budget bits, coverage), memsim.allocate_adc on `count`
+    calibration batches; then layer_adc's patterns (memsim.set_adc)."""
+    if auto is not None:
+        budget_bits, coverage = auto
+        memsim.allocate_adc(model, feeder(calibration, count), budget_bits, coverage)
+    if layer_adc:
+        memsim.set_adc(model, {pattern: (bits[0], bits[1]) for pattern, bits in layer_adc.items()})
+
+
+def layer_errors(chip: ConformerCTC, model_path: Path, batches: Iterable[dict], count: int) -> list[dict]:
+    """memsim.layer_errors of the chip against the digital model at model_path, over `count` batches: where the
+    chip's error arises, layer by layer."""
+    digital = load_model(model_path, next(chip.parameters()).device)
+    return memsim.layer_errors(chip, digital, feeder(batches, count))
 
 
 def chip_summary(
-    model: ConformerCTC, config: memsim.CrossbarConfig, program_seconds: float, errors: list[dict]
+    model: ConformerCTC,
+    config: memsim.CrossbarConfig,
+    program_seconds: float,
+    errors: list[dict],
+    energy: list[dict],
 ) -> dict:
-    """memsim.summary's totals and layers, the configuration, ADC conversions per second of audio, the layer
-    errors against the digital model and, for multi-level cells, memsim.level_statistics."""
+    """memsim.summary's totals and layers (each with its ADC), the configuration, ADC conversions and the energy
+    estimate (memsim.measure_energy's rows, with the costs they assume) per second of audio, the layer errors
+    against the digital model and, for multi-level cells, memsim.level_statistics."""
     rows = memsim.summary(model)
-    vectors_per_second = int(model.output_lengths(torch.tensor([FEATURE_FRAMES_PER_SECOND]))[0])
+    per_second = vectors_per_second(model)
+    energy_total = energy[-1]
     return {
         "config": dict(vars(config)),
         "layers": rows[:-1],
         "total": rows[-1],
-        "adc_conversions_per_second_of_audio": rows[-1]["adc_conversions"] * vectors_per_second,
+        "adc_conversions_per_second_of_audio": rows[-1]["adc_conversions"] * per_second,
         "program_seconds": round(program_seconds, 2),
         "layer_errors": errors,
         "levels": memsim.level_statistics(model),
+        "energy": {
+            "costs": dataclasses.asdict(memsim.EnergyCosts()),
+            "vectors_per_second_of_audio": per_second,
+            # picojoules per vector x vectors per second / 1e6: microjoules per second of audio
+            "per_second_of_audio_uj": {
+                key.removesuffix("_pj"): None if energy_total[key] is None else energy_total[key] * per_second / 1e6
+                for key in memsim.energy.ENERGY_KEYS
+            },
+            "layers": energy,
+        },
     }
+
+
+def vectors_per_second(model: ConformerCTC) -> int:
+    """Input vectors each crossbar layer reads per second of audio: one per encoder frame."""
+    return int(model.output_lengths(torch.tensor([FEATURE_FRAMES_PER_SECOND]))[0])

@@ -35,18 +35,19 @@ from asr.quant import QuantConfig, max_level
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
 from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig
+from memsim.converters import MAX_ADC_BUDGET_BITS
 
 log = logging.getLogger(__name__)
 
 STAGE_NAMES = ("prepare", "tokenizer", "cmvn", "train_float", "train", "decode", "memsim", "report")
 FLOAT = "float"  # the name of the unquantized system, and the value of init_from that means "the float model"
-ADC_CHOICES = (*ADC_PRESETS, "ideal")
+ADC_CHOICES = (*ADC_PRESETS, "ideal", "auto")
 
 
 def mirror(cls: type, name: str, *, drop: tuple[str, ...] = (), add: tuple[tuple[str, Any, Any], ...] = ()) -> type:
     """A mutable dataclass with the fields and defaults of dataclass `cls` (minus `drop`, plus `add`: (name,
-    type, default)), for Hydra to check settings against; its `build(**more)` makes `cls` itself (which
-    validates) from the kept fields plus `more`."""
+    type, default; a type such as dict is a default factory)), for Hydra to check settings against; its
+    `build(**more)` makes `cls` itself (which validates) from the kept fields plus `more`."""
     hints = typing.get_type_hints(cls)
     kept = [f for f in dataclasses.fields(cls) if f.name not in drop]
 
@@ -58,7 +59,8 @@ def mirror(cls: type, name: str, *, drop: tuple[str, ...] = (), add: tuple[tuple
     def build(self, **more):
         return cls(**{f.name: getattr(self, f.name) for f in kept}, **more)
 
-    fields_ = [(n, t, field(default=d)) for n, t, d in add] + [(f.name, hints[f.name], default(f)) for f in kept]
+    added = [(n, t, field(default_factory=d) if isinstance(d, type) else field(default=d)) for n, t, d in add]
+    fields_ = added + [(f.name, hints[f.name], default(f)) for f in kept]
     return dataclasses.make_dataclass(
         name,
         fields_,
@@ -100,7 +102,14 @@ else:
             ("name", str, "chip"),  # a label for outputs and tables
             ("instances", int, 3),  # programming instances (fresh chips), each decoding every split
             ("seed", int, 1000),  # instance k is programmed with seed + k
-            ("adc", str | None, "high_precision"),  # a preset of ADC_CHOICES, or None: adc_*_bits as set
+            # the ADC: None (adc_precision_bits and adc_range_bits as set), a preset of ADC_PRESETS, "ideal", or
+            # "auto": per layer, adc_budget_bits split into range (what holds a fraction adc_coverage of the
+            # layer's column outputs on calibration batches of the train split) and precision (the rest)
+            ("adc", str | None, None),
+            ("adc_budget_bits", int | None, None),
+            ("adc_coverage", float, 0.999),
+            # per-layer ADCs after the above: {layer-name pattern: [precision bits, range bits]}, first match wins
+            ("layer_adc", dict[str, Any], dict),
             # instance k (1..instances) pre-cycles precycle_pulses + k x this (the paper's protocol: 50)
             ("precycle_per_instance", int, 0),
             # an ablation: "all" keeps every non-ideality, "none" removes them all, or the one of
@@ -175,7 +184,7 @@ class RecipeSettings:
         config = m.build(weight_bits=self.quant.weight_bits)
         if m.adc == "ideal":
             config = dataclasses.replace(config, adc_precision_bits=None, adc_range_bits=None)
-        elif m.adc:
+        elif m.adc in ADC_PRESETS:
             config = config.with_adc(m.adc)
         if m.precycle_per_instance:
             config = dataclasses.replace(
@@ -187,8 +196,21 @@ class RecipeSettings:
 
 
 def register() -> None:
-    """Make the schema known to Hydra as `recipe_schema` (configs/config.yaml lists it first)."""
+    """Make the schema known to Hydra as `recipe_schema` (configs/config.yaml lists it first), and the resolver
+    that names a chip's ADC in its default label (${adc_label:...})."""
     ConfigStore.instance().store(name="recipe_schema", node=RecipeSettings)
+    OmegaConf.register_new_resolver("adc_label", adc_label, replace=True)
+
+
+def adc_label(adc: str | None, precision_bits: int | None, range_bits: int | None, budget_bits: int | None) -> str:
+    """The ADC's part of a chip's default label: its preset or mode (a preset's bits set directly name the
+    preset), else its bits, e.g. adc6.8; auto with its budget, e.g. auto12."""
+    if adc == "auto":
+        return f"auto{budget_bits}"
+    if adc:
+        return adc
+    named = [name for name, bits in ADC_PRESETS.items() if bits == (precision_bits, range_bits)]
+    return named[0] if named else f"adc{precision_bits}.{range_bits}"
 
 
 def load(cfg: DictConfig) -> RecipeSettings:
@@ -269,20 +291,28 @@ def _check_chip(s: RecipeSettings) -> None:
             f"memsim.adc_range_bits apply), got {m.adc!r}"
         )
     defaults = (CrossbarConfig.adc_precision_bits, CrossbarConfig.adc_range_bits)
-    if m.adc is not None and (m.adc_precision_bits, m.adc_range_bits) != defaults:
+    if m.adc in (*ADC_PRESETS, "ideal") and (m.adc_precision_bits, m.adc_range_bits) != defaults:
         raise UserError(
             f"memsim.adc={m.adc} sets the ADC: set memsim.adc=null to choose memsim.adc_precision_bits "
             "and memsim.adc_range_bits yourself"
         )
+    if (m.adc == "auto") != (m.adc_budget_bits is not None):
+        raise UserError(
+            "memsim.adc=auto needs memsim.adc_budget_bits (precision + range bits per conversion), and "
+            f"memsim.adc_budget_bits needs memsim.adc=auto; got adc={m.adc}, adc_budget_bits={m.adc_budget_bits}"
+        )
+    if m.adc_budget_bits is not None and not 1 <= m.adc_budget_bits <= MAX_ADC_BUDGET_BITS:
+        raise UserError(f"memsim.adc_budget_bits must be 1 to {MAX_ADC_BUDGET_BITS}, got {m.adc_budget_bits}")
+    if not 0 < m.adc_coverage <= 1:
+        raise UserError(f"memsim.adc_coverage must be a fraction in (0, 1], got {m.adc_coverage}")
+    for pattern, bits in m.layer_adc.items():
+        if not isinstance(bits, (list, tuple)) or len(bits) != 2:
+            raise UserError(f"memsim.layer_adc.{pattern} must be [precision bits, range bits], got {bits!r}")
+        _built(f"memsim.layer_adc.{pattern}", lambda bits=bits: s.chip_config().with_adc_bits(*bits))
     if m.instances < 1:
         raise UserError(f"memsim.instances must be >= 1, got {m.instances}")
     if m.only not in ("all", "none", *NON_IDEALITIES):
         raise UserError(f"memsim.only must be 'all', 'none' or one of {list(NON_IDEALITIES)}, got {m.only!r}")
     if m.precycle_per_instance < 0:
         raise UserError(f"memsim.precycle_per_instance must be >= 0, got {m.precycle_per_instance}")
-    if m.dac_bits is not None and m.dac_bits != s.quant.input_bits:
-        raise UserError(
-            f"memsim.dac_bits={m.dac_bits} differs from quant.input_bits={s.quant.input_bits}: the chip "
-            "maps the model exactly only when its DAC has the bits of the activation quantizer"
-        )
     _built("memsim", s.chip_config)

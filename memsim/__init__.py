@@ -2,8 +2,10 @@
 
 from memsim.config import ADC_PRESETS, NON_IDEALITIES, PRESETS, CrossbarConfig
 from memsim.convert import calibrate, convert, format_summary, level_statistics, summary
+from memsim.converters import adc_settings, allocate_adc, set_adc
 from memsim.device import CellArray, draw_device_parameters
 from memsim.diagnostics import layer_errors
+from memsim.energy import EnergyCosts, measure_energy
 from memsim.layers import MemristorLinear
 from memsim.noise import READ_NOISE_MODES, ReadNoise, read_noise
 from memsim.params import DeviceParams, ParamsError, load_params
@@ -13,12 +15,15 @@ __all__ = [
     "CellArray",
     "CrossbarConfig",
     "DeviceParams",
+    "EnergyCosts",
     "MemristorLinear",
     "NON_IDEALITIES",
     "PRESETS",
     "ParamsError",
     "READ_NOISE_MODES",
     "ReadNoise",
+    "adc_settings",
+    "allocate_adc",
     "calibrate",
     "convert",
     "draw_device_parameters",
@@ -26,6 +31,8 @@ __all__ = [
     "layer_errors",
     "level_statistics",
     "load_params",
+    "measure_energy",
     "read_noise",
+    "set_adc",
     "summary",
 ]

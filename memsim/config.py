@@ -155,8 +155,11 @@ class CrossbarConfig:
         """This config with one of the paper's ADC presets: "high_precision" (8, 10) or "reasonable" (4, 4)."""
         if preset not in ADC_PRESETS:
             raise ValueError(f"unknown ADC preset {preset!r}; choose one of {sorted(ADC_PRESETS)}")
-        precision, range_ = ADC_PRESETS[preset]
-        return dataclasses.replace(self, adc_precision_bits=precision, adc_range_bits=range_)
+        return self.with_adc_bits(*ADC_PRESETS[preset])
+
+    def with_adc_bits(self, precision_bits: int | None, range_bits: int | None) -> CrossbarConfig:
+        """This config with an ADC of step 2^-precision_bits clipping at +-2^(range_bits - 1) (None: ideal)."""
+        return dataclasses.replace(self, adc_precision_bits=precision_bits, adc_range_bits=range_bits)
 
 
 # Named conditions for CrossbarConfig.preset(). The paper's instance k (k = 1..K) pre-cycles with k x 50

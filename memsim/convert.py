@@ -87,7 +87,8 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
 
 
 def summary(model: nn.Module) -> list[dict[str, Any]]:
-    """Per converted layer and in total: cells, arrays, tiles, failed cells, ADC conversions per input vector,
+    """Per converted layer and in total: cells, arrays, tiles, failed cells, ADC conversions per input vector and
+    (per layer) the ADC's [precision bits, range bits],
     and the cells a read could disturb (count, and percent of the programmed cells; see crossbar.program);
     for multi-level cells also the programming pulses per cell (mean, 99th percentile, maximum; level_statistics
     has the rest)."""
@@ -109,13 +110,14 @@ def summary(model: nn.Module) -> list[dict[str, Any]]:
                 "cells": arrays * tile * tile,
                 "failed_cells": int(layer.failed_cells),
                 "adc_conversions": in_tiles * planes * layer.out_features,
+                "adc": [layer.config.adc_precision_bits, layer.config.adc_range_bits],
                 "read_disturbable_cells": int(layer.read_disturbable_cells),
                 "read_disturb_pct": _percent(int(layer.read_disturbable_cells), layer.r.numel()),
             }
         )
         if layer.config.levels_per_cell > 2:
             rows[-1].update(levels_per_cell=layer.config.levels_per_cell, **pulse_statistics(layer.pulse_histogram))
-    total: dict[str, Any] = {"layer": "total", "shape": "", "weight_bits": "", "planes": ""}
+    total: dict[str, Any] = {"layer": "total", "shape": "", "weight_bits": "", "planes": "", "adc": ""}
     for key in ("tiles", "arrays", "cells", "failed_cells", "adc_conversions", "read_disturbable_cells"):
         total[key] = sum(row[key] for row in rows)
     programmed = sum(layer.r.numel() for _, layer in memristor_layers(model))

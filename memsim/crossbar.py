@@ -16,6 +16,7 @@ per-cell current is ever built.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -460,12 +461,14 @@ def crossbar_matmul(
     config: CrossbarConfig,
     generator: torch.Generator | None = None,
     columns: ColumnCalibration | None = None,
+    observe: Callable[[torch.Tensor], object] | None = None,
 ) -> torch.Tensor:
     """Read voltages v [B, in] through programmed tiles r [2, in_padded, planes, out].
 
     Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
     product with v / v_read, as the hardware computes it, [B, out]. With `columns`, each ADC output is
-    corrected digitally, (code - offset) / gain per tile, plane and column.
+    corrected digitally, (code - offset) / gain per tile, plane and column. `observe`, if given, is called per
+    tile with what the ADC is about to convert, [B, planes x out] in units of one programmed pair.
 
     Per tile: one GEMM for the mean currents and one for the noise variances, [B, planes x out] each, then one
     Gaussian per element (a tile at a time keeps the temporaries in cache).
@@ -492,6 +495,8 @@ def crossbar_matmul(
         if variance_rows is not None:
             std = (variance_rows[:, rows] @ total[rows]).add_(common_variance[:, tile : tile + 1])
             y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
+        if observe is not None:
+            observe(y * step)
         adc_codes(y, config)
         if columns is not None:
             y.sub_(offset_in_steps[tile]).mul_(inverse_gain[tile])

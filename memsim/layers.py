@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -82,6 +83,10 @@ class MemristorLinear(nn.Module):
         self.read_model = ReadModel(config)
         self.input_levels: int | None = None  # a quantization-aware source's activation quantizer (see dac)
         self.calibrating = False
+        # Instruments that watch reads (None: off): what each tile's ADC is about to convert (converters.py),
+        # and the energy the cells dissipate (energy.py).
+        self.adc_probe: Callable[[torch.Tensor], object] | None = None
+        self.energy_meter: Callable[[torch.Tensor, torch.Tensor, ReadModel], object] | None = None
 
     @classmethod
     def from_linear(
@@ -141,13 +146,20 @@ class MemristorLinear(nn.Module):
         columns = None
         if self.config.calibration == "per_column":
             columns = ColumnCalibration(self.column_gain, self.column_offset)
-        y = crossbar_matmul(v, self.r, self.read_model, self.config, self.generator, columns)
+        if self.energy_meter is not None:
+            self.energy_meter(v, self.r, self.read_model)
+        y = crossbar_matmul(v, self.r, self.read_model, self.config, self.generator, columns, self.adc_probe)
         y = y * (input_range * self.weight_scale)
         if self.bias is not None:
             y = y + self.bias
         if self.output_quant is not None:
             y = self.output_quant(y)
         return y.view(*shape[:-1], self.out_features)
+
+    def set_adc(self, precision_bits: int | None, range_bits: int | None) -> None:
+        """Give this layer its own ADC (step 2^-precision_bits, clipping at +-2^(range_bits - 1); None: ideal).
+        The ADC acts only when reading: the programmed cells stay as they are."""
+        self.config = self.config.with_adc_bits(precision_bits, range_bits)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -7,7 +7,7 @@
   the effective `train` (with `qat_train` for a quantized system), `features`, `loader`, `seed`. Not
   `train.log_every`, `keep_checkpoints`, `checkpoint_every`: they change logs and disk use, not the model.
 - decode: the model and its data, the split, the method and that method's settings
-- chip (memsim/): the model, the crossbar configuration and the programming seed
+- chip (memsim/): the model, the crossbar configuration, the programming seed and per-layer ADC settings
 - chip decode: the chip, the model and its data, the instance, the split, the method and its settings
 """
 
@@ -110,6 +110,10 @@ def chip(s: RecipeSettings, trained: Output) -> Output:
     """The crossbar configuration that holds a quantized model (its summary: cells, tiles, ADC conversions)."""
     m = s.memsim
     settings = {"crossbar": asdict(s.chip_config()), "seed": m.seed, "precycle_per_instance": m.precycle_per_instance}
+    if m.adc == "auto":  # per-layer ADCs change the results: in the identity (absent otherwise, as before they existed)
+        settings["adc_auto"] = {"budget_bits": m.adc_budget_bits, "coverage": m.adc_coverage}
+    if m.layer_adc:
+        settings["layer_adc"] = dict(m.layer_adc)
     return Output("memsim", "memsim", s.memsim.name, settings, {"model": trained}, (trained.name,))
 
 

@@ -29,7 +29,8 @@ from asr.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-LAYER_ERROR_BATCHES = 4  # batches of the first decode split that measure a chip's layer errors
+LAYER_ERROR_BATCHES = 4  # batches of the first decode split that measure a chip's layer errors and energy
+ADC_CALIBRATION_BATCHES = 4  # batches of the train split that memsim.adc=auto allocates ADC bits from
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,9 @@ def decode_models(s: RecipeSettings, jobs: list[Job]) -> None:
 
 
 def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
-    """Program each instance that has pending outputs onto a fresh chip, summarize the chip (instance 0:
-    cells, layer errors), and decode its pending splits and methods."""
+    """Program each instance that has pending outputs onto a fresh chip, give its layers their ADCs (memsim.adc=auto,
+    memsim.layer_adc), summarize the chip (instance 0: cells, layer errors, energy), and decode its pending splits
+    and methods."""
     summaries = [j for j in jobs if "crossbar" in j.output.settings]
     by_instance = defaultdict(list)
     for job in jobs:
@@ -157,11 +159,16 @@ def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
         seed = s.memsim.seed + instance
         config = s.chip_config(instance)
         model, generator, seconds = chips.program(model_path, config, seed, device())
+        m = s.memsim
+        if m.adc == "auto" or m.layer_adc:
+            auto = (m.adc_budget_bits, m.adc_coverage) if m.adc == "auto" else None
+            chips.set_adcs(model, _loader(s, "train"), ADC_CALIBRATION_BATCHES, auto, m.layer_adc)
         if instance == 0:
             for job in summaries:
                 batches = _loader(s, s.decode.splits[0])
                 errors = chips.layer_errors(model, model_path, batches, LAYER_ERROR_BATCHES)
-                summary = chips.chip_summary(model, config, seconds, errors)
+                energy = memsim.measure_energy(model, chips.feeder(batches, LAYER_ERROR_BATCHES))
+                summary = chips.chip_summary(model, config, seconds, errors, energy)
                 log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(model)))
                 job.commit({graph.SUMMARY_FILE: summary})
         if instance_jobs:

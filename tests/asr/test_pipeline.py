@@ -185,8 +185,12 @@ BAD_SETTINGS = [
     ("quant.weight_scale=max", "quant settings: weight_scale must be"),
     ("memsim.adc=fast", "memsim.adc must be one of"),
     ("memsim.tile_size=0", "CrossbarConfig.tile_size must be a positive integer"),
-    ("memsim.dac_bits=6", "memsim.dac_bits=6 differs from quant.input_bits=8"),
-    ("memsim.adc_precision_bits=4", "memsim.adc=high_precision sets the ADC: set memsim.adc=null"),
+    ("memsim.adc=auto", "memsim.adc=auto needs memsim.adc_budget_bits"),
+    ("memsim.adc_budget_bits=10", "memsim.adc_budget_bits needs memsim.adc=auto"),
+    ("memsim.adc_coverage=1.5", r"memsim.adc_coverage must be a fraction in \(0, 1\]"),
+    ("++memsim.layer_adc={ff:[4]}", r"memsim.layer_adc.ff must be \[precision bits, range bits\]"),
+    ("++memsim.layer_adc={ff:[40,4]}", "CrossbarConfig.adc_precision_bits must be an integer from 0 to 24"),
+    ("memsim.dac_bits=1", "CrossbarConfig.dac_bits must be an integer from 2 to 24"),
     ("memsim.instances=0", "memsim.instances must be >= 1"),
     ("memsim.only=noise", "memsim.only must be 'all', 'none' or one of"),
     ("memsim.precycle_per_instance=-1", "memsim.precycle_per_instance must be >= 0"),
@@ -203,6 +207,23 @@ def test_every_group_refuses_bad_settings_before_any_stage(override, message, tm
     with pytest.raises(UserError, match=message):
         runner.run(make_cfg("+experiment=mini", f"work_dir={tmp_path}", override))
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_an_adc_preset_and_adc_bits_together_are_refused(tmp_path, make_cfg):
+    with pytest.raises(UserError, match="memsim.adc=reasonable sets the ADC: set memsim.adc=null"):
+        runner.run(
+            make_cfg("+experiment=mini", f"work_dir={tmp_path}", "memsim.adc=reasonable", "memsim.adc_range_bits=6")
+        )
+
+
+def test_chips_are_named_by_their_adc(make_cfg):
+    def label(*overrides):
+        return settings.load(make_cfg("+experiment=mini", *overrides)).memsim.name
+
+    assert label() == "high_precision-physical"  # (8, 10), the default, is the paper's preset by name
+    assert label("memsim.adc_precision_bits=4", "memsim.adc_range_bits=4") == "reasonable-physical"
+    assert label("memsim.adc_precision_bits=6", "memsim.adc_range_bits=8") == "adc6.8-physical"
+    assert label("memsim.adc=auto", "memsim.adc_budget_bits=12") == "auto12-physical"
 
 
 def test_two_bit_weights_are_run_as_the_ternary_model(make_cfg, caplog):

@@ -88,6 +88,27 @@ def test_an_ideal_chip_without_converter_error_hears_what_the_digital_model_hear
         assert on_chip == (work / digital[key].relpath / "hyps.jsonl").read_text()
 
 
+def test_auto_and_per_layer_adcs_reach_the_chip_and_its_summary_prices_them(recipe, make_cfg):
+    work, overrides = recipe
+    chip = [*overrides, "memsim.adc=auto", "memsim.adc_budget_bits=9", "memsim.instances=1"]
+    chip += ["++memsim.layer_adc={blocks.0.ff1.*:[3,3]}", "stages=[memsim]"]
+    runner.run(make_cfg(*chip))
+    s = settings.load(make_cfg(*chip))
+    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / graph.SUMMARY_FILE).read_text())
+    adcs = {row["layer"]: row["adc"] for row in summary["layers"]}
+    assert all(sum(bits) == 9 for name, bits in adcs.items() if ".ff1." not in name)
+    assert {tuple(bits) for name, bits in adcs.items() if ".ff1." in name} == {(3, 3)}
+    energy = summary["energy"]
+    per_layer = {row["layer"]: row for row in energy["layers"]}
+    assert per_layer.keys() == adcs.keys() | {"total"}
+    assert all(per_layer[name]["adc_bits"] == sum(bits) for name, bits in adcs.items())
+    per_second = energy["per_second_of_audio_uj"]
+    assert per_second["chip"] == pytest.approx(
+        per_layer["total"]["chip_pj"] * energy["vectors_per_second_of_audio"] / 1e6
+    )
+    assert 0 < per_second["crossbar"] < per_second["chip"] and per_second["digital"] > 0
+
+
 def hypotheses(work: Path) -> dict[str, bytes]:
     return {str(p.relative_to(work)): p.read_bytes() for p in work.glob("*/**/hyps.jsonl")}
 
@@ -157,9 +178,9 @@ def test_unknown_key_on_the_command_line_is_one_clear_message(tmp_path):
 
 
 def test_a_bad_setting_on_the_command_line_is_one_clear_message(tmp_path):
-    result = run_script(tmp_path, "memsim.dac_bits=6")
+    result = run_script(tmp_path, "memsim.adc=auto")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
-        "error: memsim.dac_bits=6 differs from quant.input_bits=8: the chip maps the model "
-        "exactly only when its DAC has the bits of the activation quantizer"
+        "error: memsim.adc=auto needs memsim.adc_budget_bits (precision + range bits per conversion), and "
+        "memsim.adc_budget_bits needs memsim.adc=auto; got adc=auto, adc_budget_bits=None"
     )
