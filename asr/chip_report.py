@@ -38,7 +38,7 @@ def chip_groups(groups: list[Group], split: str = "test", method: str = "beam") 
     return [g for g in memsim if g.first.split == split and g.first.method == method]
 
 
-def _summary_of(g: Group) -> dict:
+def summary_of(g: Group) -> dict:
     """The memsim stage's summary.json of the group's chip ({} when it has none)."""
     r = g.first
     return read_json(r.root / str(r.chip) / SUMMARY_FILE) or {}
@@ -79,7 +79,7 @@ def layer_error_table(groups: list[Group]) -> str:
     ]
     rows = []
     for g in chosen:
-        summary = _summary_of(g)
+        summary = summary_of(g)
         errors = summary.get("layer_errors") or []
         layers = [row for row in errors if row["layer"] != "mean"]
         mean = _mean_layer_errors(summary)
@@ -134,7 +134,7 @@ def budget_plot(groups: list[Group], path: Path) -> bool:
     high = [100 * (i.high - i.estimate) if i else 0.0 for i in relative]
     errors = []
     for g in chosen:
-        mean = _mean_layer_errors(_summary_of(g))
+        mean = _mean_layer_errors(summary_of(g))
         errors.append(100 * mean["relative_error"] if mean else float("nan"))
     y = list(range(len(chosen)))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.5 + 0.42 * len(chosen)), sharey=True)
@@ -172,7 +172,7 @@ def cost_table(groups: list[Group]) -> str:
     ]
     rows = []
     for g in chosen:
-        summary = _summary_of(g)
+        summary = summary_of(g)
         config, total, levels = summary.get("config", {}), summary.get("total", {}), summary.get("levels")
         layers = summary.get("layers") or [{}]
         relative = g.relative.get("qat")
@@ -212,7 +212,7 @@ def level_plots(groups: list[Group], out_dir: Path) -> list[Path]:
     one colour per level, the targets and verify bands marked. Returns the files written."""
     written = []
     for g in chip_groups(groups):
-        levels = _summary_of(g).get("levels")
+        levels = summary_of(g).get("levels")
         if not levels:
             continue
         r = g.first

@@ -25,6 +25,7 @@ import numpy as np
 
 from asr.chip_report import budget_plot, cost_table, layer_error_table, level_plots, save_png
 from asr.decode import HYPS_FILE, SCORE_FILE
+from asr.energy_report import adc_heatmaps, energy_table, pareto_plot
 from asr.errors import UserError
 from asr.files import markdown_table, read_jsonl, write_text
 from asr.pipeline.outputs import RECORD, Records, environment
@@ -323,6 +324,8 @@ def results_markdown(groups: list[Group], stale: list[str], title: str, notes: s
     chip_section = f"## Chip layer errors\n\n{chips}\n\n" if chips else ""
     costs = cost_table(groups)
     chip_section += f"## Chip cells, converters and programming\n\n{costs}\n\n" if costs else ""
+    energy = energy_table(groups)
+    chip_section += f"## Converters and energy\n\n{energy}\n\n" if energy else ""
     return (
         f"# {title}\n\n{notes}## WER (%) per system\n\n{summary_table(groups)}\n\n"
         "Snt and Wrd: the utterances and reference words each split scored. A memsim row holds its programming "
@@ -421,8 +424,9 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
 
 
 def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = "") -> list[Group]:
-    """results.csv, RESULTS.md, wer_vs_bits.png, (with two chips or more) chips.png and (per multi-level chip)
-    levels-*.png in out_dir; returns the groups."""
+    """results.csv, RESULTS.md, wer_vs_bits.png, (with two chips or more) chips.png and wer_vs_energy.png, (with
+    two ADC settings or more at one weight width) adc_heatmap.png and (per multi-level chip) levels-*.png in
+    out_dir; returns the groups."""
     results, stale = collect(work_dirs)
     if not results:
         raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
@@ -433,4 +437,6 @@ def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = 
     plot(groups, out_dir / "wer_vs_bits.png")
     budget_plot(groups, out_dir / "chips.png")
     level_plots(groups, out_dir)
+    adc_heatmaps(groups, out_dir / "adc_heatmap.png")
+    pareto_plot(groups, out_dir / "wer_vs_energy.png")
     return groups

@@ -1,6 +1,7 @@
 """The report: results read from records, grouped, compared with their references with bootstrap intervals."""
 
 import csv
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,43 @@ def test_a_multi_level_chip_gets_its_cost_row_and_level_histogram(work, tmp_path
     assert f"|{2 * 128 * 128:,}|1,000|{pulses['pulses_mean']:.1f} / {pulses['pulses_p99']} / " in row
     assert f"|{sum(failed)} ({', '.join(map(str, failed))})|15.00|" in row
     assert (tmp_path / "out" / "levels-m-3.0-four.png").is_file()
+
+
+def priced_chip(work: Path, name: str, adcs: list[tuple[int, int]], chip_uj: float, errors: int) -> None:
+    """A w3 chip of two layers with the given ADCs, its summary priced at chip_uj per second, one instance."""
+    import memsim
+
+    trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
+    chip = Output("memsim", "memsim", name, {"crossbar": {"adcs": adcs}, "seed": 1}, {"model": trained})
+    rows = [{"layer": f"l{i}", "adc": list(adc), "adc_conversions": 10} for i, adc in enumerate(adcs)]
+    parts = {"crossbar": 1.0, "dac": 2.0, "adc": chip_uj - 3.5, "accumulate": 0.5, "chip": chip_uj, "digital": 30.0}
+    summary = {
+        "config": {"dac_bits": 8},
+        "layers": rows,
+        "total": {"layer": "total"},
+        "energy": {"costs": dataclasses.asdict(memsim.EnergyCosts()), "per_second_of_audio_uj": parts},
+    }
+    job = Job(work, chip, {"model": Records(work).get(trained.relpath)["run"]}, forced=False)
+    job.begin()
+    job.commit({SUMMARY_FILE: summary})
+    decode(work, trained, spread(errors), chip=chip, instance=0)
+
+
+def test_converter_settings_are_priced_and_the_cheapest_near_the_reference_is_named(work, tmp_path):
+    priced_chip(work, "high", [(8, 10), (8, 10)], 1000.0, 24)
+    priced_chip(work, "low", [(4, 4), (4, 4)], 10.0, 26)  # within 10 % of 24 errors
+    priced_chip(work, "auto8", [(5, 3), (6, 2)], 9.0, 40)
+    write_report([work], tmp_path / "out", "converters")
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "|w3 low|(4, 4)|8|1.00|2.00|6.50|0.500|10.0|30.0|13.00|" in table
+    assert "|w3 auto8|auto 8: range 2-3|8|" in table
+    assert "- w3: the (8, 10) chip (high) has WER 12.00 at 1,000 uJ/s; the cheapest chip within 10 % relative " in table
+    assert "is low (ADC (4, 4)): WER 13.00 at 10.0 uJ/s, 100x less energy." in table
+    assert (tmp_path / "out" / "adc_heatmap.png").is_file() and (tmp_path / "out" / "wer_vs_energy.png").is_file()
+
+
+def test_the_pareto_front_keeps_what_no_other_point_beats():
+    from asr.energy_report import pareto_front
+
+    points = [(10.0, 5.0), (1.0, 9.0), (5.0, 4.0), (2.0, 9.5), (20.0, 4.0)]
+    assert pareto_front(points) == [(1.0, 9.0), (5.0, 4.0)]

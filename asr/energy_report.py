@@ -1,0 +1,255 @@
+"""What each chip's converters cost: its ADC and DAC settings, the energy estimate of its summary.json
+(memsim.measure_energy) per second of audio beside the digital baseline, and its WER; a WER heatmap over ADC
+precision x range bits, and WER against energy with the Pareto front. The energies are estimates from the
+per-operation costs in memsim.energy.EnergyCosts (recorded in each summary.json).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asr.chip_report import chip_groups, save_png, summary_of
+from asr.files import markdown_table
+
+if TYPE_CHECKING:
+    from asr.report import Group
+
+NEAR_REFERENCE = 1.10  # "within 10 % relative WER of the reference chip"
+REFERENCE_ADC = [8, 10]  # the paper's high-precision ADC: the reference the cheaper chips are held against
+
+
+def priced(groups: list[Group]) -> list[Group]:
+    """The chip groups (test, beam when present) whose summary has a complete energy estimate."""
+    return [g for g in chip_groups(groups) if _chip_energy(g) is not None]
+
+
+def _energy(g: Group) -> dict:
+    return (summary_of(g).get("energy") or {}).get("per_second_of_audio_uj") or {}
+
+
+def _chip_energy(g: Group) -> float | None:
+    return _energy(g).get("chip")
+
+
+def adc_setting(g: Group) -> str:
+    """The chip's ADC: "(p, r)" when every layer has the same, else "auto B" or "per layer", with the range bits'
+    spread over the layers."""
+    summary = summary_of(g)
+    adcs = [tuple(row["adc"]) for row in summary.get("layers") or [] if "adc" in row]
+    if not adcs:
+        return "n/a"
+    if len(set(adcs)) == 1:
+        return f"({adcs[0][0]}, {adcs[0][1]})"
+    ranges = [r for _, r in adcs]
+    budget = {p + r for p, r in adcs}
+    kind = f"auto {budget.pop()}" if len(budget) == 1 else "per layer"
+    return f"{kind}: range {min(ranges)}-{max(ranges)}"
+
+
+def _uniform_adc(g: Group) -> list[int] | None:
+    adcs = {tuple(row["adc"]) for row in summary_of(g).get("layers") or [] if "adc" in row}
+    return list(adcs.pop()) if len(adcs) == 1 else None
+
+
+def _bits(g: Group) -> float:
+    return g.first.weight_bits or 0.0
+
+
+def _priced_energy(g: Group) -> float:
+    """The chip energy of a priced group (priced() keeps only those that have one)."""
+    return float(_chip_energy(g) or 0.0)
+
+
+def _wer(g: Group) -> float:
+    return statistics.mean(g.wers)
+
+
+def energy_table(groups: list[Group]) -> str:
+    """One row per priced chip: ADC, DAC, energy per second of audio by part and in total, the digital baseline,
+    WER; then, per weight width, the cheapest chip within NEAR_REFERENCE of the (8, 10) chip's WER."""
+    chosen = priced(groups)
+    if not chosen:
+        return ""
+    header = [
+        "chip",
+        "ADC (precision, range)",
+        "DAC bits",
+        "crossbar",
+        "DAC",
+        "ADC",
+        "accumulate",
+        "chip total",
+        "digital baseline",
+        "WER mean",
+        "rel. to QAT [95 % CI]",
+    ]
+    rows = []
+    for g in sorted(chosen, key=lambda g: (g.first.weight_bits or 0, _chip_energy(g) or 0.0)):
+        energy, config = _energy(g), summary_of(g).get("config", {})
+        relative = g.relative.get("qat")
+        rows.append(
+            [
+                f"w{g.first.weight_bits:g} {g.first.chip_label}",
+                adc_setting(g),
+                str(config.get("dac_bits")),
+                *(_uj(energy.get(part)) for part in ("crossbar", "dac", "adc", "accumulate", "chip", "digital")),
+                f"{_wer(g):.2f}",
+                relative.percent() if relative else "n/a",
+            ]
+        )
+    r = chosen[0].first
+    costs = summary_of(chosen[0])["energy"]["costs"]
+    return (
+        f"Split {r.split}, {r.method} decoding. Energy in microjoules per second of audio (= microwatts while "
+        "listening), estimated by memsim.measure_energy on instance 0 (4 batches of the first decoded split): the "
+        "cells' read power is simulated; DAC, ADC and digital operations are counted and priced with "
+        f"memsim.energy.EnergyCosts ({_costs(costs)}). Digital baseline: the same layers as integer "
+        "multiply-accumulates plus SRAM weight reads (M. Horowitz, ISSCC 2014, 45 nm). Estimates, not "
+        "measurements.\n\n" + markdown_table(header, rows) + "\n\n" + _cheapest_near_reference(chosen)
+    )
+
+
+def _uj(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:#.3g}"
+
+
+def _costs(costs: dict) -> str:
+    return (
+        f"ADC {costs['adc_joules_per_step'] * 1e15:.2f} fJ x 2^bits, DAC {costs['dac_joules_per_bit'] * 1e12:.2f} "
+        f"pJ x bits (ISAAC, ISCA 2016), read pulse {costs['read_seconds'] * 1e9:g} ns"
+    )
+
+
+def _cheapest_near_reference(chosen: list[Group]) -> str:
+    """Per weight width: the (8, 10) chip with the activation-width DAC, and the cheapest chip whose WER is
+    within NEAR_REFERENCE of it."""
+    lines = []
+    for bits in sorted({_bits(g) for g in chosen}):
+        same = [g for g in chosen if _bits(g) == bits]
+        references = [
+            g
+            for g in same
+            if _uniform_adc(g) == REFERENCE_ADC and summary_of(g).get("config", {}).get("dac_bits") == _widest_dac(same)
+        ]
+        if not references:
+            continue
+        reference = min(references, key=_wer)
+        near = [g for g in same if _wer(g) <= NEAR_REFERENCE * _wer(reference)]
+        cheapest = min(near, key=lambda g: _chip_energy(g) or math.inf)
+        saving = (_chip_energy(reference) or 0) / (_chip_energy(cheapest) or 1)
+        lines.append(
+            f"- w{bits:g}: the (8, 10) chip ({reference.first.chip_label}) has WER {_wer(reference):.2f} at "
+            f"{_uj(_chip_energy(reference))} uJ/s; the cheapest chip within {100 * (NEAR_REFERENCE - 1):.0f} % "
+            f"relative of it is {cheapest.first.chip_label} (ADC {adc_setting(cheapest)}): WER {_wer(cheapest):.2f} "
+            f"at {_uj(_chip_energy(cheapest))} uJ/s, {saving:,.0f}x less energy."
+        )
+    return "\n".join(lines)
+
+
+def _widest_dac(groups: list[Group]) -> int:
+    return max(summary_of(g).get("config", {}).get("dac_bits") or 0 for g in groups)
+
+
+def adc_heatmaps(groups: list[Group], path: Path) -> bool:
+    """WER over ADC precision x range bits, one panel per weight width (chips with one ADC for every layer and the
+    widest DAC). Returns False (and draws nothing) when no width has two ADC settings or more."""
+    cells: dict[float, dict[tuple[int, int], float]] = defaultdict(dict)
+    for g in chip_groups(groups):
+        adc = _uniform_adc(g)
+        same_width = [h for h in chip_groups(groups) if _bits(h) == _bits(g)]
+        if adc is None or None in adc or summary_of(g).get("config", {}).get("dac_bits") != _widest_dac(same_width):
+            continue
+        cells[_bits(g)][(adc[0], adc[1])] = _wer(g)
+    panels = {bits: grid for bits, grid in cells.items() if len(grid) > 1}
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (bits, grid) in zip(axes[0], sorted(panels.items()), strict=True):
+        precisions = sorted({p for p, _ in grid})
+        ranges = sorted({r for _, r in grid})
+        values = np.full((len(precisions), len(ranges)), np.nan)
+        for (p, r), wer in grid.items():
+            values[precisions.index(p), ranges.index(r)] = wer
+        image = ax.imshow(values, origin="lower", cmap="viridis_r", norm=matplotlib.colors.LogNorm())
+        for (i, j), wer in np.ndenumerate(values):
+            if not np.isnan(wer):
+                ax.text(j, i, f"{wer:.1f}", ha="center", va="center", fontsize=8, color="white")
+        ax.set(
+            xticks=range(len(ranges)),
+            xticklabels=ranges,
+            yticks=range(len(precisions)),
+            yticklabels=precisions,
+            xlabel="ADC range bits r (clip at +-2^(r-1))",
+            ylabel="ADC precision bits p (step 2^-p)",
+            title=f"w{bits:g}: WER (%), mean over instances",
+        )
+        fig.colorbar(image, ax=ax)
+    save_png(fig, path)
+    return True
+
+
+def pareto_plot(groups: list[Group], path: Path) -> bool:
+    """WER against the chip's energy per second of audio (log), per weight width, the Pareto front (no other chip
+    of that width is both cheaper and better) joined, and each digital QAT model at its digital baseline's
+    energy. Returns False when fewer than two chips are priced."""
+    chosen = priced(groups)
+    if len(chosen) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colours = plt.get_cmap("tab10")
+    for i, bits in enumerate(sorted({_bits(g) for g in chosen})):
+        same = [g for g in chosen if _bits(g) == bits]
+        energy = [_priced_energy(g) for g in same]
+        wers = [_wer(g) for g in same]
+        spread = [statistics.stdev(g.wers) if len(g.wers) > 1 else 0.0 for g in same]
+        colour = colours(i)
+        ax.errorbar(energy, wers, yerr=spread, fmt="o", color=colour, alpha=0.6, markersize=4, label=f"w{bits:g} chips")
+        front = pareto_front(list(zip(energy, wers, strict=True)))
+        ax.plot(*zip(*front, strict=True), "-", color=colour, linewidth=1.5, label=f"w{bits:g} Pareto front")
+        for g in same:
+            if (_priced_energy(g), _wer(g)) in front:
+                ax.annotate(
+                    adc_setting(g), (_priced_energy(g), _wer(g)), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                )
+        qat = same[0].qat_reference
+        if qat is not None:
+            digital = float(_energy(same[0])["digital"])
+            ax.plot([digital], [_wer(qat)], "*", color=colour, markersize=12, label=f"w{bits:g} digital QAT")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    r = chosen[0].first
+    ax.set(
+        xlabel="energy per second of audio (uJ), crossbar layers only: estimate (memsim.energy)",
+        ylabel="WER (%), mean over instances",
+        title=f"WER against energy: {r.split}, {r.method} decoding",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    save_png(fig, path)
+    return True
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (energy, WER) points no other point beats in both (lower is better), by increasing energy."""
+    front: list[tuple[float, float]] = []
+    for energy, wer in sorted(points):
+        if not front or wer < front[-1][1]:
+            front.append((energy, wer))
+    return front
