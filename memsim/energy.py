@@ -50,7 +50,7 @@ class EnergyCosts:
     """Per-operation energies (joules) and the read time, each with its source."""
 
     # ADC: Walden's figure of merit, E = this x 2^bits; default ISAAC's 8-bit ADC, 1.67 pJ / 2^8 = 6.5 fJ per
-    # step. (B. Murmann's ADC survey puts the best designs near 1-2 fJ per step at these speeds.)
+    # step. (The best designs of B. Murmann's ADC survey reach below 1 fJ per step: docs/sources.md.)
     adc_joules_per_step: float = ISAAC_ADC_8BIT / 2**8
     # DAC: E = this x bits: a b-bit input costs what ISAAC spends on b one-bit row pulses.
     dac_joules_per_bit: float = ISAAC_DAC_1BIT
