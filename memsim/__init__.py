@@ -1,7 +1,8 @@
 """memsim: memristor crossbar simulation on the Synaptogen device model, in PyTorch."""
 
 from memsim.config import ADC_PRESETS, NON_IDEALITIES, PRESETS, CrossbarConfig
-from memsim.convert import calibrate, convert, format_summary, level_statistics, summary
+from memsim.conv import MemristorConv1d, MemristorConv2d
+from memsim.convert import KINDS, calibrate, convert, format_summary, level_statistics, summary
 from memsim.converters import adc_settings, allocate_adc, set_adc
 from memsim.device import CellArray, draw_device_parameters
 from memsim.diagnostics import layer_errors
@@ -16,6 +17,9 @@ __all__ = [
     "CrossbarConfig",
     "DeviceParams",
     "EnergyCosts",
+    "KINDS",
+    "MemristorConv1d",
+    "MemristorConv2d",
     "MemristorLinear",
     "NON_IDEALITIES",
     "PRESETS",

@@ -1,9 +1,8 @@
-"""Whole-model tools: convert every linear layer to crossbars, calibrate input ranges, summarize a chip."""
+"""Whole-model tools: convert linear and convolution layers to crossbars, calibrate input ranges, summarize a chip."""
 
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,15 +10,25 @@ import torch
 from torch import nn
 
 from memsim.config import CrossbarConfig
+from memsim.conv import MemristorConv, MemristorConv1d, MemristorConv2d
 from memsim.crossbar import LEVEL_BINS_PER_STEP
 from memsim.layers import MemristorLinear
 
+KINDS = ("linear", "conv")  # what convert() can map: linear layers, and Conv1d / Conv2d layers
 
-def _is_mappable(module: nn.Module) -> bool:
-    """nn.Linear, or a quantization-aware linear that exposes its integer weights."""
-    return isinstance(module, nn.Linear) or (
+
+def _kind(module: nn.Module) -> str | None:
+    """ "linear" for nn.Linear or a quantization-aware linear exposing its integer weights, "conv" for nn.Conv1d /
+    nn.Conv2d (plain or quantization-aware), None for anything else or for what is already on crossbars."""
+    if isinstance(module, (MemristorLinear, MemristorConv)):
+        return None
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return "conv"
+    if isinstance(module, nn.Linear) or (
         hasattr(module, "integer_weight") and hasattr(module, "weight_scale") and hasattr(module, "in_features")
-    )
+    ):
+        return "linear"
+    return None
 
 
 def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
@@ -29,6 +38,13 @@ def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
+def _on_crossbars(module: nn.Module, config: CrossbarConfig, generator: torch.Generator | None, program: bool):
+    if _kind(module) == "conv":
+        conv_class = MemristorConv1d if isinstance(module, nn.Conv1d) else MemristorConv2d
+        return conv_class.from_conv(module, config, generator, program)
+    return MemristorLinear.from_linear(module, config, generator, program)
+
+
 def convert(
     model: nn.Module,
     config: CrossbarConfig,
@@ -36,30 +52,35 @@ def convert(
     include: Iterable[str] | str | None = None,
     exclude: Iterable[str] | str | None = None,
     program: bool = True,
+    kinds: Iterable[str] = ("linear",),
 ) -> nn.Module:
-    """Replace, in place, the linear layers of any model by programmed MemristorLinear layers.
+    """Replace, in place, the layers of the given kinds (KINDS: "linear", "conv") of any model by programmed
+    MemristorLinear, MemristorConv1d and MemristorConv2d layers.
 
     include / exclude: module names or fnmatch patterns as in named_modules() (e.g. "encoder.*.ff*");
     with include, only matching layers are converted; exclude wins over include. program=False leaves the
     cells unprogrammed, to load a saved chip into with load_state_dict.
     """
-    if isinstance(model, MemristorLinear):
-        raise ValueError("the model is already a MemristorLinear")
-    if _is_mappable(model) and not include:
-        return MemristorLinear.from_linear(model, config, generator, program)
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown layer kind(s) {unknown}; choose from {list(KINDS)}")
+    if isinstance(model, (MemristorLinear, MemristorConv)):
+        raise ValueError(f"the model is already a {type(model).__name__}")
+    if _kind(model) in kinds and not include:
+        return _on_crossbars(model, config, generator, program)
     chosen = [
         (name, module)
         for name, module in model.named_modules()
         if name
-        and _is_mappable(module)
-        and not isinstance(module, MemristorLinear)
+        and _kind(module) in kinds
         and (include is None or _matches(name, include))
         and not _matches(name, exclude)
     ]
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, MemristorLinear.from_linear(module, config, generator, program))
+        setattr(parent, child, _on_crossbars(module, config, generator, program))
     return model
 
 
@@ -96,20 +117,18 @@ def summary(model: nn.Module) -> list[dict[str, Any]]:
     for name, layer in memristor_layers(model):
         tile = layer.config.tile_size
         planes = layer.config.planes
-        in_tiles = math.ceil(layer.in_features / tile)
-        out_tiles = math.ceil(layer.out_features / tile)
-        arrays = 2 * planes * in_tiles * out_tiles
+        arrays = 2 * planes * layer.tiles()
         rows.append(
             {
                 "layer": name,
                 "shape": f"{layer.in_features}x{layer.out_features}",
                 "weight_bits": layer.config.weight_bits,
                 "planes": planes,
-                "tiles": in_tiles * out_tiles,
+                "tiles": layer.tiles(),
                 "arrays": arrays,
                 "cells": arrays * tile * tile,
                 "failed_cells": int(layer.failed_cells),
-                "adc_conversions": in_tiles * planes * layer.out_features,
+                "adc_conversions": layer.conversions()[1],
                 "adc": [layer.config.adc_precision_bits, layer.config.adc_range_bits],
                 "read_disturbable_cells": int(layer.read_disturbable_cells),
                 "read_disturb_pct": _percent(int(layer.read_disturbable_cells), layer.r.numel()),

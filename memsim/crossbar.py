@@ -462,13 +462,16 @@ def crossbar_matmul(
     generator: torch.Generator | None = None,
     columns: ColumnCalibration | None = None,
     observe: Callable[[torch.Tensor], object] | None = None,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Read voltages v [B, in] through programmed tiles r [2, in_padded, planes, out].
 
     Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
     product with v / v_read, as the hardware computes it, [B, out]. With `columns`, each ADC output is
     corrected digitally, (code - offset) / gain per tile, plane and column. `observe`, if given, is called per
-    tile with what the ADC is about to convert, [B, planes x out] in units of one programmed pair.
+    tile with what the ADC is about to convert, [B, planes x out] in units of one programmed pair. `present`
+    [tiles, out] (1 or 0): whether each column's arrays exist in each row of tiles; an absent one (a block of a
+    grouped convolution's matrix that holds no weights: memsim.conv) reads nothing, not even noise.
 
     Per tile: one GEMM for the mean currents and one for the noise variances, [B, planes x out] each, then one
     Gaussian per element (a tile at a time keeps the temporaries in cache).
@@ -487,6 +490,9 @@ def crossbar_matmul(
     if columns is not None:
         offset_in_steps = (columns.offset / step).reshape(-1, planes * out_features)
         inverse_gain = columns.gain.reciprocal().reshape(-1, planes * out_features)
+    mask = None if present is None else present.to(v.dtype).repeat(1, planes)  # [tiles, planes x out]
+    if mask is not None:
+        difference = difference * mask.repeat_interleave(config.tile_size, 0)
     result = v.new_zeros(v.shape[0], out_features)
     for tile, start in enumerate(range(0, in_padded, config.tile_size)):
         rows = slice(start, start + config.tile_size)
@@ -494,9 +500,11 @@ def crossbar_matmul(
         y = mean_rows[:, rows] @ difference[rows]
         if variance_rows is not None:
             std = (variance_rows[:, rows] @ total[rows]).add_(common_variance[:, tile : tile + 1])
+            if mask is not None:
+                std.mul_(mask[tile])
             y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
         if observe is not None:
-            observe(y * step)
+            observe(y * step if mask is None else (y * step)[:, mask[tile] > 0])
         adc_codes(y, config)
         if columns is not None:
             y.sub_(offset_in_steps[tile]).mul_(inverse_gain[tile])

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from memsim.convert import memristor_layers
-from memsim.crossbar import ReadModel
 
 PICO = 1e-12
 # M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm, 0.9 V.
@@ -74,18 +73,32 @@ class EnergyMeter:
     def __init__(self) -> None:
         self.watts = torch.zeros((), dtype=torch.float64)
         self.vectors = 0
-        self._row_r: torch.Tensor | None = None  # per row: the sum of r over its cells (r does not change)
+        self._rows: tuple[torch.Tensor, torch.Tensor] | None = None  # per row: its cells, and their sum of r
 
-    def __call__(self, v: torch.Tensor, r: torch.Tensor, model: ReadModel) -> None:
-        if self._row_r is None:
-            self._row_r = r.sum((0, 2, 3))[: v.shape[1]].double()
+    def __call__(self, v: torch.Tensor, layer: Any) -> None:
+        if self._rows is None:  # r does not change while a chip reads
+            self._rows = _row_sums(layer, v.shape[1])
             self.watts = self.watts.to(v.device)
-        base, delta = model.conductances(v)
+        cells, r_sum = self._rows
+        base, delta = layer.read_model.conductances(v)
         squared = v.double().square()
-        cells_per_row = r.shape[0] * r.shape[2] * r.shape[3]
-        power = (squared * base).sum() * cells_per_row + (squared * delta).sum(0) @ self._row_r
-        self.watts += power
+        self.watts += (squared * base).sum(0) @ cells + (squared * delta).sum(0) @ r_sum
         self.vectors += v.shape[0]
+
+
+def _row_sums(layer: Any, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input row: how many cells it drives, and the sum of their r (only the tiles that exist)."""
+    r = layer.r.double()
+    planes = r.shape[2]
+    per_column = (r[0] + r[1]).sum(1)  # [in_padded, out]
+    present = layer.column_presence()
+    if present is None:
+        cells = torch.full((r.shape[1],), 2.0 * planes * r.shape[3], dtype=torch.float64, device=r.device)
+    else:
+        mask = present.double().repeat_interleave(layer.config.tile_size, 0)  # [in_padded, out]
+        per_column = per_column * mask
+        cells = 2 * planes * mask.sum(1)
+    return cells[:rows], per_column.sum(1)[:rows]
 
 
 @torch.no_grad()
@@ -123,10 +136,8 @@ def estimate(layer: Any, watts: float, costs: EnergyCosts) -> dict[str, Any]:
     read, with the counts it is priced from. A converter left ideal (None bits) has no energy: its row, and the
     chip's total, are None."""
     c = layer.config
-    tile = c.tile_size
-    in_tiles, out_tiles = math.ceil(layer.in_features / tile), math.ceil(layer.out_features / tile)
-    dac_conversions = layer.in_features * out_tiles * 2 * c.planes
-    adc_conversions = in_tiles * c.planes * layer.out_features
+    in_tiles = math.ceil(layer.in_features / c.tile_size)
+    dac_conversions, adc_conversions = layer.conversions()
     adc_bits = (
         None if c.adc_precision_bits is None or c.adc_range_bits is None else c.adc_precision_bits + c.adc_range_bits
     )

@@ -35,7 +35,9 @@ class MemristorLinear(nn.Module):
     with calibration="per_column", `column_gain` and `column_offset` [tiles, planes, out], the digital
     correction fitted after programming; with levels_per_cell > 2, what programming cost and gave:
     `pulse_histogram` [pulse_budget + 1] (cells per number of programming pulses), `level_failures` [levels]
-    (cells per stored level that missed it) and `level_histogram` (crossbar.level_histogram).
+    (cells per stored level that missed it) and `level_histogram` (crossbar.level_histogram); for a grouped
+    convolution's matrix (memsim.conv), `tile_present` [row tiles, column tiles], the tiles that hold weights
+    (the others do not exist on the chip: they are neither read nor counted).
     `output_quant`: a quantizer the source layer applied to its output (a quantization-aware layer's
     `output_quant` module), kept after the crossbar and the bias.
     """
@@ -50,6 +52,7 @@ class MemristorLinear(nn.Module):
     pulse_histogram: torch.Tensor
     level_failures: torch.Tensor
     level_histogram: torch.Tensor
+    tile_present: torch.Tensor | None
 
     def __init__(
         self,
@@ -58,6 +61,7 @@ class MemristorLinear(nn.Module):
         config: CrossbarConfig,
         bias: bool = True,
         generator: torch.Generator | None = None,
+        tile_present: torch.Tensor | None = None,
     ):
         super().__init__()
         self.in_features, self.out_features, self.config = in_features, out_features, config
@@ -68,6 +72,10 @@ class MemristorLinear(nn.Module):
         self.register_buffer("input_range", torch.zeros(()))
         self.register_buffer("failed_cells", torch.zeros((), dtype=torch.int64))
         self.register_buffer("read_disturbable_cells", torch.zeros((), dtype=torch.int64))
+        if tile_present is None:
+            self.tile_present = None
+        else:
+            self.register_buffer("tile_present", tile_present.bool())
         if config.calibration == "per_column":
             self.register_buffer("column_gain", torch.ones(padded // config.tile_size, config.planes, out_features))
             self.register_buffer("column_offset", torch.zeros_like(self.column_gain))
@@ -86,18 +94,20 @@ class MemristorLinear(nn.Module):
         # Instruments that watch reads (None: off): what each tile's ADC is about to convert (converters.py),
         # and the energy the cells dissipate (energy.py).
         self.adc_probe: Callable[[torch.Tensor], object] | None = None
-        self.energy_meter: Callable[[torch.Tensor, torch.Tensor, ReadModel], object] | None = None
+        self.energy_meter: Callable[[torch.Tensor, MemristorLinear], object] | None = None
 
     @classmethod
     def from_linear(
         cls, linear: Any, config: CrossbarConfig, generator: torch.Generator | None = None, program: bool = True
     ) -> MemristorLinear:
         """Map and program a trained layer: a plain nn.Linear (per-tensor scale max|W| / max_level), or a
-        quantization-aware linear exposing integer_weight(), weight_scale and input_scale, input_bits (any
-        module with these attributes: duck-typed, hence `Any`). program=False maps without programming
-        (every cell stays in HRS): a shell to load a saved chip's state_dict into, in a fraction of the time."""
+        quantization-aware linear exposing integer_weight() and weight_scale, and input_scale and input_bits if
+        it quantizes its inputs (any module with these attributes: duck-typed, hence `Any`); `tile_present`, if
+        it has one, marks the tiles that exist. program=False maps without programming (every cell stays in
+        HRS): a shell to load a saved chip's state_dict into, in a fraction of the time."""
         weight = linear.weight.detach()
-        layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, generator)
+        present = getattr(linear, "tile_present", None)
+        layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, generator, present)
         layer.to(weight.device)
         if hasattr(linear, "integer_weight"):
             q = linear.integer_weight().detach()
@@ -107,11 +117,12 @@ class MemristorLinear(nn.Module):
                     f"the layer's integer weights reach {int(q.abs().max())}, beyond the "
                     f"{config.weight_bits}-bit crossbar's +-{config.max_level}"
                 )
+        else:
+            q, scale = integer_weights(weight, config.max_level)
+        if hasattr(linear, "input_scale"):
             # The activation quantizer's full scale maps to v_read: a DAC of input_bits reproduces it.
             layer.input_levels = 2 ** (int(linear.input_bits) - 1) - 1
             layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * layer.input_levels)
-        else:
-            q, scale = integer_weights(weight, config.max_level)
         if program:
             cells = digit_planes(q, config.planes, config.tile_size, config.levels_per_cell)
             programmed = program_cells(cells, config, generator)
@@ -147,14 +158,41 @@ class MemristorLinear(nn.Module):
         if self.config.calibration == "per_column":
             columns = ColumnCalibration(self.column_gain, self.column_offset)
         if self.energy_meter is not None:
-            self.energy_meter(v, self.r, self.read_model)
-        y = crossbar_matmul(v, self.r, self.read_model, self.config, self.generator, columns, self.adc_probe)
+            self.energy_meter(v, self)
+        present = self.column_presence()
+        y = crossbar_matmul(v, self.r, self.read_model, self.config, self.generator, columns, self.adc_probe, present)
         y = y * (input_range * self.weight_scale)
         if self.bias is not None:
             y = y + self.bias
         if self.output_quant is not None:
             y = self.output_quant(y)
         return y.view(*shape[:-1], self.out_features)
+
+    def column_presence(self) -> torch.Tensor | None:
+        """[row tiles, out]: whether each column's arrays exist in each row of tiles (None: all of them)."""
+        if self.tile_present is None:
+            return None
+        return self.tile_present.repeat_interleave(self.config.tile_size, 1)[:, : self.out_features]
+
+    def tiles(self) -> int:
+        """Tiles of the layer's matrix that exist on the chip (each a differential pair per plane)."""
+        if self.tile_present is None:
+            tile = self.config.tile_size
+            return math.ceil(self.in_features / tile) * math.ceil(self.out_features / tile)
+        return int(self.tile_present.sum())
+
+    def conversions(self) -> tuple[int, int]:
+        """DAC and ADC conversions of one read: one DAC conversion per row of every array that exists (each array
+        has its own row drivers), one ADC conversion per column, plane and row of tiles."""
+        c = self.config
+        tile, planes = c.tile_size, c.planes
+        in_tiles, out_tiles = math.ceil(self.in_features / tile), math.ceil(self.out_features / tile)
+        present = self.column_presence()
+        if self.tile_present is None or present is None:
+            return self.in_features * out_tiles * 2 * planes, in_tiles * planes * self.out_features
+        rows_per_tile = torch.tensor([min(tile, self.in_features - i * tile) for i in range(in_tiles)])
+        dac = int((self.tile_present.cpu().long().sum(1) * rows_per_tile).sum()) * 2 * planes
+        return dac, int(present.sum()) * planes
 
     def set_adc(self, precision_bits: int | None, range_bits: int | None) -> None:
         """Give this layer its own ADC (step 2^-precision_bits, clipping at +-2^(range_bits - 1); None: ideal).

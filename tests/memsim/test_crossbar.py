@@ -58,6 +58,9 @@ def _sum_cells(layer, x, cells, noise):
     v = nn.functional.pad(dac(x, input_range, config), (0, in_padded - x.shape[-1]))
     u = v[:, None, :, None, None].expand(batch, two, in_padded, planes, out).reshape(-1)
     current = cells.read(u, noise=noise).view(batch, two, in_padded, planes, out)
+    present = layer.column_presence()
+    if present is not None:  # cells of tiles that do not exist read nothing
+        current = current * present.repeat_interleave(config.tile_size, 0)[:, None, :]
     column = (current[:, 0] - current[:, 1]).view(batch, -1, config.tile_size, planes, out).sum(2)  # per tile
     column = adc(column / layer.read_model.unit_current, config) * adc_step(config)
     shift_add = (column.sum(1) * 2.0 ** torch.arange(planes)[:, None]).sum(1)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import memsim
+from memsim.crossbar import dac
 from memsim.energy import ISAAC_ADC_8BIT, ISAAC_DAC_1BIT
 
 G_ON = 1 / 4500.0  # the ideal device's LRS conductance (memsim.crossbar.ReadModel)
@@ -79,3 +80,20 @@ def test_default_costs_come_from_isaac_and_bad_costs_are_named():
         memsim.EnergyCosts(read_seconds=-1.0)
     with pytest.raises(ValueError, match=r"did not read crossbar layer\(s\) \['0'\]"):
         memsim.measure_energy(memsim.convert(nn.Sequential(nn.Linear(2, 2)), memsim.CrossbarConfig()), lambda m: None)
+
+
+def test_a_grouped_convolution_dissipates_only_in_the_tiles_that_exist():
+    conv = memsim.MemristorConv1d.from_conv(nn.Conv1d(8, 8, 3, groups=8), memsim.CrossbarConfig(tile_size=4))
+    x = torch.randn(2, 8, 5)
+    (row, _) = memsim.measure_energy(nn.Sequential(conv), lambda m: m(x), ROUND_COSTS)
+    crossbar = conv.crossbar
+    patches, _ = conv.patches(x)
+    v = dac(patches.reshape(-1, 24), patches.abs().amax(), crossbar.config)  # every cell by itself
+    base, delta = crossbar.read_model.conductances(v)  # [vectors, rows]
+    g = (
+        base[:, None, :, None, None] + crossbar.r[None] * delta[:, None, :, None, None]
+    )  # [vectors, 2, rows, planes, out]
+    present = crossbar.column_presence().float().repeat_interleave(4, 0)  # [rows, out]
+    watts = (v.square()[:, None, :, None, None] * g * present[None, None, :, None, :]).sum() / v.shape[0]
+    assert row["read_watts"] == pytest.approx(float(watts), rel=1e-5)
+    assert float(present.mean()) == 0.5  # half the tiles exist

@@ -1,0 +1,160 @@
+"""MemristorConv1d and MemristorConv2d: convolutions whose products run on crossbar tiles.
+
+A convolution is a matrix product per output position: its weights [out, in / groups, *kernel] become a matrix
+[out, in x kernel] whose row o holds output o's taps on the input axis (channel-major, as F.unfold orders the
+input's patches); with groups, each group's block sits on the diagonal and the rest stores 0 (a depthwise
+convolution: each channel's taps in its own rows, its output in its own column). That matrix is mapped and
+programmed as a MemristorLinear (`crossbar`), with the same DAC, ADC, noise, programming and state_dict; its
+tiles that hold no group's weights do not exist on the chip (`tile_present`): they are neither read nor counted.
+The forward unfolds the input into its patches (im2col) and reads each patch as one input vector.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memsim.config import CrossbarConfig
+from memsim.crossbar import integer_weights
+from memsim.layers import MemristorLinear
+
+
+class _Matrix:
+    """The matrix of a convolution, as MemristorLinear.from_linear reads a quantization-aware linear."""
+
+    def __init__(
+        self,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        tile_present: torch.Tensor | None,
+        source: Any,
+    ):
+        self._q, self.weight_scale, self.bias, self.tile_present = q, scale, bias, tile_present
+        self.out_features, self.in_features = q.shape
+        self.weight = q * scale.reshape(-1, 1) if scale.numel() > 1 else q * scale
+        for name in ("input_scale", "input_bits", "output_quant"):  # a quantization-aware source's quantizers
+            if hasattr(source, name):
+                setattr(self, name, getattr(source, name))
+
+    def integer_weight(self) -> torch.Tensor:
+        return self._q
+
+
+def tiles_holding_weights(out_features: int, group_inputs: int, groups: int, tile_size: int) -> torch.Tensor | None:
+    """[row tiles, column tiles]: the tiles of a grouped matrix (block_diagonal) that hold any group's weights;
+    None when every tile does (no groups)."""
+    if groups == 1:
+        return None
+    slots = block_diagonal(torch.ones(out_features, group_inputs), groups).T  # [inputs, outputs]
+    rows, columns = (math.ceil(size / tile_size) * tile_size for size in slots.shape)
+    slots = F.pad(slots, (0, columns - slots.shape[1], 0, rows - slots.shape[0]))
+    return slots.view(rows // tile_size, tile_size, columns // tile_size, tile_size).amax((1, 3)).bool()
+
+
+def block_diagonal(q: torch.Tensor, groups: int) -> torch.Tensor:
+    """[out, in / groups x K] per-group taps -> [out, in x K]: group g's outputs read only group g's inputs."""
+    out_features, group_inputs = q.shape
+    dense = q.new_zeros(out_features, groups * group_inputs)
+    group_outputs = out_features // groups
+    for g in range(groups):
+        rows = slice(g * group_outputs, (g + 1) * group_outputs)
+        dense[rows, g * group_inputs : (g + 1) * group_inputs] = q[rows]
+    return dense
+
+
+class MemristorConv(nn.Module):
+    """What MemristorConv1d and MemristorConv2d share: the geometry, the mapping and the unfolded read."""
+
+    dims = 2
+
+    def __init__(
+        self,
+        crossbar: MemristorLinear,
+        in_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        dilation: tuple[int, ...],
+        groups: int,
+    ):
+        super().__init__()
+        self.crossbar = crossbar
+        self.in_channels, self.out_channels = in_channels, crossbar.out_features
+        self.kernel_size, self.stride, self.padding, self.dilation, self.groups = (
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+        )
+
+    @classmethod
+    def from_conv(
+        cls, conv: Any, config: CrossbarConfig, generator: torch.Generator | None = None, program: bool = True
+    ) -> MemristorConv:
+        """Map and program a trained convolution: a plain nn.Conv1d / nn.Conv2d (per-tensor scale max|W| /
+        max_level), or a quantization-aware one exposing integer_weight() and weight_scale (and input_scale,
+        input_bits if it quantizes its inputs). Zero padding with integer or "valid" padding only."""
+        if getattr(conv, "padding_mode", "zeros") != "zeros":
+            raise ValueError(f"only zero padding maps onto crossbars, got padding_mode={conv.padding_mode!r}")
+        padding = conv.padding
+        if isinstance(padding, str):
+            if padding != "valid":
+                raise ValueError(f"padding={padding!r}: give the padding in elements (or 'valid')")
+            padding = (0,) * cls.dims
+        weight = conv.weight.detach()
+        if hasattr(conv, "integer_weight"):
+            q, scale = conv.integer_weight().detach(), torch.as_tensor(conv.weight_scale).detach().reshape(-1)
+        else:
+            q, scale = integer_weights(weight, config.max_level)
+        taps = q.reshape(q.shape[0], -1)
+        matrix = block_diagonal(taps, conv.groups)
+        present = tiles_holding_weights(taps.shape[0], taps.shape[1], conv.groups, config.tile_size)
+        bias = None if conv.bias is None else conv.bias.detach()
+        source = _Matrix(matrix, scale, bias, present, conv)
+        crossbar = MemristorLinear.from_linear(source, config, generator, program)
+        return cls(crossbar, conv.in_channels, conv.kernel_size, conv.stride, padding, conv.dilation, conv.groups)
+
+    def patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """x [B, C, *spatial] -> its patches [B, positions, C x K] and the output's spatial shape."""
+        spatial = x.shape[2:]
+        if self.dims == 2:
+            columns = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [B, C x K, positions]
+        else:  # a 1d convolution is a 2d one over a height of 1
+            (k,), (d,), (p,), (s,) = self.kernel_size, self.dilation, self.padding, self.stride
+            columns = F.unfold(x.unsqueeze(2), (1, k), (1, d), (0, p), (1, s))
+        geometry = zip(spatial, self.kernel_size, self.stride, self.padding, self.dilation, strict=True)
+        out_shape = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in geometry)
+        return columns.transpose(1, 2), out_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == self.dims + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        columns, out_shape = self.patches(x)
+        y = self.crossbar(columns)  # [B, positions, out]
+        y = y.transpose(1, 2).reshape(x.shape[0], self.out_channels, *out_shape)
+        return y.squeeze(0) if unbatched else y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}"
+        )
+
+
+class MemristorConv1d(MemristorConv):
+    """nn.Conv1d on crossbar tiles: input [B, C, L] (or [C, L])."""
+
+    dims = 1
+
+
+class MemristorConv2d(MemristorConv):
+    """nn.Conv2d on crossbar tiles: input [B, C, H, W] (or [C, H, W])."""
+
+    dims = 2

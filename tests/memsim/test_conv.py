@@ -1,0 +1,93 @@
+"""Convolutions on crossbars: exact in the ideal limit, equal in distribution to a per-cell read, and counted by
+the tiles that exist."""
+
+import math
+
+import pytest
+import torch
+from test_crossbar import per_cell_read
+from torch import nn
+
+import memsim
+from memsim.conv import tiles_holding_weights
+from memsim.crossbar import integer_weights
+
+IDEAL = memsim.CrossbarConfig(
+    device="ideal", dac_bits=None, adc_precision_bits=None, adc_range_bits=None, weight_bits=4, tile_size=16
+)
+CONVS = {
+    "depthwise 1d": (nn.Conv1d(20, 20, 7, padding=3, groups=20), (3, 20, 50)),
+    "grouped 1d, stride and dilation": (nn.Conv1d(8, 6, 3, stride=2, dilation=2, groups=2), (2, 8, 31)),
+    "2d, stride and padding": (nn.Conv2d(3, 5, 3, stride=2, padding=1), (2, 3, 17, 13)),
+    "depthwise 2d": (nn.Conv2d(4, 8, (3, 2), padding=(1, 0), groups=4), (2, 4, 9, 6)),
+}
+
+
+@pytest.mark.parametrize("name", CONVS)
+def test_an_ideal_chip_reproduces_the_fake_quantized_convolution(name):
+    torch.manual_seed(0)
+    conv, shape = CONVS[name]
+    layer = memsim.convert(conv, IDEAL, kinds=["conv"])
+    x = torch.randn(shape)
+    q, scale = integer_weights(conv.weight, IDEAL.max_level)
+    expected = conv._conv_forward(x, q * scale, conv.bias).detach()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    torch.testing.assert_close(layer(x[0]), expected[0], rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_a_depthwise_convolution_keeps_only_the_tiles_that_hold_its_weights():
+    # 16 channels x 3 taps on 8 x 8 tiles: 48 rows in 6 row tiles, 16 columns in 2; channels 0-7 (rows 0-23)
+    # read in column tile 0, channels 8-15 (rows 24-47) in column tile 1: 6 of the 12 tiles exist.
+    present = tiles_holding_weights(16, 3, 16, 8)
+    assert present.int().tolist() == [[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1]]
+    conv = memsim.convert(nn.Conv1d(16, 16, 3, groups=16), memsim.CrossbarConfig(tile_size=8), kinds=["conv"])
+    (row, total) = memsim.summary(nn.Sequential(conv))
+    planes = 2  # 3 bits
+    assert (row["tiles"], row["cells"]) == (6, 6 * 2 * planes * 8 * 8)
+    assert row["adc_conversions"] == 3 * planes * 16  # every column reads 3 tiles
+    assert conv.crossbar.conversions()[0] == 48 * 2 * planes  # each row drives the one tile it has
+
+
+def test_the_noisy_read_of_a_convolution_matches_a_per_cell_read_in_distribution():
+    torch.manual_seed(1)
+    config = memsim.CrossbarConfig(tile_size=4, read_noise="paper", adc_precision_bits=None, adc_range_bits=None)
+    conv = memsim.MemristorConv1d.from_conv(
+        nn.Conv1d(8, 8, 3, padding=1, groups=8), config, generator=torch.Generator().manual_seed(2)
+    )
+    assert conv.crossbar.tile_present is not None and not bool(conv.crossbar.tile_present.all())
+    x = torch.randn(1, 8, 2)
+    reads = 600
+    ours = torch.stack([conv(x)[0].T for _ in range(reads)])  # [reads, positions, channels]
+    patches, _ = conv.patches(x)
+    brute = per_cell_read(conv.crossbar, patches[0], "paper", reads)
+    pooled_std = torch.sqrt((ours.var(0) + brute.var(0)) / 2)
+    assert float(pooled_std.min()) > 0
+    assert bool(((ours.mean(0) - brute.mean(0)).abs() <= 4 * pooled_std * math.sqrt(2 / reads)).all())
+    torch.testing.assert_close(ours.std(0), brute.std(0), rtol=0.15, atol=0)
+
+
+def test_convert_maps_convolutions_only_when_asked_and_a_mixed_chip_reloads_bit_exactly():
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(1), nn.Linear(4 * 6 * 6, 5), nn.Conv1d(1, 2, 3, groups=1))
+
+    linear_only = memsim.convert(model(), memsim.CrossbarConfig())
+    assert [type(m).__name__ for m in linear_only] == ["Conv2d", "Flatten", "MemristorLinear", "Conv1d"]
+    chip = memsim.convert(model(), memsim.CrossbarConfig(), torch.Generator().manual_seed(3), kinds=["linear", "conv"])
+    assert [type(m).__name__ for m in chip] == ["MemristorConv2d", "Flatten", "MemristorLinear", "MemristorConv1d"]
+    shell = memsim.convert(model(), memsim.CrossbarConfig(), kinds=["linear", "conv"], program=False)
+    shell.load_state_dict(chip.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(chip.state_dict().values(), shell.state_dict().values(), strict=True))
+    grouped = memsim.convert(
+        nn.Sequential(nn.Conv1d(16, 16, 3, groups=16)), memsim.CrossbarConfig(tile_size=8), kinds=["conv"]
+    )
+    assert "0.crossbar.tile_present" in grouped.state_dict()
+    with pytest.raises(ValueError, match=r"unknown layer kind\(s\) \['lstm'\]"):
+        memsim.convert(model(), memsim.CrossbarConfig(), kinds=["lstm"])
+
+
+def test_unsupported_padding_is_refused_by_name():
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        memsim.MemristorConv1d.from_conv(nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect"), IDEAL)
+    with pytest.raises(ValueError, match="padding='same': give the padding in elements"):
+        memsim.MemristorConv1d.from_conv(nn.Conv1d(2, 2, 3, padding="same"), IDEAL)
