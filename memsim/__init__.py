@@ -8,6 +8,7 @@ from memsim.device import CellArray, draw_device_parameters
 from memsim.diagnostics import layer_errors
 from memsim.energy import EnergyCosts, measure_energy
 from memsim.layers import MemristorLinear
+from memsim.lstm import LinearLSTM, MemristorLSTM
 from memsim.noise import READ_NOISE_MODES, ReadNoise, read_noise
 from memsim.params import DeviceParams, ParamsError, load_params
 
@@ -20,6 +21,8 @@ __all__ = [
     "KINDS",
     "MemristorConv1d",
     "MemristorConv2d",
+    "LinearLSTM",
+    "MemristorLSTM",
     "MemristorLinear",
     "NON_IDEALITIES",
     "PRESETS",

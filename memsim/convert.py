@@ -13,17 +13,21 @@ from memsim.config import CrossbarConfig
 from memsim.conv import MemristorConv, MemristorConv1d, MemristorConv2d
 from memsim.crossbar import LEVEL_BINS_PER_STEP
 from memsim.layers import MemristorLinear
+from memsim.lstm import MemristorLSTM
 
-KINDS = ("linear", "conv")  # what convert() can map: linear layers, and Conv1d / Conv2d layers
+KINDS = ("linear", "conv", "lstm")  # what convert() maps: linear layers, Conv1d / Conv2d, nn.LSTM
 
 
 def _kind(module: nn.Module) -> str | None:
-    """ "linear" for nn.Linear or a quantization-aware linear exposing its integer weights, "conv" for nn.Conv1d /
-    nn.Conv2d (plain or quantization-aware), None for anything else or for what is already on crossbars."""
+    """The kind convert() knows a module as: "linear" (nn.Linear, or a quantization-aware linear exposing its
+    integer weights; a LinearLSTM's gate layers among them), "conv" (nn.Conv1d / nn.Conv2d, plain or
+    quantization-aware) or "lstm" (nn.LSTM); None for anything else or for what is already on crossbars."""
     if isinstance(module, (MemristorLinear, MemristorConv)):
         return None
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return "conv"
+    if isinstance(module, nn.LSTM):
+        return "lstm"
     if isinstance(module, nn.Linear) or (
         hasattr(module, "integer_weight") and hasattr(module, "weight_scale") and hasattr(module, "in_features")
     ):
@@ -42,6 +46,8 @@ def _on_crossbars(module: nn.Module, config: CrossbarConfig, generator: torch.Ge
     if _kind(module) == "conv":
         conv_class = MemristorConv1d if isinstance(module, nn.Conv1d) else MemristorConv2d
         return conv_class.from_conv(module, config, generator, program)
+    if isinstance(module, nn.LSTM):
+        return MemristorLSTM.from_lstm(module, config, generator, program)
     return MemristorLinear.from_linear(module, config, generator, program)
 
 
@@ -54,8 +60,8 @@ def convert(
     program: bool = True,
     kinds: Iterable[str] = ("linear",),
 ) -> nn.Module:
-    """Replace, in place, the layers of the given kinds (KINDS: "linear", "conv") of any model by programmed
-    MemristorLinear, MemristorConv1d and MemristorConv2d layers.
+    """Replace, in place, the layers of the given kinds (KINDS: "linear", "conv", "lstm") of any model by
+    programmed MemristorLinear, MemristorConv1d / MemristorConv2d and MemristorLSTM layers.
 
     include / exclude: module names or fnmatch patterns as in named_modules() (e.g. "encoder.*.ff*");
     with include, only matching layers are converted; exclude wins over include. program=False leaves the

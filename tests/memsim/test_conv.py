@@ -66,24 +66,28 @@ def test_the_noisy_read_of_a_convolution_matches_a_per_cell_read_in_distribution
     torch.testing.assert_close(ours.std(0), brute.std(0), rtol=0.15, atol=0)
 
 
-def test_convert_maps_convolutions_only_when_asked_and_a_mixed_chip_reloads_bit_exactly():
+def test_convert_maps_each_kind_only_when_asked_and_a_mixed_chip_reloads_bit_exactly():
     def model():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(1), nn.Linear(4 * 6 * 6, 5), nn.Conv1d(1, 2, 3, groups=1))
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.Flatten(1), nn.Linear(4 * 6 * 6, 5), nn.Conv1d(1, 2, 3), nn.LSTM(5, 3)
+        )
 
     linear_only = memsim.convert(model(), memsim.CrossbarConfig())
-    assert [type(m).__name__ for m in linear_only] == ["Conv2d", "Flatten", "MemristorLinear", "Conv1d"]
-    chip = memsim.convert(model(), memsim.CrossbarConfig(), torch.Generator().manual_seed(3), kinds=["linear", "conv"])
-    assert [type(m).__name__ for m in chip] == ["MemristorConv2d", "Flatten", "MemristorLinear", "MemristorConv1d"]
-    shell = memsim.convert(model(), memsim.CrossbarConfig(), kinds=["linear", "conv"], program=False)
+    assert [type(m).__name__ for m in linear_only] == ["Conv2d", "Flatten", "MemristorLinear", "Conv1d", "LSTM"]
+    kinds = ["linear", "conv", "lstm"]
+    chip = memsim.convert(model(), memsim.CrossbarConfig(), torch.Generator().manual_seed(3), kinds=kinds)
+    names = ["MemristorConv2d", "Flatten", "MemristorLinear", "MemristorConv1d", "MemristorLSTM"]
+    assert [type(m).__name__ for m in chip] == names
+    shell = memsim.convert(model(), memsim.CrossbarConfig(), kinds=kinds, program=False)
     shell.load_state_dict(chip.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(chip.state_dict().values(), shell.state_dict().values(), strict=True))
     grouped = memsim.convert(
         nn.Sequential(nn.Conv1d(16, 16, 3, groups=16)), memsim.CrossbarConfig(tile_size=8), kinds=["conv"]
     )
     assert "0.crossbar.tile_present" in grouped.state_dict()
-    with pytest.raises(ValueError, match=r"unknown layer kind\(s\) \['lstm'\]"):
-        memsim.convert(model(), memsim.CrossbarConfig(), kinds=["lstm"])
+    with pytest.raises(ValueError, match=r"unknown layer kind\(s\) \['gru'\]"):
+        memsim.convert(model(), memsim.CrossbarConfig(), kinds=["gru"])
 
 
 def test_unsupported_padding_is_refused_by_name():

@@ -1,0 +1,70 @@
+"""LSTMs on crossbars: LinearLSTM computes nn.LSTM, and an ideal chip reproduces it with fake-quantized gates."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import memsim
+from memsim.crossbar import integer_weights
+
+IDEAL = memsim.CrossbarConfig(
+    device="ideal", dac_bits=None, adc_precision_bits=None, adc_range_bits=None, weight_bits=5, tile_size=8
+)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_linear_lstm_computes_what_nn_lstm_computes_with_padded_and_packed_batches(bidirectional):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(5, 7, num_layers=2, bidirectional=bidirectional, batch_first=True)
+    linear = memsim.LinearLSTM.from_lstm(lstm)
+    x, lengths = torch.randn(3, 6, 5), torch.tensor([6, 4, 2])
+    expected, (h, c) = lstm(x)
+    got, (h1, c1) = linear(x)
+    for a, b in ((got, expected), (h1, h), (c1, c)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, (h, c) = lstm(packed)
+    expected = pad_packed_sequence(out, batch_first=True)[0]
+    got, (h1, c1) = linear(x, lengths=lengths)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # padded steps output 0, as nn.LSTM's
+    torch.testing.assert_close((h1, c1), (h, c), rtol=1e-5, atol=1e-6)
+    out, (h2, _) = linear(packed)
+    torch.testing.assert_close(pad_packed_sequence(out, batch_first=True)[0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h2, h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_an_ideal_chip_reproduces_the_lstm_with_fake_quantized_gates(bidirectional):
+    torch.manual_seed(1)
+    lstm = nn.LSTM(6, 10, num_layers=2, bidirectional=bidirectional)
+    chip = memsim.convert(nn.Sequential(lstm), IDEAL, kinds=["lstm"])[0]
+    assert isinstance(chip, memsim.MemristorLSTM) and len(memsim.summary(nn.Sequential(chip))) == 1 + 2 * (
+        1 + bidirectional
+    )
+    reference = memsim.LinearLSTM.from_lstm(lstm)
+    for directions in reference.cells:
+        for cell in directions:  # the gates' [W_ih | W_hh] quantized per tensor, as the chip stores them
+            q, scale = integer_weights(cell.weight, IDEAL.max_level)
+            cell.weight.data = q * scale
+    x, lengths = torch.randn(7, 4, 6), torch.tensor([7, 5, 3, 1])
+    with torch.no_grad():
+        expected, (h, c) = reference(x, lengths=lengths)
+        got, (h1, c1) = chip(x, lengths=lengths)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close((h1, c1), (h, c), rtol=1e-4, atol=1e-5)
+
+
+def test_every_step_reads_the_crossbar_once_per_direction():
+    chip = memsim.MemristorLSTM.from_lstm(nn.LSTM(3, 4, bidirectional=True), memsim.CrossbarConfig(tile_size=8))
+    reads = []
+    for directions in chip.cells:
+        for cell in directions:
+            cell.register_forward_hook(lambda module, inputs, output: reads.append(inputs[0].shape))
+    chip(torch.randn(5, 2, 3))
+    assert reads == [torch.Size([2, 3 + 4])] * 10  # [x_t; h_(t-1)], 5 steps x 2 directions
+
+
+def test_projections_are_refused():
+    with pytest.raises(ValueError, match="proj_size=2"):
+        memsim.LinearLSTM.from_lstm(nn.LSTM(3, 4, proj_size=2))
