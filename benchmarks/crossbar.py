@@ -14,6 +14,7 @@ ones), memsim pulse by pulse, and memsim's default (fresh cells in closed form).
 whole paper model's crossbar layers (12 x 384 Conformer, 3 bits) programmed by memsim, and its forward's
 real-time factor, digital and on the chip.
 Target (issue 16): programming >= 3x faster per cell than the paper's numpy code.
+Also a depthwise Conv1d, a Conv2d and a BLSTM on crossbars against their digital layers.
 """
 
 from __future__ import annotations
@@ -133,9 +134,38 @@ def main() -> None:
             f"{t_xbar / t_linear:8.1f} {t_brute * 1e3:15.2f} {t_brute / per_vector:9.0f} {memory:8.1f} "
             f"{cells * 4 / 2**20:9.2f} {program_s / cells * 1e6:15.2f}"
         )
+    layer_kinds(config, device, sync, args.repeats)
     programming(config, device, sync)
     if args.paper_model:
         paper_model(config, device, sync)
+
+
+LAYER_KINDS = {  # a convolution and an LSTM of the sizes the recipes use, with an input batch each
+    "depthwise Conv1d 384, k=31": (lambda: nn.Conv1d(384, 384, 31, padding=15, groups=384), (8, 384, 250)),
+    "Conv2d 32->32, 3x3": (lambda: nn.Conv2d(32, 32, 3, padding=1), (8, 32, 40, 20)),
+    "BLSTM 256->256": (lambda: nn.LSTM(256, 256, bidirectional=True), (100, 8, 256)),
+}
+
+
+def layer_kinds(config: memsim.CrossbarConfig, device: torch.device, sync, repeats: int) -> None:
+    """Each layer kind on crossbars against its digital layer (the same multiple as MemristorLinear's is the
+    target of issue 14), with its tiles and cells (a grouped convolution keeps only the tiles that hold weights)."""
+    print(f"\n{'layer':>28s} {'tiles':>6s} {'cells':>9s} {'digital ms':>10s} {'xbar ms':>8s} {'x digital':>9s}")
+    for name, (make, shape) in LAYER_KINDS.items():
+        torch.manual_seed(0)
+        digital = nn.Sequential(make()).to(device)
+        chip = memsim.convert(
+            nn.Sequential(make()).to(device), config, torch.Generator(device).manual_seed(0), kinds=["conv", "lstm"]
+        )
+        x = torch.randn(shape, device=device)
+        with torch.no_grad():
+            t_digital = seconds_per_call(functools.partial(digital, x), repeats, sync)
+            t_chip = seconds_per_call(functools.partial(chip, x), max(1, repeats // 2), sync)
+        total = memsim.summary(chip)[-1]
+        print(
+            f"{name:>28s} {total['tiles']:6d} {total['cells']:9d} {t_digital * 1e3:10.2f} {t_chip * 1e3:8.1f} "
+            f"{t_chip / t_digital:9.1f}"
+        )
 
 
 def timed(action, sync) -> float:

@@ -5,13 +5,13 @@ A convolution is a matrix product per output position: its weights [out, in / gr
 input's patches); with groups, each group's block sits on the diagonal and the rest stores 0 (a depthwise
 convolution: each channel's taps in its own rows, its output in its own column). That matrix is mapped and
 programmed as a MemristorLinear (`crossbar`), with the same DAC, ADC, noise, programming and state_dict; its
-tiles that hold no group's weights do not exist on the chip (`tile_present`): they are neither read nor counted.
+columns that hold no weights in a row of tiles are not connected there (`column_present`): neither read nor
+converted, and a tile with none of them does not exist.
 The forward unfolds the input into its patches (im2col) and reads each patch as one input vector.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -31,10 +31,10 @@ class _Matrix:
         q: torch.Tensor,
         scale: torch.Tensor,
         bias: torch.Tensor | None,
-        tile_present: torch.Tensor | None,
+        column_present: torch.Tensor | None,
         source: Any,
     ):
-        self._q, self.weight_scale, self.bias, self.tile_present = q, scale, bias, tile_present
+        self._q, self.weight_scale, self.bias, self.column_present = q, scale, bias, column_present
         self.out_features, self.in_features = q.shape
         self.weight = q * scale.reshape(-1, 1) if scale.numel() > 1 else q * scale
         for name in ("input_scale", "input_bits", "output_quant"):  # a quantization-aware source's quantizers
@@ -45,15 +45,14 @@ class _Matrix:
         return self._q
 
 
-def tiles_holding_weights(out_features: int, group_inputs: int, groups: int, tile_size: int) -> torch.Tensor | None:
-    """[row tiles, column tiles]: the tiles of a grouped matrix (block_diagonal) that hold any group's weights;
-    None when every tile does (no groups)."""
+def columns_holding_weights(out_features: int, group_inputs: int, groups: int, tile_size: int) -> torch.Tensor | None:
+    """[row tiles, out]: the columns of a grouped matrix (block_diagonal) that hold weights in each row of tiles;
+    None when all do (no groups)."""
     if groups == 1:
         return None
     slots = block_diagonal(torch.ones(out_features, group_inputs), groups).T  # [inputs, outputs]
-    rows, columns = (math.ceil(size / tile_size) * tile_size for size in slots.shape)
-    slots = F.pad(slots, (0, columns - slots.shape[1], 0, rows - slots.shape[0]))
-    return slots.view(rows // tile_size, tile_size, columns // tile_size, tile_size).amax((1, 3)).bool()
+    slots = F.pad(slots, (0, 0, 0, -slots.shape[0] % tile_size))
+    return slots.view(-1, tile_size, out_features).amax(1).bool()
 
 
 def block_diagonal(q: torch.Tensor, groups: int) -> torch.Tensor:
@@ -114,7 +113,7 @@ class MemristorConv(nn.Module):
             q, scale = integer_weights(weight, config.max_level)
         taps = q.reshape(q.shape[0], -1)
         matrix = block_diagonal(taps, conv.groups)
-        present = tiles_holding_weights(taps.shape[0], taps.shape[1], conv.groups, config.tile_size)
+        present = columns_holding_weights(taps.shape[0], taps.shape[1], conv.groups, config.tile_size)
         bias = None if conv.bias is None else conv.bias.detach()
         source = _Matrix(matrix, scale, bias, present, conv)
         crossbar = MemristorLinear.from_linear(source, config, generator, program)

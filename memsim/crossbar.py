@@ -462,16 +462,16 @@ def crossbar_matmul(
     generator: torch.Generator | None = None,
     columns: ColumnCalibration | None = None,
     observe: Callable[[torch.Tensor], object] | None = None,
-    present: torch.Tensor | None = None,
+    tile_columns: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Read voltages v [B, in] through programmed tiles r [2, in_padded, planes, out].
 
     Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
     product with v / v_read, as the hardware computes it, [B, out]. With `columns`, each ADC output is
     corrected digitally, (code - offset) / gain per tile, plane and column. `observe`, if given, is called per
-    tile with what the ADC is about to convert, [B, planes x out] in units of one programmed pair. `present`
-    [tiles, out] (1 or 0): whether each column's arrays exist in each row of tiles; an absent one (a block of a
-    grouped convolution's matrix that holds no weights: memsim.conv) reads nothing, not even noise.
+    tile with what the ADC is about to convert, [B, planes x columns] in units of one programmed pair.
+    `tile_columns`, per row of tiles, the indices of the columns connected there (a grouped convolution's
+    matrix: memsim.conv); the others read nothing, not even noise, and cost nothing. None: every column.
 
     Per tile: one GEMM for the mean currents and one for the noise variances, [B, planes x out] each, then one
     Gaussian per element (a tile at a time keeps the temporaries in cache).
@@ -490,27 +490,35 @@ def crossbar_matmul(
     if columns is not None:
         offset_in_steps = (columns.offset / step).reshape(-1, planes * out_features)
         inverse_gain = columns.gain.reciprocal().reshape(-1, planes * out_features)
-    mask = None if present is None else present.to(v.dtype).repeat(1, planes)  # [tiles, planes x out]
-    if mask is not None:
-        difference = difference * mask.repeat_interleave(config.tile_size, 0)
     result = v.new_zeros(v.shape[0], out_features)
     for tile, start in enumerate(range(0, in_padded, config.tile_size)):
         rows = slice(start, start + config.tile_size)
+        chosen = None if tile_columns is None else tile_columns[tile]
+        if chosen is not None and chosen.numel() == 0:
+            continue
+        # the chosen columns of every plane (plane-major, as the flattened [planes x out] axis)
+        wide = None if chosen is None else torch.cat([chosen + plane * out_features for plane in range(planes)])
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
-        y = mean_rows[:, rows] @ difference[rows]
+        y = mean_rows[:, rows] @ (difference[rows] if wide is None else difference[rows][:, wide])
         if variance_rows is not None:
-            std = (variance_rows[:, rows] @ total[rows]).add_(common_variance[:, tile : tile + 1])
-            if mask is not None:
-                std.mul_(mask[tile])
-            y.addcmul_(std.clamp_min_(0).sqrt_(), gaussian.normal_(generator=generator))
+            variance = variance_rows[:, rows] @ (total[rows] if wide is None else total[rows][:, wide])
+            std = variance.add_(common_variance[:, tile : tile + 1]).clamp_min_(0).sqrt_()
+            noise = gaussian if wide is None else y.new_empty(y.shape)
+            y.addcmul_(std, noise.normal_(generator=generator))
         if observe is not None:
-            observe(y * step if mask is None else (y * step)[:, mask[tile] > 0])
+            observe(y * step)
         adc_codes(y, config)
         if columns is not None:
-            y.sub_(offset_in_steps[tile]).mul_(inverse_gain[tile])
+            offset, gain = offset_in_steps[tile], inverse_gain[tile]
+            y.sub_(offset if wide is None else offset[wide]).mul_(gain if wide is None else gain[wide])
+        width = out_features if chosen is None else chosen.numel()
         for plane in range(planes):
-            place = config.levels_per_cell**plane
-            result.add_(y[:, plane * out_features : (plane + 1) * out_features], alpha=place * step)
+            place = config.levels_per_cell**plane * step
+            block = y[:, plane * width : (plane + 1) * width]
+            if chosen is None:
+                result.add_(block, alpha=place)
+            else:
+                result.index_add_(1, chosen, block, alpha=place)
     return result
 
 

@@ -36,8 +36,8 @@ class MemristorLinear(nn.Module):
     correction fitted after programming; with levels_per_cell > 2, what programming cost and gave:
     `pulse_histogram` [pulse_budget + 1] (cells per number of programming pulses), `level_failures` [levels]
     (cells per stored level that missed it) and `level_histogram` (crossbar.level_histogram); for a grouped
-    convolution's matrix (memsim.conv), `tile_present` [row tiles, column tiles], the tiles that hold weights
-    (the others do not exist on the chip: they are neither read nor counted).
+    convolution's matrix (memsim.conv), `column_present` [row tiles, out], the columns of each row of tiles
+    that hold weights: only those are connected, read and converted, and only tiles with one of them exist.
     `output_quant`: a quantizer the source layer applied to its output (a quantization-aware layer's
     `output_quant` module), kept after the crossbar and the bias.
     """
@@ -52,7 +52,7 @@ class MemristorLinear(nn.Module):
     pulse_histogram: torch.Tensor
     level_failures: torch.Tensor
     level_histogram: torch.Tensor
-    tile_present: torch.Tensor | None
+    column_present: torch.Tensor | None
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class MemristorLinear(nn.Module):
         config: CrossbarConfig,
         bias: bool = True,
         generator: torch.Generator | None = None,
-        tile_present: torch.Tensor | None = None,
+        column_present: torch.Tensor | None = None,
     ):
         super().__init__()
         self.in_features, self.out_features, self.config = in_features, out_features, config
@@ -72,10 +72,12 @@ class MemristorLinear(nn.Module):
         self.register_buffer("input_range", torch.zeros(()))
         self.register_buffer("failed_cells", torch.zeros((), dtype=torch.int64))
         self.register_buffer("read_disturbable_cells", torch.zeros((), dtype=torch.int64))
-        if tile_present is None:
-            self.tile_present = None
+        self._tile_columns: list[torch.Tensor] | None = None  # per row of tiles, its present columns' indices
+        if column_present is None:
+            self.column_present = None
         else:
-            self.register_buffer("tile_present", tile_present.bool())
+            self.register_buffer("column_present", column_present.bool())
+            self._tile_columns = [torch.nonzero(row).flatten() for row in column_present.bool()]
         if config.calibration == "per_column":
             self.register_buffer("column_gain", torch.ones(padded // config.tile_size, config.planes, out_features))
             self.register_buffer("column_offset", torch.zeros_like(self.column_gain))
@@ -102,11 +104,12 @@ class MemristorLinear(nn.Module):
     ) -> MemristorLinear:
         """Map and program a trained layer: a plain nn.Linear (per-tensor scale max|W| / max_level), or a
         quantization-aware linear exposing integer_weight() and weight_scale, and input_scale and input_bits if
-        it quantizes its inputs (any module with these attributes: duck-typed, hence `Any`); `tile_present`, if
-        it has one, marks the tiles that exist. program=False maps without programming (every cell stays in
-        HRS): a shell to load a saved chip's state_dict into, in a fraction of the time."""
+        it quantizes its inputs (any module with these attributes: duck-typed, hence `Any`); `column_present`,
+        if it has one, marks the columns of each row of tiles that hold weights. program=False maps without
+        programming (every cell stays in HRS): a shell to load a saved chip's state_dict into, in a fraction of
+        the time."""
         weight = linear.weight.detach()
-        present = getattr(linear, "tile_present", None)
+        present = getattr(linear, "column_present", None)
         layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, generator, present)
         layer.to(weight.device)
         if hasattr(linear, "integer_weight"):
@@ -159,8 +162,9 @@ class MemristorLinear(nn.Module):
             columns = ColumnCalibration(self.column_gain, self.column_offset)
         if self.energy_meter is not None:
             self.energy_meter(v, self)
-        present = self.column_presence()
-        y = crossbar_matmul(v, self.r, self.read_model, self.config, self.generator, columns, self.adc_probe, present)
+        y = crossbar_matmul(
+            v, self.r, self.read_model, self.config, self.generator, columns, self.adc_probe, self.tile_columns()
+        )
         y = y * (input_range * self.weight_scale)
         if self.bias is not None:
             y = y + self.bias
@@ -169,30 +173,39 @@ class MemristorLinear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
     def column_presence(self) -> torch.Tensor | None:
-        """[row tiles, out]: whether each column's arrays exist in each row of tiles (None: all of them)."""
-        if self.tile_present is None:
-            return None
-        return self.tile_present.repeat_interleave(self.config.tile_size, 1)[:, : self.out_features]
+        """[row tiles, out]: whether each column is connected in each row of tiles (None: all of them)."""
+        return self.column_present
+
+    def tile_columns(self) -> list[torch.Tensor] | None:
+        """Per row of tiles, the indices of its connected columns, on the layer's device (None: all of them)."""
+        if self._tile_columns is not None and self._tile_columns[0].device != self.r.device:
+            self._tile_columns = [columns.to(self.r.device) for columns in self._tile_columns]
+        return self._tile_columns
+
+    def _existing_tiles(self) -> torch.Tensor:
+        """[row tiles, column tiles]: the tiles that have at least one connected column."""
+        tile = self.config.tile_size
+        present = self.column_present
+        if present is None:
+            return torch.ones(math.ceil(self.in_features / tile), math.ceil(self.out_features / tile), dtype=torch.bool)
+        padded = torch.nn.functional.pad(present.cpu(), (0, -self.out_features % tile))
+        return padded.view(present.shape[0], -1, tile).any(2)
 
     def tiles(self) -> int:
         """Tiles of the layer's matrix that exist on the chip (each a differential pair per plane)."""
-        if self.tile_present is None:
-            tile = self.config.tile_size
-            return math.ceil(self.in_features / tile) * math.ceil(self.out_features / tile)
-        return int(self.tile_present.sum())
+        return int(self._existing_tiles().sum())
 
     def conversions(self) -> tuple[int, int]:
         """DAC and ADC conversions of one read: one DAC conversion per row of every array that exists (each array
-        has its own row drivers), one ADC conversion per column, plane and row of tiles."""
+        has its own row drivers), one ADC conversion per connected column, plane and row of tiles."""
         c = self.config
         tile, planes = c.tile_size, c.planes
-        in_tiles, out_tiles = math.ceil(self.in_features / tile), math.ceil(self.out_features / tile)
-        present = self.column_presence()
-        if self.tile_present is None or present is None:
-            return self.in_features * out_tiles * 2 * planes, in_tiles * planes * self.out_features
+        in_tiles = math.ceil(self.in_features / tile)
         rows_per_tile = torch.tensor([min(tile, self.in_features - i * tile) for i in range(in_tiles)])
-        dac = int((self.tile_present.cpu().long().sum(1) * rows_per_tile).sum()) * 2 * planes
-        return dac, int(present.sum()) * planes
+        dac = int((self._existing_tiles().long().sum(1) * rows_per_tile).sum()) * 2 * planes
+        if self.column_present is None:
+            return dac, in_tiles * planes * self.out_features
+        return dac, int(self.column_present.sum()) * planes
 
     def set_adc(self, precision_bits: int | None, range_bits: int | None) -> None:
         """Give this layer its own ADC (step 2^-precision_bits, clipping at +-2^(range_bits - 1); None: ideal).

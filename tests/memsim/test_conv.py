@@ -9,7 +9,7 @@ from test_crossbar import per_cell_read
 from torch import nn
 
 import memsim
-from memsim.conv import tiles_holding_weights
+from memsim.conv import columns_holding_weights
 from memsim.crossbar import integer_weights
 
 IDEAL = memsim.CrossbarConfig(
@@ -35,16 +35,24 @@ def test_an_ideal_chip_reproduces_the_fake_quantized_convolution(name):
     torch.testing.assert_close(layer(x[0]), expected[0], rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
-def test_a_depthwise_convolution_keeps_only_the_tiles_that_hold_its_weights():
-    # 16 channels x 3 taps on 8 x 8 tiles: 48 rows in 6 row tiles, 16 columns in 2; channels 0-7 (rows 0-23)
-    # read in column tile 0, channels 8-15 (rows 24-47) in column tile 1: 6 of the 12 tiles exist.
-    present = tiles_holding_weights(16, 3, 16, 8)
-    assert present.int().tolist() == [[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1]]
+def test_a_depthwise_convolution_connects_only_the_columns_that_hold_its_weights():
+    # 16 channels x 3 taps on 8 x 8 tiles: 48 rows in 6 row tiles, channel c on rows 3c..3c+2 and column c. Row
+    # tile 0 (rows 0-7) holds channels 0-2, tile 1 (rows 8-15) channels 2-5, tile 2 channels 5-7; tiles 3-5 the
+    # same for channels 8-15, whose columns lie in column tile 1: 6 of the 12 tiles exist.
+    present = columns_holding_weights(16, 3, 16, 8)
+    assert [torch.nonzero(row).flatten().tolist() for row in present] == [
+        [0, 1, 2],
+        [2, 3, 4, 5],
+        [5, 6, 7],
+        [8, 9, 10],
+        [10, 11, 12, 13],
+        [13, 14, 15],
+    ]
     conv = memsim.convert(nn.Conv1d(16, 16, 3, groups=16), memsim.CrossbarConfig(tile_size=8), kinds=["conv"])
     (row, total) = memsim.summary(nn.Sequential(conv))
     planes = 2  # 3 bits
     assert (row["tiles"], row["cells"]) == (6, 6 * 2 * planes * 8 * 8)
-    assert row["adc_conversions"] == 3 * planes * 16  # every column reads 3 tiles
+    assert row["adc_conversions"] == 20 * planes  # one per connected column, plane and row of tiles
     assert conv.crossbar.conversions()[0] == 48 * 2 * planes  # each row drives the one tile it has
 
 
@@ -54,7 +62,7 @@ def test_the_noisy_read_of_a_convolution_matches_a_per_cell_read_in_distribution
     conv = memsim.MemristorConv1d.from_conv(
         nn.Conv1d(8, 8, 3, padding=1, groups=8), config, generator=torch.Generator().manual_seed(2)
     )
-    assert conv.crossbar.tile_present is not None and not bool(conv.crossbar.tile_present.all())
+    assert conv.crossbar.column_present is not None and not bool(conv.crossbar.column_present.all())
     x = torch.randn(1, 8, 2)
     reads = 600
     ours = torch.stack([conv(x)[0].T for _ in range(reads)])  # [reads, positions, channels]
@@ -85,7 +93,7 @@ def test_convert_maps_each_kind_only_when_asked_and_a_mixed_chip_reloads_bit_exa
     grouped = memsim.convert(
         nn.Sequential(nn.Conv1d(16, 16, 3, groups=16)), memsim.CrossbarConfig(tile_size=8), kinds=["conv"]
     )
-    assert "0.crossbar.tile_present" in grouped.state_dict()
+    assert "0.crossbar.column_present" in grouped.state_dict()
     with pytest.raises(ValueError, match=r"unknown layer kind\(s\) \['gru'\]"):
         memsim.convert(model(), memsim.CrossbarConfig(), kinds=["gru"])
 
