@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memsim.config import CrossbarConfig
-from memsim.crossbar import integer_weights
+from memsim.crossbar import dac, integer_weights
 from memsim.layers import MemristorLinear
 
 
@@ -121,23 +121,38 @@ class MemristorConv(nn.Module):
 
     def patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """x [B, C, *spatial] -> its patches [B, positions, C x K] and the output's spatial shape."""
-        spatial = x.shape[2:]
+        padded = self._pad(x)
+        return self._unfold(padded).view(x.shape[0], -1, self.crossbar.in_features), self._out_shape(padded)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, [side for p in reversed(self.padding) for side in (p, p)])
+
+    def _out_shape(self, padded: torch.Tensor) -> tuple[int, ...]:
+        geometry = zip(padded.shape[2:], self.kernel_size, self.stride, self.dilation, strict=True)
+        return tuple((size - d * (k - 1) - 1) // s + 1 for size, k, s, d in geometry)
+
+    def _unfold(self, padded: torch.Tensor) -> torch.Tensor:
+        """An already padded [B, C, *spatial] tensor's patches as rows [B x positions, C x K]."""
         if self.dims == 2:
-            columns = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [B, C x K, positions]
+            columns = F.unfold(padded, self.kernel_size, self.dilation, 0, self.stride)  # [B, C x K, positions]
         else:  # a 1d convolution is a 2d one over a height of 1
-            (k,), (d,), (p,), (s,) = self.kernel_size, self.dilation, self.padding, self.stride
-            columns = F.unfold(x.unsqueeze(2), (1, k), (1, d), (0, p), (1, s))
-        geometry = zip(spatial, self.kernel_size, self.stride, self.padding, self.dilation, strict=True)
-        out_shape = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in geometry)
-        return columns.transpose(1, 2), out_shape
+            (k,), (d,), (s,) = self.kernel_size, self.dilation, self.stride
+            columns = F.unfold(padded.unsqueeze(2), (1, k), (1, d), 0, (1, s))
+        return columns.transpose(1, 2).reshape(-1, columns.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The DAC and the read's elementwise factors act on the padded input, each element once; only then
+        are they unfolded into patches, each one an input vector of the crossbar."""
         unbatched = x.dim() == self.dims + 1
         if unbatched:
             x = x.unsqueeze(0)
-        columns, out_shape = self.patches(x)
-        y = self.crossbar(columns)  # [B, positions, out]
-        y = y.transpose(1, 2).reshape(x.shape[0], self.out_channels, *out_shape)
+        crossbar = self.crossbar
+        padded = self._pad(x.float())
+        input_range = crossbar.range_of(padded)
+        v = dac(padded, input_range, crossbar.config, crossbar.input_levels)
+        y = crossbar.digital_output(crossbar.read(v, self._unfold), input_range)  # [B x positions, out]
+        y = y.view(x.shape[0], -1, self.out_channels).transpose(1, 2)
+        y = y.reshape(x.shape[0], self.out_channels, *self._out_shape(padded))
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:

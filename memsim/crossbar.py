@@ -454,43 +454,61 @@ def adc_step(config: CrossbarConfig) -> float:
     return 1.0 if config.adc_precision_bits is None else 2.0**-config.adc_precision_bits
 
 
-def crossbar_matmul(
-    v: torch.Tensor,
+RowFactors = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # ReadModel.row_factors()
+
+
+def padded_rows(factors: RowFactors, model: ReadModel, unit: float, rows: int) -> RowFactors:
+    """Row factors [N, in] extended to the tiles' `rows` with those of 0 V (a padding row is driven at 0 V:
+    it carries no current but its cells' thermal noise)."""
+    width = factors[0].shape[1]
+    if width == rows:
+        return factors
+    zero = model.row_factors(factors[0].new_zeros(1, 1), unit)
+
+    def extend(f: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor | None:
+        return None if f is None or z is None else torch.cat([f, z.expand(f.shape[0], rows - width)], 1)
+
+    mean = extend(factors[0], zero[0])
+    assert mean is not None
+    return mean, extend(factors[1], zero[1]), extend(factors[2], zero[2])
+
+
+def tile_reads(
+    factors: RowFactors,
     r: torch.Tensor,
-    model: ReadModel,
     config: CrossbarConfig,
     generator: torch.Generator | None = None,
     columns: ColumnCalibration | None = None,
     observe: Callable[[torch.Tensor], object] | None = None,
     tile_columns: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Read voltages v [B, in] through programmed tiles r [2, in_padded, planes, out].
+    """Read programmed tiles r [2, in_padded, planes, out] with the row factors (ReadModel.row_factors, in ADC
+    steps, padded to in_padded) of N input vectors.
 
     Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
-    product with v / v_read, as the hardware computes it, [B, out]. With `columns`, each ADC output is
+    product with v / v_read, as the hardware computes it, [N, out]. With `columns`, each ADC output is
     corrected digitally, (code - offset) / gain per tile, plane and column. `observe`, if given, is called per
-    tile with what the ADC is about to convert, [B, planes x columns] in units of one programmed pair.
+    tile with what the ADC is about to convert, [N, planes x columns] in units of one programmed pair.
     `tile_columns`, per row of tiles, the indices of the columns connected there (a grouped convolution's
     matrix: memsim.conv); the others read nothing, not even noise, and cost nothing. None: every column.
 
-    Per tile: one GEMM for the mean currents and one for the noise variances, [B, planes x out] each, then one
+    Per tile: one GEMM for the mean currents and one for the noise variances, [N, planes x out] each, then one
     Gaussian per element (a tile at a time keeps the temporaries in cache).
     """
     _, in_padded, planes, out_features = r.shape
-    v = torch.nn.functional.pad(v, (0, in_padded - v.shape[-1]))
+    mean_rows, variance_rows, common_rows = factors
+    batch = mean_rows.shape[0]
     step = adc_step(config)
-    # Calibration and the ADC step folded into the row factors: the GEMMs give currents in ADC steps.
-    mean_rows, variance_rows, common_rows = model.row_factors(v, model.unit_current * step)
     difference = (r[0] - r[1]).reshape(in_padded, planes * out_features)
     if variance_rows is not None and common_rows is not None:
         # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
-        common_variance = 2 * common_rows.view(v.shape[0], -1, config.tile_size).sum(2)
+        common_variance = 2 * common_rows.view(batch, -1, config.tile_size).sum(2)
         total = (r[0] + r[1]).reshape(in_padded, planes * out_features)
-        gaussian = v.new_empty(v.shape[0], planes * out_features)
+        gaussian = mean_rows.new_empty(batch, planes * out_features)
     if columns is not None:
         offset_in_steps = (columns.offset / step).reshape(-1, planes * out_features)
         inverse_gain = columns.gain.reciprocal().reshape(-1, planes * out_features)
-    result = v.new_zeros(v.shape[0], out_features)
+    result = mean_rows.new_zeros(batch, out_features)
     for tile, start in enumerate(range(0, in_padded, config.tile_size)):
         rows = slice(start, start + config.tile_size)
         chosen = None if tile_columns is None else tile_columns[tile]

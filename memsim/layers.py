@@ -14,12 +14,14 @@ from memsim.crossbar import (
     LEVEL_BINS_PER_STEP,
     ColumnCalibration,
     ReadModel,
-    crossbar_matmul,
+    adc_step,
     dac,
     digit_planes,
     fit_columns,
     integer_weights,
     level_histogram,
+    padded_rows,
+    tile_reads,
 )
 from memsim.crossbar import program as program_cells
 
@@ -152,25 +154,52 @@ class MemristorLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.in_features).float()
+        input_range = self.range_of(x)
+        y = self.read(dac(x, input_range, self.config, self.input_levels))
+        return self.digital_output(y, input_range).view(*shape[:-1], self.out_features)
+
+    def range_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The input magnitude the DAC maps to v_read: the stored range, else this batch's max-abs (which a
+        calibration pass keeps the largest of)."""
         batch_range = x.detach().abs().amax().clamp_min(torch.finfo(x.dtype).tiny)
         if self.calibrating:
             self.input_range.copy_(torch.maximum(self.input_range, batch_range))
-        input_range = torch.where(self.input_range > 0, self.input_range, batch_range)
-        v = dac(x, input_range, self.config, self.input_levels)
+        return torch.where(self.input_range > 0, self.input_range, batch_range)
+
+    def read(self, v: torch.Tensor, rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The ADC outputs [N, out] (in units of one programmed pair) of voltages v [N, in]; or, with `rows`, of
+        the rows rows(v) where v is any tensor and rows maps a tensor of its shape to [N, in] (a convolution's
+        unfold: the read's elementwise factors are computed on v, before unfolding repeats its elements)."""
+        unfold = rows or (lambda t: t)
+        if self.energy_meter is not None:
+            self.energy_meter(unfold(v), self)
+        unit = self.read_model.unit_current * adc_step(self.config)
+        mean, variance, common = self.read_model.row_factors(v, unit)
+        factors = (
+            unfold(mean),
+            None if variance is None else unfold(variance),
+            None if common is None else unfold(common),
+        )
         columns = None
         if self.config.calibration == "per_column":
             columns = ColumnCalibration(self.column_gain, self.column_offset)
-        if self.energy_meter is not None:
-            self.energy_meter(v, self)
-        y = crossbar_matmul(
-            v, self.r, self.read_model, self.config, self.generator, columns, self.adc_probe, self.tile_columns()
+        return tile_reads(
+            padded_rows(factors, self.read_model, unit, self.r.shape[1]),
+            self.r,
+            self.config,
+            self.generator,
+            columns,
+            self.adc_probe,
+            self.tile_columns(),
         )
+
+    def digital_output(self, y: torch.Tensor, input_range: torch.Tensor) -> torch.Tensor:
+        """ADC outputs to the layer's output: scaled by the input range and weight scale, the bias added, and the
+        source's output quantizer, if any."""
         y = y * (input_range * self.weight_scale)
         if self.bias is not None:
             y = y + self.bias
-        if self.output_quant is not None:
-            y = self.output_quant(y)
-        return y.view(*shape[:-1], self.out_features)
+        return y if self.output_quant is None else self.output_quant(y)
 
     def column_presence(self) -> torch.Tensor | None:
         """[row tiles, out]: whether each column is connected in each row of tiles (None: all of them)."""
