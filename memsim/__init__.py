@@ -7,6 +7,7 @@ from memsim.converters import adc_settings, allocate_adc, set_adc
 from memsim.device import CellArray, draw_device_parameters
 from memsim.diagnostics import layer_errors
 from memsim.energy import EnergyCosts, measure_energy
+from memsim.error_model import WeightErrorModel, weight_error_model
 from memsim.layers import MemristorLinear
 from memsim.lstm import LinearLSTM, MemristorLSTM
 from memsim.noise import READ_NOISE_MODES, ReadNoise, read_noise
@@ -29,6 +30,7 @@ __all__ = [
     "ParamsError",
     "READ_NOISE_MODES",
     "ReadNoise",
+    "WeightErrorModel",
     "adc_settings",
     "allocate_adc",
     "calibrate",
@@ -42,4 +44,5 @@ __all__ = [
     "read_noise",
     "set_adc",
     "summary",
+    "weight_error_model",
 ]

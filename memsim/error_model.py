@@ -1,0 +1,97 @@
+"""What a programmed chip does to each integer weight, measured by programming and reading cells: the table a
+noise-aware training draws its weight errors from.
+
+For every integer weight q in +-max_level, `samples` weights are programmed as a crossbar would (digit planes,
+differential pairs, the config's programming: device-to-device and cycle-to-cycle variation included) and read,
+noiselessly and for their read noise, at input fractions u = v / v_read of both signs. A weight's effective
+value is what its pair of cells contributes to a column output, in units of one level step at a full-scale
+input, divided by u: q itself on an ideal chip. Per q and u the table keeps the mean effective weight, its
+spread over the programmed weights, and the standard deviation of one read. The non-linear, sign-asymmetric
+I-V curve makes the mean depend on u; converters are left out (they act on column sums, not on weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from memsim.config import CrossbarConfig
+from memsim.crossbar import ReadModel, digit_planes, program
+
+FRACTIONS = (-1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0)  # input fractions u = v / v_read read at
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightErrorModel:
+    """Per integer weight (`levels`) and input fraction (`fractions`): the mean effective weight (`mean`), its
+    spread over programmed weights (`spread`) and one read's noise (`read_noise`), each [levels][fractions]."""
+
+    levels: list[int]
+    fractions: list[float]
+    mean: list[list[float]]
+    spread: list[list[float]]
+    read_noise: list[list[float]]
+
+    def gain(self) -> dict[int, float]:
+        """Mean effective weight / q per nonzero q, averaged over the fractions."""
+        return {q: sum(row) / len(row) / q for q, row in zip(self.levels, self.mean, strict=True) if q != 0}
+
+    def moments(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per level (index q + max_level): the effective weight's mean and total deviation (spread and one read's
+        noise together), averaged over the fractions (deviations as root mean squares)."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=device).mean(1)
+        spread, noise = (torch.tensor(t, dtype=torch.float32, device=device) for t in (self.spread, self.read_noise))
+        return mean, (spread.square() + noise.square()).mean(1).sqrt()
+
+    def sample(self, q: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Effective weights for integer weights q (any shape): each its level's mean plus its deviation times a
+        fresh standard normal draw."""
+        mean, deviation = self.moments(q.device)
+        index = (q.round().long() + max(self.levels)).clamp_(0, len(self.levels) - 1)
+        noise = torch.randn(q.shape, generator=generator, device=q.device, dtype=mean.dtype)
+        return mean[index] + deviation[index] * noise
+
+
+@torch.no_grad()
+def weight_error_model(
+    config: CrossbarConfig,
+    samples: int = 4096,
+    fractions: tuple[float, ...] = FRACTIONS,
+    generator: torch.Generator | None = None,
+) -> WeightErrorModel:
+    """Program `samples` weights of every integer value of the config's crossbar and measure what each becomes
+    (WeightErrorModel). Uses the config's device, programming, calibration and read noise."""
+    if samples < 2:
+        raise ValueError(f"samples must be >= 2 to measure a spread, got {samples}")
+    if not fractions or any(not -1 <= u <= 1 or u == 0 for u in fractions):
+        raise ValueError(f"fractions must be nonzero input fractions in [-1, 1], got {fractions}")
+    levels = list(range(-config.max_level, config.max_level + 1))
+    q = torch.tensor(levels, dtype=torch.float32).repeat_interleave(samples)
+    contents = digit_planes(q[None, :], config.planes, config.tile_size, config.levels_per_cell)
+    r = program(contents, config, generator).r[:, : q.numel(), :, 0]  # [2, weights, planes]
+    model = ReadModel(config)
+    places = torch.tensor([float(config.levels_per_cell**k) for k in range(config.planes)])
+    means, spreads, noises = [], [], []
+    for u in fractions:
+        v = torch.tensor([u * config.v_read])
+        base, delta = model.conductances(v)
+        # The pair's current difference per plane, in level steps at a full-scale input, then per unit input.
+        effective = (v * delta * (r[0] - r[1]) / model.unit_current) @ places / u
+        if model.noise is None:
+            noise = torch.zeros_like(effective)
+        else:
+            conductance = base + r * delta  # [2, weights, planes]
+            variance = (model.noise.variance_per_siemens(v) * conductance).sum(0) @ places.square()
+            noise = variance.sqrt() / model.unit_current / abs(u)
+        per_level = effective.view(len(levels), samples)
+        means.append(per_level.mean(1))
+        spreads.append(per_level.std(1))
+        noises.append(noise.view(len(levels), samples).square().mean(1).sqrt())
+    return WeightErrorModel(
+        levels=levels,
+        fractions=list(fractions),
+        mean=torch.stack(means, 1).tolist(),
+        spread=torch.stack(spreads, 1).tolist(),
+        read_noise=torch.stack(noises, 1).tolist(),
+    )
