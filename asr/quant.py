@@ -13,8 +13,15 @@ The rest of that code's QAT, each an option (all on in `configs/quant/paper.yaml
 crossbar layers quantized too (`output_bits`), the digital attention products quantized at the weight bit
 width (`quantize_attention`: queries, keys, values and the attention weights) and the depthwise convolution's
 weights (`quantize_depthwise`).
+
+Noise-aware training (`noise`, off by default): in training only, each step the crossbar layers' integer weights
+are replaced by what a chip would hold, with the gradient passed straight through to the quantized weights:
+Gaussian noise of `noise_std` x the weight range ("gauss", as the paper's authors tried later with deviations of
+0.025-0.1), or draws from a memsim.WeightErrorModel measured from a chip's own cells ("chip": its gain per level
+and input sign, its programming spread and read noise).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TypeVar
@@ -25,6 +32,7 @@ from torch import nn
 
 from asr.model.attention import SelfAttention
 from asr.model.conformer import ConvModule
+from memsim import WeightErrorModel
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -78,6 +86,7 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 WEIGHT_SCALES = ("minmax", "running_max", "lsq")
+NOISES = ("none", "gauss", "chip")
 
 
 @dataclass
@@ -96,6 +105,12 @@ class QuantConfig:
     quantize_depthwise: bool = False  # the conv module's depthwise weights at weight_bits
     include: tuple[str, ...] = CROSSBAR_LAYERS
     exclude: tuple[str, ...] = ()
+    # Noise-aware training of the crossbar layers (training only; fresh draws every step, straight-through):
+    # "gauss", integer weights plus Gaussian noise of noise_std x the weight range (max|W|); "chip", effective
+    # weights drawn from noise_table, a memsim.WeightErrorModel as a dict (the chip's own statistics).
+    noise: str = "none"
+    noise_std: float = 0.05
+    noise_table: dict | None = None
 
     def __post_init__(self):
         for name in ("weight_bits", "input_bits", "output_bits"):
@@ -109,6 +124,21 @@ class QuantConfig:
             raise ValueError(f"weight_scale must be one of {list(WEIGHT_SCALES)}, got {self.weight_scale!r}")
         if self.input_momentum is not None and not 0 < self.input_momentum <= 1:
             raise ValueError(f"input_momentum must be in (0, 1] or None, got {self.input_momentum!r}")
+        if self.noise not in NOISES:
+            raise ValueError(f"noise must be one of {list(NOISES)}, got {self.noise!r}")
+        if not self.noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
+        if self.noise == "chip" and self.noise_table is None:
+            raise ValueError("noise=chip needs noise_table (a memsim.WeightErrorModel as a dict)")
+
+    def weight_noise(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What noise-aware training does to the integer weights q of a crossbar layer (None: nothing)."""
+        if self.noise == "gauss" and self.weight_bits is not None:
+            deviation = self.noise_std * max_level(self.weight_bits)
+            return lambda q: q + deviation * torch.randn_like(q)
+        if self.noise == "chip" and self.noise_table is not None:
+            return WeightErrorModel(**self.noise_table).sample
+        return None
 
 
 class WeightQuantizer(nn.Module):
@@ -130,6 +160,7 @@ class WeightQuantizer(nn.Module):
             self.step = None
         if self.running:  # 0 until the first training step: the current weights' maximum serves until then
             self.register_buffer("max_abs", torch.zeros_like(self._reduce(weight.detach().abs(), "max")))
+        self.noise: Callable[[torch.Tensor], torch.Tensor] | None = None  # noise-aware training (QuantConfig)
 
     def _reduce(self, values: torch.Tensor, how: str) -> torch.Tensor:
         if not self.per_channel:
@@ -152,7 +183,12 @@ class WeightQuantizer(nn.Module):
         scale = self.scale(weight)
         if self.step is not None:  # LSQ's gradient scale 1 / sqrt(weights per step * qmax)
             scale = _scale_grad(scale, (weight.numel() / scale.numel() * self.qmax) ** -0.5)
-        return fake_quantize(weight, scale, self.qmax)
+        quantized = fake_quantize(weight, scale, self.qmax)
+        if self.noise is None or not self.training:
+            return quantized
+        # The weights the chip would hold this step; the gradient passes straight through to the quantized ones.
+        q = (quantized / scale).detach().round()
+        return quantized + ((self.noise(q) - q) * scale).detach()
 
 
 class InputQuantizer(nn.Module):
@@ -309,7 +345,8 @@ class QuantConv1d(nn.Conv1d):
 
 
 def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
-    """Swap, in place, the nn.Linear layers named by config.include (and not config.exclude) for QuantLinear;
+    """Swap, in place, the nn.Linear layers named by config.include (and not config.exclude) for QuantLinear
+    (with config.noise, their weights noisy in training);
     with quantize_attention, give every SelfAttention quantizers for its queries, keys, values and weights;
     with quantize_depthwise, make every ConvModule's depthwise convolution a QuantConv1d.
 
@@ -327,10 +364,13 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     ]
     if not chosen:
         raise ValueError(f"no nn.Linear layer matches include={list(config.include)} exclude={list(config.exclude)}")
+    noise = config.weight_noise()
     for name in chosen:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent)
-        setattr(owner, child, QuantLinear.from_linear(getattr(owner, child), config))
+        layer = QuantLinear.from_linear(getattr(owner, child), config)
+        layer.weight_quant.noise = noise
+        setattr(owner, child, layer)
     if config.quantize_attention:
         for attention in _all(model, SelfAttention, "quantize_attention"):
             attention.q_quant, attention.k_quant, attention.v_quant, attention.weights_quant = (

@@ -13,12 +13,14 @@ real dataclasses, whose checks name the bad setting, and checks the settings aga
 """
 
 import dataclasses
+import functools
 import logging
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING as REQUIRED
 from omegaconf import DictConfig, OmegaConf
@@ -34,7 +36,7 @@ from asr.model import ModelConfig
 from asr.quant import QuantConfig, max_level
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
-from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig
+from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig, weight_error_model
 from memsim.converters import MAX_ADC_BUDGET_BITS
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ else:
     QuantSettings = mirror(
         QuantConfig,
         "QuantSettings",
+        drop=("noise_table",),  # quant.noise=chip measures it from the `memsim` settings (quant_config)
         add=(
             ("name", str | None, None),  # None: `float`, or w<weight_bits>a<input_bits> such as w3a8
         ),
@@ -157,15 +160,23 @@ class RecipeSettings:
         return list(self.stages)
 
     def quant_config(self, quantized: bool) -> QuantConfig:
-        return self.quant.build() if quantized else QuantConfig(weight_bits=None)
+        """The float model's (no quantization) or the quantized system's; with quant.noise=chip, its noise table is
+        measured from the chip of the `memsim` settings (memsim.weight_error_model, fixed seed)."""
+        if not quantized:
+            return QuantConfig(weight_bits=None)
+        table = _noise_table(self.chip_config()) if self.quant.noise == "chip" else None
+        return self.quant.build(noise_table=table)
 
     def system_name(self, quantized: bool) -> str:
-        """The label of the float model or of the configured system, e.g. `w3a8`; `{bits}` in quant.name
-        becomes the weight bits (`paper-w{bits}`: paper-w3, paper-w1.5)."""
+        """The label of the float model or of the configured system, e.g. `w3a8` (`w3a8-gauss0.05`, `w3a8-chipnoise`
+        with noise-aware training); `{bits}` in quant.name becomes the weight bits (`paper-w{bits}`: paper-w3)."""
         if not quantized:
             return FLOAT
         bits = f"{self.quant.weight_bits:g}"
-        return self.quant.name.replace("{bits}", bits) if self.quant.name else f"w{bits}a{self.quant.input_bits}"
+        if self.quant.name:
+            return self.quant.name.replace("{bits}", bits)
+        noise = {"none": "", "gauss": f"-gauss{self.quant.noise_std:g}", "chip": "-chipnoise"}[self.quant.noise]
+        return f"w{bits}a{self.quant.input_bits}{noise}"
 
     def train_settings(self, quantized: bool) -> TrainSettings:
         """The training run of the float model, or of the quantized system (`train` updated by `qat_train`)."""
@@ -193,6 +204,12 @@ class RecipeSettings:
         if m.only != "all":
             config = config.only(None if m.only == "none" else m.only)
         return config
+
+
+@functools.lru_cache(maxsize=8)
+def _noise_table(chip: CrossbarConfig) -> dict:
+    """memsim.weight_error_model of a chip as a dict (it goes into the model's settings and checkpoint)."""
+    return dataclasses.asdict(weight_error_model(chip, generator=torch.Generator().manual_seed(0)))
 
 
 def register() -> None:

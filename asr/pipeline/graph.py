@@ -16,6 +16,7 @@ from dataclasses import asdict
 from asr.data.loader import DataFiles
 from asr.files import file_identity
 from asr.pipeline.outputs import Output
+from asr.quant import QuantConfig
 from asr.settings import FLOAT, RecipeSettings
 
 NOT_IN_MODEL_IDENTITY = ("log_every", "keep_checkpoints", "checkpoint_every")
@@ -67,7 +68,7 @@ def model(s: RecipeSettings, quantized: bool) -> Output:
         init = file_identity(run.init_from) if run.init_from else None
     settings = {
         "model": asdict(s.model),
-        "quant": asdict(s.quant_config(quantized)) if quantized else None,  # a float model has no quant settings
+        "quant": _quant_identity(s.quant_config(quantized)) if quantized else None,  # none for a float model
         "train": train,
         "init_from": init,
         "features": asdict(s.features),
@@ -85,6 +86,16 @@ def model(s: RecipeSettings, quantized: bool) -> Output:
         output.inputs,
         notes={"system": s.system_name(quantized), "baseline": baseline.relpath},
     )
+
+
+def _quant_identity(config: QuantConfig) -> dict:
+    """The quantization settings a model depends on; without noise-aware training, none of its settings (so
+    models trained before it existed keep their identity)."""
+    settings = asdict(config)
+    if config.noise == "none":
+        for key in ("noise", "noise_std", "noise_table"):
+            del settings[key]
+    return settings
 
 
 def systems(s: RecipeSettings) -> list[Output]:

@@ -320,3 +320,76 @@ def test_running_max_weight_scale_keeps_the_largest_weight_seen_in_training():
     layer.train()(torch.randn(2, 8))
     assert float(layer.weight_scale) == pytest.approx(2 * first / 3)
     assert (layer.integer_weight().abs() <= 3).all()
+
+
+CHIP_TABLE = asdict(memsim.weight_error_model(memsim.CrossbarConfig(weight_bits=3), samples=256))
+NOISY = {
+    "gauss": QuantConfig(weight_bits=3, noise="gauss", noise_std=0.1),
+    "chip": QuantConfig(weight_bits=3, noise="chip", noise_table=CHIP_TABLE),
+}
+
+
+@pytest.mark.parametrize("kind", NOISY)
+def test_weight_noise_acts_only_in_training_and_only_on_the_crossbar_layers(kind):
+    torch.manual_seed(0)
+    config = NOISY[kind]
+    model = quantize(small_conformer(), QuantConfig(**{**asdict(config), "quantize_depthwise": True}))
+    layer = model.get_submodule("blocks.0.ff1.w1")
+    depthwise = model.get_submodule("blocks.0.conv.depthwise")
+    layer.train(), depthwise.train()
+    clean = layer.integer_weight() * layer.weight_scale
+    first, second = layer.weight_quant(layer.weight), layer.weight_quant(layer.weight)
+    assert not torch.equal(first, clean) and not torch.equal(first, second)  # fresh draws every step
+    assert torch.equal(depthwise.weight_quant(depthwise.weight), depthwise.weight_quant(depthwise.weight))
+    layer.eval()
+    assert torch.equal(layer.weight_quant(layer.weight), clean)
+    layer.train()
+    torch.manual_seed(5)
+    again = layer.weight_quant(layer.weight)
+    torch.manual_seed(5)
+    assert torch.equal(layer.weight_quant(layer.weight), again)  # the seed fixes the draws
+
+
+def test_weight_noise_has_the_configured_size_and_passes_gradients_straight_through():
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(256, 256), NOISY["gauss"])
+    layer.weight_quant.noise = NOISY["gauss"].weight_noise()
+    layer.train()
+    noisy = layer.weight_quant(layer.weight)
+    deviation = float(((noisy.detach() - layer.integer_weight() * layer.weight_scale) / layer.weight_scale).std())
+    assert deviation == pytest.approx(0.1 * 3, rel=0.02)  # noise_std x the weight range, in integer steps
+    noisy.sum().backward()
+    assert torch.equal(layer.weight.grad, (layer.weight.abs() <= 3 * layer.weight_scale).float())
+    chip = QuantLinear.from_linear(nn.Linear(256, 256), NOISY["chip"])
+    chip.weight_quant.noise = NOISY["chip"].weight_noise()
+    chip.train()
+    q = chip.integer_weight()
+    drawn = chip.weight_quant(chip.weight).detach() / chip.weight_scale
+    mean = torch.tensor(CHIP_TABLE["mean"]).mean(1)
+    assert float(drawn[q == 3].mean()) == pytest.approx(float(mean[6]), abs=0.02)  # the chip's gain on +3
+
+
+def test_a_noise_aware_model_maps_exactly_on_an_ideal_chip_and_keeps_its_table_in_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = quantize(small_conformer(dropout=0.0, attn_dropout=0.0), NOISY["chip"])
+    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    model(features, lengths)
+    model.eval()
+    with torch.no_grad():
+        digital, _ = model(features, lengths)
+        memsim.convert(model, IDEAL_CHIP, include=CROSSBAR_LAYERS)
+        analog, _ = model(features, lengths)
+    torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
+    assert QuantConfig(**asdict(NOISY["chip"])).noise_table == CHIP_TABLE  # what the checkpoint's meta rebuilds
+
+
+def test_the_recipe_measures_the_chip_noise_table_from_its_memsim_settings(make_cfg):
+    s = settings.load(make_cfg("+experiment=mini", "quant.noise=chip", "memsim.read_noise=paper"))
+    table = s.quant_config(True).noise_table
+    assert table is not None and table["levels"] == [-3, -2, -1, 0, 1, 2, 3]
+    assert max(table["read_noise"][6]) > 0.02  # the paper's read noise, not the physical one
+    assert s.system_name(True) == "w3a8-chipnoise"
+    with pytest.raises(ValueError, match="noise must be one of"):
+        QuantConfig(noise="white")
+    with pytest.raises(ValueError, match="noise=chip needs noise_table"):
+        QuantConfig(noise="chip")
