@@ -27,15 +27,29 @@ FEATURE_FRAMES_PER_SECOND = 100  # 10 ms frame shift
 
 
 def program(
-    model_path: Path, config: memsim.CrossbarConfig, seed: int, device: str | torch.device
+    model_path: Path,
+    config: memsim.CrossbarConfig,
+    seed: int,
+    device: str | torch.device,
+    kinds: tuple[str, ...] = ("linear",),
 ) -> tuple[ConformerCTC, torch.Generator, float]:
-    """The trained model at model_path with its quantized layers programmed onto a fresh chip (seed); returns
-    the model, the generator its layers read noise from, and the seconds programming took."""
+    """The trained model at model_path with its quantized layers of the given kinds (memsim.KINDS) programmed onto
+    a fresh chip (seed); returns the model, the generator its layers read noise from, and the seconds programming
+    took."""
     began = time.perf_counter()
     model = load_model(model_path, device)
     generator = torch.Generator(device).manual_seed(seed)
-    memsim.convert(model, config, generator=generator, include=quantized_layers(model))
+    memsim.convert(model, config, generator=generator, include=quantized_layers(model, kinds), kinds=kinds)
     return model, generator, time.perf_counter() - began
+
+
+def calibrate_inputs(model: ConformerCTC, batches: Iterable[dict], count: int) -> None:
+    """memsim.calibrate on `count` batches: the input range of every crossbar layer whose source did not quantize
+    its inputs (a quantization-aware convolution's)."""
+    device = next(model.parameters()).device
+    memsim.calibrate(
+        model, ((b["feats"].to(device), b["feat_lens"].to(device)) for b in itertools.islice(batches, count))
+    )
 
 
 def reseed(generator: torch.Generator, seed: int, split: str) -> None:

@@ -340,6 +340,17 @@ class QuantConv1d(nn.Conv1d):
             layer.get_parameter("bias").data.copy_(conv.bias.detach())
         return layer
 
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        return self.weight_quant.scale(self.weight).detach()
+
+    @torch.no_grad()
+    def integer_weight(self) -> torch.Tensor:
+        """The integers the weights are fake-quantized to (what memsim.MemristorConv1d stores); no input
+        quantizer: on a chip, the DAC's range comes from calibration (memsim.calibrate)."""
+        qmax = self.weight_quant.qmax
+        return (self.weight / self.weight_scale).clamp(-qmax, qmax).round()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight_quant(self.weight), self.bias)
 
@@ -390,5 +401,8 @@ def _all(model: nn.Module, kind: type[M], option: str) -> list[M]:
     return found
 
 
-def quantized_layers(model: nn.Module) -> list[str]:
-    return [name for name, module in model.named_modules() if isinstance(module, QuantLinear)]
+def quantized_layers(model: nn.Module, kinds: tuple[str, ...] = ("linear",)) -> list[str]:
+    """The names of the quantization-aware layers of the given kinds (memsim.KINDS): "linear" (QuantLinear),
+    "conv" (QuantConv1d)."""
+    classes = tuple(cls for kind, cls in (("linear", QuantLinear), ("conv", QuantConv1d)) if kind in kinds)
+    return [name for name, module in model.named_modules() if classes and isinstance(module, classes)]

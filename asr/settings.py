@@ -48,7 +48,7 @@ ADC_CHOICES = (*ADC_PRESETS, "ideal", "auto")
 
 def mirror(cls: type, name: str, *, drop: tuple[str, ...] = (), add: tuple[tuple[str, Any, Any], ...] = ()) -> type:
     """A mutable dataclass with the fields and defaults of dataclass `cls` (minus `drop`, plus `add`: (name,
-    type, default; a type such as dict is a default factory)), for Hydra to check settings against; its
+    type, default; a callable such as dict is a default factory)), for Hydra to check settings against; its
     `build(**more)` makes `cls` itself (which validates) from the kept fields plus `more`."""
     hints = typing.get_type_hints(cls)
     kept = [f for f in dataclasses.fields(cls) if f.name not in drop]
@@ -61,7 +61,7 @@ def mirror(cls: type, name: str, *, drop: tuple[str, ...] = (), add: tuple[tuple
     def build(self, **more):
         return cls(**{f.name: getattr(self, f.name) for f in kept}, **more)
 
-    added = [(n, t, field(default_factory=d) if isinstance(d, type) else field(default=d)) for n, t, d in add]
+    added = [(n, t, field(default_factory=d) if callable(d) else field(default=d)) for n, t, d in add]
     fields_ = added + [(f.name, hints[f.name], default(f)) for f in kept]
     return dataclasses.make_dataclass(
         name,
@@ -113,6 +113,9 @@ else:
             ("adc_coverage", float, 0.999),
             # per-layer ADCs after the above: {layer-name pattern: [precision bits, range bits]}, first match wins
             ("layer_adc", dict[str, Any], dict),
+            # which quantization-aware layers the chip holds (memsim.KINDS): "linear", and "conv" for the
+            # depthwise convolutions that quant.quantize_depthwise quantizes (their DAC range calibrated)
+            ("kinds", list[str], lambda: ["linear"]),
             # instance k (1..instances) pre-cycles precycle_pulses + k x this (the paper's protocol: 50)
             ("precycle_per_instance", int, 0),
             # an ablation: "all" keeps every non-ideality, "none" removes them all, or the one of
@@ -326,6 +329,14 @@ def _check_chip(s: RecipeSettings) -> None:
         if not isinstance(bits, (list, tuple)) or len(bits) != 2:
             raise UserError(f"memsim.layer_adc.{pattern} must be [precision bits, range bits], got {bits!r}")
         _built(f"memsim.layer_adc.{pattern}", lambda bits=bits: s.chip_config().with_adc_bits(*bits))
+    unknown = [k for k in m.kinds if k not in ("linear", "conv")]
+    if unknown or not m.kinds:
+        raise UserError(f"memsim.kinds must be a non-empty list of 'linear' and 'conv', got {list(m.kinds)}")
+    if "conv" in m.kinds and not s.quant.quantize_depthwise:
+        raise UserError(
+            "memsim.kinds has 'conv': the chip holds quantization-aware convolutions, so it needs "
+            "quant.quantize_depthwise=true"
+        )
     if m.instances < 1:
         raise UserError(f"memsim.instances must be >= 1, got {m.instances}")
     if m.only not in ("all", "none", *NON_IDEALITIES):

@@ -13,21 +13,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from memsim.convert import memristor_layers
+from memsim.conv import MemristorConv
+from memsim.layers import MemristorLinear
 
 
 @torch.no_grad()
 def layer_errors(chip: nn.Module, digital: nn.Module, run: Callable[[nn.Module], Any]) -> list[dict[str, Any]]:
-    """Call run(chip) (e.g. a loop over some batches) and compare every MemristorLinear's outputs y with its
-    digital twin's outputs d on the same inputs. Per layer: `gain`, the least-squares slope of y on d;
-    `relative_error`, |y - d| / |d|; `residual`, |y - gain d| / |d| (what no gain correction removes);
-    norms over every output element seen. The last row, "mean", averages the layers. The digital model is
-    put in eval mode (its quantizers use their stored ranges)."""
+    """Call run(chip) (e.g. a loop over some batches) and compare every crossbar layer's outputs y (each
+    MemristorLinear, and each MemristorConv as a whole) with its digital twin's outputs d on the same inputs.
+    Per layer: `gain`, the least-squares slope of y on d; `relative_error`, |y - d| / |d|; `residual`,
+    |y - gain d| / |d| (what no gain correction removes); norms over every output element seen. The last row,
+    "mean", averages the layers. The digital model is put in eval mode (its quantizers use their stored
+    ranges)."""
     digital.eval()
     twins = dict(digital.named_modules())
     sums: dict[str, torch.Tensor] = {}  # per layer: [y.d, d.d, y.y]
     hooks = []
-    for name, layer in memristor_layers(chip):
+    for name, layer in compared_layers(chip):
         if name not in twins:
             raise ValueError(f"the digital model has no layer {name!r} to compare the chip's with")
         twin = twins[name]
@@ -55,3 +57,15 @@ def layer_errors(chip: nn.Module, digital: nn.Module, run: Callable[[nn.Module],
         mean = {key: sum(float(row[key]) for row in rows) / len(rows) for key in measures}
         rows.append({"layer": "mean", **mean})
     return rows
+
+
+def compared_layers(chip: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The chip's layers that have a digital twin of the same name: MemristorLinear layers and MemristorConv
+    layers (not the MemristorLinear inside a convolution, whose digital counterpart is the convolution)."""
+    convs = {name for name, module in chip.named_modules() if isinstance(module, MemristorConv)}
+    return [
+        (name, module)
+        for name, module in chip.named_modules()
+        if isinstance(module, MemristorConv)
+        or (isinstance(module, MemristorLinear) and name.rpartition(".")[0] not in convs)
+    ]

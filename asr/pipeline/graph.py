@@ -125,6 +125,8 @@ def chip(s: RecipeSettings, trained: Output) -> Output:
         settings["adc_auto"] = {"budget_bits": m.adc_budget_bits, "coverage": m.adc_coverage}
     if m.layer_adc:
         settings["layer_adc"] = dict(m.layer_adc)
+    if list(m.kinds) != ["linear"]:
+        settings["kinds"] = list(m.kinds)
     return Output("memsim", "memsim", s.memsim.name, settings, {"model": trained}, (trained.name,))
 
 

@@ -30,7 +30,9 @@ from asr.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 LAYER_ERROR_BATCHES = 4  # batches of the first decode split that measure a chip's layer errors and energy
-ADC_CALIBRATION_BATCHES = 4  # batches of the train split that memsim.adc=auto allocates ADC bits from
+# batches of the train split that memsim.adc=auto allocates ADC bits from, and that set the DAC range of the
+# crossbar layers whose inputs the model did not quantize (memsim.kinds with conv)
+ADC_CALIBRATION_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,10 @@ def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
     for instance, instance_jobs in sorted(by_instance.items()):
         seed = s.memsim.seed + instance
         config = s.chip_config(instance)
-        model, generator, seconds = chips.program(model_path, config, seed, device())
         m = s.memsim
+        model, generator, seconds = chips.program(model_path, config, seed, device(), tuple(m.kinds))
+        if "conv" in m.kinds:
+            chips.calibrate_inputs(model, _loader(s, "train"), ADC_CALIBRATION_BATCHES)
         if m.adc == "auto" or m.layer_adc:
             auto = (m.adc_budget_bits, m.adc_coverage) if m.adc == "auto" else None
             chips.set_adcs(model, _loader(s, "train"), ADC_CALIBRATION_BATCHES, auto, m.layer_adc)

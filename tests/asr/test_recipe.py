@@ -184,3 +184,15 @@ def test_a_bad_setting_on_the_command_line_is_one_clear_message(tmp_path):
         "error: memsim.adc=auto needs memsim.adc_budget_bits (precision + range bits per conversion), and "
         "memsim.adc_budget_bits needs memsim.adc=auto; got adc=auto, adc_budget_bits=None"
     )
+
+
+def test_a_chip_can_hold_the_depthwise_convolutions_too(recipe, make_cfg):
+    work, overrides = recipe
+    chip = [*overrides, "quant.quantize_depthwise=true", "memsim.kinds=[linear,conv]", "memsim.instances=1"]
+    runner.run(make_cfg(*chip, "stages=[train,memsim]"))
+    s = settings.load(make_cfg(*chip))
+    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / graph.SUMMARY_FILE).read_text())
+    layers = {row["layer"] for row in summary["layers"]}
+    assert "blocks.0.conv.depthwise.crossbar" in layers and "blocks.0.ff1.w1" in layers
+    errors = {row["layer"]: row for row in summary["layer_errors"]}
+    assert 0 < errors["blocks.0.conv.depthwise"]["relative_error"] < 1  # compared with the digital convolution
