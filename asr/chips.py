@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import memsim
 from asr.checkpoint import load_model
-from asr.model import ConformerCTC
+from asr.model import ConformerCTC, ctc_loss
 from asr.quant import quantized_layers
+from asr.tokenizer import BLANK_ID
 
 FEATURE_FRAMES_PER_SECOND = 100  # 10 ms frame shift
 
@@ -86,6 +88,50 @@ def set_adcs(
         memsim.set_adc(model, {pattern: (bits[0], bits[1]) for pattern, bits in layer_adc.items()})
 
 
+def tunable(model: nn.Module) -> list[nn.Parameter]:
+    """What stays digital and is cheap to change on a programmed chip: every bias, the norms, the output layer."""
+    norms = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+    chosen = {id(p): p for name, p in model.named_parameters() if name.endswith("bias") or name.startswith("head.")}
+    for module in model.modules():
+        if isinstance(module, norms):
+            chosen.update({id(p): p for p in module.parameters()})
+    return list(chosen.values())
+
+
+def tune(model: ConformerCTC, batches: Iterable[dict], steps: int, lr: float) -> list[float]:
+    """Chip-in-the-loop fine-tuning: `steps` AdamW steps on `tunable` parameters only, the programmed chip in the
+    forward (its reads as they are, gradients along its mean path: MemristorLinear.through_mean_path); dropout
+    off and the quantizers' ranges frozen (eval mode). Returns the loss per step."""
+    device = next(model.parameters()).device
+    parameters = tunable(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in parameters:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    model.eval()
+    losses = []
+    for batch in itertools.islice(_forever(batches), steps):
+        feats, feat_lens, tokens, token_lens = (
+            batch[k].to(device) for k in ("feats", "feat_lens", "tokens", "token_lens")
+        )
+        logits, lengths = model(feats, feat_lens)
+        loss = ctc_loss(logits, lengths, tokens, token_lens, blank=BLANK_ID)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    for p in parameters:
+        p.requires_grad_(False)
+    return torch.stack(losses).tolist() if losses else []
+
+
+def _forever(batches: Iterable[dict]) -> Iterable[dict]:
+    """The batches again and again (a loader's next pass each time; nothing is kept)."""
+    while True:
+        yield from batches
+
+
 def layer_errors(chip: ConformerCTC, model_path: Path, batches: Iterable[dict], count: int) -> list[dict]:
     """memsim.layer_errors of the chip against the digital model at model_path, over `count` batches: where the
     chip's error arises, layer by layer."""
@@ -99,10 +145,12 @@ def chip_summary(
     program_seconds: float,
     errors: list[dict],
     energy: list[dict],
+    tuning: dict | None = None,
 ) -> dict:
     """memsim.summary's totals and layers (each with its ADC), the configuration, ADC conversions and the energy
     estimate (memsim.measure_energy's rows, with the costs they assume) per second of audio, the layer errors
-    against the digital model and, for multi-level cells, memsim.level_statistics."""
+    against the digital model, for multi-level cells memsim.level_statistics, and what chip-in-the-loop tuning
+    (`tuning`) did."""
     rows = memsim.summary(model)
     per_second = vectors_per_second(model)
     energy_total = energy[-1]
@@ -114,6 +162,7 @@ def chip_summary(
         "program_seconds": round(program_seconds, 2),
         "layer_errors": errors,
         "levels": memsim.level_statistics(model),
+        "tuning": tuning,
         "energy": {
             "costs": dataclasses.asdict(memsim.EnergyCosts()),
             "vectors_per_second_of_audio": per_second,

@@ -116,6 +116,10 @@ else:
             # which quantization-aware layers the chip holds (memsim.KINDS): "linear", and "conv" for the
             # depthwise convolutions that quant.quantize_depthwise quantizes (their DAC range calibrated)
             ("kinds", list[str], lambda: ["linear"]),
+            # chip-in-the-loop fine-tuning of each programmed instance before it decodes (asr.chips.tune): AdamW
+            # steps on the biases, norms and output layer over the train split; 0: none
+            ("tune_steps", int, 0),
+            ("tune_lr", float, 1e-4),
             # instance k (1..instances) pre-cycles precycle_pulses + k x this (the paper's protocol: 50)
             ("precycle_per_instance", int, 0),
             # an ablation: "all" keeps every non-ideality, "none" removes them all, or the one of
@@ -337,6 +341,8 @@ def _check_chip(s: RecipeSettings) -> None:
             "memsim.kinds has 'conv': the chip holds quantization-aware convolutions, so it needs "
             "quant.quantize_depthwise=true"
         )
+    if m.tune_steps < 0 or not m.tune_lr > 0:
+        raise UserError(f"memsim.tune_steps must be >= 0 and memsim.tune_lr > 0, got {m.tune_steps}, {m.tune_lr}")
     if m.instances < 1:
         raise UserError(f"memsim.instances must be >= 1, got {m.instances}")
     if m.only not in ("all", "none", *NON_IDEALITIES):

@@ -149,8 +149,12 @@ class MemristorConv(nn.Module):
         crossbar = self.crossbar
         padded = self._pad(x.float())
         input_range = crossbar.range_of(padded)
-        v = dac(padded, input_range, crossbar.config, crossbar.input_levels)
-        y = crossbar.digital_output(crossbar.read(v, self._unfold), input_range)  # [B x positions, out]
+        with torch.no_grad():
+            read = crossbar.read(dac(padded, input_range, crossbar.config, crossbar.input_levels), self._unfold)
+        y = read * (input_range * crossbar.weight_scale)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = crossbar.through_mean_path(self._unfold(padded), y)
+        y = crossbar.digital_output(y)  # [B x positions, out]
         y = y.view(x.shape[0], -1, self.out_channels).transpose(1, 2)
         y = y.reshape(x.shape[0], self.out_channels, *self._out_shape(padded))
         return y.squeeze(0) if unbatched else y

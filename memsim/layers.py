@@ -155,8 +155,35 @@ class MemristorLinear(nn.Module):
         shape = x.shape
         x = x.reshape(-1, self.in_features).float()
         input_range = self.range_of(x)
-        y = self.read(dac(x, input_range, self.config, self.input_levels))
-        return self.digital_output(y, input_range).view(*shape[:-1], self.out_features)
+        with torch.no_grad():
+            y = self.read(dac(x, input_range, self.config, self.input_levels))
+        y = self.through_mean_path(x, y * (input_range * self.weight_scale))
+        return self.digital_output(y).view(*shape[:-1], self.out_features)
+
+    def through_mean_path(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """y, the chip's read of inputs x [N, in] scaled to the layer's output units; when gradients are wanted,
+        with the gradient of its mean path: x @ effective_weight().T x weight_scale (straight through the DAC,
+        the ADC and the noise), so digital layers before and after a chip can be trained against it."""
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return y
+        mean = (x @ self.effective_weight().T) * self.weight_scale
+        return mean + (y - mean).detach()
+
+    def effective_weight(self) -> torch.Tensor:
+        """[out, in]: what the programmed cells hold, in weight levels: per weight, the place-weighted difference
+        of its cells' chord conductances at a quarter of v_read (inputs mostly use a small part of the DAC's
+        range), relative to one level step. q itself on an ideal chip. Cached until r changes."""
+        key = (self.r.data_ptr(), self.r._version, self.r.device)
+        if getattr(self, "_effective_key", None) != key:
+            v = torch.tensor(0.25 * self.config.v_read, device=self.r.device)
+            _, delta = self.read_model.conductances(v)
+            places = torch.tensor(
+                [float(self.config.levels_per_cell**k) for k in range(self.config.planes)], device=self.r.device
+            )
+            pairs = torch.einsum("ipo,p->oi", self.r[0] - self.r[1], places)[:, : self.in_features]
+            self._effective = pairs * (v * delta / (0.25 * self.read_model.unit_current))
+            self._effective_key = key
+        return self._effective
 
     def range_of(self, x: torch.Tensor) -> torch.Tensor:
         """The input magnitude the DAC maps to v_read: the stored range, else this batch's max-abs (which a
@@ -193,10 +220,8 @@ class MemristorLinear(nn.Module):
             self.tile_columns(),
         )
 
-    def digital_output(self, y: torch.Tensor, input_range: torch.Tensor) -> torch.Tensor:
-        """ADC outputs to the layer's output: scaled by the input range and weight scale, the bias added, and the
-        source's output quantizer, if any."""
-        y = y * (input_range * self.weight_scale)
+    def digital_output(self, y: torch.Tensor) -> torch.Tensor:
+        """The scaled read to the layer's output: the bias added, and the source's output quantizer, if any."""
         if self.bias is not None:
             y = y + self.bias
         return y if self.output_quant is None else self.output_quant(y)

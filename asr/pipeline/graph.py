@@ -127,6 +127,8 @@ def chip(s: RecipeSettings, trained: Output) -> Output:
         settings["layer_adc"] = dict(m.layer_adc)
     if list(m.kinds) != ["linear"]:
         settings["kinds"] = list(m.kinds)
+    if m.tune_steps:  # the tuning batches come from the training loader's settings
+        settings["tune"] = {"steps": m.tune_steps, "lr": m.tune_lr, "loader": asdict(s.loader), "seed": s.seed}
     return Output("memsim", "memsim", s.memsim.name, settings, {"model": trained}, (trained.name,))
 
 

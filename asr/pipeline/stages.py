@@ -139,6 +139,20 @@ def _loader(s: RecipeSettings, split: str):
     )
 
 
+def _tuning_loader(s: RecipeSettings, seed: int):
+    """The training batches (augmented, tokenized) that chip-in-the-loop tuning of the instance `seed` reads."""
+    files = graph.data_files(s)
+    return split_loader(
+        files,
+        "train",
+        s.features,
+        max_seconds=s.loader.max_seconds,
+        num_workers=s.loader.num_workers,
+        seed=seed,
+        train=True,
+    )
+
+
 def decode_models(s: RecipeSettings, jobs: list[Job]) -> None:
     for _, same_model in groupby(jobs, key=lambda j: j.output.inputs["model"].relpath):
         group = list(same_model)
@@ -167,12 +181,17 @@ def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
         if m.adc == "auto" or m.layer_adc:
             auto = (m.adc_budget_bits, m.adc_coverage) if m.adc == "auto" else None
             chips.set_adcs(model, _loader(s, "train"), ADC_CALIBRATION_BATCHES, auto, m.layer_adc)
+        tuning = None
+        if m.tune_steps:
+            losses = chips.tune(model, _tuning_loader(s, seed), m.tune_steps, m.tune_lr)
+            tuning = {"steps": m.tune_steps, "lr": m.tune_lr, "loss_first": losses[0], "loss_last": losses[-1]}
+            log.info("memsim instance %d tuned: loss %.2f -> %.2f", instance, losses[0], losses[-1])
         if instance == 0:
             for job in summaries:
                 batches = _loader(s, s.decode.splits[0])
                 errors = chips.layer_errors(model, model_path, batches, LAYER_ERROR_BATCHES)
                 energy = memsim.measure_energy(model, chips.feeder(batches, LAYER_ERROR_BATCHES))
-                summary = chips.chip_summary(model, config, seconds, errors, energy)
+                summary = chips.chip_summary(model, config, seconds, errors, energy, tuning)
                 log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(model)))
                 job.commit({graph.SUMMARY_FILE: summary})
         if instance_jobs:

@@ -196,3 +196,15 @@ def test_a_chip_can_hold_the_depthwise_convolutions_too(recipe, make_cfg):
     assert "blocks.0.conv.depthwise.crossbar" in layers and "blocks.0.ff1.w1" in layers
     errors = {row["layer"]: row for row in summary["layer_errors"]}
     assert 0 < errors["blocks.0.conv.depthwise"]["relative_error"] < 1  # compared with the digital convolution
+
+
+def test_chip_in_the_loop_tuning_runs_before_decoding_and_is_reported(recipe, make_cfg):
+    work, overrides = recipe
+    chip = [*overrides, "memsim.tune_steps=2", "memsim.instances=1", "stages=[memsim]"]
+    runner.run(make_cfg(*chip))
+    s = settings.load(make_cfg(*chip))
+    trained = graph.model(s, True)
+    summary = json.loads((work / graph.chip(s, trained).relpath / graph.SUMMARY_FILE).read_text())
+    assert summary["tuning"]["steps"] == 2 and summary["tuning"]["loss_first"] > 0
+    untuned = settings.load(make_cfg(*overrides))
+    assert graph.chip(s, trained).relpath != graph.chip(untuned, trained).relpath  # its own identity

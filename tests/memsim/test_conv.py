@@ -33,6 +33,11 @@ def test_an_ideal_chip_reproduces_the_fake_quantized_convolution(name):
     expected = conv._conv_forward(x, q * scale, conv.bias).detach()
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     torch.testing.assert_close(layer(x[0]), expected[0], rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    x.requires_grad_(True)  # gradients pass along the mean path: on an ideal chip, the digital convolution's
+    layer(x).square().sum().backward()
+    on_chip, x.grad = x.grad, None
+    conv._conv_forward(x, q * scale, conv.bias).square().sum().backward()
+    torch.testing.assert_close(on_chip, x.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_a_depthwise_convolution_connects_only_the_columns_that_hold_its_weights():

@@ -370,3 +370,20 @@ def test_a_selection_of_cells_is_a_copy_that_pulses_on_its_own():
     chosen.apply_voltage(-2.0)
     assert bool((chosen.r < cells.r[[3, 7, 50]]).all()) and len(chosen) == 3  # SET: towards LRS, r falls
     torch.testing.assert_close(cells.r, memsim.CellArray(100, generator=torch.Generator().manual_seed(0)).r)
+
+
+def test_gradients_pass_a_chip_along_its_mean_path():
+    torch.manual_seed(0)
+    linear = nn.Linear(40, 6)
+    ideal = memsim.MemristorLinear.from_linear(linear, IDEAL)
+    q, scale = integer_weights(linear.weight, IDEAL.max_level)
+    torch.testing.assert_close(ideal.effective_weight(), q, rtol=1e-5, atol=1e-5)
+    x = torch.randn(3, 40, requires_grad=True)
+    ideal(x).sum().backward()
+    torch.testing.assert_close(x.grad, (q * scale).sum(0).expand(3, 40), rtol=1e-5, atol=1e-6)
+    chip = memsim.MemristorLinear.from_linear(linear, memsim.CrossbarConfig(), torch.Generator().manual_seed(1))
+    x.grad = None
+    chip(x).sum().backward()
+    torch.testing.assert_close(x.grad, (chip.effective_weight() * chip.weight_scale[:, None]).sum(0).expand(3, 40))
+    effective = chip.effective_weight() / q.clamp(min=1)
+    assert 0.9 < float(effective[q > 0].mean()) < 1.0  # the cells' gain on a weight, about 0.95
