@@ -6,7 +6,8 @@ straight-through estimator, QAT from scratch. Options: per-channel weight scales
 Esser et al. 2020), an exponential moving average instead of the running max for the input range.
 
 Only the layers a crossbar holds are quantized (`CROSSBAR_LAYERS`: feed-forward, attention in/out
-projections, conv-module pointwise layers); the frontend, the output layer and everything else stay float.
+projections, conv-module pointwise layers; a BLSTM encoder's gate layers, after its nn.LSTM becomes a
+memsim.LinearLSTM); the frontend, the output layer and everything else stay float.
 Pass the same patterns to `memsim.convert(..., include=CROSSBAR_LAYERS)` so the two sides agree.
 
 The rest of that code's QAT, each an option (all on in `configs/quant/paper.yaml`): the outputs of the
@@ -32,7 +33,7 @@ from torch import nn
 
 from asr.model.attention import SelfAttention
 from asr.model.conformer import ConvModule
-from memsim import WeightErrorModel
+from memsim import LinearLSTM, WeightErrorModel
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -42,6 +43,7 @@ CROSSBAR_LAYERS = (
     "blocks.*.attn.in_proj",
     "blocks.*.attn.out_proj",
     "blocks.*.conv.pointwise[12]",
+    "lstm.cells.*.*",  # a BLSTM encoder's gate layers ([W_ih | W_hh] per layer and direction: memsim.LinearLSTM)
 )
 
 
@@ -366,6 +368,10 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     """
     if config.weight_bits is None:
         return model
+    for name, module in list(model.named_modules()):  # an LSTM's gates as linear layers, the same function
+        if isinstance(module, nn.LSTM):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, LinearLSTM.from_lstm(module))
     chosen = [
         name
         for name, module in model.named_modules()

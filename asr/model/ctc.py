@@ -1,4 +1,5 @@
-"""Conformer-CTC: frontend, Conformer blocks, a linear output layer to the tokenizer's units plus blank.
+"""CTC models: a frontend, an encoder (Conformer blocks, or a bidirectional LSTM), a linear output layer to the
+tokenizer's units plus blank.
 
 Output index convention (asr.tokenizer's): output i is unit id i, and id 0 (`model.blank`) is the CTC
 blank, so the output layer has Tokenizer.vocab_size units and decoders pass ids to the tokenizer unchanged.
@@ -9,10 +10,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.model.conformer import ConformerBlock
 from asr.model.frontend import FRONTENDS
 from asr.tokenizer import BLANK_ID
+
+ENCODERS = ("conformer", "blstm")
 
 
 @dataclass
@@ -31,8 +35,15 @@ class ModelConfig:
     attn_dropout: float = 0.1
     pos_enc: str = "none"  # "none" (the paper) | "relative"
     conv_norm: str = "batch"  # "batch" | "layer"
+    # "conformer", or "blstm": n_layers bidirectional LSTM layers of d_model / 2 units per direction (the
+    # Conformer's n_heads, d_ff, kernel_size, pos_enc, conv_norm and attn_dropout then do not apply)
+    encoder: str = "conformer"
 
     def __post_init__(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {self.encoder!r}")
+        if self.encoder == "blstm" and self.d_model % 2:
+            raise ValueError(f"a blstm encoder needs an even d_model (two directions), got {self.d_model}")
         if self.frontend not in FRONTENDS:
             raise ValueError(f"frontend must be one of {sorted(FRONTENDS)}, got {self.frontend!r}")
         if self.pos_enc not in ("none", "relative"):
@@ -52,12 +63,16 @@ class ModelConfig:
 
 
 class ConformerCTC(nn.Module):
+    """The CTC model of a ModelConfig: Conformer blocks (`blocks`) or, with encoder="blstm", a bidirectional LSTM
+    (`lstm`: an nn.LSTM, which quantization turns into a memsim.LinearLSTM with quantization-aware gates)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.blank = BLANK_ID
         self.frontend = FRONTENDS[cfg.frontend](cfg.n_mels, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+        conformer = cfg.encoder == "conformer"
         self.blocks = nn.ModuleList(
             ConformerBlock(
                 cfg.d_model,
@@ -69,8 +84,14 @@ class ConformerCTC(nn.Module):
                 cfg.pos_enc == "relative",
                 cfg.conv_norm,
             )
-            for _ in range(cfg.n_layers)
+            for _ in range(cfg.n_layers if conformer else 0)
         )
+        self.lstm: nn.Module | None = None
+        if not conformer:
+            dropout = cfg.dropout if cfg.n_layers > 1 else 0.0
+            self.lstm = nn.LSTM(
+                cfg.d_model, cfg.d_model // 2, cfg.n_layers, batch_first=True, dropout=dropout, bidirectional=True
+            )
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -83,6 +104,12 @@ class ConformerCTC(nn.Module):
         valid = torch.arange(x.size(1), device=x.device)[None, :] < out_lengths[:, None]
         for block in self.blocks:
             x = block(x, valid)
+        if isinstance(self.lstm, nn.LSTM):  # packed: the fused kernel stops at each sequence's end
+            packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
+            x = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.size(1))[0]
+            x = self.dropout(x)
+        elif self.lstm is not None:  # a memsim.LinearLSTM: lengths on the device
+            x = self.dropout(self.lstm(x, lengths=out_lengths)[0])
         return self.head(x), out_lengths
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import asdict
 
 import pytest
@@ -17,6 +18,7 @@ from asr.quant import (
     fake_quantize,
     max_level,
     quantize,
+    quantized_layers,
 )
 
 
@@ -393,3 +395,23 @@ def test_the_recipe_measures_the_chip_noise_table_from_its_memsim_settings(make_
         QuantConfig(noise="white")
     with pytest.raises(ValueError, match="noise=chip needs noise_table"):
         QuantConfig(noise="chip")
+
+
+def test_a_blstm_model_quantizes_its_gate_layers_and_maps_exactly_on_ideal_crossbars():
+    torch.manual_seed(0)
+    model = ConformerCTC(ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=2, encoder="blstm"))
+    features, lengths = torch.randn(3, 60, 80), torch.tensor([60, 50, 33])
+    model.eval()
+    with torch.no_grad():
+        float_logits, _ = model(features, lengths)
+    quantize(model, QuantConfig(weight_bits=8))
+    assert quantized_layers(model) == [f"lstm.cells.{k}.{d}" for k in range(2) for d in range(2)]
+    model.train()
+    model(features, lengths)  # observe input ranges
+    model.eval()
+    with torch.no_grad():
+        digital, _ = model(features, lengths)
+        torch.testing.assert_close(digital, float_logits, rtol=0, atol=0.02)  # 8 bits: close to the float LSTM
+        memsim.convert(model, dataclasses.replace(IDEAL_CHIP, weight_bits=8), include=quantized_layers(model))
+        analog, _ = model(features, lengths)
+    torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)

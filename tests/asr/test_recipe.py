@@ -208,3 +208,16 @@ def test_chip_in_the_loop_tuning_runs_before_decoding_and_is_reported(recipe, ma
     assert summary["tuning"]["steps"] == 2 and summary["tuning"]["loss_first"] > 0
     untuned = settings.load(make_cfg(*overrides))
     assert graph.chip(s, trained).relpath != graph.chip(untuned, trained).relpath  # its own identity
+
+
+def test_a_blstm_model_trains_and_decodes_on_its_chip(recipe, make_cfg):
+    work, overrides = recipe
+    blstm = [*overrides, "model=blstm", "model.d_model=32", "model.n_layers=1", "memsim.instances=1"]
+    runner.run(make_cfg(*blstm, "stages=[train_float,train,memsim]"))
+    s = settings.load(make_cfg(*blstm))
+    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / graph.SUMMARY_FILE).read_text())
+    assert [row["layer"] for row in summary["layers"]] == ["lstm.cells.0.0", "lstm.cells.0.1"]
+    assert any(
+        (work / output.relpath / "score.json").is_file()
+        for output in graph.chip_decodes(s, graph.model(s, True), graph.chip(s, graph.model(s, True)))
+    )
