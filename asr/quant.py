@@ -6,7 +6,7 @@ straight-through estimator, QAT from scratch. Options: per-channel weight scales
 Esser et al. 2020), an exponential moving average instead of the running max for the input range.
 
 Only the layers a crossbar holds are quantized (`CROSSBAR_LAYERS`: feed-forward, attention in/out
-projections, conv-module pointwise layers; a BLSTM encoder's gate layers, after its nn.LSTM becomes a
+projections, conv-module pointwise layers; and a BLSTM encoder's gate layers, once its nn.LSTM is a
 memsim.LinearLSTM); the frontend, the output layer and everything else stay float.
 Pass the same patterns to `memsim.convert(..., include=CROSSBAR_LAYERS)` so the two sides agree.
 
@@ -25,7 +25,7 @@ and input sign, its programming spread and read noise).
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,6 @@ CROSSBAR_LAYERS = (
     "blocks.*.attn.in_proj",
     "blocks.*.attn.out_proj",
     "blocks.*.conv.pointwise[12]",
-    "lstm.cells.*.*",  # a BLSTM encoder's gate layers ([W_ih | W_hh] per layer and direction: memsim.LinearLSTM)
 )
 
 
@@ -105,6 +104,8 @@ class QuantConfig:
     output_bits: int | None = None  # quantize the outputs of the crossbar layers too (8 in the paper's code)
     quantize_attention: bool = False  # queries, keys, values and attention weights at weight_bits
     quantize_depthwise: bool = False  # the conv module's depthwise weights at weight_bits
+    quantize_frontend: bool = False  # the frontend's convolutions' weights at weight_bits (with "frontend.out"
+    # in `include`, all of the frontend: configs/quant/qat_all.yaml)
     include: tuple[str, ...] = CROSSBAR_LAYERS
     exclude: tuple[str, ...] = ()
     # Noise-aware training of the crossbar layers (training only; fresh draws every step, straight-through):
@@ -309,22 +310,23 @@ class QuantLinear(nn.Linear):
         return f"{super().extra_repr()}, weight_bits={self.weight_bits}, input_bits={self.input_bits}{output}"
 
 
-class QuantConv1d(nn.Conv1d):
-    """nn.Conv1d with fake-quantized weights (per tensor, as the released code's Conv1dQuant): the conv
-    module's depthwise convolution under `quantize_depthwise`. Its input and output stay float."""
+class _QuantConv:
+    """What QuantConv1d and QuantConv2d share: fake-quantized weights (per tensor, as the released code's
+    Conv1dQuant), their integers for a crossbar, and construction from a trained convolution. Inputs and outputs
+    stay float: on a chip, the DAC's range comes from calibration (memsim.calibrate)."""
 
-    def __init__(self, *args, config: QuantConfig, weight: torch.Tensor | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def _quantize_weights(self, config: QuantConfig, weight: torch.Tensor | None) -> None:
+        this: Any = self  # an nn.Conv1d or nn.Conv2d (the other base)
         if weight is not None:
-            self.weight.data.copy_(weight)
+            this.weight.data.copy_(weight)
         if config.weight_bits is None:
-            raise ValueError("QuantConv1d needs weight_bits (None is the float model)")
-        self.weight_quant = WeightQuantizer(self.weight, config.weight_bits, config.weight_scale)
+            raise ValueError(f"{type(self).__name__} needs weight_bits (None is the float model)")
+        this.weight_quant = WeightQuantizer(this.weight, config.weight_bits, config.weight_scale)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv1d, config: QuantConfig) -> "QuantConv1d":
-        """A quantization-aware copy of a (trained or fresh) Conv1d; LSQ steps start from its weights."""
-        layer = cls(
+    def from_conv(cls, conv, config: QuantConfig):
+        """A quantization-aware copy of a (trained or fresh) convolution; LSQ steps start from its weights."""
+        layer: Any = cls(  # type: ignore[call-arg]
             conv.in_channels,
             conv.out_channels,
             conv.kernel_size,
@@ -339,19 +341,44 @@ class QuantConv1d(nn.Conv1d):
             weight=conv.weight.detach(),
         )
         if conv.bias is not None:
-            layer.get_parameter("bias").data.copy_(conv.bias.detach())
+            layer.bias.data.copy_(conv.bias.detach())
         return layer
 
     @property
     def weight_scale(self) -> torch.Tensor:
-        return self.weight_quant.scale(self.weight).detach()
+        this: Any = self
+        return this.weight_quant.scale(this.weight).detach()
 
     @torch.no_grad()
     def integer_weight(self) -> torch.Tensor:
-        """The integers the weights are fake-quantized to (what memsim.MemristorConv1d stores); no input
-        quantizer: on a chip, the DAC's range comes from calibration (memsim.calibrate)."""
-        qmax = self.weight_quant.qmax
-        return (self.weight / self.weight_scale).clamp(-qmax, qmax).round()
+        """The integers the weights are fake-quantized to (what memsim's crossbar convolutions store)."""
+        this: Any = self
+        qmax = this.weight_quant.qmax
+        return (this.weight / self.weight_scale).clamp(-qmax, qmax).round()
+
+
+class QuantConv1d(_QuantConv, nn.Conv1d):
+    """nn.Conv1d with fake-quantized weights: the conv module's depthwise convolution under
+    `quantize_depthwise`."""
+
+    weight_quant: WeightQuantizer
+
+    def __init__(self, *args, config: QuantConfig, weight: torch.Tensor | None = None, **kwargs):
+        nn.Conv1d.__init__(self, *args, **kwargs)
+        self._quantize_weights(config, weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight_quant(self.weight), self.bias)
+
+
+class QuantConv2d(_QuantConv, nn.Conv2d):
+    """nn.Conv2d with fake-quantized weights: the frontend's convolutions under `quantize_frontend`."""
+
+    weight_quant: WeightQuantizer
+
+    def __init__(self, *args, config: QuantConfig, weight: torch.Tensor | None = None, **kwargs):
+        nn.Conv2d.__init__(self, *args, **kwargs)
+        self._quantize_weights(config, weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight_quant(self.weight), self.bias)
@@ -359,24 +386,30 @@ class QuantConv1d(nn.Conv1d):
 
 def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     """Swap, in place, the nn.Linear layers named by config.include (and not config.exclude) for QuantLinear
-    (with config.noise, their weights noisy in training);
+    (with config.noise, their weights noisy in training); an nn.LSTM becomes a memsim.LinearLSTM whose gate
+    layers ([W_ih | W_hh] per layer and direction) are crossbar layers too, unless excluded;
     with quantize_attention, give every SelfAttention quantizers for its queries, keys, values and weights;
-    with quantize_depthwise, make every ConvModule's depthwise convolution a QuantConv1d.
+    with quantize_depthwise, make every ConvModule's depthwise convolution a QuantConv1d; with quantize_frontend,
+    every Conv2d of the frontend a QuantConv2d.
 
     Returns the model unchanged when config.weight_bits is None. Call it after loading float weights to
     start QAT from a float checkpoint, or on a fresh model for QAT from scratch (the paper).
     """
     if config.weight_bits is None:
         return model
+    gates = []
     for name, module in list(model.named_modules()):  # an LSTM's gates as linear layers, the same function
         if isinstance(module, nn.LSTM):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, LinearLSTM.from_lstm(module))
+            gates += [
+                f"{name}.cells.{k}.{d}" for k in range(module.num_layers) for d in range(1 + module.bidirectional)
+            ]
     chosen = [
         name
         for name, module in model.named_modules()
         if type(module) is nn.Linear
-        and any(fnmatchcase(name, p) for p in config.include)
+        and (name in gates or any(fnmatchcase(name, p) for p in config.include))
         and not any(fnmatchcase(name, p) for p in config.exclude)
     ]
     if not chosen:
@@ -396,6 +429,15 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     if config.quantize_depthwise:
         for conv in _all(model, ConvModule, "quantize_depthwise"):
             conv.depthwise = QuantConv1d.from_conv(conv.depthwise, config)
+    if config.quantize_frontend:
+        frontend = model.get_submodule("frontend")
+        convs = [name for name, m in frontend.named_modules() if type(m) is nn.Conv2d]
+        if not convs:
+            raise ValueError("quantize_frontend: the model's frontend has no Conv2d")
+        for name in convs:
+            parent, _, child = name.rpartition(".")
+            owner = frontend.get_submodule(parent)
+            setattr(owner, child, QuantConv2d.from_conv(getattr(owner, child), config))
     return model
 
 
@@ -409,6 +451,6 @@ def _all(model: nn.Module, kind: type[M], option: str) -> list[M]:
 
 def quantized_layers(model: nn.Module, kinds: tuple[str, ...] = ("linear",)) -> list[str]:
     """The names of the quantization-aware layers of the given kinds (memsim.KINDS): "linear" (QuantLinear),
-    "conv" (QuantConv1d)."""
-    classes = tuple(cls for kind, cls in (("linear", QuantLinear), ("conv", QuantConv1d)) if kind in kinds)
+    "conv" (QuantConv1d, QuantConv2d)."""
+    classes = tuple(cls for kind, cls in (("linear", QuantLinear), ("conv", _QuantConv)) if kind in kinds)
     return [name for name, module in model.named_modules() if classes and isinstance(module, classes)]

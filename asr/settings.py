@@ -336,10 +336,10 @@ def _check_chip(s: RecipeSettings) -> None:
     unknown = [k for k in m.kinds if k not in ("linear", "conv")]
     if unknown or not m.kinds:
         raise UserError(f"memsim.kinds must be a non-empty list of 'linear' and 'conv', got {list(m.kinds)}")
-    if "conv" in m.kinds and not s.quant.quantize_depthwise:
+    if "conv" in m.kinds and not (s.quant.quantize_depthwise or s.quant.quantize_frontend):
         raise UserError(
             "memsim.kinds has 'conv': the chip holds quantization-aware convolutions, so it needs "
-            "quant.quantize_depthwise=true"
+            "quant.quantize_depthwise=true or quant.quantize_frontend=true"
         )
     if m.tune_steps < 0 or not m.tune_lr > 0:
         raise UserError(f"memsim.tune_steps must be >= 0 and memsim.tune_lr > 0, got {m.tune_steps}, {m.tune_lr}")

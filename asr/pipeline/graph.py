@@ -12,6 +12,7 @@
 """
 
 from dataclasses import asdict
+from typing import Any
 
 from asr.data.loader import DataFiles
 from asr.files import file_identity
@@ -67,7 +68,7 @@ def model(s: RecipeSettings, quantized: bool) -> Output:
     else:
         init = file_identity(run.init_from) if run.init_from else None
     settings = {
-        "model": asdict(s.model),
+        "model": _model_identity(s),
         "quant": _quant_identity(s.quant_config(quantized)) if quantized else None,  # none for a float model
         "train": train,
         "init_from": init,
@@ -88,12 +89,24 @@ def model(s: RecipeSettings, quantized: bool) -> Output:
     )
 
 
+# Settings added after models were trained: left out of a model's identity while they are at their defaults
+# (the noise settings while noise is off), so those models keep their identity.
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "model": {"encoder": "conformer"},
+    "quant": {"noise": "none", "noise_std": None, "noise_table": None, "quantize_frontend": False},
+}
+
+
+def _model_identity(s: RecipeSettings) -> dict:
+    settings = asdict(s.model)
+    return {k: v for k, v in settings.items() if ADDED_LATER["model"].get(k, object()) != v}
+
+
 def _quant_identity(config: QuantConfig) -> dict:
-    """The quantization settings a model depends on; without noise-aware training, none of its settings (so
-    models trained before it existed keep their identity)."""
+    """The quantization settings a model depends on."""
     settings = asdict(config)
-    if config.noise == "none":
-        for key in ("noise", "noise_std", "noise_table"):
+    for key, default in ADDED_LATER["quant"].items():
+        if settings[key] == default or (key.startswith("noise") and config.noise == "none"):
             del settings[key]
     return settings
 

@@ -9,6 +9,7 @@ import memsim
 from asr import checkpoint, settings
 from asr.model import ConformerCTC, ModelConfig, ctc_loss
 from asr.model.attention import SelfAttention
+from asr.pipeline import graph
 from asr.quant import (
     CROSSBAR_LAYERS,
     InputQuantizer,
@@ -415,3 +416,30 @@ def test_a_blstm_model_quantizes_its_gate_layers_and_maps_exactly_on_ideal_cross
         memsim.convert(model, dataclasses.replace(IDEAL_CHIP, weight_bits=8), include=quantized_layers(model))
         analog, _ = model(features, lengths)
     torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
+
+
+def test_everything_but_the_output_layer_maps_exactly_on_an_ideal_chip(make_cfg):
+    """quant=qat_all: the linear layers, the depthwise convolutions and the whole frontend on the chip."""
+    config = settings.load(make_cfg("+experiment=mini", "quant=qat_all", "memsim.kinds=[linear,conv]")).quant.build()
+    torch.manual_seed(0)
+    model = quantize(small_conformer(dropout=0.0, attn_dropout=0.0), config)
+    kinds = ("linear", "conv")
+    names = quantized_layers(model, kinds)
+    assert {"frontend.convs.0", "frontend.convs.2", "frontend.out", "blocks.0.conv.depthwise"} <= set(names)
+    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    model(features, lengths)
+    model.eval()
+    with torch.no_grad():
+        digital, _ = model(features, lengths)
+        memsim.convert(model, dataclasses.replace(IDEAL_CHIP, dac_bits=None), include=names, kinds=kinds)
+        analog, _ = model(features, lengths)
+    assert isinstance(model.frontend.convs[0], memsim.MemristorConv2d)
+    torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
+
+
+def test_settings_added_later_keep_the_identity_of_models_made_before_them(make_cfg):
+    s = settings.load(make_cfg("+experiment=mini"))
+    quant, model = graph.model(s, True).settings["quant"], graph.model(s, True).settings["model"]
+    assert not {"noise", "noise_std", "noise_table", "quantize_frontend"} & set(quant) and "encoder" not in model
+    noisy = settings.load(make_cfg("+experiment=mini", "quant.noise=gauss"))
+    assert graph.model(noisy, True).settings["quant"]["noise_std"] == 0.05
