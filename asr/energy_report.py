@@ -55,8 +55,9 @@ def _uniform_adc(g: Group) -> list[int] | None:
     return list(adcs.pop()) if len(adcs) == 1 else None
 
 
-def _bits(g: Group) -> float:
-    return g.first.weight_bits or 0.0
+def _model(g: Group) -> str:
+    """The model the chip holds: its folder without the hash (small-w3a8)."""
+    return Path(g.first.model).name.rsplit("-", 1)[0]
 
 
 def _priced_energy(g: Group) -> float:
@@ -70,7 +71,7 @@ def _wer(g: Group) -> float:
 
 def energy_table(groups: list[Group]) -> str:
     """One row per priced chip: ADC, DAC, energy per second of audio by part and in total, the digital baseline,
-    WER; then, per weight width, the cheapest chip within NEAR_REFERENCE of the (8, 10) chip's WER."""
+    WER; then, per model, the cheapest chip within NEAR_REFERENCE of the (8, 10) chip's WER."""
     chosen = priced(groups)
     if not chosen:
         return ""
@@ -88,12 +89,12 @@ def energy_table(groups: list[Group]) -> str:
         "rel. to QAT [95 % CI]",
     ]
     rows = []
-    for g in sorted(chosen, key=lambda g: (g.first.weight_bits or 0, _chip_energy(g) or 0.0)):
+    for g in sorted(chosen, key=lambda g: (_model(g), _priced_energy(g))):
         energy, config = _energy(g), summary_of(g).get("config", {})
         relative = g.relative.get("qat")
         rows.append(
             [
-                f"w{g.first.weight_bits:g} {g.first.chip_label}",
+                f"{_model(g)} {g.first.chip_label}" + (f" ({g.label})" if g.label else ""),
                 adc_setting(g),
                 str(config.get("dac_bits")),
                 *(_uj(energy.get(part)) for part in ("crossbar", "dac", "adc", "accumulate", "chip", "digital")),
@@ -127,11 +128,13 @@ def _costs(costs: dict) -> str:
 
 
 def _cheapest_near_reference(chosen: list[Group]) -> str:
-    """Per weight width: the (8, 10) chip with the activation-width DAC, and the cheapest chip whose WER is
-    within NEAR_REFERENCE of it."""
+    """Per model: the (8, 10) chip with the widest DAC, and the cheapest chip whose WER is within NEAR_REFERENCE
+    of it."""
     lines = []
-    for bits in sorted({_bits(g) for g in chosen}):
-        same = [g for g in chosen if _bits(g) == bits]
+    for model in sorted({_model(g) for g in chosen}):
+        same = [g for g in chosen if _model(g) == model]
+        if len(same) < 2:
+            continue
         references = [
             g
             for g in same
@@ -146,7 +149,7 @@ def _cheapest_near_reference(chosen: list[Group]) -> str:
         cheapest = min(near, key=lambda g: (float(f"{_priced_energy(g):.3g}"), _wer(g)))
         saving = (_chip_energy(reference) or 0) / (_chip_energy(cheapest) or 1)
         lines.append(
-            f"- w{bits:g}: the (8, 10) chip ({reference.first.chip_label}) has WER {_wer(reference):.2f} at "
+            f"- {model}: the (8, 10) chip ({reference.first.chip_label}) has WER {_wer(reference):.2f} at "
             f"{_uj(_chip_energy(reference))} uJ/s; the cheapest chip within {100 * (NEAR_REFERENCE - 1):.0f} % "
             f"relative of it is {cheapest.first.chip_label} (ADC {adc_setting(cheapest)}): WER {_wer(cheapest):.2f} "
             f"at {_uj(_chip_energy(cheapest))} uJ/s, {saving:,.0f}x less energy."
@@ -167,18 +170,18 @@ def _without_adc(g: Group) -> str:
 
 
 def adc_heatmaps(groups: list[Group], path: Path) -> bool:
-    """WER over ADC precision x range bits, one panel per weight width: the chips of one ADC for every layer
-    whose configurations differ only in it (the largest such family of that width). Returns False (and draws
-    nothing) when no width has two ADC settings or more."""
-    families: dict[tuple[float, str], dict[tuple[int, int], float]] = defaultdict(dict)
+    """WER over ADC precision x range bits, one panel per model: the chips of one ADC for every layer whose
+    configurations differ only in it (the largest such family of that model). Returns False (and draws nothing)
+    when no model has two ADC settings or more."""
+    families: dict[tuple[str, str], dict[tuple[int, int], float]] = defaultdict(dict)
     for g in sorted(chip_groups(groups), key=lambda g: g.first.chip_label):
         adc = _uniform_adc(g)
         if adc is not None and None not in adc:
-            families[(_bits(g), _without_adc(g))].setdefault((adc[0], adc[1]), _wer(g))
-    cells: dict[float, dict[tuple[int, int], float]] = {}
-    for (bits, _), grid in sorted(families.items(), key=lambda item: len(item[1])):
-        cells[bits] = grid  # the largest family of each width comes last
-    panels = {bits: grid for bits, grid in cells.items() if len(grid) > 1}
+            families[(_model(g), _without_adc(g))].setdefault((adc[0], adc[1]), _wer(g))
+    cells: dict[str, dict[tuple[int, int], float]] = {}
+    for (model, _), grid in sorted(families.items(), key=lambda item: len(item[1])):
+        cells[model] = grid  # the largest family of each model comes last
+    panels = {model: grid for model, grid in cells.items() if len(grid) > 1}
     if not panels:
         return False
     import matplotlib
@@ -188,7 +191,7 @@ def adc_heatmaps(groups: list[Group], path: Path) -> bool:
     import numpy as np
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, (bits, grid) in zip(axes[0], sorted(panels.items()), strict=True):
+    for ax, (model, grid) in zip(axes[0], sorted(panels.items()), strict=True):
         precisions = sorted({p for p, _ in grid})
         ranges = sorted({r for _, r in grid})
         values = np.full((len(precisions), len(ranges)), np.nan)
@@ -207,7 +210,7 @@ def adc_heatmaps(groups: list[Group], path: Path) -> bool:
             yticklabels=precisions,
             xlabel="ADC range bits r (clip at +-2^(r-1))",
             ylabel="ADC precision bits p (step 2^-p)",
-            title=f"w{bits:g}: WER (%), mean over instances",
+            title=f"{model}: WER (%), mean over instances",
         )
         fig.colorbar(image, ax=ax, label="WER (%)")
     save_png(fig, path)
@@ -215,9 +218,9 @@ def adc_heatmaps(groups: list[Group], path: Path) -> bool:
 
 
 def pareto_plot(groups: list[Group], path: Path) -> bool:
-    """WER against the chip's energy per second of audio (log), per weight width, the Pareto front (no other chip
-    of that width is both cheaper and better) joined, and each digital QAT model at its digital baseline's
-    energy. Returns False when fewer than two chips are priced."""
+    """WER against the chip's energy per second of audio (log), per model, the Pareto front (no other chip of that
+    model is both cheaper and better) joined, and each digital QAT model at its digital baseline's energy.
+    Returns False when fewer than two chips are priced."""
     chosen = priced(groups)
     if len(chosen) < 2:
         return False
@@ -229,15 +232,15 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colours = plt.get_cmap("tab10")
-    for i, bits in enumerate(sorted({_bits(g) for g in chosen})):
-        same = [g for g in chosen if _bits(g) == bits]
+    for i, model in enumerate(sorted({_model(g) for g in chosen})):
+        same = [g for g in chosen if _model(g) == model]
         energy = [_priced_energy(g) for g in same]
         wers = [_wer(g) for g in same]
         spread = [statistics.stdev(g.wers) if len(g.wers) > 1 else 0.0 for g in same]
         colour = colours(i)
-        ax.errorbar(energy, wers, yerr=spread, fmt="o", color=colour, alpha=0.6, markersize=4, label=f"w{bits:g} chips")
+        ax.errorbar(energy, wers, yerr=spread, fmt="o", color=colour, alpha=0.6, markersize=4, label=f"{model} chips")
         front = pareto_front(list(zip(energy, wers, strict=True)))
-        ax.plot(*zip(*front, strict=True), "-", color=colour, linewidth=1.5, label=f"w{bits:g} Pareto front")
+        ax.plot(*zip(*front, strict=True), "-", color=colour, linewidth=1.5, label=f"{model} Pareto front")
         for g in same:
             if (_priced_energy(g), _wer(g)) in front:
                 ax.annotate(
@@ -246,7 +249,7 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
         qat = same[0].qat_reference
         if qat is not None:
             digital = float(_energy(same[0])["digital"])
-            ax.plot([digital], [_wer(qat)], "*", color=colour, markersize=12, label=f"w{bits:g} digital QAT")
+            ax.plot([digital], [_wer(qat)], "*", color=colour, markersize=12, label=f"{model} digital QAT")
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):

@@ -243,9 +243,11 @@ def test_converter_settings_are_priced_and_the_cheapest_near_the_reference_is_na
     priced_chip(work, "auto8", [(5, 3), (6, 2)], 9.0, 40)
     write_report([work], tmp_path / "out", "converters")
     table = (tmp_path / "out" / "RESULTS.md").read_text()
-    assert "|w3 low|(4, 4)|8|1.00|2.00|6.50|0.500|10.0|30.0|13.00|" in table
-    assert "|w3 auto8|auto 8: range 2-3|8|" in table
-    assert "- w3: the (8, 10) chip (high) has WER 12.00 at 1,000 uJ/s; the cheapest chip within 10 % relative " in table
+    assert "|m-3.0 low|(4, 4)|8|1.00|2.00|6.50|0.500|10.0|30.0|13.00|" in table
+    assert "|m-3.0 auto8|auto 8: range 2-3|8|" in table
+    assert (
+        "- m-3.0: the (8, 10) chip (high) has WER 12.00 at 1,000 uJ/s; the cheapest chip within 10 % relative " in table
+    )
     assert "is low (ADC (4, 4)): WER 13.00 at 10.0 uJ/s, 100x less energy." in table
     assert (tmp_path / "out" / "adc_heatmap.png").is_file() and (tmp_path / "out" / "wer_vs_energy.png").is_file()
 
