@@ -432,8 +432,9 @@ def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = 
         raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
     groups = group(results)
     out_dir = Path(out_dir)
+    markdown = results_markdown(groups, stale, title, notes)  # before writing: it records whether the tree is clean
     write_csv(groups, out_dir / "results.csv")
-    write_text(out_dir / "RESULTS.md", results_markdown(groups, stale, title, notes))
+    write_text(out_dir / "RESULTS.md", markdown)
     plot(groups, out_dir / "wer_vs_bits.png")
     budget_plot(groups, out_dir / "chips.png")
     level_plots(groups, out_dir)
