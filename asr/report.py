@@ -63,6 +63,7 @@ SHOWN_ELSEWHERE = {
     "decode.split",
     "decode.instance",
 }  # columns of their own
+NOT_LABELS = ("quant.noise_table",)  # measured from the chip settings (shown as quant.noise): too long for a label
 
 
 @dataclass
@@ -222,7 +223,11 @@ def _label(groups: list[Group]) -> None:
     for g in groups:
         kinds[g.first.system, g.first.method, g.first.chip_label].append(g)
     for members in kinds.values():
-        keys = set().union(*(g.first.settings for g in members)) - SHOWN_ELSEWHERE
+        keys = {
+            k
+            for k in set().union(*(g.first.settings for g in members)) - SHOWN_ELSEWHERE
+            if not k.startswith(NOT_LABELS)
+        }
         varying = sorted(k for k in keys if len({json.dumps(g.first.settings.get(k)) for g in members}) > 1)
         for g in members:
             g.label = ", ".join(f"{k}={g.first.settings.get(k)}" for k in varying)
