@@ -170,7 +170,8 @@ def _result(root: Path, relpath: str, record: dict, records: Records) -> Result:
     quant = model["settings"]["quant"]
     settings = _flatten("", {**model["settings"], "quant": quant and {**QUANT_DEFAULTS, **quant}}, {})
     if chip is not None:
-        crossbar = {**CROSSBAR_DEFAULTS, **chip["settings"]["crossbar"], "seed": chip["settings"]["seed"]}
+        extra = {k: v for k, v in chip["settings"].items() if k != "crossbar"}  # seed, kinds, adc_auto, tune, ...
+        crossbar = {**CROSSBAR_DEFAULTS, **chip["settings"]["crossbar"], "kinds": ["linear"], **extra}
         _flatten("memsim", crossbar, settings)
     _flatten("decode", decode, settings)
     bits = (model["settings"]["quant"] or {}).get("weight_bits")  # None: the float model
