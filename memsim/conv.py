@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memsim.config import CrossbarConfig
-from memsim.crossbar import dac, integer_weights
+from memsim.crossbar import integer_weights
 from memsim.layers import MemristorLinear
 
 
@@ -146,15 +146,8 @@ class MemristorConv(nn.Module):
         unbatched = x.dim() == self.dims + 1
         if unbatched:
             x = x.unsqueeze(0)
-        crossbar = self.crossbar
         padded = self._pad(x.float())
-        input_range = crossbar.range_of(padded)
-        with torch.no_grad():
-            read = crossbar.read(dac(padded, input_range, crossbar.config, crossbar.input_levels), self._unfold)
-        y = read * (input_range * crossbar.weight_scale)
-        if torch.is_grad_enabled() and x.requires_grad:
-            y = crossbar.through_mean_path(self._unfold(padded), y)
-        y = crossbar.digital_output(y)  # [B x positions, out]
+        y = self.crossbar.respond(padded, self._unfold)  # [B x positions, out]
         y = y.view(x.shape[0], -1, self.out_channels).transpose(1, 2)
         y = y.reshape(x.shape[0], self.out_channels, *self._out_shape(padded))
         return y.squeeze(0) if unbatched else y

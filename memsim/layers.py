@@ -153,19 +153,25 @@ class MemristorLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(-1, self.in_features).float()
+        y = self.respond(x.reshape(-1, self.in_features).float())
+        return y.view(*shape[:-1], self.out_features)
+
+    def respond(self, x: torch.Tensor, rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The layer's outputs [N, out] for inputs x [N, in]; or, with `rows`, for the rows rows(x) of any tensor x
+        (read()): the DAC, the read, the scaling and the digital output; when gradients are wanted, with the
+        gradient of the chip's mean path (through_mean_path)."""
         input_range = self.range_of(x)
         with torch.no_grad():
-            y = self.read(dac(x, input_range, self.config, self.input_levels))
-        y = self.through_mean_path(x, y * (input_range * self.weight_scale))
-        return self.digital_output(y).view(*shape[:-1], self.out_features)
+            y = self.read(dac(x, input_range, self.config, self.input_levels), rows)
+        y = y * (input_range * self.weight_scale)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = self.through_mean_path(x if rows is None else rows(x), y)
+        return self.digital_output(y)
 
     def through_mean_path(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """y, the chip's read of inputs x [N, in] scaled to the layer's output units; when gradients are wanted,
-        with the gradient of its mean path: x @ effective_weight().T x weight_scale (straight through the DAC,
-        the ADC and the noise), so digital layers before and after a chip can be trained against it."""
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return y
+        """y, the chip's read of inputs x [N, in] scaled to the layer's output units, with the gradient of its mean
+        path: x @ effective_weight().T x weight_scale (straight through the DAC, the ADC and the noise), so digital
+        layers before and after a chip can be trained against it."""
         mean = (x @ self.effective_weight().T) * self.weight_scale
         return mean + (y - mean).detach()
 
