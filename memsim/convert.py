@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -92,6 +92,21 @@ def convert(
 
 def memristor_layers(model: nn.Module) -> list[tuple[str, MemristorLinear]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MemristorLinear)]
+
+
+def run_instrumented(model: nn.Module, run: Callable[[nn.Module], Any], hook: str, make: Callable[[], Any]) -> dict:
+    """Call run(model) with a fresh make() as the `hook` attribute of every MemristorLinear (adc_probe or
+    energy_meter), removed again afterwards; returns the instruments by layer name."""
+    layers = memristor_layers(model)
+    instruments = {name: make() for name, _ in layers}
+    for name, layer in layers:
+        setattr(layer, hook, instruments[name])
+    try:
+        run(model)
+    finally:
+        for _, layer in layers:
+            setattr(layer, hook, None)
+    return instruments
 
 
 @torch.no_grad()

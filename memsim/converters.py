@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from memsim.convert import memristor_layers
+from memsim.convert import memristor_layers, run_instrumented
 
 MAX_RANGE_BITS = 32  # CrossbarConfig.adc_range_bits' largest value
 MAX_PRECISION_BITS = 24  # CrossbarConfig.adc_precision_bits' largest value
@@ -87,15 +87,13 @@ def allocate_adc(
     if not layers:
         raise ValueError("the model has no crossbar layers to allocate ADCs to")
     before = adc_settings(model)
-    probes = {name: RangeProbe(layer.r.device) for name, layer in layers}
-    for name, layer in layers:
+    device = layers[0][1].r.device
+    for _, layer in layers:
         layer.set_adc(None, None)
-        layer.adc_probe = probes[name]
     try:
-        run(model)
+        probes = run_instrumented(model, run, "adc_probe", lambda: RangeProbe(device))
     finally:
         for name, layer in layers:
-            layer.adc_probe = None
             layer.set_adc(*before[name])
     unread = [name for name, probe in probes.items() if int(probe.counts.sum()) == 0]
     if unread:

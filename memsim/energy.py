@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from memsim.convert import memristor_layers
+from memsim.convert import memristor_layers, run_instrumented
 
 PICO = 1e-12
 # M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm, 0.9 V.
@@ -108,22 +108,14 @@ def measure_energy(
     """Call run(model) (e.g. a loop over some batches) with an EnergyMeter on every crossbar layer, and estimate
     each layer's energy per input vector (estimate()). The last row, "total", sums the layers: one vector
     through every crossbar layer."""
-    layers = memristor_layers(model)
-    meters = {name: EnergyMeter() for name, _ in layers}
-    for name, layer in layers:
-        layer.energy_meter = meters[name]
-    try:
-        run(model)
-    finally:
-        for _, layer in layers:
-            layer.energy_meter = None
+    meters = run_instrumented(model, run, "energy_meter", EnergyMeter)
     unread = [name for name, meter in meters.items() if meter.vectors == 0]
     if unread:
         raise ValueError(f"run(model) did not read crossbar layer(s) {unread}: no vectors to measure energy on")
     costs = costs or EnergyCosts()
     rows = [
         {"layer": name, **estimate(layer, float(meters[name].watts) / meters[name].vectors, costs)}
-        for name, layer in layers
+        for name, layer in memristor_layers(model)
     ]
     return rows + [total(rows)]
 
@@ -141,7 +133,7 @@ def estimate(layer: Any, watts: float, costs: EnergyCosts) -> dict[str, Any]:
     adc_bits = (
         None if c.adc_precision_bits is None or c.adc_range_bits is None else c.adc_precision_bits + c.adc_range_bits
     )
-    accumulator_bits = (adc_bits or 0) + math.ceil(math.log2(in_tiles * c.planes)) if adc_bits is not None else None
+    accumulator_bits = None if adc_bits is None else adc_bits + math.ceil(math.log2(in_tiles * c.planes))
     weight_bits, input_bits = math.ceil(c.weight_bits), _input_bits(layer)
     macs = layer.in_features * layer.out_features
     mac_bits = weight_bits + input_bits + math.ceil(math.log2(layer.in_features))
