@@ -315,8 +315,9 @@ class _QuantConv:
     Conv1dQuant), their integers for a crossbar, and construction from a trained convolution. Inputs and outputs
     stay float: on a chip, the DAC's range comes from calibration (memsim.calibrate)."""
 
-    def _quantize_weights(self, config: QuantConfig, weight: torch.Tensor | None) -> None:
-        this: Any = self  # an nn.Conv1d or nn.Conv2d (the other base)
+    def __init__(self, *args, config: QuantConfig, weight: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)  # the convolution (the other base)
+        this: Any = self
         if weight is not None:
             this.weight.data.copy_(weight)
         if config.weight_bits is None:
@@ -356,6 +357,10 @@ class _QuantConv:
         qmax = this.weight_quant.qmax
         return (this.weight / self.weight_scale).clamp(-qmax, qmax).round()
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        this: Any = self
+        return this._conv_forward(x, this.weight_quant(this.weight), this.bias)
+
 
 class QuantConv1d(_QuantConv, nn.Conv1d):
     """nn.Conv1d with fake-quantized weights: the conv module's depthwise convolution under
@@ -363,25 +368,11 @@ class QuantConv1d(_QuantConv, nn.Conv1d):
 
     weight_quant: WeightQuantizer
 
-    def __init__(self, *args, config: QuantConfig, weight: torch.Tensor | None = None, **kwargs):
-        nn.Conv1d.__init__(self, *args, **kwargs)
-        self._quantize_weights(config, weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight_quant(self.weight), self.bias)
-
 
 class QuantConv2d(_QuantConv, nn.Conv2d):
     """nn.Conv2d with fake-quantized weights: the frontend's convolutions under `quantize_frontend`."""
 
     weight_quant: WeightQuantizer
-
-    def __init__(self, *args, config: QuantConfig, weight: torch.Tensor | None = None, **kwargs):
-        nn.Conv2d.__init__(self, *args, **kwargs)
-        self._quantize_weights(config, weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight_quant(self.weight), self.bias)
 
 
 def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
