@@ -175,15 +175,17 @@ class RecipeSettings:
         return self.quant.build(noise_table=table)
 
     def system_name(self, quantized: bool) -> str:
-        """The label of the float model or of the configured system, e.g. `w3a8` (`w3a8-gauss0.05`, `w3a8-chipnoise`
-        with noise-aware training); `{bits}` in quant.name becomes the weight bits (`paper-w{bits}`: paper-w3)."""
+        """The label of the float model or of the configured system, e.g. `w3a8` (`w3a8-dw` with the depthwise
+        convolutions quantized too, `w3a8-all` with the frontend as well; `w3a8-gauss0.05`, `w3a8-chipnoise` with
+        noise-aware training); `{bits}` in quant.name becomes the weight bits (`paper-w{bits}`: paper-w3)."""
         if not quantized:
             return FLOAT
         bits = f"{self.quant.weight_bits:g}"
         if self.quant.name:
             return self.quant.name.replace("{bits}", bits)
+        mapped = "-all" if self.quant.quantize_frontend else "-dw" if self.quant.quantize_depthwise else ""
         noise = {"none": "", "gauss": f"-gauss{self.quant.noise_std:g}", "chip": "-chipnoise"}[self.quant.noise]
-        return f"w{bits}a{self.quant.input_bits}{noise}"
+        return f"w{bits}a{self.quant.input_bits}{mapped}{noise}"
 
     def train_settings(self, quantized: bool) -> TrainSettings:
         """The training run of the float model, or of the quantized system (`train` updated by `qat_train`)."""

@@ -420,7 +420,10 @@ def test_a_blstm_model_quantizes_its_gate_layers_and_maps_exactly_on_ideal_cross
 
 def test_everything_but_the_output_layer_maps_exactly_on_an_ideal_chip(make_cfg):
     """quant=qat_all: the linear layers, the depthwise convolutions and the whole frontend on the chip."""
-    config = settings.load(make_cfg("+experiment=mini", "quant=qat_all", "memsim.kinds=[linear,conv]")).quant.build()
+    s = settings.load(make_cfg("+experiment=mini", "quant=qat_all", "memsim.kinds=[linear,conv]"))
+    config = s.quant.build()
+    depthwise_only = settings.load(make_cfg("+experiment=mini", "quant=qat_depthwise", "memsim.kinds=[linear,conv]"))
+    assert (s.system_name(True), depthwise_only.system_name(True)) == ("w3a8-all", "w3a8-dw")  # tables tell them apart
     torch.manual_seed(0)
     model = quantize(small_conformer(dropout=0.0, attn_dropout=0.0), config)
     kinds = ("linear", "conv")
