@@ -7,7 +7,8 @@ convolution: each channel's taps in its own rows, its output in its own column).
 programmed as a MemristorLinear (`crossbar`), with the same DAC, ADC, noise, programming and state_dict; its
 columns that hold no weights in a row of tiles are not connected there (`column_present`): neither read nor
 converted, and a tile with none of them does not exist.
-The forward unfolds the input into its patches (im2col) and reads each patch as one input vector.
+The forward reads each patch (im2col) as one input vector of the crossbar, computed without unfolding: the
+sums over a tile's rows are convolutions over the input (memsim.conv_read).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memsim.config import CrossbarConfig
+from memsim.conv_read import TileConvolution
 from memsim.crossbar import integer_weights
 from memsim.layers import MemristorLinear
 
@@ -91,6 +93,7 @@ class MemristorConv(nn.Module):
             dilation,
             groups,
         )
+        self.tile_read = TileConvolution(crossbar, in_channels, kernel_size, stride, dilation)
 
     @classmethod
     def from_conv(
@@ -124,6 +127,12 @@ class MemristorConv(nn.Module):
         padded = self._pad(x)
         return self._unfold(padded).view(x.shape[0], -1, self.crossbar.in_features), self._out_shape(padded)
 
+    def _read(self, v: torch.Tensor) -> torch.Tensor:
+        """The crossbar's read of the patches of padded input voltages v, as convolutions (memsim.conv_read)."""
+        if self.crossbar.energy_meter is not None:
+            self.crossbar.energy_meter(self._unfold(v), self.crossbar)
+        return self.tile_read(v)
+
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, [side for p in reversed(self.padding) for side in (p, p)])
 
@@ -147,7 +156,7 @@ class MemristorConv(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         padded = self._pad(x.float())
-        y = self.crossbar.respond(padded, self._unfold)  # [B x positions, out]
+        y = self.crossbar.respond(padded, self._unfold, self._read)  # [B x positions, out]
         y = y.view(x.shape[0], -1, self.out_channels).transpose(1, 2)
         y = y.reshape(x.shape[0], self.out_channels, *self._out_shape(padded))
         return y.squeeze(0) if unbatched else y

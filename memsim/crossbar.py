@@ -454,6 +454,31 @@ def adc_step(config: CrossbarConfig) -> float:
     return 1.0 if config.adc_precision_bits is None else 2.0**-config.adc_precision_bits
 
 
+def to_codes(
+    y: torch.Tensor,
+    variance: torch.Tensor | None,
+    config: CrossbarConfig,
+    generator: torch.Generator | None = None,
+    observe: Callable[[torch.Tensor], object] | None = None,
+    correction: tuple[torch.Tensor, torch.Tensor] | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Noiseless column outputs y in ADC steps to the ADC's codes, in place: one Gaussian per output with the
+    noise `variance` (None: no noise; `noise`, a buffer of y's shape to draw it into), `observe` called with what
+    the ADC is about to convert (in units of one programmed pair), the ADC, and a per-column correction
+    (offset in steps, inverse gain) of the codes."""
+    if variance is not None:
+        noise = torch.empty_like(y) if noise is None else noise
+        y.addcmul_(variance.clamp_min_(0).sqrt_(), noise.normal_(generator=generator))
+    if observe is not None:
+        observe(y * adc_step(config))
+    adc_codes(y, config)
+    if correction is not None:
+        offset, inverse_gain = correction
+        y.sub_(offset).mul_(inverse_gain)
+    return y
+
+
 RowFactors = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # ReadModel.row_factors()
 
 
@@ -504,7 +529,7 @@ def tile_reads(
         # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
         common_variance = 2 * common_rows.view(batch, -1, config.tile_size).sum(2)
         total = (r[0] + r[1]).reshape(in_padded, planes * out_features)
-        gaussian = mean_rows.new_empty(batch, planes * out_features)
+    gaussian = None if variance_rows is None else mean_rows.new_empty(batch, planes * out_features)
     if columns is not None:
         offset_in_steps = (columns.offset / step).reshape(-1, planes * out_features)
         inverse_gain = columns.gain.reciprocal().reshape(-1, planes * out_features)
@@ -518,17 +543,15 @@ def tile_reads(
         wide = None if chosen is None else torch.cat([chosen + plane * out_features for plane in range(planes)])
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
         y = mean_rows[:, rows] @ (difference[rows] if wide is None else difference[rows][:, wide])
+        variance = None
         if variance_rows is not None:
             variance = variance_rows[:, rows] @ (total[rows] if wide is None else total[rows][:, wide])
-            std = variance.add_(common_variance[:, tile : tile + 1]).clamp_min_(0).sqrt_()
-            noise = gaussian if wide is None else y.new_empty(y.shape)
-            y.addcmul_(std, noise.normal_(generator=generator))
-        if observe is not None:
-            observe(y * step)
-        adc_codes(y, config)
+            variance.add_(common_variance[:, tile : tile + 1])
+        correction = None
         if columns is not None:
             offset, gain = offset_in_steps[tile], inverse_gain[tile]
-            y.sub_(offset if wide is None else offset[wide]).mul_(gain if wide is None else gain[wide])
+            correction = (offset, gain) if wide is None else (offset[wide], gain[wide])
+        to_codes(y, variance, config, generator, observe, correction, gaussian if wide is None else None)
         width = out_features if chosen is None else chosen.numel()
         for plane in range(planes):
             place = config.levels_per_cell**plane * step

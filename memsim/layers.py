@@ -156,13 +156,19 @@ class MemristorLinear(nn.Module):
         y = self.respond(x.reshape(-1, self.in_features).float())
         return y.view(*shape[:-1], self.out_features)
 
-    def respond(self, x: torch.Tensor, rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """The layer's outputs [N, out] for inputs x [N, in]; or, with `rows`, for the rows rows(x) of any tensor x
-        (read()): the DAC, the read, the scaling and the digital output; when gradients are wanted, with the
-        gradient of the chip's mean path (through_mean_path)."""
+    def respond(
+        self,
+        x: torch.Tensor,
+        rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        read: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The layer's outputs [N, out] for inputs x [N, in]; or, with `rows` and `read`, for the rows rows(x) of
+        any tensor x, which read(v) reads from the voltages v of x (a convolution: memsim.conv_read): the DAC,
+        the read, the scaling and the digital output; when gradients are wanted, with the gradient of the
+        chip's mean path (through_mean_path)."""
         input_range = self.range_of(x)
         with torch.no_grad():
-            y = self.read(dac(x, input_range, self.config, self.input_levels), rows)
+            y = (read or self.read)(dac(x, input_range, self.config, self.input_levels))
         y = y * (input_range * self.weight_scale)
         if torch.is_grad_enabled() and x.requires_grad:
             y = self.through_mean_path(x if rows is None else rows(x), y)
@@ -199,20 +205,12 @@ class MemristorLinear(nn.Module):
             self.input_range.copy_(torch.maximum(self.input_range, batch_range))
         return torch.where(self.input_range > 0, self.input_range, batch_range)
 
-    def read(self, v: torch.Tensor, rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """The ADC outputs [N, out] (in units of one programmed pair) of voltages v [N, in]; or, with `rows`, of
-        the rows rows(v) where v is any tensor and rows maps a tensor of its shape to [N, in] (a convolution's
-        unfold: the read's elementwise factors are computed on v, before unfolding repeats its elements)."""
-        unfold = rows or (lambda t: t)
+    def read(self, v: torch.Tensor) -> torch.Tensor:
+        """The ADC outputs [N, out] (in units of one programmed pair) of voltages v [N, in]."""
         if self.energy_meter is not None:
-            self.energy_meter(unfold(v), self)
+            self.energy_meter(v, self)
         unit = self.read_model.unit_current * adc_step(self.config)
-        mean, variance, common = self.read_model.row_factors(v, unit)
-        factors = (
-            unfold(mean),
-            None if variance is None else unfold(variance),
-            None if common is None else unfold(common),
-        )
+        factors = self.read_model.row_factors(v, unit)
         columns = None
         if self.config.calibration == "per_column":
             columns = ColumnCalibration(self.column_gain, self.column_offset)

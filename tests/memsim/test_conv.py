@@ -9,7 +9,10 @@ from test_crossbar import per_cell_read
 from torch import nn
 
 import memsim
+import memsim.conv_read
+import memsim.crossbar
 from memsim.conv import columns_holding_weights
+from memsim.converters import RangeProbe
 from memsim.crossbar import integer_weights
 
 IDEAL = memsim.CrossbarConfig(
@@ -63,7 +66,8 @@ def test_a_depthwise_convolution_connects_only_the_columns_that_hold_its_weights
 
 def test_the_noisy_read_of_a_convolution_matches_a_per_cell_read_in_distribution():
     torch.manual_seed(1)
-    config = memsim.CrossbarConfig(tile_size=4, read_noise="paper", adc_precision_bits=None, adc_range_bits=None)
+    # tile 5: 24 rows in 5 row tiles, each channel's taps cut at some tile edge, one padding row at 0 V
+    config = memsim.CrossbarConfig(tile_size=5, read_noise="paper", adc_precision_bits=None, adc_range_bits=None)
     conv = memsim.MemristorConv1d.from_conv(
         nn.Conv1d(8, 8, 3, padding=1, groups=8), config, generator=torch.Generator().manual_seed(2)
     )
@@ -77,6 +81,56 @@ def test_the_noisy_read_of_a_convolution_matches_a_per_cell_read_in_distribution
     assert float(pooled_std.min()) > 0
     assert bool(((ours.mean(0) - brute.mean(0)).abs() <= 4 * pooled_std * math.sqrt(2 / reads)).all())
     torch.testing.assert_close(ours.std(0), brute.std(0), rtol=0.15, atol=0)
+
+
+@pytest.mark.parametrize("name", ["depthwise 1d", "2d, stride and padding"])
+def test_the_read_as_convolutions_equals_the_crossbar_read_of_the_unfolded_patches(name):
+    """Without noise, term by term: per-column calibration, padding rows, and what an ADC probe sees."""
+    torch.manual_seed(0)
+    conv, shape = CONVS[name]
+    config = memsim.CrossbarConfig(
+        tile_size=16, read_noise="none", calibration="per_column", adc_precision_bits=None, adc_range_bits=None
+    )
+    layer = memsim.convert(conv, config, torch.Generator().manual_seed(0), kinds=["conv"])
+    assert layer.crossbar.in_features % config.tile_size  # the last tile has padding rows
+    x = torch.randn(shape)
+    patches, out_shape = layer.patches(x)
+    probes = [RangeProbe(torch.device("cpu")) for _ in range(2)]
+    layer.crossbar.adc_probe = probes[0]
+    ours = layer(x)
+    layer.crossbar.adc_probe = probes[1]
+    unfolded = layer.crossbar(patches).transpose(1, 2).reshape(ours.shape)
+    torch.testing.assert_close(ours, unfolded, rtol=1e-5, atol=1e-5 * float(unfolded.abs().max()))
+    assert torch.equal(probes[0].counts, probes[1].counts)
+
+
+def test_the_read_as_convolutions_gives_each_adc_the_mean_and_noise_variance_of_the_unfolded_read(monkeypatch):
+    """With physical noise: every connected column's mean current and variance per row of tiles, padding rows
+    (thermal noise at 0 V) included, as the crossbar's read of the unfolded patches computes them."""
+    torch.manual_seed(0)
+    conv, shape = CONVS["depthwise 1d"]
+    config = memsim.CrossbarConfig(tile_size=16, adc_precision_bits=None, adc_range_bits=None)
+    layer = memsim.convert(conv, config, torch.Generator().manual_seed(0), kinds=["conv"])
+    x = torch.randn(shape)
+    seen: dict[str, list] = {"conv": [], "unfolded": []}
+    for module, key in ((memsim.conv_read, "conv"), (memsim.crossbar, "unfolded")):
+        original = module.to_codes
+        monkeypatch.setattr(
+            module,
+            "to_codes",
+            lambda y, v, *a, _f=original, _k=key, **k: seen[_k].append((y.clone(), v.clone())) or _f(y, v, *a, **k),
+        )
+    layer(x)
+    layer.crossbar(layer.patches(x)[0])
+    (mean, variance), planes = seen["conv"][0], config.planes
+    tiles = layer.crossbar.tile_columns()
+    assert len(seen["unfolded"]) == len(tiles)  # every row of tiles holds some column
+    for t, columns in enumerate(tiles):
+        n = columns.numel()
+        for ours, theirs in zip((mean, variance), seen["unfolded"][t], strict=True):
+            ours = ours[:, t].view(-1, planes, ours.shape[-1] // planes)[:, :, :n]
+            tolerance = 1e-6 * float(theirs.abs().max())
+            torch.testing.assert_close(ours, theirs.view(-1, planes, n), rtol=1e-5, atol=tolerance)
 
 
 def test_convert_maps_each_kind_only_when_asked_and_a_mixed_chip_reloads_bit_exactly():

@@ -1,0 +1,156 @@
+"""The crossbar read of a convolution's matrix, tile by tile, as convolutions: no patch is ever unfolded.
+
+A convolution's matrix (memsim.conv) holds input channel c's taps on rows c x K .. c x K + K - 1 (K taps per
+channel), so a row of tiles holds the taps of a window of consecutive channels, cut at the tile's edges. What
+MemristorLinear.read computes per tile from a patch's row factors f (ReadModel.row_factors), a column's mean
+current sum_i f_mean(i) (r_pos(i) - r_neg(i)) and its noise variance sum_i f_var(i) (r_pos(i) + r_neg(i)) +
+2 f_common(i), is then a convolution of the factors over that window of channels, with the tile's cells as
+its kernel (0 where a tap lies outside the tile). All rows of tiles at once: one convolution with a group per
+row of tiles, whose input channels are the windows gathered from the factors. The sums are those of the
+unfolded read, term by term; the unfold would copy every input element K times and is the slow part.
+A padding row of the last tile is driven at 0 V: it adds no current and a constant to the variance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from memsim.crossbar import adc_step, to_codes
+from memsim.layers import MemristorLinear
+
+
+class TileKernels(NamedTuple):
+    """A programmed matrix's tiles as convolution kernels, with T rows of tiles, P planes, up to M columns
+    connected per row of tiles and C_w channels per window."""
+
+    channels: torch.Tensor  # [T x C_w] the input channel of each window slot (a slot past the last repeats it)
+    mean: torch.Tensor  # [T x P x M, C_w, *kernel] r_pos - r_neg of each tap's cell, 0 outside the tile
+    variance: torch.Tensor  # [T x P x M, C_w, *kernel] r_pos + r_neg
+    rows: torch.Tensor  # [T, C_w, *kernel] 1 where a tap lies in the tile
+    padding_variance: torch.Tensor  # [T, P, M] what the 0 V padding rows add to each column's variance
+    columns: torch.Tensor  # [T x M] the output column of each slot; out_features for a slot with none
+    connected: torch.Tensor  # [T, M] whether a slot holds a connected column
+
+
+class TileConvolution:
+    """MemristorLinear.read of a convolution's patches, computed as convolutions over its padded input."""
+
+    def __init__(
+        self,
+        crossbar: MemristorLinear,
+        in_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        dilation: tuple[int, ...],
+    ):
+        self.crossbar, self.in_channels, self.kernel_size = crossbar, in_channels, kernel_size
+        self.stride, self.dilation = stride, dilation
+        self._kernels: TileKernels | None = None
+        self._key: tuple | None = None
+
+    def kernels(self) -> TileKernels:
+        """The kernels of the cells as programmed (made again when r changes: programming, load_state_dict)."""
+        r = self.crossbar.r
+        key = (r.data_ptr(), r._version, r.device, self.crossbar.config.read_noise)
+        if self._key != key:
+            self._kernels, self._key = self._make_kernels(), key
+        assert self._kernels is not None
+        return self._kernels
+
+    def _make_kernels(self) -> TileKernels:
+        layer, config = self.crossbar, self.crossbar.config
+        _, in_padded, planes, out_features = layer.r.shape
+        tile, taps, in_features = config.tile_size, math.prod(self.kernel_size), layer.in_features
+        row_tiles = in_padded // tile
+        real_rows = [min(tile, in_features - t * tile) for t in range(row_tiles)]
+        first = [t * tile // taps for t in range(row_tiles)]
+        last = [(t * tile + real_rows[t] - 1) // taps for t in range(row_tiles)]
+        window = max(b - a + 1 for a, b in zip(first, last, strict=True))
+        device = layer.r.device
+        chosen = layer.tile_columns() or [torch.arange(out_features, device=device)] * row_tiles
+        slots = max(c.numel() for c in chosen)
+        columns = torch.full((row_tiles, slots), out_features, dtype=torch.long, device=device)
+        mean = layer.r.new_zeros(row_tiles, planes, slots, window * taps)
+        variance, rows = torch.zeros_like(mean), layer.r.new_zeros(row_tiles, window * taps)
+        padding_variance = layer.r.new_zeros(row_tiles, planes, slots)
+        unit = layer.read_model.unit_current * adc_step(config)
+        zero_volts = layer.read_model.row_factors(layer.r.new_zeros(1, 1), unit)
+        for t, (start, own) in enumerate(zip(first, chosen, strict=True)):
+            n, real = own.numel(), real_rows[t]
+            columns[t, :n] = own
+            cells = layer.r[:, t * tile : (t + 1) * tile][..., own]  # [2, tile, planes, n]
+            offset = t * tile - start * taps  # the tile's first row within the window's taps
+            taps_here = slice(offset, offset + real)
+            mean[t, :, :n, taps_here] = (cells[0, :real] - cells[1, :real]).permute(1, 2, 0)
+            variance[t, :, :n, taps_here] = (cells[0, :real] + cells[1, :real]).permute(1, 2, 0)
+            rows[t, taps_here] = 1
+            if zero_volts[1] is not None and zero_volts[2] is not None and real < tile:
+                padded = cells[0, real:] + cells[1, real:]  # [padding rows, planes, n]
+                padding_variance[t, :, :n] = zero_volts[1] * padded.sum(0) + 2 * zero_volts[2] * (tile - real)
+        channels = (torch.tensor(first, device=device)[:, None] + torch.arange(window, device=device)).clamp_(
+            max=self.in_channels - 1
+        )
+        shape = (row_tiles * planes * slots, window, *self.kernel_size)
+        connected = columns < out_features
+        return TileKernels(
+            channels.flatten(),
+            mean.view(shape),
+            variance.view(shape),
+            rows.view(row_tiles, window, *self.kernel_size),
+            padding_variance,
+            columns.flatten(),
+            connected,
+        )
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """The ADC outputs [B x positions, out] (as MemristorLinear.read of the patches) of the padded input
+        voltages v [B, C, *spatial]."""
+        layer, config = self.crossbar, self.crossbar.config
+        k = self.kernels()
+        row_tiles, planes, slots = k.padding_variance.shape
+        step = adc_step(config)
+        unit = layer.read_model.unit_current * step
+        mean_factor, variance_factor, common_factor = layer.read_model.row_factors(v, unit)
+        y = self._tiles(mean_factor, k.mean, row_tiles)  # [N, T, P x M]
+        variance = None
+        if variance_factor is not None and common_factor is not None:
+            variance = self._tiles(variance_factor, k.variance, row_tiles)
+            common = self._tiles(common_factor, k.rows, row_tiles)  # [N, T, 1]
+            variance.add_(common, alpha=2).add_(k.padding_variance.view(row_tiles, -1))
+        correction = None
+        if config.calibration == "per_column":
+            index = k.columns.view(row_tiles, slots).clamp(max=layer.out_features - 1)
+            tiles = torch.arange(row_tiles, device=v.device)[:, None]
+            gain = layer.column_gain[tiles, :, index].transpose(1, 2)  # [T, P, M]
+            offset = layer.column_offset[tiles, :, index].transpose(1, 2)
+            correction = ((offset / step).reshape(row_tiles, -1), gain.reciprocal().reshape(row_tiles, -1))
+        observe = None if layer.adc_probe is None else self._connected_only(layer.adc_probe, k.connected, planes)
+        to_codes(y, variance, config, layer.generator, observe, correction)
+        places = torch.tensor([config.levels_per_cell**p * step for p in range(planes)], device=v.device)
+        summed = torch.einsum("ntpm,p->ntm", y.view(-1, row_tiles, planes, slots), places)
+        result = y.new_zeros(y.shape[0], layer.out_features + 1)  # the last column collects the empty slots
+        return result.index_add_(1, k.columns, summed.reshape(y.shape[0], -1))[:, :-1]
+
+    def _tiles(self, factor: torch.Tensor, kernel: torch.Tensor, row_tiles: int) -> torch.Tensor:
+        """The convolution of a row factor [B, C, *spatial] with one kernel per row of tiles: [N, T, outputs]."""
+        windows = factor[:, self.kernels().channels]  # [B, T x C_w, *spatial]
+        convolve = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
+        out = convolve(windows, kernel, stride=self.stride, dilation=self.dilation, groups=row_tiles)
+        return out.flatten(2).transpose(1, 2).reshape(-1, row_tiles, kernel.shape[0] // row_tiles)
+
+    @staticmethod
+    def _connected_only(
+        observe: Callable[[torch.Tensor], object], connected: torch.Tensor, planes: int
+    ) -> Callable[[torch.Tensor], object]:
+        """An ADC probe that sees the connected columns' values only, of y [N, T, P x M]."""
+
+        def watch(values: torch.Tensor) -> None:
+            per_slot = values.view(values.shape[0], connected.shape[0], planes, -1).transpose(2, 3)
+            observe(per_slot[:, connected])
+
+        return watch
