@@ -46,6 +46,9 @@ class DecodeSettings:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     splits: list[str] = field(default_factory=lambda: ["dev", "test"])
     batch_seconds: float = 200  # padded seconds of audio per batch
+    # instead of batch_seconds: the padded seconds that fit in this fraction of the free memory, measured per model
+    # and split (asr/batch_memory.py); None: batch_seconds
+    memory_fraction: float | None = None
     beam_size: int = 100
     lexicon: str | None = None  # a word list (first field per line, e.g. TEDLIUM.152k.dic) added to the training words
     lm: str | None = None  # a KenLM n-gram (ARPA or binary) over words; None: no language model
@@ -60,6 +63,8 @@ class DecodeSettings:
             raise ValueError(f"decode.splits must be a non-empty list of {list(SPLITS)}, got {list(self.splits)}")
         if self.batch_seconds <= 0:
             raise ValueError(f"decode.batch_seconds must be > 0, got {self.batch_seconds}")
+        if self.memory_fraction is not None and not 0 < self.memory_fraction <= 1:
+            raise ValueError(f"decode.memory_fraction must be a fraction in (0, 1], got {self.memory_fraction}")
         if self.beam_size < 1:
             raise ValueError(f"decode.beam_size must be >= 1, got {self.beam_size}")
         for name in ("lexicon", "lm"):
@@ -69,8 +74,11 @@ class DecodeSettings:
 
     def method_settings(self, method: str) -> dict:
         """Exactly what the results of one method depend on (besides the model and the split): batching
-        changes the padding and so, by rounding, the outputs; the beam's settings only the beam's."""
+        changes the padding and so, by rounding, the outputs; the beam's settings only the beam's. Batches sized
+        from memory depend on the machine: their identity holds the fraction, their score.json the seconds."""
         settings: dict[str, Any] = {"batch_seconds": self.batch_seconds}
+        if self.memory_fraction is not None:
+            settings = {"memory_fraction": self.memory_fraction}
         if method == "beam":
             settings |= {
                 "beam_size": self.beam_size,

@@ -23,15 +23,13 @@ import argparse
 import functools
 import itertools
 import time
-import weakref
 
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import memsim
 from memsim.crossbar import _program_by_pulses, adc, adc_step, dac, digit_planes, program
+from memsim.memory import peak_bytes
 
 SHAPES = [(512, 512), (384, 1536), (1536, 384), (384, 1152)]
 
@@ -62,36 +60,8 @@ def per_cell_forward(layer: memsim.MemristorLinear, x: torch.Tensor) -> torch.Te
     return adc(out / model.unit_current, config).sum(1) * adc_step(config)
 
 
-class PeakTensorMemory(TorchDispatchMode):
-    """Peak bytes of tensor storage alive at once during a block, counting what the block allocates."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        for tensor in pytree.tree_leaves(result):
-            if isinstance(tensor, torch.Tensor):
-                storage = tensor.untyped_storage()
-                key = storage.data_ptr()
-                if key not in self.seen and storage.nbytes():
-                    self.seen.add(key)
-                    self.live += storage.nbytes()
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, key, storage.nbytes())
-        return result
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.seen.discard(key)
-        self.live -= nbytes
-
-
 def peak_mib(fn) -> float:
-    with PeakTensorMemory() as tracker:
-        fn()
-    return tracker.peak / 2**20
+    return peak_bytes(fn) / 2**20
 
 
 def main() -> None:

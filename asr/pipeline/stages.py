@@ -14,11 +14,11 @@ from itertools import groupby
 import torch
 
 import memsim
-from asr import chips, tokenizer, train
+from asr import batch_memory, chips, tokenizer, train
 from asr.checkpoint import load_model
 from asr.data import tedlium
 from asr.data.loader import estimate_cmvn, split_loader
-from asr.decode import SCORE_FILE, build_decoders, decode_split, vocabulary
+from asr.decode import SCORE_FILE, build_decoders, decode_split, model_device, vocabulary
 from asr.files import read_jsonl
 from asr.pipeline import graph
 from asr.pipeline.outputs import Job, Output
@@ -107,12 +107,14 @@ def decode_jobs(
     for split, split_jobs in by_split.items():
         if before_split is not None:
             before_split(split)
-        loader = _loader(s, split)
+        batching = _batching(s, model, files.records(split))
+        loader = _loader(s, split, batching["batch_seconds"])
         chosen = {j.output.settings["method"]: j for j in split_jobs}
         began = time.perf_counter()
         scores = decode_split(model, loader, {m: decoders[m] for m in chosen}, {m: j.path for m, j in chosen.items()})
         speed = _speed(time.perf_counter() - began, loader)
         log.info("%s: %.1f s of audio decoded in %.1f s, real-time factor %.3f", split, *speed.values())
+        speed |= batching
         for method, job in chosen.items():
             job.commit({SCORE_FILE: {"split": split, "method": method, **scores[method].to_dict(), **speed}})
             rows.append(scores[method].row(job.output.relpath))
@@ -125,13 +127,32 @@ def _speed(seconds: float, loader) -> dict[str, float]:
     return {"audio_seconds": round(audio, 2), "decode_seconds": round(seconds, 2), "real_time_factor": seconds / audio}
 
 
-def _loader(s: RecipeSettings, split: str):
-    """The untokenized, unaugmented batches of one split, as decoding reads them."""
+def _batching(s: RecipeSettings, model: torch.nn.Module, records: list[dict]) -> dict:
+    """The padded seconds per decoding batch of a split: decode.batch_seconds, or with decode.memory_fraction, what
+    fits in that fraction of the free memory for this model and the split's longest utterance."""
+    fraction = s.decode.memory_fraction
+    if fraction is None:
+        return {"batch_seconds": s.decode.batch_seconds}
+    longest = max(r["duration"] for r in records)
+    seconds, sizing = batch_memory.batch_seconds(model, longest, s.features.num_mel_bins, model_device(model), fraction)
+    log.info(
+        "decoding batches of %.0f s: %.1f MiB per second of audio, %.1f GiB free, fraction %g",
+        seconds,
+        sizing["bytes_per_second"] / 2**20,
+        sizing["free_bytes"] / 2**30,
+        fraction,
+    )
+    return sizing
+
+
+def _loader(s: RecipeSettings, split: str, batch_seconds: float | None = None):
+    """The untokenized, unaugmented batches of one split, as decoding reads them (batches of decode.batch_seconds
+    unless given)."""
     return split_loader(
         graph.data_files(s),
         split,
         s.features,
-        max_seconds=s.decode.batch_seconds,
+        max_seconds=batch_seconds or s.decode.batch_seconds,
         num_workers=s.loader.num_workers,
         seed=s.seed,
         train=False,

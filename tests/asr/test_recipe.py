@@ -62,6 +62,19 @@ def test_all_stages_from_corpus_to_report_then_a_rerun_makes_nothing(recipe, mak
     assert sum("done already" in m for m in caplog.messages) == sum(st.outputs is not None for st in STAGES.values())
 
 
+def test_decoding_batches_from_memory_are_sized_per_model_and_recorded(recipe, make_cfg):
+    work, overrides = recipe
+    sized = [*overrides, "decode.memory_fraction=0.001", "decode.methods=[greedy]", "decode.splits=[test]"]
+    runner.run(make_cfg(*sized, "memsim.instances=1", "stages=[decode,memsim]"))
+    s = settings.load(make_cfg(*sized, "memsim.instances=1"))
+    trained = graph.model(s, True)
+    outputs = [*graph.decodes(s, trained), *graph.chip_decodes(s, trained, graph.chip(s, trained))]
+    scores = [json.loads((work / o.relpath / "score.json").read_text()) for o in outputs]
+    assert all(o.settings["memory_fraction"] == 0.001 and "batch_seconds" not in o.settings for o in outputs)
+    assert all(score["batch_seconds"] > 0 and score["free_bytes"] > 0 for score in scores)
+    assert scores[-1]["bytes_per_second"] >= scores[0]["bytes_per_second"]  # the chip's read holds more, if anything
+
+
 def test_sweeps_over_a_decode_setting_and_a_chip_setting_keep_every_row(recipe, make_cfg):
     work, overrides = recipe
     for override in ("decode.beam_size=4", "memsim.device=ideal"):
