@@ -24,8 +24,10 @@ from asr.checkpoint import load_model
 from asr.model import ConformerCTC, ctc_loss
 from asr.quant import quantized_layers
 from asr.tokenizer import BLANK_ID
+from memsim.convert import run_instrumented
 
 FEATURE_FRAMES_PER_SECOND = 100  # 10 ms frame shift
+PROBE_SECONDS = 10  # the utterance reads_per_second counts each crossbar layer's reads on
 
 
 def program(
@@ -152,30 +154,62 @@ def chip_summary(
     against the digital model, for multi-level cells memsim.level_statistics, and what chip-in-the-loop tuning
     (`tuning`) did."""
     rows = memsim.summary(model)
-    per_second = vectors_per_second(model)
-    energy_total = energy[-1]
+    reads = reads_per_second(model)
     return {
         "config": dict(vars(config)),
         "layers": rows[:-1],
         "total": rows[-1],
-        "adc_conversions_per_second_of_audio": rows[-1]["adc_conversions"] * per_second,
+        "adc_conversions_per_second_of_audio": round(
+            sum(row["adc_conversions"] * reads[row["layer"]] for row in rows[:-1])
+        ),
         "program_seconds": round(program_seconds, 2),
         "layer_errors": errors,
         "levels": memsim.level_statistics(model),
         "tuning": tuning,
         "energy": {
             "costs": dataclasses.asdict(memsim.EnergyCosts()),
-            "vectors_per_second_of_audio": per_second,
-            # picojoules per vector x vectors per second / 1e6: microjoules per second of audio
-            "per_second_of_audio_uj": {
-                key.removesuffix("_pj"): None if energy_total[key] is None else energy_total[key] * per_second / 1e6
-                for key in memsim.energy.ENERGY_KEYS
-            },
+            "vectors_per_second_of_audio": reads,
+            "per_second_of_audio_uj": per_second_of_audio(energy[:-1], reads),
             "layers": energy,
         },
     }
 
 
-def vectors_per_second(model: ConformerCTC) -> int:
-    """Input vectors each crossbar layer reads per second of audio: one per encoder frame."""
-    return int(model.output_lengths(torch.tensor([FEATURE_FRAMES_PER_SECOND]))[0])
+def per_second_of_audio(layers: list[dict], reads: dict[str, float]) -> dict[str, float | None]:
+    """Each energy of memsim.measure_energy's layer rows (picojoules per vector), times the vectors each layer
+    reads per second of audio, summed over the layers: microjoules per second of audio (None where a layer's
+    converter is ideal and unpriced)."""
+    totals: dict[str, float | None] = {}
+    for key in memsim.energy.ENERGY_KEYS:
+        values = [row[key] * reads[row["layer"]] for row in layers if row[key] is not None]
+        totals[key.removesuffix("_pj")] = sum(values) / 1e6 if len(values) == len(layers) else None
+    return totals
+
+
+class _ReadCounter:
+    """An energy_meter that counts the vectors a crossbar layer reads, and nothing else."""
+
+    def __init__(self):
+        self.vectors = 0
+
+    def __call__(self, v: torch.Tensor, layer: object) -> None:
+        self.vectors += v.shape[0]
+
+
+def reads_per_second(model: ConformerCTC) -> dict[str, float]:
+    """Input vectors each crossbar layer reads per second of audio, counted over one utterance of PROBE_SECONDS
+    (zero features): one per encoder frame for a linear layer or a depthwise convolution, one per output
+    position for a frontend convolution (many per frame), one per frame and direction for an LSTM's gates."""
+    frames = PROBE_SECONDS * FEATURE_FRAMES_PER_SECOND
+    device = next(model.parameters()).device
+    features = torch.zeros(1, frames, model.cfg.n_mels, device=device)
+
+    def run(m: nn.Module) -> None:
+        was_training = m.training
+        m.eval()
+        with torch.inference_mode():
+            m(features, torch.tensor([frames], device=device))
+        m.train(was_training)
+
+    counters = run_instrumented(model, run, "energy_meter", _ReadCounter)
+    return {name: counter.vectors / PROBE_SECONDS for name, counter in counters.items()}

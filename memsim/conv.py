@@ -34,10 +34,12 @@ class _Matrix:
         scale: torch.Tensor,
         bias: torch.Tensor | None,
         column_present: torch.Tensor | None,
+        held: int,
         source: Any,
     ):
         self._q, self.weight_scale, self.bias, self.column_present = q, scale, bias, column_present
         self.out_features, self.in_features = q.shape
+        self.weights_held = held
         self.weight = q * scale.reshape(-1, 1) if scale.numel() > 1 else q * scale
         for name in ("input_scale", "input_bits", "output_quant"):  # a quantization-aware source's quantizers
             if hasattr(source, name):
@@ -118,7 +120,7 @@ class MemristorConv(nn.Module):
         matrix = block_diagonal(taps, conv.groups)
         present = columns_holding_weights(taps.shape[0], taps.shape[1], conv.groups, config.tile_size)
         bias = None if conv.bias is None else conv.bias.detach()
-        source = _Matrix(matrix, scale, bias, present, conv)
+        source = _Matrix(matrix, scale, bias, present, taps.numel(), conv)
         crossbar = MemristorLinear.from_linear(source, config, generator, program)
         return cls(crossbar, conv.in_channels, conv.kernel_size, conv.stride, padding, conv.dilation, conv.groups)
 

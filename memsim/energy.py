@@ -135,8 +135,8 @@ def estimate(layer: Any, watts: float, costs: EnergyCosts) -> dict[str, Any]:
     )
     accumulator_bits = None if adc_bits is None else adc_bits + math.ceil(math.log2(in_tiles * c.planes))
     weight_bits, input_bits = math.ceil(c.weight_bits), _input_bits(layer)
-    macs = layer.in_features * layer.out_features
-    mac_bits = weight_bits + input_bits + math.ceil(math.log2(layer.in_features))
+    macs = layer.weights_held  # a digital layer multiplies only the weights it has (not a grouped matrix's zeros)
+    mac_bits = weight_bits + input_bits + math.ceil(math.log2(max(1, macs // layer.out_features)))
     parts: dict[str, float | None] = {
         "crossbar_pj": costs.read_seconds * watts,
         "dac_pj": None if c.dac_bits is None else dac_conversions * costs.dac_joules_per_bit * c.dac_bits,

@@ -41,7 +41,9 @@ class MemristorLinear(nn.Module):
     convolution's matrix (memsim.conv), `column_present` [row tiles, out], the columns of each row of tiles
     that hold weights: only those are connected, read and converted, and only tiles with one of them exist.
     `output_quant`: a quantizer the source layer applied to its output (a quantization-aware layer's
-    `output_quant` module), kept after the crossbar and the bias.
+    `output_quant` module), kept after the crossbar and the bias. `weights_held`: the matrix entries that hold
+    weights, the multiply-accumulates a digital layer does per input vector (in x out, fewer for a grouped
+    convolution's block-diagonal matrix).
     """
 
     r: torch.Tensor
@@ -92,6 +94,7 @@ class MemristorLinear(nn.Module):
             )
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.output_quant: nn.Module | None = None
+        self.weights_held = in_features * out_features
         self.read_model = ReadModel(config)
         self.input_levels: int | None = None  # a quantization-aware source's activation quantizer (see dac)
         self.calibrating = False
@@ -114,6 +117,7 @@ class MemristorLinear(nn.Module):
         present = getattr(linear, "column_present", None)
         layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, generator, present)
         layer.to(weight.device)
+        layer.weights_held = getattr(linear, "weights_held", layer.weights_held)
         if hasattr(linear, "integer_weight"):
             q = linear.integer_weight().detach()
             scale = torch.as_tensor(linear.weight_scale).detach().reshape(-1)  # per-tensor or per-channel

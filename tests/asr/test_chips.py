@@ -3,9 +3,9 @@
 import torch
 
 import memsim
-from asr.chips import tunable, tune
+from asr.chips import PROBE_SECONDS, reads_per_second, tunable, tune
 from asr.model import ConformerCTC, ModelConfig
-from asr.quant import CROSSBAR_LAYERS, QuantConfig, quantize
+from asr.quant import CROSSBAR_LAYERS, QuantConfig, quantize, quantized_layers
 
 
 def test_tuning_changes_only_biases_norms_and_the_output_layer_and_lowers_the_loss():
@@ -33,3 +33,20 @@ def test_tuning_changes_only_biases_norms_and_the_output_layer_and_lowers_the_lo
     assert changed and changed <= names | {k for k in before if "running" in k or "num_batches" in k}
     assert all(torch.equal(before[k], after[k]) for k in before if k.endswith(".r"))  # the cells stay programmed
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_each_crossbar_layer_is_counted_by_the_vectors_it_reads_per_second_of_audio():
+    """Energy and ADC conversions per second of audio weigh each layer by its own reads: a frontend convolution
+    reads one vector per output position of the spectrogram, the encoder's layers one per encoder frame."""
+    torch.manual_seed(0)
+    dims = dict(vocab_size=10, frontend="conv2d", d_model=16, n_layers=1, n_heads=2, d_ff=32, kernel_size=3)
+    config = QuantConfig(weight_bits=3, quantize_depthwise=True, quantize_frontend=True)
+    model = quantize(ConformerCTC(ModelConfig(**dims)), config).eval()
+    kinds = ("linear", "conv")
+    memsim.convert(model, memsim.CrossbarConfig(device="ideal"), include=quantized_layers(model, kinds), kinds=kinds)
+    reads = reads_per_second(model)
+    frames = PROBE_SECONDS * 100
+    encoder = int(model.output_lengths(torch.tensor([frames]))[0]) / PROBE_SECONDS
+    assert reads["blocks.0.ff1.w1"] == reads["blocks.0.conv.depthwise.crossbar"] == encoder
+    assert model.frontend.convs[0].stride == (2, 2)  # 3x3, stride 2 over [frames, 80 mel bins]
+    assert reads["frontend.convs.0.crossbar"] == ((frames - 3) // 2 + 1) * ((80 - 3) // 2 + 1) / PROBE_SECONDS

@@ -97,3 +97,4 @@ def test_a_grouped_convolution_dissipates_only_in_the_tiles_that_exist():
     watts = (v.square()[:, None, :, None, None] * g * present[None, None, :, None, :]).sum() / v.shape[0]
     assert row["read_watts"] == pytest.approx(float(watts), rel=1e-5)
     assert float(present.mean()) == 0.25  # each row reaches 2 of the 8 columns: its channel and a neighbour
+    assert row["macs"] == 8 * 3  # the digital baseline multiplies each channel's 3 taps, not the matrix's zeros
