@@ -128,6 +128,7 @@ def layer_kinds(config: memsim.CrossbarConfig, device: torch.device, sync, repea
             nn.Sequential(make()).to(device), config, torch.Generator(device).manual_seed(0), kinds=["conv", "lstm"]
         )
         x = torch.randn(shape, device=device)
+        memsim.calibrate(chip, [(x,)])  # a fixed DAC range, as a deployed chip has (the LSTM then reads ahead)
         with torch.no_grad():
             t_digital = seconds_per_call(functools.partial(digital, x), repeats, sync)
             t_chip = seconds_per_call(functools.partial(chip, x), max(1, repeats // 2), sync)

@@ -498,17 +498,32 @@ def padded_rows(factors: RowFactors, model: ReadModel, unit: float, rows: int) -
     return mean, extend(factors[1], zero[1]), extend(factors[2], zero[2])
 
 
+class CellPairs(NamedTuple):
+    """The programmed differential pairs as the read uses them, [rows, planes x out] each: r_pos - r_neg (the
+    mean current's) and r_pos + r_neg (the noise variance's). Computed once per programming, not per read."""
+
+    difference: torch.Tensor
+    total: torch.Tensor
+
+    @classmethod
+    def of(cls, r: torch.Tensor) -> CellPairs:
+        """The pairs of programmed tiles r [2, rows, planes, out]."""
+        flat = (r.shape[1], r.shape[2] * r.shape[3])
+        return cls((r[0] - r[1]).reshape(flat), (r[0] + r[1]).reshape(flat))
+
+
 def tile_reads(
     factors: RowFactors,
-    r: torch.Tensor,
+    pairs: CellPairs,
+    planes: int,
     config: CrossbarConfig,
     generator: torch.Generator | None = None,
     columns: ColumnCalibration | None = None,
     observe: Callable[[torch.Tensor], object] | None = None,
     tile_columns: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Read programmed tiles r [2, in_padded, planes, out] with the row factors (ReadModel.row_factors, in ADC
-    steps, padded to in_padded) of N input vectors.
+    """Read programmed tiles (their cell pairs, of `planes` planes) with the row factors (ReadModel.row_factors, in
+    ADC steps, padded to the tiles' rows) of N input vectors.
 
     Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
     product with v / v_read, as the hardware computes it, [N, out]. With `columns`, each ADC output is
@@ -520,15 +535,14 @@ def tile_reads(
     Per tile: one GEMM for the mean currents and one for the noise variances, [N, planes x out] each, then one
     Gaussian per element (a tile at a time keeps the temporaries in cache).
     """
-    _, in_padded, planes, out_features = r.shape
+    difference, total = pairs
+    in_padded, out_features = difference.shape[0], difference.shape[1] // planes
     mean_rows, variance_rows, common_rows = factors
     batch = mean_rows.shape[0]
     step = adc_step(config)
-    difference = (r[0] - r[1]).reshape(in_padded, planes * out_features)
     if variance_rows is not None and common_rows is not None:
         # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
         common_variance = 2 * common_rows.view(batch, -1, config.tile_size).sum(2)
-        total = (r[0] + r[1]).reshape(in_padded, planes * out_features)
     gaussian = None if variance_rows is None else mean_rows.new_empty(batch, planes * out_features)
     if columns is not None:
         offset_in_steps = (columns.offset / step).reshape(-1, planes * out_features)

@@ -12,6 +12,7 @@ from torch import nn
 from memsim.config import CrossbarConfig
 from memsim.crossbar import (
     LEVEL_BINS_PER_STEP,
+    CellPairs,
     ColumnCalibration,
     ReadModel,
     adc_step,
@@ -178,11 +179,11 @@ class MemristorLinear(nn.Module):
             y = self.through_mean_path(x if rows is None else rows(x), y)
         return self.digital_output(y)
 
-    def through_mean_path(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """y, the chip's read of inputs x [N, in] scaled to the layer's output units, with the gradient of its mean
-        path: x @ effective_weight().T x weight_scale (straight through the DAC, the ADC and the noise), so digital
-        layers before and after a chip can be trained against it."""
-        mean = (x @ self.effective_weight().T) * self.weight_scale
+    def through_mean_path(self, x: torch.Tensor, y: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """y, the chip's read of inputs x [N, in] (or of the matrix's `rows` only) scaled to the layer's output
+        units, with the gradient of its mean path: x @ effective_weight().T x weight_scale (straight through the
+        DAC, the ADC and the noise), so digital layers before and after a chip can be trained against it."""
+        mean = (x @ self.effective_weight()[:, rows].T) * self.weight_scale
         return mean + (y - mean).detach()
 
     def effective_weight(self) -> torch.Tensor:
@@ -209,24 +210,58 @@ class MemristorLinear(nn.Module):
             self.input_range.copy_(torch.maximum(self.input_range, batch_range))
         return torch.where(self.input_range > 0, self.input_range, batch_range)
 
-    def read(self, v: torch.Tensor) -> torch.Tensor:
-        """The ADC outputs [N, out] (in units of one programmed pair) of voltages v [N, in]."""
+    def read(self, v: torch.Tensor, first_tile: int = 0) -> torch.Tensor:
+        """The ADC outputs [N, out] (in units of one programmed pair) of voltages v [N, in]; or, from row tile
+        `first_tile` on, of voltages v [N, k] on the k rows from that tile's first: only the tiles holding them
+        are read (their outputs summed digitally, as all tiles' are), so a matrix's rows can be read in parts."""
+        tile = self.config.tile_size
+        last_tile = first_tile + math.ceil(v.shape[1] / tile)
         if self.energy_meter is not None:
+            if (first_tile, v.shape[1]) != (0, self.in_features):
+                raise ValueError("an energy meter measures whole reads only: read all rows at once")
             self.energy_meter(v, self)
         unit = self.read_model.unit_current * adc_step(self.config)
         factors = self.read_model.row_factors(v, unit)
         columns = None
         if self.config.calibration == "per_column":
-            columns = ColumnCalibration(self.column_gain, self.column_offset)
+            parts = slice(first_tile, last_tile)
+            columns = ColumnCalibration(self.column_gain[parts], self.column_offset[parts])
+        tile_columns = self.tile_columns()
+        rows = slice(first_tile * tile, last_tile * tile)
+        difference, total = self.cell_pairs()
         return tile_reads(
-            padded_rows(factors, self.read_model, unit, self.r.shape[1]),
-            self.r,
+            padded_rows(factors, self.read_model, unit, rows.stop - rows.start),
+            CellPairs(difference[rows], total[rows]),
+            self.config.planes,
             self.config,
             self.generator,
             columns,
             self.adc_probe,
-            self.tile_columns(),
+            None if tile_columns is None else tile_columns[first_tile:last_tile],
         )
+
+    def cell_pairs(self) -> CellPairs:
+        """The programmed pairs as the read uses them (crossbar.CellPairs), cached until r changes."""
+        key = (self.r.data_ptr(), self.r._version, self.r.device)
+        if getattr(self, "_pairs_key", None) != key:
+            self._pairs, self._pairs_key = CellPairs.of(self.r), key
+        return self._pairs
+
+    def partial_response(self, x: torch.Tensor, first_row: int) -> torch.Tensor:
+        """The scaled product [N, out] of inputs x [N, k] with the matrix's rows first_row..first_row+k, without the
+        bias: what the tiles holding those rows add to the layer's output (digital_output(sum of the parts) is the
+        output). first_row must start a row tile, and the DAC's range must be fixed (input_range set): a part's
+        voltages may not depend on the other parts' inputs. An LSTM reads its input rows for all time steps at once
+        this way, and only the recurrent rows step by step."""
+        tile = self.config.tile_size
+        if first_row % tile:
+            raise ValueError(f"a partial read starts at a row tile: row {first_row} is not a multiple of {tile}")
+        with torch.no_grad():
+            y = self.read(dac(x, self.input_range, self.config, self.input_levels), first_row // tile)
+        y = y * (self.input_range * self.weight_scale)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = self.through_mean_path(x, y, slice(first_row, first_row + x.shape[1]))
+        return y
 
     def digital_output(self, y: torch.Tensor) -> torch.Tensor:
         """The scaled read to the layer's output: the bias added, and the source's output quantizer, if any."""

@@ -3,9 +3,11 @@ with those layers on crossbar tiles.
 
 Per layer and direction, one linear layer holds [W_ih | W_hh] ([4 x hidden, input + hidden]) and the sum of the
 two biases, so each time step is one matrix product of [x_t; h_(t-1)]: one crossbar read per step and direction
-(the two directions' weights differ, so they read separately). The gate nonlinearities and the cell state stay
-digital. Because the gates are ordinary linear layers, memsim.convert maps them as it maps any linear layer, and
-a quantization-aware model can swap them for its own quantization-aware linear layers.
+(the two directions' weights differ, so they read separately). On crossbars, when the input rows fill row tiles of
+their own, those tiles read all time steps' inputs at once and only the recurrent rows' tiles read step by step
+(MemristorLinear.partial_response). The gate nonlinearities and the cell state stay digital. Because the gates
+are ordinary linear layers, memsim.convert maps them as it maps any linear layer, and a quantization-aware model
+can swap them for its own quantization-aware linear layers.
 """
 
 from __future__ import annotations
@@ -132,9 +134,19 @@ def _run(
     h, c = state
     if reverse:
         x = _reverse(x, lengths)
+    inputs = x.shape[-1]
+    ahead = None
+    if _reads_inputs_ahead(cell, inputs):  # the input rows' tiles read every step's x_t at once
+        assert isinstance(cell, MemristorLinear)
+        ahead = cell.partial_response(x.reshape(-1, inputs), 0).view(*x.shape[:2], -1)
     outputs = []
     for t in range(x.shape[0]):
-        i, f, g, o = cell(torch.cat([x[t], h], 1)).chunk(4, 1)
+        if ahead is None:
+            gates = cell(torch.cat([x[t], h], 1))
+        else:
+            assert isinstance(cell, MemristorLinear)
+            gates = cell.digital_output(ahead[t] + cell.partial_response(h, inputs))
+        i, f, g, o = gates.chunk(4, 1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
         if lengths is None:
@@ -146,6 +158,18 @@ def _run(
             outputs.append(h_new * valid)
     y = torch.stack(outputs)
     return (_reverse(y, lengths) if reverse else y), h, c
+
+
+def _reads_inputs_ahead(cell: nn.Module, inputs: int) -> bool:
+    """Whether a gate layer on crossbars can read its input rows (W_ih x_t) for all steps before the recurrence:
+    they fill whole row tiles of their own, the DAC's range is fixed, and no energy meter wants whole reads. Exact:
+    each tile's read is independent of the others', and the tiles' outputs are summed digitally either way."""
+    return (
+        isinstance(cell, MemristorLinear)
+        and inputs % cell.config.tile_size == 0
+        and cell.energy_meter is None
+        and bool(cell.input_range > 0)  # once per layer and direction, not per step
+    )
 
 
 def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

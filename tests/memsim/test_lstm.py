@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import memsim
+import memsim.lstm
 from memsim.crossbar import integer_weights
 
 IDEAL = memsim.CrossbarConfig(
@@ -68,3 +69,27 @@ def test_every_step_reads_the_crossbar_once_per_direction():
 def test_projections_are_refused():
     with pytest.raises(ValueError, match="proj_size=2"):
         memsim.LinearLSTM.from_lstm(nn.LSTM(3, 4, proj_size=2))
+
+
+def test_input_rows_on_tiles_of_their_own_are_read_for_all_steps_at_once_with_the_same_outputs(monkeypatch):
+    """8 inputs fill one 8-row tile: its read of every x_t happens before the recurrence, the recurrent rows'
+    tile reads step by step; without noise the outputs equal the step-by-step read of [x_t; h_(t-1)]."""
+    torch.manual_seed(2)
+    config = memsim.CrossbarConfig(tile_size=8, read_noise="none", adc_precision_bits=6, adc_range_bits=8)
+    chip = memsim.MemristorLSTM.from_lstm(nn.LSTM(8, 4, num_layers=2), config, torch.Generator().manual_seed(0))
+    x, lengths = torch.randn(5, 3, 8), torch.tensor([5, 4, 2])
+    memsim.calibrate(chip, [(x,)])  # a fixed DAC range: a part's voltages must not depend on the other parts
+    reads = []
+    original = memsim.MemristorLinear.read
+    monkeypatch.setattr(
+        memsim.MemristorLinear, "read", lambda self, v, first_tile=0: reads.append((v.shape, first_tile))
+        or original(self, v, first_tile)
+    )
+    with torch.no_grad():
+        ahead, (h, c) = chip(x, lengths=lengths)
+        layer_1 = reads[:6]
+        assert layer_1 == [(torch.Size([15, 8]), 0)] + [(torch.Size([3, 4]), 1)] * 5  # then layer 2: 4 + 4 rows
+        monkeypatch.setattr(memsim.lstm, "_reads_inputs_ahead", lambda cell, inputs: False)
+        stepwise, (h1, c1) = chip(x, lengths=lengths)
+    torch.testing.assert_close(ahead, stepwise, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close((h, c), (h1, c1), rtol=1e-5, atol=1e-6)
