@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from memsim.config import CrossbarConfig
-from memsim.device import HRS, LRS, UR, US, CellArray, first_cycle, r_of_resistance
+from memsim.device import HRS, LRS, UR, US, CellArray, first_cycle_features, r_of_resistance
 from memsim.noise import ReadNoise, read_noise
 from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
 
@@ -240,8 +240,10 @@ def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: to
     """program() on fresh cells, in closed form. A fresh cell is in HRS at its first cycle's HRS: the full
     RESET leaves it there, and a SET at u volts (u <= 0) takes it to the first cycle's LRS exactly when
     u <= US; a retry only adds a stronger voltage. So a cell storing 1 ends in LRS if its US lies above the
-    strongest SET it can get, and no pulse needs simulating. Same draws as CellArray's: the same
-    distribution as the pulse-by-pulse path (and, within one chunk, the very same cells)."""
+    strongest SET it can get, and no pulse needs simulating. A cell storing 0 needs only its HRS and US (for
+    the read-disturb count), a cell storing 1 all four features: each drawn from its features' marginal
+    distribution (device.first_cycle_features), the distribution of the pulse-by-pulse path with half the
+    random numbers where most cells store 0."""
     flat_on = cells_on.reshape(-1)
     r = torch.empty(flat_on.shape, device=flat_on.device)
     params = device_params(config).to(flat_on.device)
@@ -249,12 +251,14 @@ def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: to
     failed = disturbable = torch.zeros((), dtype=torch.int64, device=flat_on.device)
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
-        _, _, y = first_cycle(on.numel(), params, generator)
-        switched = on & (y[US] >= strongest_set)
-        r_on, r_off = r_of_resistance(y[LRS], params), r_of_resistance(y[HRS], params)
-        r[start : start + on.numel()] = torch.where(switched, r_on, r_off)
-        failed = failed + (on & ~switched).sum()
-        disturbable = disturbable + _read_disturbable(on, y[UR], y[US], config.v_read)
+        ones, zeros = torch.nonzero(on).squeeze(1), torch.nonzero(~on).squeeze(1)  # programming may sync
+        hrs, us = first_cycle_features(zeros.numel(), params, (HRS, US), generator)
+        r[start + zeros] = r_of_resistance(hrs, params)
+        y = first_cycle_features(ones.numel(), params, (HRS, US, LRS, UR), generator)
+        switched = y[US] >= strongest_set
+        r[start + ones] = torch.where(switched, r_of_resistance(y[LRS], params), r_of_resistance(y[HRS], params))
+        failed = failed + (~switched).sum()
+        disturbable = disturbable + (us >= -config.v_read).sum() + (y[UR] <= config.v_read).sum()
     return Programmed(r.view(cells_on.shape), int(failed), int(disturbable))
 
 

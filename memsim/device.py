@@ -57,30 +57,71 @@ def _draw(
     """Component k [n], (mu, sigma) [8, n] and, if asked, the first VAR vector x [4, n] (else empty).
 
     All random numbers are drawn first, in the documented order; the transforms then run per chunk of cells
-    (in cache on the CPU). All K components' transforms in one GEMM, the cell's own selected by 0/1 weights."""
-    device = params.device
-    weights = params.gmm_weights
-    components = weights.numel()
+    (in cache on the CPU)."""
+    k, mu_sigma = _mixture(n, params.gmm_weights, params.gmm_means, params.gmm_chol, generator)
+    if not with_first_vector:
+        return k, mu_sigma, torch.empty(N_FEATURES, 0, device=params.device)
+    innovations = torch.randn(N_FEATURES, n, generator=generator, device=params.device)
+    x = torch.empty(N_FEATURES, n, device=params.device)
+    for cells in _chunks(n, params.device):
+        torch.mm(params.var_noise, innovations[:, cells], out=x[:, cells])
+    return k, mu_sigma, x
+
+
+def _mixture(
+    n: int, weights: torch.Tensor, means: torch.Tensor, factors: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n draws of a Gaussian mixture (weights [K], means [K, d], covariance factors [K, d, d]): the component k [n]
+    from one uniform each, then d normals each; returns k and the draws [d, n]. All K components' transforms in
+    one GEMM per chunk, the cell's own selected by 0/1 weights."""
+    device = means.device
+    components, dims = means.shape
     cumulative = torch.cumsum(weights, 0) / weights.sum()
     u = torch.rand(n, generator=generator, device=device)
     k = torch.zeros(n, dtype=torch.int64, device=device)  # the first component whose cumulative weight >= u
     for bound in cumulative[:-1]:
         k += u > bound
-    z = torch.randn(n, 2 * N_FEATURES, generator=generator, device=device)
-    innovations = torch.randn(N_FEATURES, n, generator=generator, device=device) if with_first_vector else None
-    transforms = params.gmm_chol.reshape(components * 2 * N_FEATURES, 2 * N_FEATURES)  # [K x 8, 8]
-    means = params.gmm_means.T.contiguous()  # [8, K]
-    mu_sigma = torch.empty(2 * N_FEATURES, n, device=device)
-    x = torch.empty(N_FEATURES, n if with_first_vector else 0, device=device)
+    z = torch.randn(n, dims, generator=generator, device=device)
+    transforms = factors.reshape(components * dims, dims)  # [K x d, d]
+    means_t = means.T.contiguous()  # [d, K]
+    draws = torch.empty(dims, n, device=device)
     for cells in _chunks(n, device):
-        drawn = (transforms @ z[cells].T).view(components, 2 * N_FEATURES, -1)  # every component's draw
-        chunk = torch.add(drawn[0], means[:, :1], out=mu_sigma[:, cells])
+        drawn = (transforms @ z[cells].T).view(components, dims, -1)  # every component's draw
+        chunk = torch.add(drawn[0], means_t[:, :1], out=draws[:, cells])
         for component in range(1, components):
             chosen = (k[cells] == component).float()
-            chunk.lerp_(drawn[component].add_(means[:, component : component + 1]), chosen)
-        if innovations is not None:
-            x[:, cells] = params.var_noise @ innovations[:, cells]
-    return k, mu_sigma, x
+            chunk.lerp_(drawn[component].add_(means_t[:, component : component + 1]), chosen)
+    return k, draws
+
+
+def first_cycle_features(
+    n: int, params: DeviceParams, features: tuple[int, ...], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Some of the first cycle's features (`features`, indices among HRS, US, LRS, UR) of n fresh cells, [len, n]:
+    the rows of first_cycle()'s y, drawn from their own marginal distribution, which needs 3 normals per feature
+    where all four features need 12 (a feature depends only on its own mu, sigma and x; the marginal of a
+    Gaussian is the Gaussian of the sub-covariance, per mixture component and for the VAR vector alike)."""
+    chosen = list(features)
+    dims = chosen + [N_FEATURES + f for f in chosen]  # their mu, then their sigma
+    covariance = params.gmm_chol @ params.gmm_chol.transpose(1, 2)
+    _, mu_sigma = _mixture(
+        n, params.gmm_weights, params.gmm_means[:, dims], _square_root(covariance[:, dims][:, :, dims]), generator
+    )
+    innovations = torch.randn(len(chosen), n, generator=generator, device=params.device)
+    var_covariance = params.var_noise @ params.var_noise.T
+    x_factor = _square_root(var_covariance[chosen][:, chosen])
+    y = torch.empty(len(chosen), n, device=params.device)
+    for cells in _chunks(n, params.device):
+        x = x_factor @ innovations[:, cells]
+        _transform(x, mu_sigma[:, cells], params.gamma[chosen], [f == HRS for f in chosen], out=y[:, cells])
+    return y
+
+
+def _square_root(covariance: torch.Tensor) -> torch.Tensor:
+    """A factor F with F F^T = covariance (symmetric, positive semi-definite; batched), from its eigenvectors:
+    defined for a singular covariance too (a model without device variation has none)."""
+    values, vectors = torch.linalg.eigh(covariance.double())
+    return (vectors * values.clamp_min(0).sqrt()[..., None, :]).float()
 
 
 def _chunks(n: int, device: torch.device) -> list[slice]:
@@ -293,11 +334,22 @@ def _features(
     x: torch.Tensor, mu_sigma: torch.Tensor, p: DeviceParams, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """y = mu + sigma * Gamma(x), with the HRS feature from log10 ohm to ohm (into `out` if given)."""
+    return _transform(x, mu_sigma, p.gamma, [f == HRS for f in range(N_FEATURES)], out)
+
+
+def _transform(
+    x: torch.Tensor, mu_sigma: torch.Tensor, gamma: torch.Tensor, in_log10: list[bool], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y = mu + sigma * Gamma(x) for F features (x [F, n], mu_sigma [2F, n]: mu, then sigma; gamma [F, deg+1]),
+    the features marked in_log10 from log10 ohm to ohm."""
+    features = x.shape[0]
     transformed = torch.zeros_like(x)
-    for column in p.gamma.T:
+    for column in gamma.T:
         transformed.mul_(x).add_(column[:, None])
-    y = torch.addcmul(mu_sigma[:N_FEATURES], mu_sigma[N_FEATURES:], transformed, out=out)
-    torch.pow(10, y[HRS], out=y[HRS])
+    y = torch.addcmul(mu_sigma[:features], mu_sigma[features:], transformed, out=out)
+    for row, log10 in enumerate(in_log10):
+        if log10:
+            torch.pow(10, y[row], out=y[row])
     return y
 
 

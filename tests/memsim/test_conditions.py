@@ -3,6 +3,7 @@ switches, the calibration choices, and what programming reports about read distu
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -204,12 +205,30 @@ def fake_quantized_copy(model, bits):
     return model
 
 
+def kolmogorov_smirnov(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical distributions."""
+    points = torch.cat([a, b]).sort().values
+    gaps = [torch.searchsorted(x.sort().values, points, right=True) / x.numel() for x in (a, b)]
+    return float((gaps[0] - gaps[1]).abs().max())
+
+
 @pytest.mark.parametrize("set_voltage", [-2.0, -0.7])  # -0.7 V: many cells need their verify retries
-def test_fresh_cells_programmed_in_closed_form_equal_the_pulse_by_pulse_programming(set_voltage):
-    cells = memsim.crossbar.digit_planes(torch.randint(-3, 4, (100, 200)), 2, 128).bool()
+def test_fresh_cells_programmed_in_closed_form_follow_the_pulse_by_pulse_distribution(set_voltage):
+    """Closed form (each cell's features from their marginals) against every pulse simulated, other seeds: the
+    same distribution of r per stored bit (Kolmogorov-Smirnov at a 0.1 % level), of failed SETs and of cells a
+    read could disturb (within 5 binomial deviations)."""
+    cells = memsim.crossbar.digit_planes(torch.randint(-3, 4, (200, 256)), 2, 128).bool()
     config = memsim.CrossbarConfig(set_voltage=set_voltage, verify_step=-0.05)
     fresh = memsim.crossbar._program_fresh(cells, config, torch.Generator().manual_seed(3))
-    pulses = memsim.crossbar._program_by_pulses(cells, config, torch.Generator().manual_seed(3))
-    assert torch.equal(fresh.r, pulses.r)
-    assert (fresh.failed, fresh.read_disturbable) == (pulses.failed, pulses.read_disturbable)
+    pulses = memsim.crossbar._program_by_pulses(cells, config, torch.Generator().manual_seed(4))
+    for stored in (False, True):
+        a, b = fresh.r[cells == stored], pulses.r[cells == stored]
+        assert kolmogorov_smirnov(a, b) < 1.95 * math.sqrt(1 / a.numel() + 1 / b.numel())
+    counts = [
+        (fresh.failed, pulses.failed, int(cells.sum())),
+        (fresh.read_disturbable, pulses.read_disturbable, cells.numel()),
+    ]
+    for ours, theirs, among in counts:
+        p = theirs / among
+        assert abs(ours - theirs) <= 5 * math.sqrt(2 * among * p * (1 - p)) + 1
     assert (fresh.failed > 0) == (set_voltage > -1)

@@ -82,8 +82,9 @@ def test_input_rows_on_tiles_of_their_own_are_read_for_all_steps_at_once_with_th
     reads = []
     original = memsim.MemristorLinear.read
     monkeypatch.setattr(
-        memsim.MemristorLinear, "read", lambda self, v, first_tile=0: reads.append((v.shape, first_tile))
-        or original(self, v, first_tile)
+        memsim.MemristorLinear,
+        "read",
+        lambda self, v, first_tile=0: reads.append((v.shape, first_tile)) or original(self, v, first_tile),
     )
     with torch.no_grad():
         ahead, (h, c) = chip(x, lengths=lengths)
