@@ -164,6 +164,7 @@ def cost_table(groups: list[Group]) -> str:
         "verify tolerance",
         "planes",
         "cells",
+        "tiles",
         "ADC conversions per s of audio",
         "pulses per cell: mean / p99 / max",
         "failed cells (per level)",
@@ -188,6 +189,7 @@ def cost_table(groups: list[Group]) -> str:
             f"{config['verify_tolerance']:g}" if levels else "-",
             str(layers[0].get("planes", "n/a")),
             f"{total['cells']:,}" if "cells" in total else "n/a",
+            f"{total['tiles']:,}" if "tiles" in total else "n/a",
             f"{summary['adc_conversions_per_second_of_audio']:,}"
             if "adc_conversions_per_second_of_audio" in summary
             else "n/a",
