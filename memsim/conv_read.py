@@ -109,48 +109,53 @@ class TileConvolution:
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """The ADC outputs [B x positions, out] (as MemristorLinear.read of the patches) of the padded input
-        voltages v [B, C, *spatial]."""
+        voltages v [B, C, *spatial]. Everything before the sum over tiles stays in the convolutions' layout
+        [B, T, P x M, positions]: only the result is transposed."""
         layer, config = self.crossbar, self.crossbar.config
         k = self.kernels()
         row_tiles, planes, slots = k.padding_variance.shape
         step = adc_step(config)
         unit = layer.read_model.unit_current * step
         mean_factor, variance_factor, common_factor = layer.read_model.row_factors(v, unit)
-        y = self._tiles(mean_factor, k.mean, row_tiles)  # [N, T, P x M]
+        y = self._tiles(mean_factor, k.mean, row_tiles)  # [B, T, P x M, L]
         variance = None
         if variance_factor is not None and common_factor is not None:
             variance = self._tiles(variance_factor, k.variance, row_tiles)
-            common = self._tiles(common_factor, k.rows, row_tiles)  # [N, T, 1]
-            variance.add_(common, alpha=2).add_(k.padding_variance.view(row_tiles, -1))
+            common = self._tiles(common_factor, k.rows, row_tiles)  # [B, T, 1, L]
+            variance.add_(common, alpha=2).add_(k.padding_variance.view(row_tiles, -1, 1))
         correction = None
         if config.calibration == "per_column":
             index = k.columns.view(row_tiles, slots).clamp(max=layer.out_features - 1)
             tiles = torch.arange(row_tiles, device=v.device)[:, None]
             gain = layer.column_gain[tiles, :, index].transpose(1, 2)  # [T, P, M]
             offset = layer.column_offset[tiles, :, index].transpose(1, 2)
-            correction = ((offset / step).reshape(row_tiles, -1), gain.reciprocal().reshape(row_tiles, -1))
+            correction = ((offset / step).reshape(row_tiles, -1, 1), gain.reciprocal().reshape(row_tiles, -1, 1))
         observe = None if layer.adc_probe is None else self._connected_only(layer.adc_probe, k.connected, planes)
         to_codes(y, variance, config, layer.generator, observe, correction)
+        batch, positions = y.shape[0], y.shape[-1]
         places = torch.tensor([config.levels_per_cell**p * step for p in range(planes)], device=v.device)
-        summed = torch.einsum("ntpm,p->ntm", y.view(-1, row_tiles, planes, slots), places)
-        result = y.new_zeros(y.shape[0], layer.out_features + 1)  # the last column collects the empty slots
-        return result.index_add_(1, k.columns, summed.reshape(y.shape[0], -1))[:, :-1]
+        summed = torch.einsum("btpml,p->btml", y.view(batch, row_tiles, planes, slots, positions), places)
+        result = y.new_zeros(batch, layer.out_features + 1, positions)  # the last column collects the empty slots
+        result.index_add_(1, k.columns, summed.reshape(batch, -1, positions))
+        return result[:, :-1].transpose(1, 2).reshape(-1, layer.out_features)
 
     def _tiles(self, factor: torch.Tensor, kernel: torch.Tensor, row_tiles: int) -> torch.Tensor:
-        """The convolution of a row factor [B, C, *spatial] with one kernel per row of tiles: [N, T, outputs]."""
+        """The convolution of a row factor [B, C, *spatial] with one kernel per row of tiles: [B, T, outputs,
+        positions]."""
         windows = factor[:, self.kernels().channels]  # [B, T x C_w, *spatial]
         convolve = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
         out = convolve(windows, kernel, stride=self.stride, dilation=self.dilation, groups=row_tiles)
-        return out.flatten(2).transpose(1, 2).reshape(-1, row_tiles, kernel.shape[0] // row_tiles)
+        return out.view(out.shape[0], row_tiles, -1, math.prod(out.shape[2:]))
 
     @staticmethod
     def _connected_only(
         observe: Callable[[torch.Tensor], object], connected: torch.Tensor, planes: int
     ) -> Callable[[torch.Tensor], object]:
-        """An ADC probe that sees the connected columns' values only, of y [N, T, P x M]."""
+        """An ADC probe that sees the connected columns' values only, of y [B, T, P x M, positions]."""
 
         def watch(values: torch.Tensor) -> None:
-            per_slot = values.view(values.shape[0], connected.shape[0], planes, -1).transpose(2, 3)
-            observe(per_slot[:, connected])
+            batch, row_tiles, _, positions = values.shape
+            per_slot = values.view(batch, row_tiles, planes, -1, positions).permute(0, 4, 1, 3, 2)
+            observe(per_slot[:, :, connected])
 
         return watch

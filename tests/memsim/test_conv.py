@@ -128,7 +128,7 @@ def test_the_read_as_convolutions_gives_each_adc_the_mean_and_noise_variance_of_
     for t, columns in enumerate(tiles):
         n = columns.numel()
         for ours, theirs in zip((mean, variance), seen["unfolded"][t], strict=True):
-            ours = ours[:, t].view(-1, planes, ours.shape[-1] // planes)[:, :, :n]
+            ours = ours[:, t].transpose(1, 2).reshape(-1, planes, ours.shape[2] // planes)[:, :, :n]  # [B x L, ...]
             tolerance = 1e-6 * float(theirs.abs().max())
             torch.testing.assert_close(ours, theirs.view(-1, planes, n), rtol=1e-5, atol=tolerance)
 
