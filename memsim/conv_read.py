@@ -35,6 +35,7 @@ class TileKernels(NamedTuple):
     padding_variance: torch.Tensor  # [T, P, M] what the 0 V padding rows add to each column's variance
     columns: torch.Tensor  # [T x M] the output column of each slot; out_features for a slot with none
     connected: torch.Tensor  # [T, M] whether a slot holds a connected column
+    places: torch.Tensor  # [P] each plane's place value in ADC steps
 
 
 class TileConvolution:
@@ -105,6 +106,7 @@ class TileConvolution:
             padding_variance,
             columns.flatten(),
             connected,
+            torch.tensor([config.levels_per_cell**p * adc_step(config) for p in range(planes)], device=device),
         )
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -133,8 +135,7 @@ class TileConvolution:
         observe = None if layer.adc_probe is None else self._connected_only(layer.adc_probe, k.connected, planes)
         to_codes(y, variance, config, layer.generator, observe, correction)
         batch, positions = y.shape[0], y.shape[-1]
-        places = torch.tensor([config.levels_per_cell**p * step for p in range(planes)], device=v.device)
-        summed = torch.einsum("btpml,p->btml", y.view(batch, row_tiles, planes, slots, positions), places)
+        summed = torch.einsum("btpml,p->btml", y.view(batch, row_tiles, planes, slots, positions), k.places)
         result = y.new_zeros(batch, layer.out_features + 1, positions)  # the last column collects the empty slots
         result.index_add_(1, k.columns, summed.reshape(batch, -1, positions))
         return result[:, :-1].transpose(1, 2).reshape(-1, layer.out_features)

@@ -43,6 +43,16 @@ def read(device: torch.device) -> Callable[[], object]:
     return lambda: layer(x)
 
 
+def convolution_read(device: torch.device) -> Callable[[], object]:
+    import memsim
+
+    conv = torch.nn.Conv1d(384, 384, 31, padding=15, groups=384).to(device)  # the Conformer's depthwise convolution
+    layer = memsim.MemristorConv1d.from_conv(conv, memsim.CrossbarConfig(), torch.Generator(device).manual_seed(0))
+    x = torch.randn(8, 384, 250, device=device)
+    memsim.calibrate(layer, [(x,)])
+    return lambda: layer(x)
+
+
 def training_step(device: torch.device) -> Callable[[], object]:
     from asr.model import ConformerCTC, ModelConfig, ctc_loss
     from asr.quant import QuantConfig, quantize
@@ -63,7 +73,12 @@ def training_step(device: torch.device) -> Callable[[], object]:
     return step
 
 
-HOT_PATHS = {"device pulse + read": pulse, "crossbar read": read, "QAT training step": training_step}
+HOT_PATHS = {
+    "device pulse + read": pulse,
+    "crossbar read": read,
+    "convolution read": convolution_read,
+    "QAT training step": training_step,
+}
 
 
 def run_without_sync(make: Callable[[torch.device], Callable[[], object]], device: torch.device) -> None:
