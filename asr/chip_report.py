@@ -50,14 +50,15 @@ def _mean_layer_errors(summary: dict) -> dict | None:
 
 
 def name(g: Group) -> str:
+    """The model a chip holds (its folder without the hash), the chip's name, and what tells it apart."""
     r = g.first
-    return f"w{r.weight_bits:g} {r.chip_label}" + (f" ({g.label})" if g.label else "")
+    return f"{r.model_label} {r.chip_label}" + (f" ({g.label})" if g.label else "")
 
 
 def short_name(g: Group) -> str:
-    """The chip's name and the model it holds (its folder without the hash): short enough for a chart."""
+    """The chip's name and the model it holds: short enough for a chart."""
     r = g.first
-    return f"{r.chip_label} ({Path(r.model).name.rsplit('-', 1)[0]})"
+    return f"{r.chip_label} ({r.model_label})"
 
 
 def layer_error_table(groups: list[Group]) -> str:

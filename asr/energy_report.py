@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asr.chip_report import chip_groups, save_png, summary_of
+from asr.chip_report import chip_groups, name, save_png, summary_of
 from asr.files import markdown_table
 
 if TYPE_CHECKING:
@@ -55,11 +55,6 @@ def _uniform_adc(g: Group) -> list[int] | None:
     return list(adcs.pop()) if len(adcs) == 1 else None
 
 
-def _model(g: Group) -> str:
-    """The model the chip holds: its folder without the hash (small-w3a8)."""
-    return Path(g.first.model).name.rsplit("-", 1)[0]
-
-
 def _priced_energy(g: Group) -> float:
     """The chip energy of a priced group (priced() keeps only those that have one)."""
     return float(_chip_energy(g) or 0.0)
@@ -89,12 +84,12 @@ def energy_table(groups: list[Group]) -> str:
         "rel. to QAT [95 % CI]",
     ]
     rows = []
-    for g in sorted(chosen, key=lambda g: (_model(g), _priced_energy(g))):
+    for g in sorted(chosen, key=lambda g: (g.first.model_label, _priced_energy(g))):
         energy, config = _energy(g), summary_of(g).get("config", {})
         relative = g.relative.get("qat")
         rows.append(
             [
-                f"{_model(g)} {g.first.chip_label}" + (f" ({g.label})" if g.label else ""),
+                name(g),
                 adc_setting(g),
                 str(config.get("dac_bits")),
                 *(_uj(energy.get(part)) for part in ("crossbar", "dac", "adc", "accumulate", "chip", "digital")),
@@ -131,8 +126,8 @@ def _cheapest_near_reference(chosen: list[Group]) -> str:
     """Per model: the (8, 10) chip with the widest DAC, and the cheapest chip whose WER is within NEAR_REFERENCE
     of it."""
     lines = []
-    for model in sorted({_model(g) for g in chosen}):
-        same = [g for g in chosen if _model(g) == model]
+    for model in sorted({g.first.model_label for g in chosen}):
+        same = [g for g in chosen if g.first.model_label == model]
         if len(same) < 2:
             continue
         references = [
@@ -177,7 +172,7 @@ def adc_heatmaps(groups: list[Group], path: Path) -> bool:
     for g in sorted(chip_groups(groups), key=lambda g: g.first.chip_label):
         adc = _uniform_adc(g)
         if adc is not None and None not in adc:
-            families[(_model(g), _without_adc(g))].setdefault((adc[0], adc[1]), _wer(g))
+            families[(g.first.model_label, _without_adc(g))].setdefault((adc[0], adc[1]), _wer(g))
     cells: dict[str, dict[tuple[int, int], float]] = {}
     for (model, _), grid in sorted(families.items(), key=lambda item: len(item[1])):
         cells[model] = grid  # the largest family of each model comes last
@@ -232,8 +227,8 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colours = plt.get_cmap("tab10")
-    for i, model in enumerate(sorted({_model(g) for g in chosen})):
-        same = [g for g in chosen if _model(g) == model]
+    for i, model in enumerate(sorted({g.first.model_label for g in chosen})):
+        same = [g for g in chosen if g.first.model_label == model]
         energy = [_priced_energy(g) for g in same]
         wers = [_wer(g) for g in same]
         spread = [statistics.stdev(g.wers) if len(g.wers) > 1 else 0.0 for g in same]

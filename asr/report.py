@@ -87,6 +87,11 @@ class Result:
     dirty: bool | None
 
     @property
+    def model_label(self) -> str:
+        """The model's folder without its hash: its architecture and system, e.g. small-w3a8-dw."""
+        return Path(self.model).name.rsplit("-", 1)[0]
+
+    @property
     def comparison_key(self) -> tuple:
         """What a reference must share: the split and the decoding settings."""
         decoding = {k: v for k, v in self.settings.items() if k.startswith("decode.") and k != "decode.instance"}
@@ -128,7 +133,7 @@ class Group:
 
     def sort_key(self) -> tuple:
         r = self.first
-        return (r.split, r.method, SYSTEM_ORDER[r.system], r.weight_bits or 0, r.chip_label, self.label)
+        return (r.split, r.method, SYSTEM_ORDER[r.system], r.weight_bits or 0, r.model_label, r.chip_label, self.label)
 
 
 def _flatten(prefix: str, value, out: dict) -> dict:
@@ -218,11 +223,11 @@ def group(results: list[Result]) -> list[Group]:
 
 
 def _label(groups: list[Group]) -> None:
-    """Each group's label: its settings that differ within its kind (system, method and chip name: a chip's
-    name already tells chips of other names apart)."""
+    """Each group's label: its settings that differ within its kind (system, method, model and chip name: the
+    model's and the chip's names already tell those of other names apart)."""
     kinds = defaultdict(list)
     for g in groups:
-        kinds[g.first.system, g.first.method, g.first.chip_label].append(g)
+        kinds[g.first.system, g.first.method, g.first.model_label, g.first.chip_label].append(g)
     for members in kinds.values():
         keys = {
             k
@@ -259,6 +264,7 @@ def summary_table(groups: list[Group]) -> str:
         "method",
         "system",
         "bits",
+        "model",
         "chip",
         "settings",
         "instances",
@@ -279,6 +285,7 @@ def summary_table(groups: list[Group]) -> str:
             r.method,
             r.system,
             "" if r.weight_bits is None else f"{r.weight_bits:g}",
+            r.model_label,
             r.chip_label or "-",
             g.label or "-",
             len(wers),

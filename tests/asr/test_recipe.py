@@ -47,8 +47,9 @@ def test_all_stages_from_corpus_to_report_then_a_rerun_makes_nothing(recipe, mak
     assert found == {("float", "", ""), ("qat", "3.0", ""), ("memsim", "3.0", "0"), ("memsim", "3.0", "1")}
     assert {r["method"] for r in rows(work)} == {"greedy", "beam"} and all(int(r["words"]) > 0 for r in rows(work))
     results = (work / "report" / "RESULTS.md").read_text()
-    assert "|test|beam|memsim|3|high_precision-physical|-|2|" in results and "git revision" in results
     s = settings.load(make_cfg(*overrides))
+    qat = graph.model(s, True).label  # the model's folder without its hash, as the table names it
+    assert f"|test|beam|memsim|3|{qat}|high_precision-physical|-|2|" in results and "git revision" in results
     chip = graph.chip(s, graph.model(s, True))
     summary = json.loads((work / chip.relpath / SUMMARY_FILE).read_text())
     assert summary["total"]["tiles"] > 0 and 0 < summary["total"]["read_disturb_pct"] < 50
@@ -67,11 +68,14 @@ def test_sweeps_over_a_decode_setting_and_a_chip_setting_keep_every_row(recipe, 
     for override in ("decode.beam_size=4", "memsim.device=ideal"):
         runner.run(make_cfg(*overrides, override, "stages=[decode,memsim,report]"))
     table = (work / "report" / "RESULTS.md").read_text()
-    for system in ("float", "qat"):
-        assert f"|test|beam|{system}||-|decode.beam_size=4|" in table.replace("|3|", "||")
-        assert f"|test|beam|{system}||-|decode.beam_size=8|" in table.replace("|3|", "||")
+    s = settings.load(make_cfg(*overrides))
+    for system, quantized in (("float", False), ("qat", True)):
+        label = graph.model(s, quantized).label
+        assert f"|test|beam|{system}||{label}|-|decode.beam_size=4|" in table.replace("|3|", "||")
+        assert f"|test|beam|{system}||{label}|-|decode.beam_size=8|" in table.replace("|3|", "||")
     assert "|memsim.device=ideal|2|" in table and "|memsim.device=synaptogen|2|" in table
-    assert "|test|greedy|qat|3|-|-|1|" in table  # greedy decoding does not depend on the beam: one row
+    qat = graph.model(s, True).label
+    assert f"|test|greedy|qat|3|{qat}|-|-|1|" in table  # greedy decoding does not depend on the beam: one row
 
 
 def test_an_ideal_chip_without_converter_error_hears_what_the_digital_model_hears(recipe, make_cfg):

@@ -96,11 +96,11 @@ def work(tmp_path) -> Path:
 def test_report_reads_records_groups_instances_and_compares_with_both_references(work, tmp_path):
     groups = write_report([work], tmp_path / "out", "fixed")
     table = (tmp_path / "out" / "RESULTS.md").read_text()
-    assert "|test|beam|float||-|decode.beam_size=10|1|10|200|15.00|0.00|15.00|15.00|-|-|" in table
-    assert "|test|beam|float||-|decode.beam_size=100|1|10|200|10.00|" in table
-    assert "|test|beam|qat|3|-|-|1|10|200|11.00|0.00|11.00|11.00|+10.0 % [" in table
+    assert "|test|beam|float||m-None|-|decode.beam_size=10|1|10|200|15.00|0.00|15.00|15.00|-|-|" in table
+    assert "|test|beam|float||m-None|-|decode.beam_size=100|1|10|200|10.00|" in table
+    assert "|test|beam|qat|3|m-3.0|-|-|1|10|200|11.00|0.00|11.00|11.00|+10.0 % [" in table
     memsim_row = next(line for line in table.splitlines() if line.startswith("|test|beam|memsim|"))
-    assert memsim_row.startswith("|test|beam|memsim|3|my chip|-|3|10|200|13.00|1.00|12.00|14.00|+30.0 % [")
+    assert memsim_row.startswith("|test|beam|memsim|3|m-3.0|my chip|-|3|10|200|13.00|1.00|12.00|14.00|+30.0 % [")
     assert "|+18.2 % [" in memsim_row  # 26 errors on average against the QAT model's 22
     assert "|memsim/w3/my chip/test/beam (3 instances pooled)|30|600|87.0|13.0|0.0|0.0|13.0|100.0|" in table
     chip_group = next(g for g in groups if g.first.system == "memsim")
@@ -173,9 +173,9 @@ def test_chip_layer_errors_and_the_budget_chart_come_from_the_chip_summaries(wor
         decode(work, trained, spread(count), chip=chip, instance=instance)
     write_report([work], tmp_path / "out", "budget")
     table = (tmp_path / "out" / "RESULTS.md").read_text()
-    row = next(line for line in table.splitlines() if line.startswith("|w3 noisy|"))
+    row = next(line for line in table.splitlines() if line.startswith("|m-3.0 noisy|"))
     assert row.endswith("|0.1000|0.9600|0.0850|blocks.0.ff1.w1 (0.1200)|19.5 %|n/a|") and "|15.50|+40.9 % [" in row
-    assert "|w3 my chip|13.00|+18.2 % [" in table and "|n/a|n/a|n/a|n/a|n/a|n/a|" in table  # no summary: n/a
+    assert "|m-3.0 my chip|13.00|+18.2 % [" in table and "|n/a|n/a|n/a|n/a|n/a|n/a|" in table  # no summary: n/a
     assert (tmp_path / "out" / "chips.png").is_file()
 
 
@@ -211,7 +211,7 @@ def test_a_multi_level_chip_gets_its_cost_row_and_level_histogram(work, tmp_path
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     pulses = levels["pulses"]
     failed = levels["failed_by_level"]
-    row = next(line for line in table.splitlines() if line.startswith("|w3 four|4|0.25|1|"))
+    row = next(line for line in table.splitlines() if line.startswith("|m-3.0 four|4|0.25|1|"))
     assert f"|{2 * 128 * 128:,}|1|1,000|{pulses['pulses_mean']:.1f} / {pulses['pulses_p99']} / " in row
     assert f"|{sum(failed)} ({', '.join(map(str, failed))})|15.00|" in row
     assert (tmp_path / "out" / "levels-m-3.0-four.png").is_file()
