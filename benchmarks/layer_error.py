@@ -1,6 +1,9 @@
 """Where one crossbar layer's error comes from: the parity protocol (memsim.validation.parity) under the
 paper and physical presets, each calibration, and each non-ideality alone. Prints gain, relative error,
 residual after the gain and read-to-read RMS (all relative to the digital output's RMS), mean over seeds.
+Then a depthwise convolution (the mini model's: 144 channels, kernel 15, 3 bits, physical chip) against its
+fake-quantized self, by tile size: a tile holds the taps of tile / 15 channels, and each column also reads
+the other channels' rows of its tile, whose cells store 0 (HRS pairs that differ from cell to cell).
 
     python benchmarks/layer_error.py [--seeds 3]
 """
@@ -11,7 +14,11 @@ import argparse
 import dataclasses
 import statistics
 
+import torch
+from torch import nn
+
 import memsim
+from memsim.crossbar import integer_weights
 from memsim.validation.parity import layer_statistics, protocol_layer
 
 PREQUANTIZED = "paper, inputs already 8-bit"  # the DAC re-quantizes 8-bit activations
@@ -48,6 +55,26 @@ def main() -> None:
             f"{name:36s} {mean['gain']:7.4f} {mean['relative_error']:8.4f} {mean['residual']:8.4f} "
             f"{mean['read_to_read']:9.4f}"
         )
+    depthwise_errors(args.seeds)
+
+
+def depthwise_errors(seeds: int) -> None:
+    """The depthwise convolution's relative output error by tile size, mean over seeds."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(144, 144, 15, padding=7, groups=144)
+    x = torch.randn(4, 144, 200)
+    q, scale = integer_weights(conv.weight, 3)
+    digital = conv._conv_forward(x, q * scale, conv.bias).detach()
+    print(f"\n{'depthwise Conv1d 144, k=15: tile':36s} {'channels':>8s} {'rel.err':>8s}")
+    for tile in (15, 30, 60, 128):
+        errors = []
+        for seed in range(seeds):
+            config = memsim.CrossbarConfig(weight_bits=3, tile_size=tile)
+            chip = memsim.MemristorConv1d.from_conv(conv, config, torch.Generator().manual_seed(seed))
+            memsim.calibrate(chip, [(x,)])
+            with torch.no_grad():
+                errors.append(float((chip(x) - digital).norm() / digital.norm()))
+        print(f"{tile:36d} {tile / 15:8.1f} {statistics.mean(errors):8.4f}")
 
 
 if __name__ == "__main__":
