@@ -162,12 +162,14 @@ def _run(
 
 def _reads_inputs_ahead(cell: nn.Module, inputs: int) -> bool:
     """Whether a gate layer on crossbars can read its input rows (W_ih x_t) for all steps before the recurrence:
-    they fill whole row tiles of their own, the DAC's range is fixed, and no energy meter wants whole reads. Exact:
-    each tile's read is independent of the others', and the tiles' outputs are summed digitally either way."""
+    they fill whole row tiles of their own, the DAC's range is fixed, and no instrument wants whole reads (an
+    energy meter, or a forward hook such as memsim.layer_errors'). Exact: each tile's read is independent of the
+    others', and the tiles' outputs are summed digitally either way."""
     return (
         isinstance(cell, MemristorLinear)
         and inputs % cell.config.tile_size == 0
         and cell.energy_meter is None
+        and not (cell._forward_hooks or cell._forward_pre_hooks)
         and bool(cell.input_range > 0)  # once per layer and direction, not per step
     )
 

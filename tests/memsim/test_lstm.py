@@ -79,6 +79,8 @@ def test_input_rows_on_tiles_of_their_own_are_read_for_all_steps_at_once_with_th
     chip = memsim.MemristorLSTM.from_lstm(nn.LSTM(8, 4, num_layers=2), config, torch.Generator().manual_seed(0))
     x, lengths = torch.randn(5, 3, 8), torch.tensor([5, 4, 2])
     memsim.calibrate(chip, [(x,)])  # a fixed DAC range: a part's voltages must not depend on the other parts
+    errors = memsim.layer_errors(chip, memsim.LinearLSTM.from_lstm(nn.LSTM(8, 4, num_layers=2)), lambda m: m(x))
+    assert [row["layer"] for row in errors] == ["cells.0.0", "cells.1.0", "mean"]  # forward hooks see whole reads
     reads = []
     original = memsim.MemristorLinear.read
     monkeypatch.setattr(
