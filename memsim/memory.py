@@ -14,7 +14,7 @@ class PeakTensorMemory(TorchDispatchMode):
     """Peak bytes of tensor storage alive at once during a block, counting what the block allocates (the
     tensors it was given excluded). Device-agnostic: it watches every operation's outputs, not an allocator."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.live = self.peak = 0
         self.seen: set[int] = set()
