@@ -105,9 +105,9 @@ def decode_jobs(
         by_split[job.output.settings["split"]].append(job)
     rows = []
     for split, split_jobs in by_split.items():
+        batching = _batching(s, model, files.records(split))  # before the reseed: the probe reads the chip too
         if before_split is not None:
             before_split(split)
-        batching = _batching(s, model, files.records(split))
         loader = _loader(s, split, batching["batch_seconds"])
         chosen = {j.output.settings["method"]: j for j in split_jobs}
         began = time.perf_counter()
