@@ -95,7 +95,7 @@ class MemristorConv(nn.Module):
             dilation,
             groups,
         )
-        self.tile_read = TileConvolution(crossbar, in_channels, kernel_size, stride, dilation)
+        self.tile_read = TileConvolution(self)
 
     @classmethod
     def from_conv(

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from memsim.crossbar import adc_step, to_codes
-from memsim.layers import MemristorLinear
+
+if TYPE_CHECKING:
+    from memsim.conv import MemristorConv
 
 
 class TileKernels(NamedTuple):
@@ -41,32 +43,23 @@ class TileKernels(NamedTuple):
 class TileConvolution:
     """MemristorLinear.read of a convolution's patches, computed as convolutions over its padded input."""
 
-    def __init__(
-        self,
-        crossbar: MemristorLinear,
-        in_channels: int,
-        kernel_size: tuple[int, ...],
-        stride: tuple[int, ...],
-        dilation: tuple[int, ...],
-    ):
-        self.crossbar, self.in_channels, self.kernel_size = crossbar, in_channels, kernel_size
-        self.stride, self.dilation = stride, dilation
+    def __init__(self, conv: MemristorConv):
+        self.conv = conv  # its crossbar and geometry
         self._kernels: TileKernels | None = None
         self._key: tuple | None = None
 
     def kernels(self) -> TileKernels:
         """The kernels of the cells as programmed (made again when r changes: programming, load_state_dict)."""
-        r = self.crossbar.r
-        key = (r.data_ptr(), r._version, r.device, self.crossbar.config.read_noise)
+        key = (*self.conv.crossbar.programming_key(), self.conv.crossbar.config.read_noise)
         if self._key != key:
             self._kernels, self._key = self._make_kernels(), key
         assert self._kernels is not None
         return self._kernels
 
     def _make_kernels(self) -> TileKernels:
-        layer, config = self.crossbar, self.crossbar.config
+        layer, config = self.conv.crossbar, self.conv.crossbar.config
         _, in_padded, planes, out_features = layer.r.shape
-        tile, taps, in_features = config.tile_size, math.prod(self.kernel_size), layer.in_features
+        tile, taps, in_features = config.tile_size, math.prod(self.conv.kernel_size), layer.in_features
         row_tiles = in_padded // tile
         real_rows = [min(tile, in_features - t * tile) for t in range(row_tiles)]
         first = [t * tile // taps for t in range(row_tiles)]
@@ -94,15 +87,15 @@ class TileConvolution:
                 padded = cells[0, real:] + cells[1, real:]  # [padding rows, planes, n]
                 padding_variance[t, :, :n] = zero_volts[1] * padded.sum(0) + 2 * zero_volts[2] * (tile - real)
         channels = (torch.tensor(first, device=device)[:, None] + torch.arange(window, device=device)).clamp_(
-            max=self.in_channels - 1
+            max=self.conv.in_channels - 1
         )
-        shape = (row_tiles * planes * slots, window, *self.kernel_size)
+        shape = (row_tiles * planes * slots, window, *self.conv.kernel_size)
         connected = columns < out_features
         return TileKernels(
             channels.flatten(),
             mean.view(shape),
             variance.view(shape),
-            rows.view(row_tiles, window, *self.kernel_size),
+            rows.view(row_tiles, window, *self.conv.kernel_size),
             padding_variance,
             columns.flatten(),
             connected,
@@ -113,7 +106,7 @@ class TileConvolution:
         """The ADC outputs [B x positions, out] (as MemristorLinear.read of the patches) of the padded input
         voltages v [B, C, *spatial]. Everything before the sum over tiles stays in the convolutions' layout
         [B, T, P x M, positions]: only the result is transposed."""
-        layer, config = self.crossbar, self.crossbar.config
+        layer, config = self.conv.crossbar, self.conv.crossbar.config
         k = self.kernels()
         row_tiles, planes, slots = k.padding_variance.shape
         step = adc_step(config)
@@ -144,8 +137,8 @@ class TileConvolution:
         """The convolution of a row factor [B, C, *spatial] with one kernel per row of tiles: [B, T, outputs,
         positions]."""
         windows = factor[:, self.kernels().channels]  # [B, T x C_w, *spatial]
-        convolve = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
-        out = convolve(windows, kernel, stride=self.stride, dilation=self.dilation, groups=row_tiles)
+        convolve = F.conv1d if len(self.conv.kernel_size) == 1 else F.conv2d
+        out = convolve(windows, kernel, stride=self.conv.stride, dilation=self.conv.dilation, groups=row_tiles)
         return out.view(out.shape[0], row_tiles, -1, math.prod(out.shape[2:]))
 
     @staticmethod

@@ -190,7 +190,7 @@ class MemristorLinear(nn.Module):
         """[out, in]: what the programmed cells hold, in weight levels: per weight, the place-weighted difference
         of its cells' chord conductances at a quarter of v_read (inputs mostly use a small part of the DAC's
         range), relative to one level step. q itself on an ideal chip. Cached until r changes."""
-        key = (self.r.data_ptr(), self.r._version, self.r.device)
+        key = self.programming_key()
         if getattr(self, "_effective_key", None) != key:
             v = torch.tensor(0.25 * self.config.v_read, device=self.r.device)
             _, delta = self.read_model.conductances(v)
@@ -240,9 +240,14 @@ class MemristorLinear(nn.Module):
             None if tile_columns is None else tile_columns[first_tile:last_tile],
         )
 
+    def programming_key(self) -> tuple:
+        """What changes whenever the programmed cells do (programming, load_state_dict, a move to another device):
+        the key of everything cached from them."""
+        return (self.r.data_ptr(), self.r._version, self.r.device)
+
     def cell_pairs(self) -> CellPairs:
         """The programmed pairs as the read uses them (crossbar.CellPairs), cached until r changes."""
-        key = (self.r.data_ptr(), self.r._version, self.r.device)
+        key = self.programming_key()
         if getattr(self, "_pairs_key", None) != key:
             self._pairs, self._pairs_key = CellPairs.of(self.r), key
         return self._pairs
