@@ -10,6 +10,7 @@ plane), which the measurement includes, so a model on crossbars gets smaller bat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,17 +37,28 @@ def free_bytes(device: torch.device) -> int:
         ) from None
 
 
+def one_utterance(seconds: float, num_mel_bins: int, device: torch.device) -> Callable[[nn.Module], None]:
+    """A run(model) that passes one utterance of `seconds` of zero features through a model (in eval mode and
+    inference mode; its training mode restored): what a model holds or reads per second of audio is measured
+    on it."""
+    frames = max(1, math.ceil(seconds * FRAMES_PER_SECOND))
+    features = torch.zeros(1, frames, num_mel_bins, device=device)
+    lengths = torch.tensor([frames], device=device)
+
+    def run(model: nn.Module) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            model(features, lengths)
+        model.train(was_training)
+
+    return run
+
+
 def bytes_per_second(model: nn.Module, seconds: float, num_mel_bins: int, device: torch.device) -> float:
     """Peak activation bytes per second of audio of one forward pass over an utterance of `seconds`."""
-    frames = max(1, math.ceil(seconds * FRAMES_PER_SECOND))
-    features = torch.randn(1, frames, num_mel_bins, device=device)
-    lengths = torch.tensor([frames], device=device)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        peak = peak_bytes(lambda: model(features, lengths))
-    model.train(was_training)
-    return peak / seconds
+    run = one_utterance(seconds, num_mel_bins, device)
+    return peak_bytes(lambda: run(model)) / seconds
 
 
 def batch_seconds(

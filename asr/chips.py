@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 import memsim
+from asr.batch_memory import one_utterance
 from asr.checkpoint import load_model
+from asr.decode import model_device
 from asr.model import ConformerCTC, ctc_loss
 from asr.quant import quantized_layers
 from asr.tokenizer import BLANK_ID
 from memsim.convert import run_instrumented
 
-FEATURE_FRAMES_PER_SECOND = 100  # 10 ms frame shift
 PROBE_SECONDS = 10  # the utterance reads_per_second counts each crossbar layer's reads on
 
 
@@ -200,16 +201,6 @@ def reads_per_second(model: ConformerCTC) -> dict[str, float]:
     """Input vectors each crossbar layer reads per second of audio, counted over one utterance of PROBE_SECONDS
     (zero features): one per encoder frame for a linear layer or a depthwise convolution, one per output
     position for a frontend convolution (many per frame), one per frame and direction for an LSTM's gates."""
-    frames = PROBE_SECONDS * FEATURE_FRAMES_PER_SECOND
-    device = next(model.parameters()).device
-    features = torch.zeros(1, frames, model.cfg.n_mels, device=device)
-
-    def run(m: nn.Module) -> None:
-        was_training = m.training
-        m.eval()
-        with torch.inference_mode():
-            m(features, torch.tensor([frames], device=device))
-        m.train(was_training)
-
+    run = one_utterance(PROBE_SECONDS, model.cfg.n_mels, model_device(model))
     counters = run_instrumented(model, run, "energy_meter", _ReadCounter)
     return {name: counter.vectors / PROBE_SECONDS for name, counter in counters.items()}
