@@ -87,7 +87,13 @@ class ConformerCTC(nn.Module):
             for _ in range(cfg.n_layers if conformer else 0)
         )
         self.lstm: nn.Module | None = None
+        self.lstm_norm: nn.Module | None = None
         if not conformer:
+            # A fresh frontend's output is small (std 0.11 on the mini corpus's features of std 1.0), and an LSTM
+            # fed it as is stays on CTC's all-blank plateau: 8 epochs of the mini recipe left its dev loss at
+            # 123, where the Conformer (whose blocks normalize their inputs) was at 22. Overfitting 4 batches,
+            # the normalized LSTM left the plateau within 100 steps and the plain one had not at 100.
+            self.lstm_norm = nn.LayerNorm(cfg.d_model)
             dropout = cfg.dropout if cfg.n_layers > 1 else 0.0
             self.lstm = nn.LSTM(
                 cfg.d_model, cfg.d_model // 2, cfg.n_layers, batch_first=True, dropout=dropout, bidirectional=True
@@ -104,6 +110,8 @@ class ConformerCTC(nn.Module):
         valid = torch.arange(x.size(1), device=x.device)[None, :] < out_lengths[:, None]
         for block in self.blocks:
             x = block(x, valid)
+        if self.lstm_norm is not None:
+            x = self.lstm_norm(x)
         if isinstance(self.lstm, nn.LSTM):  # packed: the fused kernel stops at each sequence's end
             packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
             x = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.size(1))[0]
