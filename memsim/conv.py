@@ -7,12 +7,14 @@ convolution: each channel's taps in its own rows, its output in its own column).
 programmed as a MemristorLinear (`crossbar`), with the same DAC, ADC, noise, programming and state_dict; its
 columns that hold no weights in a row of tiles are not connected there (`column_present`): neither read nor
 converted, and a tile with none of them does not exist.
-The forward reads each patch (im2col) as one input vector of the crossbar, computed without unfolding: the
-sums over a tile's rows are convolutions over the input (memsim.conv_read).
+The forward reads each patch (im2col) as one input vector of the crossbar: a dense convolution's unfolded
+patches with MemristorLinear's GEMM read; a grouped one's without unfolding, its sums over a tile's rows as
+convolutions over the input (memsim.conv_read).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -130,10 +132,27 @@ class MemristorConv(nn.Module):
         return self._unfold(padded).view(x.shape[0], -1, self.crossbar.in_features), self._out_shape(padded)
 
     def _read(self, v: torch.Tensor) -> torch.Tensor:
-        """The crossbar's read of the patches of padded input voltages v, as convolutions (memsim.conv_read)."""
-        if self.crossbar.energy_meter is not None:
-            self.crossbar.energy_meter(self._unfold(v), self.crossbar)
-        return self.tile_read(v)
+        """The crossbar's read of the patches of padded input voltages v. The row factors act on v, each
+        element once. A grouped convolution reads them as convolutions (memsim.conv_read): its patches would
+        repeat each input K times for a few columns each. A dense one reads its unfolded factors with the GEMM
+        read, which runs at the GEMM's speed where the grouped convolutions of a dense matrix do not
+        (`python benchmarks/crossbar.py --layers-only`); they are unfolded straight into the tiles' rows, the
+        padding rows holding the factors of 0 V (memsim.crossbar.padded_rows)."""
+        layer = self.crossbar
+        if layer.energy_meter is not None:
+            layer.energy_meter(self._unfold(v), layer)
+        unit = layer.factor_unit()
+        factors = layer.read_model.row_factors(v, unit)
+        if self.groups > 1:
+            return self.tile_read(factors)
+        at_zero_volts = layer.read_model.row_factors(v.new_zeros(1, 1), unit)
+        rows = layer.r.shape[1]
+        mean, variance, common = (
+            None if f is None or zero is None else self._unfold(f, rows, zero.reshape(()))
+            for f, zero in zip(factors, at_zero_volts, strict=True)
+        )
+        assert mean is not None
+        return layer.read_factors((mean, variance, common))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, [side for p in reversed(self.padding) for side in (p, p)])
@@ -142,14 +161,25 @@ class MemristorConv(nn.Module):
         geometry = zip(padded.shape[2:], self.kernel_size, self.stride, self.dilation, strict=True)
         return tuple((size - d * (k - 1) - 1) // s + 1 for size, k, s, d in geometry)
 
-    def _unfold(self, padded: torch.Tensor) -> torch.Tensor:
-        """An already padded [B, C, *spatial] tensor's patches as rows [B x positions, C x K]."""
-        if self.dims == 2:
-            columns = F.unfold(padded, self.kernel_size, self.dilation, 0, self.stride)  # [B, C x K, positions]
-        else:  # a 1d convolution is a 2d one over a height of 1
-            (k,), (d,), (s,) = self.kernel_size, self.dilation, self.stride
-            columns = F.unfold(padded.unsqueeze(2), (1, k), (1, d), 0, (1, s))
-        return columns.transpose(1, 2).reshape(-1, columns.shape[1])
+    def _unfold(self, padded: torch.Tensor, rows: int | None = None, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """An already padded [B, C, *spatial] tensor's patches as rows [B x positions, C x K], in F.unfold's
+        order (channel-major taps, positions row-major), gathered in one copy; or as rows of `rows` elements,
+        the last rows - C x K of them set to `fill`."""
+        out_shape = self._out_shape(padded)
+        if self.dims == 1:  # a 1d convolution is a 2d one over a height of 1
+            padded, out_shape = padded.unsqueeze(2), (1, *out_shape)
+        kernel, dilation, stride = ((1,) * (2 - self.dims) + t for t in (self.kernel_size, self.dilation, self.stride))
+        batch, channels = padded.shape[:2]
+        s_batch, s_channel, s_height, s_width = padded.stride()
+        steps = (s_height * stride[0], s_width * stride[1], s_channel, s_height * dilation[0], s_width * dilation[1])
+        patches = padded.as_strided((batch, *out_shape, channels, *kernel), (s_batch, *steps))
+        width = channels * math.prod(kernel)
+        if rows is None or rows == width:
+            return patches.reshape(-1, width)
+        out = padded.new_empty(batch, *out_shape, rows)
+        out[..., :width].unflatten(-1, (channels, *kernel)).copy_(patches)
+        out[..., width:] = fill
+        return out.view(-1, rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The DAC and the read's elementwise factors act on the padded input, each element once; only then

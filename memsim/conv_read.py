@@ -1,4 +1,4 @@
-"""The crossbar read of a convolution's matrix, tile by tile, as convolutions: no patch is ever unfolded.
+"""The crossbar read of a grouped convolution's matrix, tile by tile, as convolutions: no patch is ever unfolded.
 
 A convolution's matrix (memsim.conv) holds input channel c's taps on rows c x K .. c x K + K - 1 (K taps per
 channel), so a row of tiles holds the taps of a window of consecutive channels, cut at the tile's edges. What
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from memsim.crossbar import adc_step, to_codes
+from memsim.crossbar import RowFactors, adc_step, to_codes
 
 if TYPE_CHECKING:
     from memsim.conv import MemristorConv
@@ -37,7 +37,6 @@ class TileKernels(NamedTuple):
     padding_variance: torch.Tensor  # [T, P, M] what the 0 V padding rows add to each column's variance
     columns: torch.Tensor  # [T x M] the output column of each slot; out_features for a slot with none
     connected: torch.Tensor  # [T, M] whether a slot holds a connected column
-    places: torch.Tensor  # [P] each plane's place value in ADC steps
 
 
 class TileConvolution:
@@ -72,8 +71,7 @@ class TileConvolution:
         mean = layer.r.new_zeros(row_tiles, planes, slots, window * taps)
         variance, rows = torch.zeros_like(mean), layer.r.new_zeros(row_tiles, window * taps)
         padding_variance = layer.r.new_zeros(row_tiles, planes, slots)
-        unit = layer.read_model.unit_current * adc_step(config)
-        zero_volts = layer.read_model.row_factors(layer.r.new_zeros(1, 1), unit)
+        zero_volts = layer.read_model.row_factors(layer.r.new_zeros(1, 1), layer.factor_unit())
         for t, (start, own) in enumerate(zip(first, chosen, strict=True)):
             n, real = own.numel(), real_rows[t]
             columns[t, :n] = own
@@ -99,19 +97,18 @@ class TileConvolution:
             padding_variance,
             columns.flatten(),
             connected,
-            torch.tensor([config.levels_per_cell**p * adc_step(config) for p in range(planes)], device=device),
         )
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        """The ADC outputs [B x positions, out] (as MemristorLinear.read of the patches) of the padded input
-        voltages v [B, C, *spatial]. Everything before the sum over tiles stays in the convolutions' layout
+    def __call__(self, factors: RowFactors) -> torch.Tensor:
+        """The ADC outputs [B x positions, out] (as MemristorLinear.read of the patches) of the row factors
+        (ReadModel.row_factors in MemristorLinear.factor_unit()) of the padded input voltages, [B, C, *spatial]
+        each. Everything before the sum over tiles stays in the convolutions' layout
         [B, T, P x M, positions]: only the result is transposed."""
         layer, config = self.conv.crossbar, self.conv.crossbar.config
         k = self.kernels()
         row_tiles, planes, slots = k.padding_variance.shape
         step = adc_step(config)
-        unit = layer.read_model.unit_current * step
-        mean_factor, variance_factor, common_factor = layer.read_model.row_factors(v, unit)
+        mean_factor, variance_factor, common_factor = factors
         y = self._tiles(mean_factor, k.mean, row_tiles)  # [B, T, P x M, L]
         variance = None
         if variance_factor is not None and common_factor is not None:
@@ -121,14 +118,17 @@ class TileConvolution:
         correction = None
         if config.calibration == "per_column":
             index = k.columns.view(row_tiles, slots).clamp(max=layer.out_features - 1)
-            tiles = torch.arange(row_tiles, device=v.device)[:, None]
+            tiles = torch.arange(row_tiles, device=mean_factor.device)[:, None]
             gain = layer.column_gain[tiles, :, index].transpose(1, 2)  # [T, P, M]
             offset = layer.column_offset[tiles, :, index].transpose(1, 2)
             correction = ((offset / step).reshape(row_tiles, -1, 1), gain.reciprocal().reshape(row_tiles, -1, 1))
         observe = None if layer.adc_probe is None else self._connected_only(layer.adc_probe, k.connected, planes)
         to_codes(y, variance, config, layer.generator, observe, correction)
         batch, positions = y.shape[0], y.shape[-1]
-        summed = torch.einsum("btpml,p->btml", y.view(batch, row_tiles, planes, slots, positions), k.places)
+        per_plane = y.view(batch, row_tiles, planes, slots, positions)
+        summed = per_plane[:, :, 0] * step  # plane p's place value is levels_per_cell^p ADC steps
+        for plane in range(1, planes):
+            summed.add_(per_plane[:, :, plane], alpha=config.levels_per_cell**plane * step)
         result = y.new_zeros(batch, layer.out_features + 1, positions)  # the last column collects the empty slots
         result.index_add_(1, k.columns, summed.reshape(batch, -1, positions))
         return result[:, :-1].transpose(1, 2).reshape(-1, layer.out_features)

@@ -15,6 +15,7 @@ from memsim.crossbar import (
     CellPairs,
     ColumnCalibration,
     ReadModel,
+    RowFactors,
     adc_step,
     dac,
     digit_planes,
@@ -214,14 +215,21 @@ class MemristorLinear(nn.Module):
         """The ADC outputs [N, out] (in units of one programmed pair) of voltages v [N, in]; or, from row tile
         `first_tile` on, of voltages v [N, k] on the k rows from that tile's first: only the tiles holding them
         are read (their outputs summed digitally, as all tiles' are), so a matrix's rows can be read in parts."""
-        tile = self.config.tile_size
-        last_tile = first_tile + math.ceil(v.shape[1] / tile)
         if self.energy_meter is not None:
             if (first_tile, v.shape[1]) != (0, self.in_features):
                 raise ValueError("an energy meter measures whole reads only: read all rows at once")
             self.energy_meter(v, self)
-        unit = self.read_model.unit_current * adc_step(self.config)
-        factors = self.read_model.row_factors(v, unit)
+        return self.read_factors(self.read_model.row_factors(v, self.factor_unit()), first_tile)
+
+    def factor_unit(self) -> float:
+        """The current that row factors are measured in (ReadModel.row_factors): one ADC step."""
+        return self.read_model.unit_current * adc_step(self.config)
+
+    def read_factors(self, factors: RowFactors, first_tile: int = 0) -> torch.Tensor:
+        """read() of input vectors given by their row factors (ReadModel.row_factors in factor_unit()) [N, k]
+        each: the rows from tile `first_tile`'s first on."""
+        tile = self.config.tile_size
+        last_tile = first_tile + math.ceil(factors[0].shape[1] / tile)
         columns = None
         if self.config.calibration == "per_column":
             parts = slice(first_tile, last_tile)
@@ -230,7 +238,7 @@ class MemristorLinear(nn.Module):
         rows = slice(first_tile * tile, last_tile * tile)
         difference, total = self.cell_pairs()
         return tile_reads(
-            padded_rows(factors, self.read_model, unit, rows.stop - rows.start),
+            padded_rows(factors, self.read_model, self.factor_unit(), rows.stop - rows.start),
             CellPairs(difference[rows], total[rows]),
             self.config.planes,
             self.config,

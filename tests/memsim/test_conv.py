@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_crossbar import per_cell_read
 from torch import nn
 
@@ -83,9 +84,23 @@ def test_the_noisy_read_of_a_convolution_matches_a_per_cell_read_in_distribution
     torch.testing.assert_close(ours.std(0), brute.std(0), rtol=0.15, atol=0)
 
 
-@pytest.mark.parametrize("name", ["depthwise 1d", "2d, stride and padding"])
-def test_the_read_as_convolutions_equals_the_crossbar_read_of_the_unfolded_patches(name):
-    """Without noise, term by term: per-column calibration, padding rows, and what an ADC probe sees."""
+@pytest.mark.parametrize("name", CONVS)
+def test_the_patches_are_those_of_f_unfold(name):
+    conv, shape = CONVS[name]
+    layer = memsim.convert(conv, IDEAL, kinds=["conv"])
+    x = torch.randn(shape)
+    padded = F.pad(x, [side for p in reversed(conv.padding) for side in (p, p)])
+    two_d = padded if conv.weight.dim() == 4 else padded.unsqueeze(2)
+    lift = (1,) * (4 - conv.weight.dim())  # a 1d convolution's geometry over a height of 1
+    kernel, dilation, stride = (lift + t for t in (conv.kernel_size, conv.dilation, conv.stride))
+    columns = F.unfold(two_d, kernel, dilation, 0, stride)  # [B, C x K, positions]
+    assert torch.equal(layer.patches(x)[0], columns.transpose(1, 2))
+
+
+@pytest.mark.parametrize("name", ["depthwise 1d", "2d, stride and padding", "depthwise 2d"])
+def test_the_convolution_read_equals_the_crossbar_read_of_the_unfolded_patches(name):
+    """Without noise, term by term: per-column calibration, padding rows, and what an ADC probe sees. A grouped
+    convolution reads as convolutions (memsim.conv_read), a dense one its unfolded row factors."""
     torch.manual_seed(0)
     conv, shape = CONVS[name]
     config = memsim.CrossbarConfig(
@@ -104,13 +119,15 @@ def test_the_read_as_convolutions_equals_the_crossbar_read_of_the_unfolded_patch
     assert torch.equal(probes[0].counts, probes[1].counts)
 
 
-def test_the_read_as_convolutions_gives_each_adc_the_mean_and_noise_variance_of_the_unfolded_read(monkeypatch):
+@pytest.mark.parametrize("name", ["depthwise 1d", "2d, stride and padding"])
+def test_the_convolution_read_gives_each_adc_the_mean_and_noise_variance_of_the_unfolded_read(monkeypatch, name):
     """With physical noise: every connected column's mean current and variance per row of tiles, padding rows
     (thermal noise at 0 V) included, as the crossbar's read of the unfolded patches computes them."""
     torch.manual_seed(0)
-    conv, shape = CONVS["depthwise 1d"]
+    conv, shape = CONVS[name]
     config = memsim.CrossbarConfig(tile_size=16, adc_precision_bits=None, adc_range_bits=None)
     layer = memsim.convert(conv, config, torch.Generator().manual_seed(0), kinds=["conv"])
+    assert layer.crossbar.in_features % config.tile_size  # the last tile has padding rows
     x = torch.randn(shape)
     seen: dict[str, list] = {"conv": [], "unfolded": []}
     for module, key in ((memsim.conv_read, "conv"), (memsim.crossbar, "unfolded")):
@@ -121,44 +138,21 @@ def test_the_read_as_convolutions_gives_each_adc_the_mean_and_noise_variance_of_
             lambda y, v, *a, _f=original, _k=key, **k: seen[_k].append((y.clone(), v.clone())) or _f(y, v, *a, **k),
         )
     layer(x)
+    ours = seen["unfolded"][:]
+    seen["unfolded"].clear()
     layer.crossbar(layer.patches(x)[0])
-    (mean, variance), planes = seen["conv"][0], config.planes
-    tiles = layer.crossbar.tile_columns()
+    tiles, planes = layer.crossbar.tile_columns(), config.planes
+    if tiles is None:  # a dense convolution: the GEMM read of its unfolded factors, tile by tile
+        assert not seen["conv"] and len(ours) == len(seen["unfolded"]) == math.ceil(layer.crossbar.in_features / 16)
+        for per_tile, theirs_per_tile in zip(ours, seen["unfolded"], strict=True):
+            for mine, theirs in zip(per_tile, theirs_per_tile, strict=True):
+                torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6 * float(theirs.abs().max()))
+        return
+    (mean, variance) = seen["conv"][0]
     assert len(seen["unfolded"]) == len(tiles)  # every row of tiles holds some column
     for t, columns in enumerate(tiles):
         n = columns.numel()
-        for ours, theirs in zip((mean, variance), seen["unfolded"][t], strict=True):
-            ours = ours[:, t].transpose(1, 2).reshape(-1, planes, ours.shape[2] // planes)[:, :, :n]  # [B x L, ...]
+        for mine, theirs in zip((mean, variance), seen["unfolded"][t], strict=True):
+            mine = mine[:, t].transpose(1, 2).reshape(-1, planes, mine.shape[2] // planes)[:, :, :n]  # [B x L, ...]
             tolerance = 1e-6 * float(theirs.abs().max())
-            torch.testing.assert_close(ours, theirs.view(-1, planes, n), rtol=1e-5, atol=tolerance)
-
-
-def test_convert_maps_each_kind_only_when_asked_and_a_mixed_chip_reloads_bit_exactly():
-    def model():
-        torch.manual_seed(0)
-        return nn.Sequential(
-            nn.Conv2d(1, 4, 3), nn.Flatten(1), nn.Linear(4 * 6 * 6, 5), nn.Conv1d(1, 2, 3), nn.LSTM(5, 3)
-        )
-
-    linear_only = memsim.convert(model(), memsim.CrossbarConfig())
-    assert [type(m).__name__ for m in linear_only] == ["Conv2d", "Flatten", "MemristorLinear", "Conv1d", "LSTM"]
-    kinds = ["linear", "conv", "lstm"]
-    chip = memsim.convert(model(), memsim.CrossbarConfig(), torch.Generator().manual_seed(3), kinds=kinds)
-    names = ["MemristorConv2d", "Flatten", "MemristorLinear", "MemristorConv1d", "MemristorLSTM"]
-    assert [type(m).__name__ for m in chip] == names
-    shell = memsim.convert(model(), memsim.CrossbarConfig(), kinds=kinds, program=False)
-    shell.load_state_dict(chip.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(chip.state_dict().values(), shell.state_dict().values(), strict=True))
-    grouped = memsim.convert(
-        nn.Sequential(nn.Conv1d(16, 16, 3, groups=16)), memsim.CrossbarConfig(tile_size=8), kinds=["conv"]
-    )
-    assert "0.crossbar.column_present" in grouped.state_dict()
-    with pytest.raises(ValueError, match=r"unknown layer kind\(s\) \['gru'\]"):
-        memsim.convert(model(), memsim.CrossbarConfig(), kinds=["gru"])
-
-
-def test_unsupported_padding_is_refused_by_name():
-    with pytest.raises(ValueError, match="padding_mode='reflect'"):
-        memsim.MemristorConv1d.from_conv(nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect"), IDEAL)
-    with pytest.raises(ValueError, match="padding='same': give the padding in elements"):
-        memsim.MemristorConv1d.from_conv(nn.Conv1d(2, 2, 3, padding="same"), IDEAL)
+            torch.testing.assert_close(mine, theirs.view(-1, planes, n), rtol=1e-5, atol=tolerance)
