@@ -36,15 +36,15 @@ SHAPES = [(512, 512), (384, 1536), (1536, 384), (384, 1152)]
 
 
 def best_of(calls: list, repeats: int, synchronize) -> list[float]:
-    """Seconds per call of each function: the fastest of `repeats` timed calls, the functions called in turn.
+    """Seconds per call of each function: the fastest of `repeats` timed calls, the functions taking turns.
     On a shared machine other work only ever slows a call down, so the fastest is the code's own cost, and
-    taking turns exposes the layers compared to the same load."""
-    for fn in calls:  # warm-up
-        fn()
-    synchronize()
+    taking turns exposes the layers compared to the same load. Each timed call follows an untimed one of the
+    same function, so that none is timed on the caches and allocations another one left."""
     best = [float("inf")] * len(calls)
     for _ in range(repeats):
         for i, fn in enumerate(calls):
+            fn()
+            synchronize()
             start = time.perf_counter()
             fn()
             synchronize()

@@ -129,7 +129,7 @@ class MemristorConv(nn.Module):
     def patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """x [B, C, *spatial] -> its patches [B, positions, C x K] and the output's spatial shape."""
         padded = self._pad(x)
-        return self._unfold(padded).view(x.shape[0], -1, self.crossbar.in_features), self._out_shape(padded)
+        return self._unfold(padded).reshape(x.shape[0], -1, self.crossbar.in_features), self._out_shape(padded)
 
     def _read(self, v: torch.Tensor) -> torch.Tensor:
         """The crossbar's read of the patches of padded input voltages v. The row factors act on v, each
@@ -163,23 +163,22 @@ class MemristorConv(nn.Module):
 
     def _unfold(self, padded: torch.Tensor, rows: int | None = None, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
         """An already padded [B, C, *spatial] tensor's patches as rows [B x positions, C x K], in F.unfold's
-        order (channel-major taps, positions row-major), gathered in one copy; or as rows of `rows` elements,
-        the last rows - C x K of them set to `fill`."""
+        order (channel-major taps, positions row-major); or as rows of `rows` elements, the last rows - C x K
+        of them set to `fill`. Gathered in one copy into a [rows, B x positions] buffer, whose copy runs along
+        the input's rows, and returned as its transpose (a view: the GEMMs read it as it lies)."""
         out_shape = self._out_shape(padded)
         if self.dims == 1:  # a 1d convolution is a 2d one over a height of 1
             padded, out_shape = padded.unsqueeze(2), (1, *out_shape)
         kernel, dilation, stride = ((1,) * (2 - self.dims) + t for t in (self.kernel_size, self.dilation, self.stride))
         batch, channels = padded.shape[:2]
-        s_batch, s_channel, s_height, s_width = padded.stride()
-        steps = (s_height * stride[0], s_width * stride[1], s_channel, s_height * dilation[0], s_width * dilation[1])
-        patches = padded.as_strided((batch, *out_shape, channels, *kernel), (s_batch, *steps))
         width = channels * math.prod(kernel)
-        if rows is None or rows == width:
-            return patches.reshape(-1, width)
-        out = padded.new_empty(batch, *out_shape, rows)
-        out[..., :width].unflatten(-1, (channels, *kernel)).copy_(patches)
-        out[..., width:] = fill
-        return out.view(-1, rows)
+        s_batch, s_channel, s_height, s_width = padded.stride()
+        steps = (s_height * dilation[0], s_width * dilation[1], s_batch, s_height * stride[0], s_width * stride[1])
+        patches = padded.as_strided((channels, *kernel, batch, *out_shape), (s_channel, *steps))
+        out = padded.new_empty(rows or width, batch, *out_shape)
+        out[:width].view(patches.shape).copy_(patches)
+        out[width:] = fill
+        return out.view(out.shape[0], -1).T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The DAC and the read's elementwise factors act on the padded input, each element once; only then

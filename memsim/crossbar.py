@@ -546,7 +546,7 @@ def tile_reads(
     step = adc_step(config)
     if variance_rows is not None and common_rows is not None:
         # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
-        common_variance = 2 * common_rows.view(batch, -1, config.tile_size).sum(2)
+        common_variance = 2 * common_rows.unflatten(1, (-1, config.tile_size)).sum(2)
     gaussian = None if variance_rows is None else mean_rows.new_empty(batch, planes * out_features)
     if columns is not None:
         offset_in_steps = (columns.offset / step).reshape(-1, planes * out_features)
