@@ -91,8 +91,8 @@ class ConformerCTC(nn.Module):
         if not conformer:
             # A fresh frontend's output is small (std 0.11 on the mini corpus's features of std 1.0), and an LSTM
             # fed it as is stays on CTC's all-blank plateau: 8 epochs of the mini recipe left its dev loss at
-            # 123, where the Conformer (whose blocks normalize their inputs) was at 22. Overfitting 4 batches,
-            # the normalized LSTM left the plateau within 100 steps and the plain one had not at 100.
+            # 123, where the Conformer (whose blocks normalize their inputs) was at 22. Normalized, it leaves
+            # the plateau at epoch 5 (dev loss 106 at epoch 6, 39.6 at epoch 20).
             self.lstm_norm = nn.LayerNorm(cfg.d_model)
             dropout = cfg.dropout if cfg.n_layers > 1 else 0.0
             self.lstm = nn.LSTM(
