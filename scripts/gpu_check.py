@@ -43,12 +43,25 @@ def read(device: torch.device) -> Callable[[], object]:
     return lambda: layer(x)
 
 
-def convolution_read(device: torch.device) -> Callable[[], object]:
+def depthwise_convolution_read(device: torch.device) -> Callable[[], object]:
+    """The Conformer's depthwise convolution: read as grouped convolutions (memsim.conv_read)."""
+    return _calibrated_convolution(torch.nn.Conv1d(384, 384, 31, padding=15, groups=384), (8, 384, 250), device)
+
+
+def dense_convolution_read(device: torch.device) -> Callable[[], object]:
+    """The mini model's second frontend convolution: its patches gathered and read by the GEMM read."""
+    return _calibrated_convolution(torch.nn.Conv2d(144, 144, 3, stride=2), (2, 144, 99, 39), device)
+
+
+def _calibrated_convolution(
+    conv: torch.nn.Module, shape: tuple[int, ...], device: torch.device
+) -> Callable[[], object]:
     import memsim
 
-    conv = torch.nn.Conv1d(384, 384, 31, padding=15, groups=384).to(device)  # the Conformer's depthwise convolution
-    layer = memsim.MemristorConv1d.from_conv(conv, memsim.CrossbarConfig(), torch.Generator(device).manual_seed(0))
-    x = torch.randn(8, 384, 250, device=device)
+    layer = memsim.convert(
+        conv.to(device), memsim.CrossbarConfig(), torch.Generator(device).manual_seed(0), kinds=["conv"]
+    )
+    x = torch.randn(shape, device=device)
     memsim.calibrate(layer, [(x,)])
     return lambda: layer(x)
 
@@ -76,7 +89,8 @@ def training_step(device: torch.device) -> Callable[[], object]:
 HOT_PATHS = {
     "device pulse + read": pulse,
     "crossbar read": read,
-    "convolution read": convolution_read,
+    "depthwise convolution read": depthwise_convolution_read,
+    "dense convolution read": dense_convolution_read,
     "QAT training step": training_step,
 }
 

@@ -18,7 +18,16 @@ def load_script():
     return module
 
 
-@pytest.mark.parametrize("name", ["device pulse + read", "crossbar read", "QAT training step"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "device pulse + read",
+        "crossbar read",
+        "depthwise convolution read",
+        "dense convolution read",
+        "QAT training step",
+    ],
+)
 def test_every_hot_path_check_runs(name, device):
     gpu_check = load_script()
     gpu_check.run_without_sync(gpu_check.HOT_PATHS[name], torch.device(device))
