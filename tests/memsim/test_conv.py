@@ -156,3 +156,34 @@ def test_the_convolution_read_gives_each_adc_the_mean_and_noise_variance_of_the_
             mine = mine[:, t].transpose(1, 2).reshape(-1, planes, mine.shape[2] // planes)[:, :, :n]  # [B x L, ...]
             tolerance = 1e-6 * float(theirs.abs().max())
             torch.testing.assert_close(mine, theirs.view(-1, planes, n), rtol=1e-5, atol=tolerance)
+
+
+def test_convert_maps_each_kind_only_when_asked_and_a_mixed_chip_reloads_bit_exactly():
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.Flatten(1), nn.Linear(4 * 6 * 6, 5), nn.Conv1d(1, 2, 3), nn.LSTM(5, 3)
+        )
+
+    linear_only = memsim.convert(model(), memsim.CrossbarConfig())
+    assert [type(m).__name__ for m in linear_only] == ["Conv2d", "Flatten", "MemristorLinear", "Conv1d", "LSTM"]
+    kinds = ["linear", "conv", "lstm"]
+    chip = memsim.convert(model(), memsim.CrossbarConfig(), torch.Generator().manual_seed(3), kinds=kinds)
+    names = ["MemristorConv2d", "Flatten", "MemristorLinear", "MemristorConv1d", "MemristorLSTM"]
+    assert [type(m).__name__ for m in chip] == names
+    shell = memsim.convert(model(), memsim.CrossbarConfig(), kinds=kinds, program=False)
+    shell.load_state_dict(chip.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(chip.state_dict().values(), shell.state_dict().values(), strict=True))
+    grouped = memsim.convert(
+        nn.Sequential(nn.Conv1d(16, 16, 3, groups=16)), memsim.CrossbarConfig(tile_size=8), kinds=["conv"]
+    )
+    assert "0.crossbar.column_present" in grouped.state_dict()
+    with pytest.raises(ValueError, match=r"unknown layer kind\(s\) \['gru'\]"):
+        memsim.convert(model(), memsim.CrossbarConfig(), kinds=["gru"])
+
+
+def test_unsupported_padding_is_refused_by_name():
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        memsim.MemristorConv1d.from_conv(nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect"), IDEAL)
+    with pytest.raises(ValueError, match="padding='same': give the padding in elements"):
+        memsim.MemristorConv1d.from_conv(nn.Conv1d(2, 2, 3, padding="same"), IDEAL)
