@@ -487,15 +487,15 @@ RowFactors = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # Re
 
 
 def padded_rows(factors: RowFactors, model: ReadModel, unit: float, rows: int) -> RowFactors:
-    """Row factors [N, in] extended to the tiles' `rows` with those of 0 V (a padding row is driven at 0 V:
+    """Row factors [..., N, in] extended to the tiles' `rows` with those of 0 V (a padding row is driven at 0 V:
     it carries no current but its cells' thermal noise)."""
-    width = factors[0].shape[1]
+    width = factors[0].shape[-1]
     if width == rows:
         return factors
     zero = model.row_factors(factors[0].new_zeros(1, 1), unit)
 
     def extend(f: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor | None:
-        return None if f is None or z is None else torch.cat([f, z.expand(f.shape[0], rows - width)], 1)
+        return None if f is None or z is None else torch.cat([f, z.expand(*f.shape[:-1], rows - width)], -1)
 
     mean = extend(factors[0], zero[0])
     assert mean is not None
@@ -516,6 +516,13 @@ class CellPairs(NamedTuple):
         return cls((r[0] - r[1]).reshape(flat), (r[0] + r[1]).reshape(flat))
 
 
+# The most elements (inputs x planes x columns, over all stacked matrices) of the temporaries one batch of tiles
+# reads at once: the GEMMs' outputs and their Gaussians. A read of many inputs reads a tile at a time, so these stay
+# in the 1 MiB L2 cache of this project's CPUs (lscpu); a read of few inputs (an LSTM step) reads many tiles in one
+# batched GEMM, which is faster than one GEMM per tile (python benchmarks/crossbar.py --layers-only: the BLSTM row).
+TILE_BATCH_ELEMENTS = 2**18
+
+
 def tile_reads(
     factors: RowFactors,
     pairs: CellPairs,
@@ -531,54 +538,76 @@ def tile_reads(
 
     Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
     product with v / v_read, as the hardware computes it, [N, out]. With `columns`, each ADC output is
-    corrected digitally, (code - offset) / gain per tile, plane and column. `observe`, if given, is called per
-    tile with what the ADC is about to convert, [N, planes x columns] in units of one programmed pair.
-    `tile_columns`, per row of tiles, the indices of the columns connected there (a grouped convolution's
+    corrected digitally, (code - offset) / gain per tile, plane and column. Leading dimensions read stacked
+    matrices in one go (factors [S, N, in], pairs [S, rows, planes x out], columns [S, tiles, planes, out]: S
+    matrices, each with its own inputs; the result is [S, N, out]). `observe`, if given, is called per batch of
+    tiles with what the ADC is about to convert, [..., tiles, N, planes x columns] in units of one programmed
+    pair. `tile_columns`, per row of tiles, the indices of the columns connected there (a grouped convolution's
     matrix: memsim.conv); the others read nothing, not even noise, and cost nothing. None: every column.
 
-    Per tile: one GEMM for the mean currents and one for the noise variances, [N, planes x out] each, then one
-    Gaussian per element (a tile at a time keeps the temporaries in cache).
+    Per batch of tiles (TILE_BATCH_ELEMENTS; one tile when tile_columns differ per tile): one batched GEMM for the
+    mean currents and one for the noise variances, [..., tiles, N, planes x out] each, then one Gaussian per
+    element.
     """
-    difference, total = pairs
-    in_padded, out_features = difference.shape[0], difference.shape[1] // planes
-    mean_rows, variance_rows, common_rows = factors
-    batch = mean_rows.shape[0]
+    tile = config.tile_size
+    in_padded, planes_x_out = pairs.difference.shape[-2:]
+    out_features, tiles = planes_x_out // planes, in_padded // tile
+    lead, inputs = factors[0].shape[:-2], factors[0].shape[-2]
     step = adc_step(config)
-    if variance_rows is not None and common_rows is not None:
-        # Both arrays of a pair see the same rows: their base conductance adds twice to the variance.
-        common_variance = 2 * common_rows.unflatten(1, (-1, config.tile_size)).sum(2)
-    gaussian = None if variance_rows is None else mean_rows.new_empty(batch, planes * out_features)
-    if columns is not None:
-        offset_in_steps = (columns.offset / step).reshape(-1, planes * out_features)
-        inverse_gain = columns.gain.reciprocal().reshape(-1, planes * out_features)
-    result = mean_rows.new_zeros(batch, out_features)
-    for tile, start in enumerate(range(0, in_padded, config.tile_size)):
-        rows = slice(start, start + config.tile_size)
-        chosen = None if tile_columns is None else tile_columns[tile]
+
+    def by_tile(rows: torch.Tensor) -> torch.Tensor:
+        """Row factors [..., N, in] as [..., tiles, N, tile]."""
+        return rows.unflatten(-1, (tiles, tile)).movedim(-2, -3)
+
+    mean_rows, difference, total = by_tile(factors[0]), *(m.unflatten(-2, (tiles, tile)) for m in pairs)
+    variance_rows = None if factors[1] is None else by_tile(factors[1])
+    if factors[2] is not None:
+        # Both arrays of a pair see the same rows: their base conductance adds twice to the variance. [..., tiles, N, 1]
+        common_variance = 2 * by_tile(factors[2]).sum(-1, keepdim=True)
+    if columns is not None:  # [..., tiles, 1, planes x out]: broadcast over the N inputs
+        offset_in_steps = (columns.offset / step).flatten(-2).unsqueeze(-2)
+        inverse_gain = columns.gain.reciprocal().flatten(-2).unsqueeze(-2)
+    per_batch = 1 if tile_columns is not None else max(1, TILE_BATCH_ELEMENTS // (lead.numel() * inputs * planes_x_out))
+    result = mean_rows.new_zeros(*lead, inputs, out_features)
+    gaussian = None
+    for start in range(0, tiles, per_batch):
+        batch = slice(start, start + per_batch)
+        chosen = None if tile_columns is None else tile_columns[start]
         if chosen is not None and chosen.numel() == 0:
             continue
         # the chosen columns of every plane (plane-major, as the flattened [planes x out] axis)
         wide = None if chosen is None else torch.cat([chosen + plane * out_features for plane in range(planes)])
+
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
-        y = mean_rows[:, rows] @ (difference[rows] if wide is None else difference[rows][:, wide])
+        y = mean_rows[..., batch, :, :] @ _tile_part(difference, batch, wide)
         variance = None
         if variance_rows is not None:
-            variance = variance_rows[:, rows] @ (total[rows] if wide is None else total[rows][:, wide])
-            variance.add_(common_variance[:, tile : tile + 1])
-        correction = None
-        if columns is not None:
-            offset, gain = offset_in_steps[tile], inverse_gain[tile]
-            correction = (offset, gain) if wide is None else (offset[wide], gain[wide])
+            variance = (variance_rows[..., batch, :, :] @ _tile_part(total, batch, wide)).add_(
+                common_variance[..., batch, :, :]
+            )
+            if wide is None and (gaussian is None or gaussian.shape != y.shape):
+                gaussian = torch.empty_like(y)
+        correction = (
+            None
+            if columns is None
+            else (_tile_part(offset_in_steps, batch, wide), _tile_part(inverse_gain, batch, wide))
+        )
         to_codes(y, variance, config, generator, observe, correction, gaussian if wide is None else None)
+        codes = y.sum(-3) if y.shape[-3] > 1 else y[..., 0, :, :]
         width = out_features if chosen is None else chosen.numel()
         for plane in range(planes):
             place = config.levels_per_cell**plane * step
-            block = y[:, plane * width : (plane + 1) * width]
+            block = codes[..., plane * width : (plane + 1) * width]
             if chosen is None:
                 result.add_(block, alpha=place)
             else:
-                result.index_add_(1, chosen, block, alpha=place)
+                result.index_add_(-1, chosen, block, alpha=place)
     return result
+
+
+def _tile_part(matrix: torch.Tensor, tiles: slice, columns: torch.Tensor | None) -> torch.Tensor:
+    """The `tiles` of a per-tile matrix [..., tiles, rows, columns], and of its columns the chosen ones (None: all)."""
+    return matrix[..., tiles, :, :] if columns is None else matrix[..., tiles, :, columns]
 
 
 class ColumnCalibration(NamedTuple):

@@ -2,10 +2,12 @@
 with those layers on crossbar tiles.
 
 Per layer and direction, one linear layer holds [W_ih | W_hh] ([4 x hidden, input + hidden]) and the sum of the
-two biases, so each time step is one matrix product of [x_t; h_(t-1)]: one crossbar read per step and direction
-(the two directions' weights differ, so they read separately). On crossbars, when the input rows fill row tiles of
-their own, those tiles read all time steps' inputs at once and only the recurrent rows' tiles read step by step
-(MemristorLinear.partial_response). The gate nonlinearities and the cell state stay digital. Because the gates
+two biases, so each time step is one matrix product of [x_t; h_(t-1)]: one crossbar read per step and direction.
+Both directions of a layer step together. On crossbars, when the input rows fill row tiles of their own, those
+tiles read all time steps' inputs at once and only the recurrent rows' tiles read step by step
+(MemristorLinear.partial_response); and when no gradient is wanted, the two directions' step reads are one
+stacked read (their matrices differ, but the tiles' GEMMs, noise and ADC run as one batch). The gate
+nonlinearities and the cell state stay digital. Because the gates
 are ordinary linear layers, memsim.convert maps them as it maps any linear layer, and a quantization-aware model
 can swap them for its own quantization-aware linear layers.
 """
@@ -19,6 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from memsim.config import CrossbarConfig
+from memsim.crossbar import CellPairs, ColumnCalibration, dac, padded_rows, tile_reads
 from memsim.layers import MemristorLinear
 
 
@@ -102,16 +105,13 @@ class LinearLSTM(nn.Module):
             hx = (zeros, zeros)
         h_n, c_n = [], []
         for k, cells in enumerate(self.gates()):
-            runs = []
-            for d, cell in enumerate(cells):
-                state = (hx[0][k * directions + d], hx[1][k * directions + d])
-                runs.append(_run(cell, x, lengths, state, reverse=d == 1))
-                h_n.append(runs[-1][1])
-                c_n.append(runs[-1][2])
-            x = torch.cat([output for output, _, _ in runs], 2)
+            layer_states = slice(k * directions, (k + 1) * directions)
+            x, h, c = _run_layer(cells, x, lengths, (hx[0][layer_states], hx[1][layer_states]))
+            h_n.append(h)
+            c_n.append(c)
             if self.dropout and self.training and k < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout)
-        state_n = (torch.stack(h_n), torch.stack(c_n))
+        state_n = (torch.cat(h_n), torch.cat(c_n))
         if packed and lengths is not None:
             return pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False), state_n
         return (x.transpose(0, 1) if self.batch_first else x), state_n
@@ -123,30 +123,20 @@ class LinearLSTM(nn.Module):
         )
 
 
-def _run(
-    cell: nn.Module,
+def _run_layer(
+    cells: list[nn.Module],
     x: torch.Tensor,
     lengths: torch.Tensor | None,
     state: tuple[torch.Tensor, torch.Tensor],
-    reverse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One direction of one layer over x [T, B, input]: outputs [T, B, hidden] and the final (h, c)."""
+    """One layer over x [T, B, input], its directions (the reverse one on each sequence reversed) stepped together:
+    outputs [T, B, directions x hidden] and the final (h, c), [directions, B, hidden] each."""
+    inputs = [x, _reverse(x, lengths)][: len(cells)]
+    gates_at = _step_gates(cells, inputs)
     h, c = state
-    if reverse:
-        x = _reverse(x, lengths)
-    inputs = x.shape[-1]
-    ahead = None
-    if _reads_inputs_ahead(cell, inputs):  # the input rows' tiles read every step's x_t at once
-        assert isinstance(cell, MemristorLinear)
-        ahead = cell.partial_response(x.reshape(-1, inputs), 0).view(*x.shape[:2], -1)
     outputs = []
     for t in range(x.shape[0]):
-        if ahead is None:
-            gates = cell(torch.cat([x[t], h], 1))
-        else:
-            assert isinstance(cell, MemristorLinear)
-            gates = cell.digital_output(ahead[t] + cell.partial_response(h, inputs))
-        i, f, g, o = gates.chunk(4, 1)
+        i, f, g, o = gates_at(t, h).chunk(4, -1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
         if lengths is None:
@@ -156,22 +146,115 @@ def _run(
             valid = (t < lengths)[:, None]
             h, c = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
             outputs.append(h_new * valid)
-    y = torch.stack(outputs)
-    return (_reverse(y, lengths) if reverse else y), h, c
+    y = torch.stack(outputs, 1)  # [directions, T, B, hidden]
+    outputs = [y[0], _reverse(y[1], lengths)] if len(cells) == 2 else [y[0]]
+    return torch.cat(outputs, 2), h, c
 
 
-def _reads_inputs_ahead(cell: nn.Module, inputs: int) -> bool:
-    """Whether a gate layer on crossbars can read its input rows (W_ih x_t) for all steps before the recurrence:
-    they fill whole row tiles of their own, the DAC's range is fixed, and no instrument wants whole reads (an
-    energy meter, or a forward hook such as memsim.layer_errors'). Exact: each tile's read is independent of the
-    others', and the tiles' outputs are summed digitally either way."""
+def _step_gates(cells: list[nn.Module], inputs: list[torch.Tensor]) -> typing.Callable[..., torch.Tensor]:
+    """The gates of one layer's directions at step t, as a function of (t, h [directions, B, hidden]) ->
+    [directions, B, 4 x hidden]; inputs[d] [T, B, input] is direction d's sequence. Reads ahead what it can
+    (_reads_inputs_ahead), and the two directions' step reads as one when it can (_reads_paired)."""
+    width = inputs[0].shape[-1]
+    ahead = [_read_ahead(cell, x) for cell, x in zip(cells, inputs, strict=True)]
+    if len(cells) == 2 and _reads_paired(cells):
+        memristors = typing.cast(list[MemristorLinear], cells)
+        if ahead[0] is not None and ahead[1] is not None:
+            read, ahead_both = _PairedRead(memristors, width), torch.stack([ahead[0], ahead[1]])
+            return lambda t, h: _digital_outputs(memristors, ahead_both[:, t] + read(h))
+        read, sequences = _PairedRead(memristors, 0), torch.stack(inputs)
+        return lambda t, h: _digital_outputs(memristors, read(torch.cat([sequences[:, t], h], -1)))
+
+    def gates_at(t: int, h: torch.Tensor) -> torch.Tensor:
+        gates = []
+        for d, (cell, x, x_read) in enumerate(zip(cells, inputs, ahead, strict=True)):
+            if x_read is None:
+                gates.append(cell(torch.cat([x[t], h[d]], 1)))
+            else:
+                memristor = typing.cast(MemristorLinear, cell)
+                gates.append(memristor.digital_output(x_read[t] + memristor.partial_response(h[d], width)))
+        return torch.stack(gates)
+
+    return gates_at
+
+
+def _read_ahead(cell: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The input rows' part of the gates for every step of x [T, B, input] at once, [T, B, 4 x hidden] (None where
+    the cell cannot read ahead)."""
+    if not _reads_inputs_ahead(cell, x.shape[-1]):
+        return None
+    assert isinstance(cell, MemristorLinear)
+    return cell.partial_response(x.reshape(-1, x.shape[-1]), 0).view(*x.shape[:2], -1)
+
+
+def _digital_outputs(cells: list[MemristorLinear], y: torch.Tensor) -> torch.Tensor:
+    """Each direction's scaled read y [directions, B, 4 x hidden] to its gates: its bias and output quantizer."""
+    return torch.stack([cell.digital_output(part) for cell, part in zip(cells, y, strict=True)])
+
+
+def _fixed_and_unobserved(cell: nn.Module) -> bool:
+    """A gate layer on crossbars with a fixed DAC range and no instrument that wants whole reads (an energy meter,
+    or a forward hook such as memsim.layer_errors'): its reads can be split into parts and batched."""
     return (
         isinstance(cell, MemristorLinear)
-        and inputs % cell.config.tile_size == 0
         and cell.energy_meter is None
         and not (cell._forward_hooks or cell._forward_pre_hooks)
         and bool(cell.input_range > 0)  # once per layer and direction, not per step
     )
+
+
+def _reads_inputs_ahead(cell: nn.Module, inputs: int) -> bool:
+    """Whether a gate layer on crossbars can read its input rows (W_ih x_t) for all steps before the recurrence:
+    they fill whole row tiles of their own, and its reads can be split (_fixed_and_unobserved). Exact: each tile's
+    read is independent of the others', and the tiles' outputs are summed digitally either way."""
+    return _fixed_and_unobserved(cell) and inputs % typing.cast(MemristorLinear, cell).config.tile_size == 0
+
+
+def _reads_paired(cells: list[nn.Module]) -> bool:
+    """Whether both directions' step reads can be one stacked read: both on crossbars of one configuration and
+    input quantizer, their reads splittable (_fixed_and_unobserved), no ADC probe (it would see both layers as
+    one) and no gradient wanted (the stacked read has no mean path to train through)."""
+    if torch.is_grad_enabled() or not all(_fixed_and_unobserved(cell) for cell in cells):
+        return False
+    forward, reverse = typing.cast(list[MemristorLinear], cells)
+    return (
+        forward.config == reverse.config
+        and forward.input_levels == reverse.input_levels
+        and forward.adc_probe is None
+        and reverse.adc_probe is None
+    )
+
+
+class _PairedRead:
+    """Both directions' step reads as one stacked crossbar read (crossbar.tile_reads over [2, ...]): the rows from
+    `first_row` (the start of a row tile) on of both gate matrices, each with its own DAC range, output scale and
+    column calibration, as partial_response reads them one at a time. The read noise comes from the forward
+    direction's generator. The stacked cell pairs are copied once per forward, not per step."""
+
+    def __init__(self, cells: list[MemristorLinear], first_row: int):
+        self.layer = cells[0]
+        rows = slice(first_row, None)
+        pairs = [c.cell_pairs() for c in cells]
+        self.pairs = CellPairs(
+            torch.stack([p.difference[rows] for p in pairs]), torch.stack([p.total[rows] for p in pairs])
+        )
+        self.ranges = torch.stack([c.input_range for c in cells]).view(-1, 1, 1)
+        self.scales = torch.stack([c.input_range * c.weight_scale for c in cells])[:, None, :]
+        self.columns = None
+        if self.layer.config.calibration == "per_column":
+            tiles = slice(first_row // self.layer.config.tile_size, None)
+            gain, offset = (
+                torch.stack([getattr(c, name)[tiles] for c in cells]) for name in ("column_gain", "column_offset")
+            )
+            self.columns = ColumnCalibration(gain, offset)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The scaled partial products [2, B, out] of each direction's inputs x [2, B, k] with its rows."""
+        layer, config = self.layer, self.layer.config
+        factors = layer.read_model.row_factors(dac(x, self.ranges, config, layer.input_levels), layer.factor_unit())
+        rows = self.pairs.difference.shape[-2]
+        padded = padded_rows(factors, layer.read_model, layer.factor_unit(), rows)
+        return tile_reads(padded, self.pairs, config.planes, config, layer.generator, self.columns) * self.scales
 
 
 def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

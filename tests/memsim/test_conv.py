@@ -142,11 +142,12 @@ def test_the_convolution_read_gives_each_adc_the_mean_and_noise_variance_of_the_
     seen["unfolded"].clear()
     layer.crossbar(layer.patches(x)[0])
     tiles, planes = layer.crossbar.tile_columns(), config.planes
-    if tiles is None:  # a dense convolution: the GEMM read of its unfolded factors, tile by tile
-        assert not seen["conv"] and len(ours) == len(seen["unfolded"]) == math.ceil(layer.crossbar.in_features / 16)
-        for per_tile, theirs_per_tile in zip(ours, seen["unfolded"], strict=True):
-            for mine, theirs in zip(per_tile, theirs_per_tile, strict=True):
-                torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6 * float(theirs.abs().max()))
+    if tiles is None:  # a dense convolution: the GEMM read of its unfolded factors, [tiles, B x L, planes x out]
+        assert not seen["conv"]
+        for part in (0, 1):  # the mean and the variance of every tile's ADC inputs
+            mine, theirs = (torch.cat([read[part] for read in reads], -3) for reads in (ours, seen["unfolded"]))
+            assert mine.shape[-3] == math.ceil(layer.crossbar.in_features / 16)
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6 * float(theirs.abs().max()))
         return
     (mean, variance) = seen["conv"][0]
     assert len(seen["unfolded"]) == len(tiles)  # every row of tiles holds some column

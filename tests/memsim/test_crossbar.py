@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import memsim
-from memsim.crossbar import adc, adc_step, dac, integer_weights
+from memsim.crossbar import CellPairs, adc, adc_step, dac, integer_weights, padded_rows, tile_reads
 
 IDEAL = memsim.CrossbarConfig(device="ideal", dac_bits=None, adc_precision_bits=None, adc_range_bits=None)
 
@@ -67,8 +67,14 @@ def _sum_cells(layer, x, cells, noise):
     return shift_add * input_range * layer.weight_scale + layer.bias
 
 
+# A read of few inputs reads all its tiles in one batched GEMM; of many, a tile at a time (TILE_BATCH_ELEMENTS).
+ONE_TILE_AT_A_TIME, ALL_TILES_AT_ONCE = 1, 2**18
+
+
+@pytest.mark.parametrize("tile_batch", [ONE_TILE_AT_A_TIME, ALL_TILES_AT_ONCE])
 @pytest.mark.parametrize("adc_bits", [(None, None), (4, 10)])
-def test_gemm_read_matches_per_cell_read_in_distribution(adc_bits):
+def test_gemm_read_matches_per_cell_read_in_distribution(monkeypatch, adc_bits, tile_batch):
+    monkeypatch.setattr(memsim.crossbar, "TILE_BATCH_ELEMENTS", tile_batch)
     torch.manual_seed(1)
     config = memsim.CrossbarConfig(
         tile_size=16, read_noise="paper", adc_precision_bits=adc_bits[0], adc_range_bits=adc_bits[1]
@@ -85,11 +91,47 @@ def test_gemm_read_matches_per_cell_read_in_distribution(adc_bits):
     torch.testing.assert_close(ours.std(0), brute.std(0), rtol=0.15, atol=0)
 
 
-def test_noiseless_gemm_read_equals_per_cell_read_exactly():
+@pytest.mark.parametrize("tile_batch", [ONE_TILE_AT_A_TIME, ALL_TILES_AT_ONCE])
+def test_noiseless_gemm_read_equals_per_cell_read_exactly(monkeypatch, tile_batch):
+    monkeypatch.setattr(memsim.crossbar, "TILE_BATCH_ELEMENTS", tile_batch)
     config = memsim.CrossbarConfig(tile_size=16, read_noise="none", adc_precision_bits=None, adc_range_bits=None)
     layer = memsim.MemristorLinear.from_linear(nn.Linear(40, 6), config, generator=torch.Generator().manual_seed(2))
     x = torch.randn(3, 40)
     torch.testing.assert_close(layer(x), per_cell_read(layer, x, "none")[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tile_batch", [ONE_TILE_AT_A_TIME, ALL_TILES_AT_ONCE])
+def test_stacked_matrices_read_as_each_alone_in_distribution(monkeypatch, tile_batch):
+    """tile_reads of two matrices stacked on a leading dimension (an LSTM's two directions in one read), physical
+    noise and padding rows: each matrix's outputs have the mean and the spread of its own read."""
+    monkeypatch.setattr(memsim.crossbar, "TILE_BATCH_ELEMENTS", tile_batch)
+    torch.manual_seed(4)
+    config = memsim.CrossbarConfig(tile_size=16, adc_precision_bits=None, adc_range_bits=None)
+    layers = [
+        memsim.MemristorLinear.from_linear(nn.Linear(40, 6), config, torch.Generator().manual_seed(seed))
+        for seed in (2, 3)
+    ]
+    factors, pairs = [], []
+    for layer in layers:
+        x = torch.randn(3, 40)
+        rows = layer.read_model.row_factors(dac(x, x.abs().amax(), config), layer.factor_unit())
+        factors.append(padded_rows(rows, layer.read_model, layer.factor_unit(), layer.r.shape[1]))
+        pairs.append(layer.cell_pairs())
+    stacked_factors = tuple(torch.stack(parts) for parts in zip(*factors, strict=True))
+    stacked_pairs = CellPairs(*(torch.stack(parts) for parts in zip(*pairs, strict=True)))
+    reads = 500
+    ours = torch.stack([tile_reads(stacked_factors, stacked_pairs, config.planes, config) for _ in range(reads)])
+    alone = torch.stack(
+        [
+            torch.stack([tile_reads(f, p, config.planes, config) for f, p in zip(factors, pairs, strict=True)])
+            for _ in range(reads)
+        ]
+    )
+    assert ours.shape == alone.shape == (reads, 2, 3, 6)
+    pooled_std = torch.sqrt((ours.var(0) + alone.var(0)) / 2)
+    assert float(pooled_std.min()) > 0
+    assert bool(((ours.mean(0) - alone.mean(0)).abs() <= 4 * pooled_std * math.sqrt(2 / reads)).all())
+    torch.testing.assert_close(ours.std(0), alone.std(0), rtol=0.15, atol=0)
 
 
 def test_adc_steps_and_clipping():

@@ -35,11 +35,25 @@ def test_a_linear_lstm_computes_what_nn_lstm_computes_with_padded_and_packed_bat
     torch.testing.assert_close(h2, h, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_an_ideal_chip_reproduces_the_lstm_with_fake_quantized_gates(bidirectional):
+@pytest.mark.parametrize(
+    ("bidirectional", "inputs", "calibrated"),
+    [(False, 6, False), (True, 6, False), (True, 6, True), (True, 8, True)],
+    ids=["unidirectional", "bidirectional", "directions paired", "directions paired, inputs read ahead"],
+)
+def test_an_ideal_chip_reproduces_the_lstm_with_fake_quantized_gates(monkeypatch, bidirectional, inputs, calibrated):
+    """Calibrated (a fixed DAC range), the two directions' step reads are one stacked read: of [x_t; h_(t-1)], or
+    of h_(t-1) alone when the 8 inputs fill a tile of their own and are read for all steps ahead."""
     torch.manual_seed(1)
-    lstm = nn.LSTM(6, 10, num_layers=2, bidirectional=bidirectional)
+    lstm = nn.LSTM(inputs, 10, num_layers=2, bidirectional=bidirectional)
     chip = memsim.convert(nn.Sequential(lstm), IDEAL, kinds=["lstm"])[0]
+    x, lengths = torch.randn(7, 4, inputs), torch.tensor([7, 5, 3, 1])
+    if calibrated:
+        memsim.calibrate(chip, [(x,)])
+    paired_reads = []
+    read = memsim.lstm._PairedRead.__call__
+    monkeypatch.setattr(
+        memsim.lstm._PairedRead, "__call__", lambda self, v: paired_reads.append(v.shape) or read(self, v)
+    )
     assert isinstance(chip, memsim.MemristorLSTM) and len(memsim.summary(nn.Sequential(chip))) == 1 + 2 * (
         1 + bidirectional
     )
@@ -48,12 +62,37 @@ def test_an_ideal_chip_reproduces_the_lstm_with_fake_quantized_gates(bidirection
         for cell in directions:  # the gates' [W_ih | W_hh] quantized per tensor, as the chip stores them
             q, scale = integer_weights(cell.weight, IDEAL.max_level)
             cell.weight.data = q * scale
-    x, lengths = torch.randn(7, 4, 6), torch.tensor([7, 5, 3, 1])
     with torch.no_grad():
         expected, (h, c) = reference(x, lengths=lengths)
         got, (h1, c1) = chip(x, lengths=lengths)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close((h1, c1), (h, c), rtol=1e-4, atol=1e-5)
+    stepped_rows = 10 if inputs == IDEAL.tile_size else inputs + 10  # layer 1; layer 2's inputs are 20 wide
+    expected_reads = [torch.Size([2, 4, stepped_rows])] * 7 + [torch.Size([2, 4, 20 + 10])] * 7 if calibrated else []
+    assert paired_reads == expected_reads
+
+
+def test_paired_directions_read_as_each_direction_alone():
+    """A physical chip without read noise, with an ADC and per-column calibration: the stacked read of both
+    directions (each its own DAC range, scale and column corrections) gives what one read per direction gives."""
+    torch.manual_seed(3)
+    config = memsim.CrossbarConfig(
+        tile_size=8, read_noise="none", adc_precision_bits=5, adc_range_bits=7, calibration="per_column"
+    )
+    chip = memsim.MemristorLSTM.from_lstm(nn.LSTM(8, 6, bidirectional=True), config, torch.Generator().manual_seed(0))
+    x, lengths = torch.randn(6, 3, 8), torch.tensor([6, 4, 2])
+    memsim.calibrate(chip, [(x,)])
+    reverse = chip.cells[0][1]
+    reverse.input_range.mul_(2)  # the directions' DAC ranges differ
+    assert not torch.equal(chip.cells[0][0].column_gain, reverse.column_gain)
+    with torch.no_grad():
+        paired = chip(x, lengths=lengths)
+        assert memsim.lstm._reads_paired(chip.gates()[0])
+    with torch.no_grad():
+        chip.cells[0][0].register_forward_hook(lambda *args: None)  # a hook wants whole reads: one per direction
+        assert not memsim.lstm._reads_paired(chip.gates()[0])
+        alone = chip(x, lengths=lengths)
+    torch.testing.assert_close(paired, alone, rtol=1e-5, atol=1e-6)
 
 
 def test_every_step_reads_the_crossbar_once_per_direction():
