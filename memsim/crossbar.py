@@ -521,6 +521,11 @@ class CellPairs(NamedTuple):
 # in the 1 MiB L2 cache of this project's CPUs (lscpu); a read of few inputs (an LSTM step) reads many tiles in one
 # batched GEMM, which is faster than one GEMM per tile (python benchmarks/crossbar.py --layers-only: the BLSTM row).
 TILE_BATCH_ELEMENTS = 2**18
+# Inputs are read in parts of at most this many elements per tile (inputs x planes x columns): a part's three
+# temporaries (mean, variance, Gaussians; 8 MiB each) then stay in the 32 MiB L3 cache (lscpu). A wide layer read
+# whole, 4,096 inputs on 384 -> 1536, streamed 50 MiB temporaries through memory and ran 1.3x slower
+# (python benchmarks/crossbar.py: the 384 -> 1536 read).
+READ_PART_ELEMENTS = 2**21
 
 
 def tile_reads(
@@ -545,14 +550,30 @@ def tile_reads(
     pair. `tile_columns`, per row of tiles, the indices of the columns connected there (a grouped convolution's
     matrix: memsim.conv); the others read nothing, not even noise, and cost nothing. None: every column.
 
-    Per batch of tiles (TILE_BATCH_ELEMENTS; one tile when tile_columns differ per tile): one batched GEMM for the
-    mean currents and one for the noise variances, [..., tiles, N, planes x out] each, then one Gaussian per
-    element.
+    Per part of the inputs (READ_PART_ELEMENTS) and batch of tiles (TILE_BATCH_ELEMENTS; one tile when
+    tile_columns differ per tile): one batched GEMM for the mean currents and one for the noise variances,
+    [..., tiles, N, planes x out] each, then one Gaussian per element.
     """
-    tile = config.tile_size
     in_padded, planes_x_out = pairs.difference.shape[-2:]
-    out_features, tiles = planes_x_out // planes, in_padded // tile
     lead, inputs = factors[0].shape[:-2], factors[0].shape[-2]
+    part = max(1, READ_PART_ELEMENTS // (lead.numel() * planes_x_out))
+    if inputs > part:
+        parts = [
+            tile_reads(
+                _input_part(factors, slice(first, first + part)),
+                pairs,
+                planes,
+                config,
+                generator,
+                columns,
+                observe,
+                tile_columns,
+            )
+            for first in range(0, inputs, part)
+        ]
+        return torch.cat(parts, -2)
+    tile = config.tile_size
+    out_features, tiles = planes_x_out // planes, in_padded // tile
     step = adc_step(config)
 
     def by_tile(rows: torch.Tensor) -> torch.Tensor:
@@ -603,6 +624,16 @@ def tile_reads(
             else:
                 result.index_add_(-1, chosen, block, alpha=place)
     return result
+
+
+def _input_part(factors: RowFactors, inputs: slice) -> RowFactors:
+    """The row factors of some of the input vectors."""
+    mean, variance, common = factors
+    return (
+        mean[..., inputs, :],
+        None if variance is None else variance[..., inputs, :],
+        None if common is None else common[..., inputs, :],
+    )
 
 
 def _tile_part(matrix: torch.Tensor, tiles: slice, columns: torch.Tensor | None) -> torch.Tensor:

@@ -67,14 +67,25 @@ def _sum_cells(layer, x, cells, noise):
     return shift_add * input_range * layer.weight_scale + layer.bias
 
 
-# A read of few inputs reads all its tiles in one batched GEMM; of many, a tile at a time (TILE_BATCH_ELEMENTS).
-ONE_TILE_AT_A_TIME, ALL_TILES_AT_ONCE = 1, 2**18
+# How a read splits its work (TILE_BATCH_ELEMENTS, READ_PART_ELEMENTS): few inputs read all their tiles in one
+# batched GEMM; many, a tile at a time; very many, in parts of the inputs.
+READ_PLANS = {
+    "all tiles at once": (2**18, 2**21),
+    "a tile at a time": (1, 2**21),
+    "an input at a time": (2**18, 1),
+}
 
 
-@pytest.mark.parametrize("tile_batch", [ONE_TILE_AT_A_TIME, ALL_TILES_AT_ONCE])
-@pytest.mark.parametrize("adc_bits", [(None, None), (4, 10)])
-def test_gemm_read_matches_per_cell_read_in_distribution(monkeypatch, adc_bits, tile_batch):
+@pytest.fixture(params=list(READ_PLANS))
+def read_plan(request, monkeypatch):
+    tile_batch, part = READ_PLANS[request.param]
     monkeypatch.setattr(memsim.crossbar, "TILE_BATCH_ELEMENTS", tile_batch)
+    monkeypatch.setattr(memsim.crossbar, "READ_PART_ELEMENTS", part)
+    return request.param
+
+
+@pytest.mark.parametrize("adc_bits", [(None, None), (4, 10)])
+def test_gemm_read_matches_per_cell_read_in_distribution(adc_bits, read_plan):
     torch.manual_seed(1)
     config = memsim.CrossbarConfig(
         tile_size=16, read_noise="paper", adc_precision_bits=adc_bits[0], adc_range_bits=adc_bits[1]
@@ -91,20 +102,16 @@ def test_gemm_read_matches_per_cell_read_in_distribution(monkeypatch, adc_bits, 
     torch.testing.assert_close(ours.std(0), brute.std(0), rtol=0.15, atol=0)
 
 
-@pytest.mark.parametrize("tile_batch", [ONE_TILE_AT_A_TIME, ALL_TILES_AT_ONCE])
-def test_noiseless_gemm_read_equals_per_cell_read_exactly(monkeypatch, tile_batch):
-    monkeypatch.setattr(memsim.crossbar, "TILE_BATCH_ELEMENTS", tile_batch)
+def test_noiseless_gemm_read_equals_per_cell_read_exactly(read_plan):
     config = memsim.CrossbarConfig(tile_size=16, read_noise="none", adc_precision_bits=None, adc_range_bits=None)
     layer = memsim.MemristorLinear.from_linear(nn.Linear(40, 6), config, generator=torch.Generator().manual_seed(2))
     x = torch.randn(3, 40)
     torch.testing.assert_close(layer(x), per_cell_read(layer, x, "none")[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("tile_batch", [ONE_TILE_AT_A_TIME, ALL_TILES_AT_ONCE])
-def test_stacked_matrices_read_as_each_alone_in_distribution(monkeypatch, tile_batch):
+def test_stacked_matrices_read_as_each_alone_in_distribution(read_plan):
     """tile_reads of two matrices stacked on a leading dimension (an LSTM's two directions in one read), physical
     noise and padding rows: each matrix's outputs have the mean and the spread of its own read."""
-    monkeypatch.setattr(memsim.crossbar, "TILE_BATCH_ELEMENTS", tile_batch)
     torch.manual_seed(4)
     config = memsim.CrossbarConfig(tile_size=16, adc_precision_bits=None, adc_range_bits=None)
     layers = [
