@@ -519,12 +519,13 @@ class CellPairs(NamedTuple):
 # The most elements (inputs x planes x columns, over all stacked matrices) of the temporaries one batch of tiles
 # reads at once: the GEMMs' outputs and their Gaussians. A read of many inputs reads a tile at a time, so these stay
 # in the 1 MiB L2 cache of this project's CPUs (lscpu); a read of few inputs (an LSTM step) reads many tiles in one
-# batched GEMM, which is faster than one GEMM per tile (python benchmarks/crossbar.py --layers-only: the BLSTM row).
+# batched GEMM, faster than one GEMM per tile: the BLSTM of python benchmarks/crossbar.py --layers-only took
+# 216 ms with this value and 241 ms with 1 (a tile at a time), the fastest of 5 alternating calls at a136004.
 TILE_BATCH_ELEMENTS = 2**18
 # Inputs are read in parts of at most this many elements per tile (inputs x planes x columns): a part's three
-# temporaries (mean, variance, Gaussians; 8 MiB each) then stay in the 32 MiB L3 cache (lscpu). A wide layer read
-# whole, 4,096 inputs on 384 -> 1536, streamed 50 MiB temporaries through memory and ran 1.3x slower
-# (python benchmarks/crossbar.py: the 384 -> 1536 read).
+# temporaries (mean, variance, Gaussians; 8 MiB each) then stay in the 32 MiB L3 cache (lscpu). Read whole, 4,096
+# inputs of a 384 -> 1536 layer stream 50 MiB temporaries through memory: 16.5x-18.1x nn.Linear, against
+# 12.1x-12.9x in parts (python benchmarks/crossbar.py --batch 4096, two runs each at a136004 and 927d6e9).
 READ_PART_ELEMENTS = 2**21
 
 
