@@ -15,6 +15,7 @@ convolutions over the input (memsim.conv_read).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -25,6 +26,12 @@ from memsim.config import CrossbarConfig
 from memsim.conv_read import TileConvolution
 from memsim.crossbar import integer_weights
 from memsim.layers import MemristorLinear
+
+# A dense convolution gathers its patches' row factors in parts of at most this many elements per factor (8 MiB):
+# a buffer above glibc's largest mmap threshold (32 MiB) is fresh pages at every read, and the page faults cost
+# more than the copy. The paper VGG's Conv2d 128 -> 128 gathered whole (3 x 92 MB) read 1.2x slower: the fastest
+# of 6 alternating calls, 526 ms whole against 441 ms in parts (benchmarks/crossbar.py's layer, at 1026130).
+GATHER_PART_ELEMENTS = 2**21
 
 
 class _Matrix:
@@ -147,18 +154,46 @@ class MemristorConv(nn.Module):
             return self.tile_read(factors)
         at_zero_volts = layer.read_model.row_factors(v.new_zeros(1, 1), unit)
         rows = layer.r.shape[1]
-        mean, variance, common = (
-            None if f is None or zero is None else self._unfold(f, rows, zero.reshape(()))
-            for f, zero in zip(factors, at_zero_volts, strict=True)
-        )
-        assert mean is not None
-        return layer.read_factors((mean, variance, common))
+        reads = []
+        for part in self._input_parts(v.shape, rows):
+            mean, variance, common = (
+                None if f is None or zero is None else self._unfold(f[part], rows, zero.reshape(()))
+                for f, zero in zip(factors, at_zero_volts, strict=True)
+            )
+            assert mean is not None
+            reads.append(layer.read_factors((mean, variance, common)))
+        return torch.cat(reads)
+
+    def _input_parts(self, padded_shape: torch.Size, rows: int) -> Iterator[tuple[slice, ...]]:
+        """Indices of the padded input [B, C, *spatial] whose patches are consecutive parts of all patches, in
+        their order (sample, then position), each with at most about GATHER_PART_ELEMENTS row factors: whole
+        samples, or a sample's blocks of output rows (its first spatial dimension) where a sample is larger."""
+        out_shape = self._out_shape_of(padded_shape[2:])
+        per_row = rows * math.prod(out_shape[1:])
+        per_sample = per_row * out_shape[0]
+        batch, everything = padded_shape[0], slice(None)
+        if per_sample <= GATHER_PART_ELEMENTS:
+            samples = max(1, GATHER_PART_ELEMENTS // per_sample)
+            for first in range(0, batch, samples):
+                yield (slice(first, first + samples),)
+            return
+        block = max(1, GATHER_PART_ELEMENTS // per_row)
+        kernel, stride, dilation = self.kernel_size[0], self.stride[0], self.dilation[0]
+        for sample in range(batch):
+            for first in range(0, out_shape[0], block):
+                last = min(first + block, out_shape[0]) - 1
+                height = slice(first * stride, last * stride + dilation * (kernel - 1) + 1)
+                yield (slice(sample, sample + 1), everything, height)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, [side for p in reversed(self.padding) for side in (p, p)])
 
     def _out_shape(self, padded: torch.Tensor) -> tuple[int, ...]:
-        geometry = zip(padded.shape[2:], self.kernel_size, self.stride, self.dilation, strict=True)
+        return self._out_shape_of(padded.shape[2:])
+
+    def _out_shape_of(self, spatial: torch.Size) -> tuple[int, ...]:
+        """The output's spatial shape for a padded input's spatial shape."""
+        geometry = zip(spatial, self.kernel_size, self.stride, self.dilation, strict=True)
         return tuple((size - d * (k - 1) - 1) // s + 1 for size, k, s, d in geometry)
 
     def _unfold(self, padded: torch.Tensor, rows: int | None = None, fill: torch.Tensor | float = 0.0) -> torch.Tensor:

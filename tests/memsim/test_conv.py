@@ -10,6 +10,7 @@ from test_crossbar import per_cell_read
 from torch import nn
 
 import memsim
+import memsim.conv
 import memsim.conv_read
 import memsim.crossbar
 from memsim.conv import columns_holding_weights
@@ -42,6 +43,40 @@ def test_an_ideal_chip_reproduces_the_fake_quantized_convolution(name):
     on_chip, x.grad = x.grad, None
     conv._conv_forward(x, q * scale, conv.bias).square().sum().backward()
     torch.testing.assert_close(on_chip, x.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("part_elements", "parts_2d", "parts_1d"),
+    [(2**21, 1, 1), (4100, 2, 1), (500, 15, 3), (1, 27, 42)],
+    ids=["whole", "samples together", "blocks of output rows", "one output row each"],
+)
+def test_a_dense_convolution_read_in_gathered_parts_reads_as_one_gather(monkeypatch, part_elements, parts_2d, parts_1d):
+    """A dense convolution gathers its patches' row factors a part at a time (GATHER_PART_ELEMENTS): several
+    samples together, one sample, or a sample's blocks of output rows; on a noiseless physical chip the outputs
+    are those of one gather. The 2d conv: 27 rows on 2 tiles (32 rows) x 7 output columns = 224 factors per output
+    row, 9 rows per sample; the 1d: 32 x 14 outputs = 448 per sample; 3 samples each."""
+    config = memsim.CrossbarConfig(tile_size=16, read_noise="none", adc_precision_bits=None, adc_range_bits=None)
+    convs = [(nn.Conv2d(3, 5, 3, stride=2, padding=1), (3, 3, 17, 13), parts_2d)]
+    convs.append((nn.Conv1d(6, 4, 3, stride=2, dilation=2), (3, 6, 31), parts_1d))
+    reads = []
+    original = memsim.MemristorLinear.read_factors
+    monkeypatch.setattr(
+        memsim.MemristorLinear,
+        "read_factors",
+        lambda self, factors, first_tile=0: reads.append(1) or original(self, factors, first_tile),
+    )
+    for conv, shape, parts in convs:
+        torch.manual_seed(0)
+        layer = memsim.convert(conv, config, torch.Generator().manual_seed(0), kinds=["conv"])
+        x = torch.randn(shape)
+        with torch.no_grad():
+            monkeypatch.setattr(memsim.conv, "GATHER_PART_ELEMENTS", 2**30)
+            whole = layer(x)
+            monkeypatch.setattr(memsim.conv, "GATHER_PART_ELEMENTS", part_elements)
+            reads.clear()
+            parted = layer(x)
+        assert len(reads) == parts
+        torch.testing.assert_close(parted, whole, rtol=1e-5, atol=1e-6 * float(whole.abs().max()))
 
 
 def test_a_depthwise_convolution_connects_only_the_columns_that_hold_its_weights():
