@@ -81,11 +81,14 @@ class ReadModel:
         """What each input voltage v [B, rows] contributes per unit of r to a column's current, v delta(v) /
         unit, and to its noise variance, w(v) delta(v) / unit^2 with w the noise's variance per siemens; and
         the r-free part of the variance, w(v) base(v) / unit^2 (None, None without noise)."""
-        base, delta = self.conductances(v)
+        base, delta = self.conductances(v)  # fresh tensors: the factors are made in place in them
+        mean = torch.mul(v, delta).div_(unit)
         if self.noise is None:
-            return v * delta / unit, None, None
-        weight = self.noise.variance_per_siemens(v) / unit**2
-        return v * delta / unit, weight * delta, weight * base
+            return mean, None, None
+        weight = self.noise.variance_per_siemens(v)
+        assert isinstance(weight, torch.Tensor)
+        weight.div_(unit**2)
+        return mean, delta.mul_(weight), base.mul_(weight)
 
     def conductances(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """base(v) and delta(v), elementwise (coefficients copied to v's device once, not per read)."""

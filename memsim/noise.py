@@ -22,8 +22,10 @@ class ReadNoise:
         """Noise variance divided by the cell's chord conductance |I/U|: BW (4 kB T + 2 q |U|).
 
         Linear in the conductance, so the variance of a crossbar column is a matrix product."""
-        magnitude = voltage.abs() if isinstance(voltage, torch.Tensor) else abs(voltage)
-        return self.bandwidth * (4 * BOLTZMANN * self.temperature + 2 * self.charge * magnitude)
+        thermal = 4 * BOLTZMANN * self.temperature
+        if isinstance(voltage, torch.Tensor):  # in place on one buffer: an input map's temporaries are large
+            return voltage.abs().mul_(2 * self.charge).add_(thermal).mul_(self.bandwidth)
+        return self.bandwidth * (thermal + 2 * self.charge * abs(voltage))
 
     def std(self, current: torch.Tensor, voltage: torch.Tensor | float) -> torch.Tensor:
         return torch.sqrt(current.abs() / abs_safe(voltage) * self.variance_per_siemens(voltage))
