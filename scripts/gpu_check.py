@@ -1,8 +1,8 @@
 """Everything a GPU run of this project relies on, in one command (`make gpu-check`), with one table at the end.
 
 1. hot paths without host synchronization (torch.cuda.set_sync_debug_mode("error")): a device pulse, a
-   crossbar read, a QAT training step (programming is left out: its verify loop and failure counts sync
-   once per chunk on purpose);
+   crossbar read, the depthwise and dense convolution reads, a BLSTM's stacked step reads, a QAT training
+   step (programming is left out: its verify loop and failure counts sync once per chunk on purpose);
 2. the memsim and asr test suites on CUDA (the `device` fixture adds CUDA when present; the recipe picks it);
 3. the benchmarks: device pulses and reads, the crossbar read against F.linear, programming, the paper model's
    programming time per instance and real-time factor (digital and on the chip), the training step;
@@ -17,6 +17,7 @@ import argparse
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +67,29 @@ def _calibrated_convolution(
     return lambda: layer(x)
 
 
+def lstm_step_reads(device: torch.device) -> Callable[[], object]:
+    """A BLSTM layer's recurrent reads, step by step: both directions' recurrent rows as one stacked read per step
+    (memsim.lstm; deciding to read them so syncs once per layer and forward, so the check starts after it)."""
+    import memsim
+    import memsim.lstm
+
+    lstm = memsim.MemristorLSTM.from_lstm(
+        torch.nn.LSTM(256, 256, bidirectional=True).to(device),
+        memsim.CrossbarConfig(),
+        torch.Generator(device).manual_seed(0),
+    )
+    memsim.calibrate(lstm, [(torch.randn(20, 8, 256, device=device),)])
+    paired = memsim.lstm._PairedRead(typing.cast(list[memsim.MemristorLinear], lstm.gates()[0]), first_row=256)
+    h = torch.randn(2, 8, 256, device=device)
+
+    @torch.no_grad()
+    def steps() -> None:
+        for _ in range(20):
+            paired(h)
+
+    return steps
+
+
 def training_step(device: torch.device) -> Callable[[], object]:
     from asr.model import ConformerCTC, ModelConfig, ctc_loss
     from asr.quant import QuantConfig, quantize
@@ -91,6 +115,7 @@ HOT_PATHS = {
     "crossbar read": read,
     "depthwise convolution read": depthwise_convolution_read,
     "dense convolution read": dense_convolution_read,
+    "BLSTM step reads (directions stacked)": lstm_step_reads,
     "QAT training step": training_step,
 }
 
