@@ -147,8 +147,8 @@ def _run_layer(
             h, c = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
             outputs.append(h_new * valid)
     y = torch.stack(outputs, 1)  # [directions, T, B, hidden]
-    outputs = [y[0], _reverse(y[1], lengths)] if len(cells) == 2 else [y[0]]
-    return torch.cat(outputs, 2), h, c
+    in_time_order = [y[0], _reverse(y[1], lengths)] if len(cells) == 2 else [y[0]]
+    return torch.cat(in_time_order, 2), h, c
 
 
 def _step_gates(cells: list[nn.Module], inputs: list[torch.Tensor]) -> typing.Callable[..., torch.Tensor]:
@@ -193,10 +193,12 @@ def _digital_outputs(cells: list[MemristorLinear], y: torch.Tensor) -> torch.Ten
 
 
 def _fixed_and_unobserved(cell: nn.Module) -> bool:
-    """A gate layer on crossbars with a fixed DAC range and no instrument that wants whole reads (an energy meter,
-    or a forward hook such as memsim.layer_errors'): its reads can be split into parts and batched."""
+    """A gate layer on crossbars with a fixed DAC range (set, and not being calibrated: a calibration pass must see
+    every input) and no instrument that wants whole reads (an energy meter, or a forward hook such as
+    memsim.layer_errors'): its reads can be split into parts and batched."""
     return (
         isinstance(cell, MemristorLinear)
+        and not cell.calibrating
         and cell.energy_meter is None
         and not (cell._forward_hooks or cell._forward_pre_hooks)
         and bool(cell.input_range > 0)  # once per layer and direction, not per step

@@ -135,3 +135,14 @@ def test_input_rows_on_tiles_of_their_own_are_read_for_all_steps_at_once_with_th
         stepwise, (h1, c1) = chip(x, lengths=lengths)
     torch.testing.assert_close(ahead, stepwise, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close((h, c), (h1, c1), rtol=1e-5, atol=1e-6)
+
+
+def test_calibration_sees_every_batch_even_once_the_range_is_set():
+    """After its first batch a layer has a range; while calibrating it still reads whole (no reading ahead, no
+    paired directions), so every later batch's inputs reach its range."""
+    torch.manual_seed(5)
+    chip = memsim.MemristorLSTM.from_lstm(nn.LSTM(8, 4, bidirectional=True), memsim.CrossbarConfig(tile_size=8))
+    small, large = torch.randn(5, 2, 8), 10 * torch.randn(5, 2, 8)
+    memsim.calibrate(chip, [(small,), (large,)])
+    for cell in chip.cells[0]:
+        assert float(cell.input_range) >= float(large.abs().max())
