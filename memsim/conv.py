@@ -144,8 +144,7 @@ class MemristorConv(nn.Module):
         element once. A grouped convolution reads them as convolutions (memsim.conv_read): its patches would
         repeat each input K times for a few columns each. A dense one reads its unfolded factors with the GEMM
         read, which runs at the GEMM's speed where the grouped convolutions of a dense matrix do not
-        (`python benchmarks/crossbar.py --layers-only`); they are unfolded straight into the tiles' rows, the
-        padding rows holding the factors of 0 V (memsim.crossbar.padded_rows)."""
+        (`python benchmarks/crossbar.py --layers-only`); the read adds the tiles' 0 V padding rows itself."""
         layer = self.crossbar
         if layer.energy_meter is not None:
             layer.energy_meter(self._unfold(v), layer)
@@ -153,14 +152,9 @@ class MemristorConv(nn.Module):
         factors = layer.read_model.row_factors(v, unit)
         if self.groups > 1:
             return self.tile_read(factors)
-        at_zero_volts = layer.read_model.row_factors(v.new_zeros(1, 1), unit)
-        rows = layer.r.shape[1]
         reads = []
-        for part in self._input_parts(v.shape, rows):
-            mean, variance, common = (
-                None if f is None or zero is None else self._unfold(f[part], rows, zero.reshape(()))
-                for f, zero in zip(factors, at_zero_volts, strict=True)
-            )
+        for part in self._input_parts(v.shape, layer.in_features):
+            mean, variance, common = (None if f is None else self._unfold(f[part]) for f in factors)
             assert mean is not None
             reads.append(layer.read_factors((mean, variance, common)))
         return torch.cat(reads)
@@ -197,11 +191,11 @@ class MemristorConv(nn.Module):
         geometry = zip(spatial, self.kernel_size, self.stride, self.dilation, strict=True)
         return tuple((size - d * (k - 1) - 1) // s + 1 for size, k, s, d in geometry)
 
-    def _unfold(self, padded: torch.Tensor, rows: int | None = None, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+    def _unfold(self, padded: torch.Tensor) -> torch.Tensor:
         """An already padded [B, C, *spatial] tensor's patches as rows [B x positions, C x K], in F.unfold's
-        order (channel-major taps, positions row-major); or as rows of `rows` elements, the last rows - C x K
-        of them set to `fill`. Gathered in one copy into a [rows, B x positions] buffer, whose copy runs along
-        the input's rows, and returned as its transpose (a view: the GEMMs read it as it lies)."""
+        order (channel-major taps, positions row-major). Gathered in one copy into a [C x K, B x positions]
+        buffer, whose copy runs along the input's rows, and returned as its transpose (a view: the GEMMs read it
+        as it lies)."""
         out_shape = self._out_shape(padded)
         if self.dims == 1:  # a 1d convolution is a 2d one over a height of 1
             padded, out_shape = padded.unsqueeze(2), (1, *out_shape)
@@ -211,10 +205,9 @@ class MemristorConv(nn.Module):
         s_batch, s_channel, s_height, s_width = padded.stride()
         steps = (s_height * dilation[0], s_width * dilation[1], s_batch, s_height * stride[0], s_width * stride[1])
         patches = padded.as_strided((channels, *kernel, batch, *out_shape), (s_channel, *steps))
-        out = padded.new_empty(rows or width, batch, *out_shape)
-        out[:width].view(patches.shape).copy_(patches)
-        out[width:] = fill
-        return out.view(out.shape[0], -1).T
+        out = padded.new_empty(width, batch, *out_shape)
+        out.view(patches.shape).copy_(patches)
+        return out.view(width, -1).T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The DAC and the read's elementwise factors act on the padded input, each element once; only then

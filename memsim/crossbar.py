@@ -16,7 +16,7 @@ per-cell current is ever built.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -489,20 +489,10 @@ def to_codes(
 RowFactors = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # ReadModel.row_factors()
 
 
-def padded_rows(factors: RowFactors, model: ReadModel, unit: float, rows: int) -> RowFactors:
-    """Row factors [..., N, in] extended to the tiles' `rows` with those of 0 V (a padding row is driven at 0 V:
-    it carries no current but its cells' thermal noise)."""
-    width = factors[0].shape[-1]
-    if width == rows:
-        return factors
-    zero = model.row_factors(factors[0].new_zeros(1, 1), unit)
-
-    def extend(f: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor | None:
-        return None if f is None or z is None else torch.cat([f, z.expand(*f.shape[:-1], rows - width)], -1)
-
-    mean = extend(factors[0], zero[0])
-    assert mean is not None
-    return mean, extend(factors[1], zero[1]), extend(factors[2], zero[2])
+def zero_volt_factors(model: ReadModel, unit: float, like: torch.Tensor) -> RowFactors:
+    """The row factors of a row driven at 0 V, [1, 1] each (on `like`'s device): a padding row of a tile, which
+    carries no current but its cells' thermal noise."""
+    return model.row_factors(like.new_zeros(1, 1), unit)
 
 
 class CellPairs(NamedTuple):
@@ -541,14 +531,16 @@ def tile_reads(
     columns: ColumnCalibration | None = None,
     observe: Callable[[torch.Tensor], object] | None = None,
     tile_columns: list[torch.Tensor] | None = None,
+    padding: RowFactors | None = None,
 ) -> torch.Tensor:
     """Read programmed tiles (their cell pairs, of `planes` planes) with the row factors (ReadModel.row_factors, in
-    ADC steps, padded to the tiles' rows) of N input vectors.
+    ADC steps) of N input vectors, [N, k] each for the tiles' first k rows; the rest of the last tile's rows are
+    padding driven at 0 V, whose factors `padding` (zero_volt_factors) gives when there are any.
 
     Returns sum over planes L^k and tiles of ADC(calibrated I_pos - I_neg): the integer weights' dot
     product with v / v_read, as the hardware computes it, [N, out]. With `columns`, each ADC output is
     corrected digitally, (code - offset) / gain per tile, plane and column. Leading dimensions read stacked
-    matrices in one go (factors [S, N, in], pairs [S, rows, planes x out], columns [S, tiles, planes, out]: S
+    matrices in one go (factors [S, N, k], pairs [S, rows, planes x out], columns [S, tiles, planes, out]: S
     matrices, each with its own inputs; the result is [S, N, out]). `observe`, if given, is called per batch of
     tiles with what the ADC is about to convert, [..., tiles, N, planes x columns] in units of one programmed
     pair. `tile_columns`, per row of tiles, the indices of the columns connected there (a grouped convolution's
@@ -556,9 +548,10 @@ def tile_reads(
 
     Per part of the inputs (READ_PART_ELEMENTS) and batch of tiles (TILE_BATCH_ELEMENTS; one tile when
     tile_columns differ per tile): one batched GEMM for the mean currents and one for the noise variances,
-    [..., tiles, N, planes x out] each, then one Gaussian per element.
+    [..., tiles, N, planes x out] each, then one Gaussian per element. The padding rows take no part in the
+    GEMMs: they add no current, and to each column's variance a constant of their cells.
     """
-    in_padded, planes_x_out = pairs.difference.shape[-2:]
+    planes_x_out = pairs.difference.shape[-1]
     lead, inputs = factors[0].shape[:-2], factors[0].shape[-2]
     part = max(1, READ_PART_ELEMENTS // (lead.numel() * planes_x_out))
     if inputs > part:
@@ -572,51 +565,38 @@ def tile_reads(
                 columns,
                 observe,
                 tile_columns,
+                padding,
             )
             for first in range(0, inputs, part)
         ]
         return torch.cat(parts, -2)
-    tile = config.tile_size
-    out_features, tiles = planes_x_out // planes, in_padded // tile
-    step = adc_step(config)
-
-    def by_tile(rows: torch.Tensor) -> torch.Tensor:
-        """Row factors [..., N, in] as [..., tiles, N, tile]."""
-        return rows.unflatten(-1, (tiles, tile)).movedim(-2, -3)
-
-    mean_rows, difference, total = by_tile(factors[0]), *(m.unflatten(-2, (tiles, tile)) for m in pairs)
-    variance_rows = None if factors[1] is None else by_tile(factors[1])
-    if factors[2] is not None:
-        # Both arrays of a pair see the same rows: their base conductance adds twice to the variance. [..., tiles, N, 1]
-        common_variance = 2 * by_tile(factors[2]).sum(-1, keepdim=True)
+    out_features, step = planes_x_out // planes, adc_step(config)
     if columns is not None:  # [..., tiles, 1, planes x out]: broadcast over the N inputs
         offset_in_steps = (columns.offset / step).flatten(-2).unsqueeze(-2)
         inverse_gain = columns.gain.reciprocal().flatten(-2).unsqueeze(-2)
     per_batch = 1 if tile_columns is not None else max(1, TILE_BATCH_ELEMENTS // (lead.numel() * inputs * planes_x_out))
-    result = mean_rows.new_zeros(*lead, inputs, out_features)
+    result = factors[0].new_zeros(*lead, inputs, out_features)
     gaussian = None
-    for start in range(0, tiles, per_batch):
-        batch = slice(start, start + per_batch)
-        chosen = None if tile_columns is None else tile_columns[start]
+    for group in _tile_groups(factors, pairs, config.tile_size, per_batch, padding):
+        chosen = None if tile_columns is None else tile_columns[group.tiles.start]
         if chosen is not None and chosen.numel() == 0:
             continue
         # the chosen columns of every plane (plane-major, as the flattened [planes x out] axis)
         wide = None if chosen is None else torch.cat([chosen + plane * out_features for plane in range(planes)])
-
         # I_pos - I_neg: the base conductance is common to both arrays and cancels.
-        y = mean_rows[..., batch, :, :] @ _tile_part(difference, batch, wide)
+        y = group.mean @ _columns(group.difference, wide)
         variance = None
-        if variance_rows is not None:
-            variance = (variance_rows[..., batch, :, :] @ _tile_part(total, batch, wide)).add_(
-                common_variance[..., batch, :, :]
-            )
+        if group.variance is not None:
+            assert group.common is not None  # noise has both parts of the variance
+            variance = (group.variance @ _columns(group.total, wide)).add_(group.common)
+            if group.padding_variance is not None:
+                variance.add_(_columns(group.padding_variance, wide))
             if wide is None and (gaussian is None or gaussian.shape != y.shape):
                 gaussian = torch.empty_like(y)
-        correction = (
-            None
-            if columns is None
-            else (_tile_part(offset_in_steps, batch, wide), _tile_part(inverse_gain, batch, wide))
-        )
+        correction = None
+        if columns is not None:
+            offset, gain = (per_tile[..., group.tiles, :, :] for per_tile in (offset_in_steps, inverse_gain))
+            correction = (_columns(offset, wide), _columns(gain, wide))
         to_codes(y, variance, config, generator, observe, correction, gaussian if wide is None else None)
         codes = y.sum(-3) if y.shape[-3] > 1 else y[..., 0, :, :]
         width = out_features if chosen is None else chosen.numel()
@@ -630,6 +610,67 @@ def tile_reads(
     return result
 
 
+class _TileGroup(NamedTuple):
+    """Some row tiles that tile_reads reads in one batched GEMM: t tiles of K rows holding inputs each."""
+
+    tiles: slice  # which row tiles
+    mean: torch.Tensor  # [..., t, N, K] the inputs' mean-current factors on the tiles' rows
+    variance: torch.Tensor | None  # [..., t, N, K] their noise-variance factors
+    common: torch.Tensor | None  # [..., t, N, 1] twice their r-free variance, summed over each tile's rows
+    difference: torch.Tensor  # [..., t, K, planes x out] the rows' cell pairs
+    total: torch.Tensor
+    padding_variance: torch.Tensor | None  # [..., t, 1, planes x out] what the tiles' 0 V padding rows add
+
+
+def _tile_groups(
+    factors: RowFactors, pairs: CellPairs, tile: int, per_batch: int, padding: RowFactors | None
+) -> Iterator[_TileGroup]:
+    """The row tiles of a read in batches of per_batch full tiles, then the last tile alone if inputs fill only
+    part of it (its padding rows at 0 V as a constant, from `padding`)."""
+    mean, variance, common = factors
+    rows = mean.shape[-1]
+    full = rows // tile
+
+    def by_tile(f: torch.Tensor) -> torch.Tensor:  # [..., N, full x tile] -> [..., full, N, tile]
+        return f[..., : full * tile].unflatten(-1, (full, tile)).movedim(-2, -3)
+
+    difference, total = (m[..., : full * tile, :].unflatten(-2, (full, tile)) for m in pairs)
+    for start in range(0, full, per_batch):
+        batch = slice(start, min(start + per_batch, full))
+        yield _TileGroup(
+            batch,
+            by_tile(mean)[..., batch, :, :],
+            None if variance is None else by_tile(variance)[..., batch, :, :],
+            # both arrays of a pair see the same rows: their base conductance adds twice to the variance
+            None if common is None else 2 * by_tile(common)[..., batch, :, :].sum(-1, keepdim=True),
+            difference[..., batch, :, :],
+            total[..., batch, :, :],
+            None,
+        )
+    if rows == full * tile:
+        return
+    last = slice(full * tile, rows)  # the inputs' rows of the last tile; the rest are padding
+    padding_variance = last_common = None
+    if variance is not None:
+        if padding is None or padding[1] is None or padding[2] is None:
+            raise ValueError("a read whose inputs fill part of a tile needs the factors of its 0 V padding rows")
+        padded = slice(rows, (full + 1) * tile)
+        padding_variance = (padding[1] * pairs.total[..., padded, :].sum(-2, keepdim=True)).unsqueeze(-3)
+    if common is not None:
+        assert padding is not None and padding[2] is not None
+        pad = (full + 1) * tile - rows
+        last_common = (2 * (common[..., last].sum(-1, keepdim=True) + pad * padding[2])).unsqueeze(-3)
+    yield _TileGroup(
+        slice(full, full + 1),
+        mean[..., last].unsqueeze(-3),
+        None if variance is None else variance[..., last].unsqueeze(-3),
+        last_common,
+        pairs.difference[..., last, :].unsqueeze(-3),
+        pairs.total[..., last, :].unsqueeze(-3),
+        padding_variance,
+    )
+
+
 def _input_part(factors: RowFactors, inputs: slice) -> RowFactors:
     """The row factors of some of the input vectors."""
     mean, variance, common = factors
@@ -640,9 +681,9 @@ def _input_part(factors: RowFactors, inputs: slice) -> RowFactors:
     )
 
 
-def _tile_part(matrix: torch.Tensor, tiles: slice, columns: torch.Tensor | None) -> torch.Tensor:
-    """The `tiles` of a per-tile matrix [..., tiles, rows, columns], and of its columns the chosen ones (None: all)."""
-    return matrix[..., tiles, :, :] if columns is None else matrix[..., tiles, :, columns]
+def _columns(matrix: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+    """Of a matrix [..., columns], the chosen columns (None: all)."""
+    return matrix if columns is None else matrix[..., columns]
 
 
 class ColumnCalibration(NamedTuple):

@@ -22,8 +22,8 @@ from memsim.crossbar import (
     fit_columns,
     integer_weights,
     level_histogram,
-    padded_rows,
     tile_reads,
+    zero_volt_factors,
 )
 from memsim.crossbar import program as program_cells
 
@@ -238,7 +238,7 @@ class MemristorLinear(nn.Module):
         rows = slice(first_tile * tile, last_tile * tile)
         difference, total = self.cell_pairs()
         return tile_reads(
-            padded_rows(factors, self.read_model, self.factor_unit(), rows.stop - rows.start),
+            factors,
             CellPairs(difference[rows], total[rows]),
             self.config.planes,
             self.config,
@@ -246,7 +246,14 @@ class MemristorLinear(nn.Module):
             columns,
             self.adc_probe,
             None if tile_columns is None else tile_columns[first_tile:last_tile],
+            self.padding_factors(factors[0]),
         )
+
+    def padding_factors(self, like: torch.Tensor) -> RowFactors | None:
+        """The row factors of the 0 V padding rows of a read of inputs like [..., N, k] (None: k fills its tiles)."""
+        if like.shape[-1] % self.config.tile_size == 0:
+            return None
+        return zero_volt_factors(self.read_model, self.factor_unit(), like)
 
     def programming_key(self) -> tuple:
         """What changes whenever the programmed cells do (programming, load_state_dict, a move to another device):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import memsim
-from memsim.crossbar import CellPairs, adc, adc_step, dac, integer_weights, padded_rows, tile_reads
+from memsim.crossbar import CellPairs, adc, adc_step, dac, integer_weights, tile_reads
 
 IDEAL = memsim.CrossbarConfig(device="ideal", dac_bits=None, adc_precision_bits=None, adc_range_bits=None)
 
@@ -109,6 +109,40 @@ def test_noiseless_gemm_read_equals_per_cell_read_exactly(read_plan):
     torch.testing.assert_close(layer(x), per_cell_read(layer, x, "none")[0], rtol=1e-5, atol=1e-6)
 
 
+def test_the_noise_variance_of_every_adc_input_is_the_sum_over_its_cells(monkeypatch, read_plan):
+    """Exactly, not in distribution: each ADC input's variance is sum over its tile's rows of BW (4 kT + 2 q |v|)
+    x (g_pos + g_neg), both arrays' cells at their row's voltage, with the last tile's 8 padding rows at 0 V
+    (which only add thermal noise: too little to show in a sampled comparison)."""
+    torch.manual_seed(6)
+    config = memsim.CrossbarConfig(tile_size=16, adc_precision_bits=None, adc_range_bits=None)
+    layer = memsim.MemristorLinear.from_linear(nn.Linear(40, 6), config, torch.Generator().manual_seed(2))
+    x = torch.randn(3, 40)
+    variances = []
+    original = memsim.crossbar.to_codes
+    monkeypatch.setattr(
+        memsim.crossbar,
+        "to_codes",
+        lambda y, variance, *a, **k: variances.append(variance.clone()) or original(y, variance, *a, **k),
+    )
+    layer(x)
+    parts, tiles = [], []  # the reads of each part of the inputs: batches of tiles, 3 tiles in all
+    for variance in variances:
+        tiles.append(variance)
+        if sum(t.shape[-3] for t in tiles) == 3:
+            parts.append(torch.cat(tiles, -3))
+            tiles = []
+    ours = torch.cat(parts, -2)  # [tiles, N, planes x out]
+    two, in_padded, planes, out = layer.r.shape
+    v = nn.functional.pad(dac(x, x.abs().amax(), config), (0, in_padded - 40))  # [N, rows], padding at 0 V
+    base, delta = layer.read_model.conductances(v)
+    g = base[:, None, :, None, None] + layer.r[None] * delta[:, None, :, None, None]  # [N, 2, rows, planes, out]
+    per_cell = layer.read_model.noise.variance_per_siemens(v)[:, None, :, None, None] * g
+    expected = per_cell.sum(1).unflatten(1, (-1, 16)).sum(2) / layer.factor_unit() ** 2  # [N, tiles, planes, out]
+    expected = expected.flatten(2).transpose(0, 1)
+    assert ours.shape == expected.shape == (3, 3, 12)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=0)
+
+
 def test_stacked_matrices_read_as_each_alone_in_distribution(read_plan):
     """tile_reads of two matrices stacked on a leading dimension (an LSTM's two directions in one read), physical
     noise and padding rows: each matrix's outputs have the mean and the spread of its own read."""
@@ -122,15 +156,20 @@ def test_stacked_matrices_read_as_each_alone_in_distribution(read_plan):
     for layer in layers:
         x = torch.randn(3, 40)
         rows = layer.read_model.row_factors(dac(x, x.abs().amax(), config), layer.factor_unit())
-        factors.append(padded_rows(rows, layer.read_model, layer.factor_unit(), layer.r.shape[1]))
+        factors.append(rows)
         pairs.append(layer.cell_pairs())
+    padding = layers[0].padding_factors(factors[0][0])  # 40 inputs on 48 rows: 8 padding rows at 0 V
     stacked_factors = tuple(torch.stack(parts) for parts in zip(*factors, strict=True))
     stacked_pairs = CellPairs(*(torch.stack(parts) for parts in zip(*pairs, strict=True)))
     reads = 500
-    ours = torch.stack([tile_reads(stacked_factors, stacked_pairs, config.planes, config) for _ in range(reads)])
+    ours = torch.stack(
+        [tile_reads(stacked_factors, stacked_pairs, config.planes, config, padding=padding) for _ in range(reads)]
+    )
     alone = torch.stack(
         [
-            torch.stack([tile_reads(f, p, config.planes, config) for f, p in zip(factors, pairs, strict=True)])
+            torch.stack(
+                [tile_reads(f, p, config.planes, config, padding=padding) for f, p in zip(factors, pairs, strict=True)]
+            )
             for _ in range(reads)
         ]
     )
