@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from memsim.crossbar import RowFactors, adc_step, to_codes
+from memsim.crossbar import RowFactors, adc_step, to_codes, zero_volt_factors
 
 if TYPE_CHECKING:
     from memsim.conv import MemristorConv
@@ -71,7 +71,7 @@ class TileConvolution:
         mean = layer.r.new_zeros(row_tiles, planes, slots, window * taps)
         variance, rows = torch.zeros_like(mean), layer.r.new_zeros(row_tiles, window * taps)
         padding_variance = layer.r.new_zeros(row_tiles, planes, slots)
-        zero_volts = layer.read_model.row_factors(layer.r.new_zeros(1, 1), layer.factor_unit())
+        zero_volts = zero_volt_factors(layer.read_model, layer.factor_unit(), layer.r)
         for t, (start, own) in enumerate(zip(first, chosen, strict=True)):
             n, real = own.numel(), real_rows[t]
             columns[t, :n] = own
