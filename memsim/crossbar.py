@@ -651,15 +651,12 @@ def _tile_groups(
         return
     last = slice(full * tile, rows)  # the inputs' rows of the last tile; the rest are padding
     padding_variance = last_common = None
-    if variance is not None:
+    if variance is not None and common is not None:  # noise: the padding cells add to the variance
         if padding is None or padding[1] is None or padding[2] is None:
             raise ValueError("a read whose inputs fill part of a tile needs the factors of its 0 V padding rows")
         padded = slice(rows, (full + 1) * tile)
         padding_variance = (padding[1] * pairs.total[..., padded, :].sum(-2, keepdim=True)).unsqueeze(-3)
-    if common is not None:
-        assert padding is not None and padding[2] is not None
-        pad = (full + 1) * tile - rows
-        last_common = (2 * (common[..., last].sum(-1, keepdim=True) + pad * padding[2])).unsqueeze(-3)
+        last_common = (2 * (common[..., last].sum(-1, keepdim=True) + (padded.stop - rows) * padding[2])).unsqueeze(-3)
     yield _TileGroup(
         slice(full, full + 1),
         mean[..., last].unsqueeze(-3),

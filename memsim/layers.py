@@ -246,14 +246,15 @@ class MemristorLinear(nn.Module):
             columns,
             self.adc_probe,
             None if tile_columns is None else tile_columns[first_tile:last_tile],
-            self.padding_factors(factors[0]),
+            self.padding_factors(factors[0].shape[-1]),
         )
 
-    def padding_factors(self, like: torch.Tensor) -> RowFactors | None:
-        """The row factors of the 0 V padding rows of a read of inputs like [..., N, k] (None: k fills its tiles)."""
-        if like.shape[-1] % self.config.tile_size == 0:
+    def padding_factors(self, rows: int) -> RowFactors | None:
+        """The row factors of the 0 V padding rows of a read of `rows` of the matrix's rows (None: they fill their
+        tiles)."""
+        if rows % self.config.tile_size == 0:
             return None
-        return zero_volt_factors(self.read_model, self.factor_unit(), like)
+        return zero_volt_factors(self.read_model, self.factor_unit(), self.r)
 
     def programming_key(self) -> tuple:
         """What changes whenever the programmed cells do (programming, load_state_dict, a move to another device):

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from memsim.config import CrossbarConfig
-from memsim.crossbar import CellPairs, ColumnCalibration, RowFactors, dac, tile_reads
+from memsim.crossbar import CellPairs, ColumnCalibration, dac, tile_reads
 from memsim.layers import MemristorLinear
 
 
@@ -243,7 +243,7 @@ class _PairedRead:
         self.ranges = torch.stack([c.input_range for c in cells]).view(-1, 1, 1)
         self.scales = torch.stack([c.input_range * c.weight_scale for c in cells])[:, None, :]
         self.columns = None
-        self.padding: RowFactors | None = None
+        self.padding = self.layer.padding_factors(self.layer.in_features - first_row)
         if self.layer.config.calibration == "per_column":
             tiles = slice(first_row // self.layer.config.tile_size, None)
             gain, offset = (
@@ -255,8 +255,6 @@ class _PairedRead:
         """The scaled partial products [2, B, out] of each direction's inputs x [2, B, k] with its rows."""
         layer, config = self.layer, self.layer.config
         factors = layer.read_model.row_factors(dac(x, self.ranges, config, layer.input_levels), layer.factor_unit())
-        if self.padding is None:  # the same for every step: made at the first
-            self.padding = layer.padding_factors(x)
         read = tile_reads(
             factors, self.pairs, config.planes, config, layer.generator, self.columns, None, None, self.padding
         )

@@ -158,7 +158,7 @@ def test_stacked_matrices_read_as_each_alone_in_distribution(read_plan):
         rows = layer.read_model.row_factors(dac(x, x.abs().amax(), config), layer.factor_unit())
         factors.append(rows)
         pairs.append(layer.cell_pairs())
-    padding = layers[0].padding_factors(factors[0][0])  # 40 inputs on 48 rows: 8 padding rows at 0 V
+    padding = layers[0].padding_factors(40)  # 40 inputs on 48 rows: 8 padding rows at 0 V
     stacked_factors = tuple(torch.stack(parts) for parts in zip(*factors, strict=True))
     stacked_pairs = CellPairs(*(torch.stack(parts) for parts in zip(*pairs, strict=True)))
     reads = 500
