@@ -8,19 +8,31 @@ average does not depend on how often the run checkpointed. A crash mid-write nev
 checkpoint: every file is written to a temporary name and renamed (asr.files.atomic_path).
 
 Every checkpoint holds only tensors and plain Python values, so all are loaded with torch.load's
-`weights_only=True`: a checkpoint from elsewhere cannot run code when it is loaded.
+`weights_only=True`: a checkpoint from elsewhere cannot run code when it is loaded. A file that does not
+load (truncated, not a checkpoint, or holding other objects) is a CorruptFile error that names it.
 """
 
+import functools
+import logging
 import re
 from pathlib import Path
 
 import torch
 
+from asr.errors import CorruptFile
 from asr.files import atomic_path
 from asr.model import ConformerCTC, ModelConfig
 from asr.quant import QuantConfig, quantize
 
+log = logging.getLogger(__name__)
+
 _NAME = re.compile(r"ckpt-(\d+)(?:-epoch-(\d+))?\.pt")
+UNREADABLE_SUFFIX = ".unreadable"  # a checkpoint that failed to load is renamed aside with this suffix
+
+
+def is_checkpoint(name: str) -> bool:
+    """Whether a file name is a training checkpoint's (state for resuming a run, not a result)."""
+    return _NAME.fullmatch(name) is not None
 
 
 def path_for(directory: Path, step: int, epoch_end: int | None = None) -> Path:
@@ -35,7 +47,56 @@ def save(obj: dict, path: Path) -> None:
 
 
 def load(path: str | Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint's dict, loaded without running code; CorruptFile names a file that does not load."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch.load fails with many types (zip, pickle, EOF, unpickling refused)
+        if "Unsupported global" in str(error):  # torch's weights-only unpickler met a class or function
+            raise CorruptFile(
+                f"{path}: holds objects other than tensors and plain Python values; it is refused because "
+                "loading it could run code. Checkpoints this project writes hold only those."
+            ) from None
+        reason = _reason(error)
+        raise CorruptFile(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(state, dict):
+        raise CorruptFile(f"{path}: holds a {type(state).__name__}, not a checkpoint's dict")
+    return state
+
+
+def _reason(error: Exception) -> str:
+    """The line of a torch.load error that says what is wrong (its unpickler's, where it names one: the
+    lines around it advise loading without weights_only, which this project never does)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "WeightsUnpickler error" in line]
+    if named:
+        at = lines.index(named[0])
+        reason = named[0].split("WeightsUnpickler error:", 1)[1].strip()
+        return reason or (lines[at + 1] if at + 1 < len(lines) else named[0])
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint (its `model` entry); CorruptFile names a file without them."""
+    state = load(path)
+    model = state.get("model")
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise CorruptFile(f"{path}: has no `model` entry of weights (a dict of tensors), as training writes it")
+    return model
+
+
+def newest_readable(directory: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint in the directory that loads, and its state. Each newer one that does not load is
+    named in a warning and renamed aside (suffix UNREADABLE_SUFFIX), so no later run tries it again."""
+    for path in reversed(checkpoints(directory)):
+        try:
+            return path, load(path)
+        except CorruptFile as error:
+            aside = path.with_name(path.name + UNREADABLE_SUFFIX)
+            path.rename(aside)
+            log.warning("%s; renamed to %s, trying the checkpoint before it", error, aside.name)
+    return None
 
 
 def _parsed(directory: Path) -> list[tuple[int, bool, Path]]:
@@ -66,11 +127,13 @@ def prune(directory: Path, keep: int) -> None:
 
 def average(paths: list[Path]) -> dict[str, torch.Tensor]:
     """Element-wise mean of the checkpoints' model weights; integer buffers (counters) come from the last."""
-    states = [load(p)["model"] for p in paths]
+    states = [weights(p) for p in paths]
     averaged = {}
     for key, last in states[-1].items():
         if last.is_floating_point():
-            averaged[key] = sum(s[key].double() for s in states).div(len(states)).to(last.dtype)
+            averaged[key] = (
+                functools.reduce(torch.add, (s[key].double() for s in states)).div(len(states)).to(last.dtype)
+            )
         else:
             averaged[key] = last
     return averaged
@@ -80,7 +143,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Conforme
     """Rebuild a trained model (float or quantization-aware) from a checkpoint that training wrote: its
     `meta` holds the model and quantization configs, `model` the weights."""
     state = load(path)
-    model = ConformerCTC(ModelConfig(**state["meta"]["model"]))
-    quantize(model, QuantConfig(**state["meta"]["quant"]))
-    model.load_state_dict(state["model"])
+    try:
+        model = ConformerCTC(ModelConfig(**state["meta"]["model"]))
+        quantize(model, QuantConfig(**state["meta"]["quant"]))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CorruptFile(f"{path}: not a trained model of this project ({type(error).__name__}: {error})") from None
     return model.to(device).eval()

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asr.decode import SCORE_FILE
-from asr.files import atomic_path, markdown_table
+from asr.files import atomic_path, markdown_table, read_json_if_present
 from asr.pipeline.graph import SUMMARY_FILE
-from asr.pipeline.outputs import read_json
 
 if TYPE_CHECKING:
     from asr.report import Group
@@ -41,7 +40,7 @@ def chip_groups(groups: list[Group], split: str = "test", method: str = "beam") 
 def summary_of(g: Group) -> dict:
     """The memsim stage's summary.json of the group's chip ({} when it has none)."""
     r = g.first
-    return read_json(r.root / str(r.chip) / SUMMARY_FILE) or {}
+    return read_json_if_present(r.root / str(r.chip) / SUMMARY_FILE) or {}
 
 
 def _mean_layer_errors(summary: dict) -> dict | None:
@@ -112,7 +111,7 @@ def layer_error_table(groups: list[Group]) -> str:
 
 
 def _real_time_factor(g: Group) -> str:
-    factors = [(read_json(r.root / r.path / SCORE_FILE) or {}).get("real_time_factor") for r in g.members]
+    factors = [(read_json_if_present(r.root / r.path / SCORE_FILE) or {}).get("real_time_factor") for r in g.members]
     known = [f for f in factors if f is not None]
     return f"{statistics.mean(known):.3f}" if known else "n/a"
 

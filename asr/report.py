@@ -6,14 +6,16 @@ settings come from its record and its inputs' records. Results group into system
 form one group). Every group of a quantized system is compared with references decoded on the same
 split with the same decoding settings: the float model of its configuration and, for a chip, the digital
 QAT model whose weights it holds. Each relative change has a 95 % confidence interval from a paired
-bootstrap over utterances (asr.significance). Outputs whose inputs were made again since are stale: they
-are left out, and RESULTS.md says how many.
+bootstrap over utterances (asr.significance). Outputs whose inputs were made again since, or whose files
+no longer match their records, are stale: they are left out, and RESULTS.md says how many. A result whose
+files disagree with each other (score.json against its hyps.jsonl) is left out and named with what differs.
 """
 
 import csv
 import dataclasses
 import io
 import json
+import logging
 import statistics
 import sys
 from collections import defaultdict
@@ -26,13 +28,15 @@ import numpy as np
 from asr.chip_report import budget_plot, cost_table, layer_error_table, level_plots, save_png
 from asr.decode import HYPS_FILE, SCORE_FILE
 from asr.energy_report import adc_heatmaps, energy_table, pareto_plot
-from asr.errors import UserError
+from asr.errors import CorruptFile, UserError
 from asr.files import markdown_table, read_jsonl, write_text
 from asr.pipeline.outputs import RECORD, Records, environment
 from asr.quant import QuantConfig
-from asr.scoring import HEADER, Score, read_score, total
+from asr.scoring import HEADER, Score, decode_differences, read_score, total
 from asr.significance import Interval, relative_change, resample_counts
 from memsim import CrossbarConfig
+
+log = logging.getLogger(__name__)
 
 COLUMNS = [
     "system",
@@ -145,21 +149,35 @@ def _flatten(prefix: str, value, out: dict) -> dict:
     return out
 
 
-def collect(work_dirs: list[Path]) -> tuple[list[Result], list[str]]:
-    """Every current decode output under the work directories, and the folders of the stale ones."""
-    results, stale = [], []
+STALE = "stale"  # why a result is left out: its model or chip was made again since (or its files changed)
+
+
+def collect(work_dirs: list[Path]) -> tuple[list[Result], dict[str, str]]:
+    """Every current decode output under the work directories whose files agree, and the folders of those left
+    out with the reason: STALE, or what disagrees (a warning says it too). A result is never made of two
+    sources that disagree: its score.json must equal what its hyps.jsonl's utterances give."""
+    results, left_out = [], {}
     for root in map(Path, work_dirs):
         records = Records(root)
         for record_path in sorted(root.glob(f"**/{RECORD}")):
             relpath = str(record_path.parent.relative_to(root))
-            record = records.require(relpath)
-            if record["stage"] not in ("decode", "memsim") or "method" not in record["settings"]:
+            record = records.get(relpath)
+            if record is None or record["stage"] not in ("decode", "memsim") or "method" not in record["settings"]:
                 continue
             if not records.current_path(relpath):
-                stale.append(str(root / relpath))
+                left_out[str(root / relpath)] = STALE
                 continue
-            results.append(_result(root, relpath, record, records))
-    return results, stale
+            try:
+                result = _result(root, relpath, record, records)
+                differences = decode_differences(read_jsonl(root / relpath / HYPS_FILE), result.score)
+            except CorruptFile as error:
+                differences = [str(error)]
+            if differences:
+                left_out[str(root / relpath)] = "; ".join(differences)
+                log.warning("%s: left out of the report: %s", root / relpath, left_out[str(root / relpath)])
+                continue
+            results.append(result)
+    return results, left_out
 
 
 # A setting a record lacks was added to the code after the record was made; every such setting's default
@@ -324,15 +342,22 @@ def espnet_table(groups: list[Group]) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(groups: list[Group], stale: list[str], title: str, notes: str = "") -> str:
+def results_markdown(groups: list[Group], left_out: dict[str, str], title: str, notes: str = "") -> str:
     env = environment()
     revisions = sorted({str(r.revision) + ("+dirty" if r.dirty else "") for g in groups for r in g.members})
+    stale = [path for path, why in left_out.items() if why == STALE]
     stale_note = (
-        f"\n{len(stale)} stale result(s) left out: their models or chips were made again since. Run the "
-        "decode and memsim stages of those configurations again to refresh them.\n"
+        f"\n{len(stale)} stale result(s) left out: their models or chips were made again since, or their files no "
+        "longer match their records. Run the decode and memsim stages of those configurations again to refresh "
+        "them.\n"
         if stale
         else ""
     )
+    disagreeing = {path: why for path, why in left_out.items() if why != STALE}
+    if disagreeing:
+        stale_note += f"\n{len(disagreeing)} result(s) left out because their files disagree:\n" + "".join(
+            f"- `{path}`: {why}\n" for path, why in disagreeing.items()
+        )
     chips = layer_error_table(groups)
     chip_section = f"## Chip layer errors\n\n{chips}\n\n" if chips else ""
     costs = cost_table(groups)
@@ -440,12 +465,12 @@ def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = 
     """results.csv, RESULTS.md, wer_vs_bits.png, (with two chips or more) chips.png and wer_vs_energy.png, (with
     two ADC settings or more at one weight width) adc_heatmap.png and (per multi-level chip) levels-*.png in
     out_dir; returns the groups."""
-    results, stale = collect(work_dirs)
+    results, left_out = collect(work_dirs)
     if not results:
         raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
     groups = group(results)
     out_dir = Path(out_dir)
-    markdown = results_markdown(groups, stale, title, notes)  # before writing: it records whether the tree is clean
+    markdown = results_markdown(groups, left_out, title, notes)  # before writing: it records whether the tree is clean
     write_csv(groups, out_dir / "results.csv")
     write_text(out_dir / "RESULTS.md", markdown)
     plot(groups, out_dir / "wer_vs_bits.png")

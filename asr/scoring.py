@@ -5,12 +5,14 @@ TED-LIUM practice, followed here: words are the whitespace-separated tokens of t
 counts in Wrd; a hypothesis `<unk>` against it is correct, anything else against it an error.
 """
 
-import json
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import jiwer
+
+from asr.errors import CorruptFile
+from asr.files import read_json
 
 HEADER = "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|\n|---|---|---|---|---|---|---|---|---|"
 DELETED = "*"  # the empty side of a deletion or insertion in aligned text
@@ -132,7 +134,41 @@ def total(scores) -> Score:
 
 
 def read_score(path: str | Path) -> Score:
-    return Score.from_dict(json.loads(Path(path).read_text()))
+    """The Score in a score.json; a CorruptFile error names a file that does not hold one."""
+    content = read_json(path)
+    try:
+        return Score.from_dict(content)
+    except (KeyError, TypeError) as error:
+        raise CorruptFile(f"{path}: not a score (no {error} count)") from None
+
+
+def decode_differences(lines: list[dict], score: Score) -> list[str]:
+    """Where one decode's files disagree: each utterance's counts in hyps.jsonl against its reference and
+    hypothesis aligned again, and their total against score.json's. Empty when they agree."""
+    try:
+        refs, hyps = [line["ref"] for line in lines], [line["hyp"] for line in lines]
+        stored = [Score.of_utterance(line) for line in lines]
+    except (KeyError, TypeError) as error:
+        return [f"hyps.jsonl: a line lacks {error}"]
+    recounted = score_utterances(refs, hyps)
+    differences = [
+        f"hyps.jsonl line {number}: counts {_counts(old)}, its ref and hyp aligned again give {_counts(new)}"
+        for number, (old, new) in enumerate(zip(stored, recounted, strict=True), 1)
+        if old != new
+    ]
+    if len(differences) > 3:
+        differences = differences[:3] + [f"and {len(differences) - 3} more lines"]
+    summed = total(recounted)
+    if summed != score:
+        differences.append(
+            f"score.json: WER {score.err:.2f} ({score.errors} errors in {score.words} words), hyps.jsonl's "
+            f"utterances give {summed.err:.2f} ({summed.errors} in {summed.words})"
+        )
+    return differences
+
+
+def _counts(score: Score) -> str:
+    return f"{score.words} words, {score.sub} sub, {score.del_} del, {score.ins} ins"
 
 
 def error_statistics(ids: list[str], alignments: list[Alignment]) -> str:

@@ -15,6 +15,7 @@ real dataclasses, whose checks name the bad setting, and checks the settings aga
 import dataclasses
 import functools
 import logging
+import os
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -26,12 +27,13 @@ from omegaconf import MISSING as REQUIRED
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from asr import checkpoint
 from asr.data.corpus import DataSettings
 from asr.data.features import FeatureSettings
 from asr.data.loader import LoaderSettings
 from asr.data.tedlium import Options as PrepareOptions
 from asr.decode import DecodeSettings
-from asr.errors import UserError
+from asr.errors import CorruptFile, UserError
 from asr.model import ModelConfig
 from asr.quant import QuantConfig, max_level
 from asr.tokenizer import TokenizerSettings
@@ -222,10 +224,12 @@ def _noise_table(chip: CrossbarConfig) -> dict:
 
 
 def register() -> None:
-    """Make the schema known to Hydra as `recipe_schema` (configs/config.yaml lists it first), and the resolver
-    that names a chip's ADC in its default label (${adc_label:...})."""
+    """Make the schema known to Hydra as `recipe_schema` (configs/config.yaml lists it first), the resolver
+    that names a chip's ADC in its default label (${adc_label:...}), and ${pid:}, the process id, which keeps
+    the log folders of runs started in the same second apart."""
     ConfigStore.instance().store(name="recipe_schema", node=RecipeSettings)
     OmegaConf.register_new_resolver("adc_label", adc_label, replace=True)
+    OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 
 
 def adc_label(adc: str | None, precision_bits: int | None, range_bits: int | None, budget_bits: int | None) -> str:
@@ -269,6 +273,8 @@ def check(s: RecipeSettings) -> None:
             f"qat_train: {unknown} are not train settings (known: "
             f"{[f.name for f in dataclasses.fields(TrainSettings)]})"
         )
+    s.qat_train = _typed_qat_train(s.qat_train)
+    _check_names(s)
     if s.quantized:
         _built("qat_train", lambda: s.train_config(True))
     for quantized in {False, s.quantized}:
@@ -300,13 +306,51 @@ def _canonical_bits(s: RecipeSettings) -> None:
         )
 
 
+def _typed_qat_train(overrides: dict[str, Any]) -> dict[str, Any]:
+    """qat_train's values checked against the types of the train settings they replace (Hydra sees qat_train as
+    a free dict), converted as Hydra converts them (e.g. "5" to 5); a UserError names a value of another type."""
+    schema = OmegaConf.structured(TrainSettings)
+    typed = {}
+    for key, value in overrides.items():
+        try:
+            typed[key] = typing.cast(dict, OmegaConf.to_container(OmegaConf.merge(schema, {key: value})))[key]
+        except OmegaConfBaseException:
+            hint = typing.get_type_hints(TrainSettings)[key]
+            raise UserError(f"qat_train.{key}: {value!r} is not a value of type {_type_name(hint)}") from None
+    return typed
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+# Settings whose values name folders and table rows: an empty name would make an unlabelled output
+NAMES = ("data.name", "model.name", "quant.name", "memsim.name")
+
+
+def _check_names(s: RecipeSettings) -> None:
+    for setting in NAMES:
+        group, key = setting.split(".")
+        value = getattr(getattr(s, group), key)
+        if value is not None and (not str(value).strip() or "/" in str(value)):
+            raise UserError(f"{setting} must be a non-empty name without '/', got {value!r}")
+
+
 def _check_init_from(s: RecipeSettings, quantized: bool) -> None:
+    """A checkpoint named by init_from exists and holds model weights, opened as the trainer will open it
+    (weights_only: it cannot run code), before any stage runs."""
     init = s.train_settings(quantized).init_from
     where = "qat_train.init_from" if quantized and "init_from" in s.qat_train else "train.init_from"
     if init == FLOAT and not quantized:
         raise UserError(f"{where}=float starts a model from the float model, but this is the float model itself")
-    if init not in (None, FLOAT) and not Path(init).is_file():
+    if init in (None, FLOAT):
+        return
+    if not Path(init).is_file():
         raise UserError(f"{where}: no such checkpoint: {init} (or use null, or 'float' for the float model)")
+    try:
+        checkpoint.weights(init)
+    except CorruptFile as error:
+        raise UserError(f"{where}: {error}") from None
 
 
 def _check_chip(s: RecipeSettings) -> None:

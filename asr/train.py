@@ -7,9 +7,11 @@ has `set_epoch(epoch)`, that is called first, so a shuffling sampler can depend 
 
 Resuming: `out_dir` holds atomic checkpoints (asr.checkpoint: every `checkpoint_every` steps and at the
 end of each epoch) with model, optimizer, scheduler, every rank's RNG states, and the data position
-(epoch, batches done in it). Run `fit` again on the same `out_dir` and it continues from the newest one;
-with deterministic batches the result is bit-identical to a run that was never interrupted (data
-augmentation drawn in loader worker processes is only as reproducible as the data side seeds it).
+(epoch, batches done in it). Run `fit` again on the same `out_dir` and it continues from the newest one
+that loads (asr.checkpoint.newest_readable); with deterministic batches the result is bit-identical to a run
+that was never interrupted. The recipe's loaders are deterministic at any number of workers: each item's
+augmentation is seeded by (seed, epoch, index), and the loaders draw their worker seeds from generators of
+their own, not from the global one that checkpoints save.
 `final.pt` averages the newest `average_last` epoch-end checkpoints.
 
 Utterances whose labels cannot fit their frames (CTC needs a frame per label plus one between repeated
@@ -253,12 +255,12 @@ class _Run:
         self.logbook = TrainingLog(out_dir) if self.rank == 0 else None
 
     def resume(self) -> None:
-        """Continue from the newest checkpoint in out_dir, if any. RNG states are restored later, once the
-        epoch's batch iterator exists (see run)."""
-        existing = checkpoint.checkpoints(self.out_dir)
-        if not existing:
+        """Continue from the newest checkpoint in out_dir, if any. RNG states are restored later, where the
+        checkpoint took them relative to the epoch's batch iterator (see run)."""
+        found = checkpoint.newest_readable(self.out_dir)
+        if found is None:
             return
-        state = checkpoint.load(existing[-1])
+        newest, state = found
         same = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 (yaml lists, tuples)
         changed = [k for k in RESUME_MUST_MATCH if same(state["train_config"][k]) != same(getattr(self.cfg, k))]
         if changed:
@@ -277,7 +279,7 @@ class _Run:
             log.warning("checkpoint from %d processes, now %d: RNG states not restored", len(state["rng"]), self.world)
         if self.logbook:
             self.logbook.resume_at(self.step)
-        log.info("resumed from %s (step %d, epoch %d)", existing[-1], self.step, self.epoch)
+        log.info("resumed from %s (step %d, epoch %d)", newest, self.step, self.epoch)
 
     def save(self, epoch_end: bool = False) -> None:
         """A checkpoint of the current step; `epoch_end`: it ends an epoch (the one just finished, or the
@@ -326,10 +328,12 @@ class _Run:
         began, unlogged = time.perf_counter(), 0
         running, dropped = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
         while self.step < self.total_steps and self.epoch < cfg.epochs:
+            # The restored RNG states go where the checkpoint took them: an epoch-end checkpoint before the next
+            # epoch's iterator draws what it draws at its start, a mid-epoch one after.
+            if self.done_in_epoch == 0:
+                self._restore_rng()
             iterator = _epoch_iterator(self.batches, self.epoch, self.done_in_epoch)
-            if self.pending_rng is not None:  # after the iterator drew whatever it draws at epoch start
-                set_rng_state(self.pending_rng)
-                self.pending_rng = None
+            self._restore_rng()
             for batch in iterator:
                 if self.step >= self.total_steps:  # checked here so that a finished epoch still ends below
                     break
@@ -366,6 +370,11 @@ class _Run:
         if self.saved_step != self.step:
             self.save(epoch_end=True)  # a step limit ended the run inside an epoch
         progress.close()
+
+    def _restore_rng(self) -> None:
+        if self.pending_rng is not None:
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
 
     def _log(self, split: str, loss: float, **values) -> None:
         if self.logbook:
@@ -432,6 +441,7 @@ def _rank_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
         persistent_workers=loader.persistent_workers,
+        generator=loader.generator,
     )
 
 
@@ -462,7 +472,7 @@ def train_model(
     torch.manual_seed(train_config.seed)
     model = ConformerCTC(model_config)
     if init_from is not None:
-        model.load_state_dict(checkpoint.load(init_from)["model"])
+        model.load_state_dict(checkpoint.weights(init_from))
     quantize(model, quant_config)
     log.info("model: %s parameters, quantized layers: %d", f"{count_parameters(model):,}", len(quantized_layers(model)))
     batches = {

@@ -10,8 +10,6 @@ file `save_chip` wrote, which must belong to the same model and, if settings are
 
 import dataclasses
 import logging
-import pickle
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +18,16 @@ import torch
 import torchaudio.functional as AF
 
 import memsim
-from asr import chips
+from asr import checkpoint, chips
 from asr.checkpoint import load_model
 from asr.data.features import SAMPLE_RATE, GlobalCMVN, fbank
 from asr.data.loader import DataFiles
 from asr.decode import DecodeSettings, build_decoders, vocabulary
-from asr.errors import UserError
-from asr.files import atomic_path
+from asr.errors import CorruptFile, UserError
+from asr.files import atomic_path, read_json_if_present
 from asr.model import ConformerCTC
 from asr.pipeline.graph import CMVN_FILE, TOKENIZER_FILE
-from asr.pipeline.outputs import RECORD, read_json
+from asr.pipeline.outputs import RECORD
 from asr.quant import quantized_layers
 from asr.tokenizer import Tokenizer
 from asr.train import FINAL
@@ -60,7 +58,7 @@ class TrainedModel:
     @classmethod
     def open(cls, folder: str | Path) -> "TrainedModel":
         folder = Path(folder)
-        record = read_json(folder / RECORD)
+        record = read_json_if_present(folder / RECORD)
         if record is None or record.get("kind") != "exp":
             raise UserError(f"{folder} is not a trained model of a work dir (no model record.json there)")
         if not (folder / FINAL).is_file():
@@ -82,7 +80,7 @@ def chip_settings(trained: TrainedModel, folder: str | Path | None) -> memsim.Cr
         raise UserError(f"{trained.folder} is the float model: a chip holds a quantized (QAT) model's weights")
     if folder is None:
         return memsim.CrossbarConfig(weight_bits=quant["weight_bits"], dac_bits=quant["input_bits"])
-    record = read_json(Path(folder) / RECORD)
+    record = read_json_if_present(Path(folder) / RECORD)
     if record is None or "crossbar" not in record.get("settings", {}):
         raise UserError(f"{folder} is not a chip folder of the memsim stage (no chip record.json there)")
     if record["inputs"]["model"]["path"] != trained.record["path"]:
@@ -115,9 +113,10 @@ def load_chip(
 ) -> tuple[ConformerCTC, memsim.CrossbarConfig]:
     """A chip `save_chip` wrote and its settings, checked against the model and, if given, the settings."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, struct.error) as error:
-        raise UserError(f"{path}: cannot read a saved chip: {error}") from None
+        state = checkpoint.load(path, map_location=device)
+    except (OSError, CorruptFile) as error:
+        detail = str(error).removeprefix(f"{path}: ")
+        raise UserError(f"{path}: cannot read a saved chip: {detail}") from None
     if not isinstance(state, dict) or state.get("format") != CHIP_FORMAT:
         raise UserError(f"{path} is not a chip saved by this project ({CHIP_FORMAT})")
     if state["model"] != trained.record["identity"]:

@@ -55,6 +55,27 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self.batches())
 
 
+class EpochTaggedBatches(Sampler[list[tuple[int, int]]]):
+    """A batch sampler's batches with every index paired with the epoch, `(index, epoch)`, which is what the
+    training dataset seeds an item's augmentation from (asr.data.dataset.SegmentDataset): the draws then
+    depend on neither the worker that loads the item nor what it loaded before, so a resumed run draws them
+    again exactly (a persistent worker's random state carries across epochs and no checkpoint holds it)."""
+
+    def __init__(self, batch_sampler: BucketBatchSampler):
+        self.batch_sampler, self.epoch = batch_sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ([(index, epoch) for index in batch] for batch in self.batch_sampler)
+
+
 def collate(items: list[dict]) -> dict:
     """Pad to the longest item: feats [B, T, F] with feat_lens [B], tokens [B, U] (0-padded) with token_lens."""
     return {

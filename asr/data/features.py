@@ -1,6 +1,5 @@
 """Acoustic features: Kaldi-compatible log-mel filterbanks, global CMVN, SpecAugment, speed perturbation."""
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,7 +8,8 @@ import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 from torchaudio.transforms import SpecAugment
 
-from asr.files import write_json
+from asr.errors import CorruptFile
+from asr.files import read_json, write_json
 
 SAMPLE_RATE = 16000
 
@@ -110,8 +110,12 @@ class GlobalCMVN:
 
     @classmethod
     def load(cls, path: str | Path) -> "GlobalCMVN":
-        stats = json.loads(Path(path).read_text())
-        return cls(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+        """The statistics `save` wrote; a CorruptFile error names a file that does not hold them."""
+        stats = read_json(path)
+        try:
+            return cls(torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptFile(f"{path}: not CMVN statistics (a mean and a std list): {error}") from None
 
 
 def spec_augment(

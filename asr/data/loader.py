@@ -4,10 +4,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.data.batching import BucketBatchSampler, collate
+from asr.data.batching import BucketBatchSampler, EpochTaggedBatches, collate
 from asr.data.dataset import SegmentDataset
 from asr.data.features import FeatureSettings, GlobalCMVN
 from asr.files import read_jsonl
@@ -19,7 +20,9 @@ class LoaderSettings:
     """What the `loader` settings hold."""
 
     max_seconds: float = 100  # padded seconds of audio per training batch
-    num_workers: int = 2  # also decides which worker draws each item's augmentation: part of a model's identity
+    # part of a model's identity: models trained before each item's augmentation was seeded by its own (seed,
+    # epoch, index) drew it in whichever worker loaded it, so the number of workers shaped them
+    num_workers: int = 2
 
     def __post_init__(self):
         if self.max_seconds <= 0:
@@ -52,8 +55,12 @@ def make_loader(
     cmvn: GlobalCMVN | None = None,
 ) -> DataLoader:
     """Batches of `records` (manifest entries) of at most max_seconds padded audio; `train` adds speed
-    perturbation, dither, SpecAugment and shuffling. Without `tokenizer` the batches' tokens are empty;
-    without `cmvn` the features are not normalized (what the CMVN estimate itself reads)."""
+    perturbation, dither, SpecAugment and shuffling, each item's draws seeded by (seed, epoch, index). Without
+    `tokenizer` the batches' tokens are empty; without `cmvn` the features are not normalized (what the CMVN
+    estimate itself reads).
+
+    The loader has a generator of its own for the seeds it gives its workers: starting an epoch then draws
+    nothing from torch's global generator, whose state a training checkpoint saves and restores."""
     speeds = list(features.speeds) if train else [1.0]
     dataset = SegmentDataset(
         records,
@@ -63,12 +70,18 @@ def make_loader(
         speeds=speeds,
         dither=features.dither if train else 0.0,
         specaugment=features.specaugment.build() if train else None,
+        seed=seed,
     )
     # Slowing down lengthens a segment: bound the batch by its longest possible duration.
     stretch = 1 / min(speeds)
-    sampler = BucketBatchSampler([r["duration"] * stretch for r in records], max_seconds, shuffle=train, seed=seed)
+    buckets = BucketBatchSampler([r["duration"] * stretch for r in records], max_seconds, shuffle=train, seed=seed)
     return DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0
+        dataset,
+        batch_sampler=EpochTaggedBatches(buckets) if train else buckets,
+        collate_fn=collate,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -7,7 +7,8 @@ the very same code on both. A "speaker" is an espeak-ng voice x variant x pitch 
 its own speaker, and dev/test speakers never occur in train.
 
 The tree is a function of (seed, sizes, GENERATOR_VERSION) only: it is built once into a folder named
-by their hash under the cache directory, atomically, and reused afterwards.
+by their hash under the cache directory, atomically and by one process at a time (a file lock beside the
+folder), and reused afterwards.
 """
 
 import hashlib
@@ -19,6 +20,7 @@ import random
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from filelock import FileLock
 from tqdm import tqdm
 
 from asr.data.grammar import Grammar
@@ -44,6 +47,7 @@ SPEEDS = [135, 150, 165, 180]  # words per minute
 P_NOISE = 0.03  # utterances preceded by a {NOISE}-labelled burst
 P_PAST_END = 0.2  # talks whose last segment ends a little past the audio, as some TED-LIUM talks do
 NOISE_FLOOR = 3e-4  # so no stretch of a talk is digital silence
+SYNTHESIS_TRIES = 5  # calls of espeak-ng per utterance at most, until two outputs agree (agreed_output)
 
 
 @dataclass(frozen=True)
@@ -89,24 +93,40 @@ def assign_speakers(seed: int, talks: dict[str, int]) -> dict[str, list[Speaker]
 
 
 def synthesize(espeak: str, speaker: Speaker, text: str) -> np.ndarray:
-    """One utterance as float32 samples at 16 kHz (espeak-ng itself writes 22.05 kHz)."""
-    wav = subprocess.run(
-        [
-            espeak,
-            "-v",
-            f"{speaker.voice}+{speaker.variant}",
-            "-p",
-            str(speaker.pitch),
-            "-s",
-            str(speaker.speed),
-            "--stdout",
-            text,
-        ],
-        capture_output=True,
-        check=True,
-    ).stdout
+    """One utterance as float32 samples at 16 kHz (espeak-ng itself writes 22.05 kHz): the first output that
+    espeak-ng gives twice (agreed_output)."""
+    command = [
+        espeak,
+        "-v",
+        f"{speaker.voice}+{speaker.variant}",
+        "-p",
+        str(speaker.pitch),
+        "-s",
+        str(speaker.speed),
+        "--stdout",
+        text,
+    ]
+    wav = agreed_output(lambda: subprocess.run(command, capture_output=True, check=True).stdout, f"{command}")
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return AF.resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()
+
+
+def agreed_output(run: Callable[[], bytes], what: str) -> bytes:
+    """Run until one output has come twice, and return it.
+
+    espeak-ng before 1.52 draws the breath noise of its breathy variants (f2, f3, f5, ...) with the C
+    library's rand() and reads state there that it does not set (espeak-ng issue #1528, fixed by its pull
+    request #1530 in 1.52). Debian's 1.51, as on these machines, gave a different waveform for one utterance
+    once in about ten builds of a small corpus while the machine was loaded (the same length, correlation
+    0.978 with the usual output, which a fresh call gave again). A second call that agrees confirms an output.
+    """
+    seen: list[bytes] = []
+    for _ in range(SYNTHESIS_TRIES):
+        output = run()
+        if output in seen:
+            return output
+        seen.append(output)
+    raise UserError(f"espeak-ng gave {SYNTHESIS_TRIES} different outputs for the same input: {what}")
 
 
 def _label(split: str, speaker: Speaker) -> str:
@@ -181,6 +201,18 @@ def build(cache_dir: str | Path, seed: int, splits: dict, workers: int = 2) -> P
     if (home / "mini_corpus.json").is_file():
         log.info("mini corpus: cached at %s", corpus)
         return corpus
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(home.with_name(home.name + ".lock")) as lock:  # one process synthesizes, the others wait
+        if (home / "mini_corpus.json").is_file():
+            log.info("mini corpus: synthesized by another process meanwhile (lock %s), at %s", lock.lock_file, corpus)
+            return corpus
+        _synthesize_corpus(home, seed, splits, workers)
+    return corpus
+
+
+def _synthesize_corpus(home: Path, seed: int, splits: dict, workers: int) -> None:
+    """Synthesize the corpus into a temporary folder beside `home` and rename it to `home` once complete."""
+    cache_dir, corpus = home.parent, home / "TEDLIUM_release2"
     espeak = require_espeak()
     tmp = Path(cache_dir) / f".{home.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -214,11 +246,10 @@ def build(cache_dir: str | Path, seed: int, splits: dict, workers: int = 2) -> P
                 "speech_hours": {name: round(h, 4) for name, h in hours.items()},
             },
         )
-        if not home.exists():  # else another process finished the same corpus first: theirs is identical
-            tmp.rename(home)
+        shutil.rmtree(home, ignore_errors=True)  # a folder without its mini_corpus.json is incomplete
+        tmp.rename(home)
     except subprocess.CalledProcessError as e:
         raise UserError(f"espeak-ng failed: {e.stderr.decode(errors='replace').strip()}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("mini corpus: synthesized %d talks in %.1f s into %s", len(jobs), seconds, corpus)
-    return corpus

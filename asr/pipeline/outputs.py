@@ -8,32 +8,44 @@ Beside the files it made, an output folder holds
 - `config.yaml`: its settings and inputs, for people (written when making it starts);
 - `started.json`: while it is being made: the run id and the runs of the inputs it is made from;
 - `record.json`: written last, once it is complete: identity, settings, the inputs with the run of each
-  it was made from, its own run (a fresh id every time it is made), and `made_by` (git revision and dirty
-  state, versions, device, time). No record, no output.
+  it was made from, its own run (a fresh id every time it is made), `made_by` (git revision and dirty
+  state, versions, device, time), and `files`: the size and SHA-256 of every file it made (listed_files).
+  No record, no output.
+Beside the folder, `<name>.lock` is the lock a process holds while it makes the output (locked).
 
-An output is current when its record exists and every input is current and still the very run it was
-made from. Making an output again (a forced stage, or new inputs) gives it a new run, so everything made
-from the old run is stale: the runner makes it again, and the report leaves it out.
+An output is current when its record exists, its files are still the ones the record lists, and every
+input is current and still the very run it was made from. Making an output again (a forced stage, new
+inputs, or files that no longer match) gives it a new run, so everything made from the old run is stale:
+the runner makes it again, and the report leaves it out. A record written before records listed their
+files gets the list on its first reuse, marked as not verified (`files_listed_on_reuse`).
 """
 
 import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
-from asr.files import write_json, write_text
+from asr.checkpoint import UNREADABLE_SUFFIX, is_checkpoint
+from asr.errors import CorruptFile
+from asr.files import read_json_if_present, sha256, write_json, write_text
 
-RECORD, STARTED, CONFIG = "record.json", "started.json", "config.yaml"
+log = logging.getLogger(__name__)
+
+RECORD, STARTED, CONFIG, LOCK_SUFFIX = "record.json", "started.json", "config.yaml", ".lock"
 DIGEST_CHARS = 8
 PROJECT = "memristor-asr"
 
@@ -70,22 +82,88 @@ class Output:
         return str(Path(self.kind, *self.folder, self.name))
 
 
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def listed_files(folder: Path) -> dict[str, dict]:
+    """What an output's record lists of its folder: name -> size and SHA-256 of every plain file at its top,
+    except the bookkeeping (record, started.json), temporaries (dot files), locks, and training checkpoints:
+    those are state for resuming an unfinished output, while a finished one is read through its final.pt."""
+    return {
+        path.name: {"size": path.stat().st_size, "sha256": sha256(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+        and path.name not in (RECORD, STARTED)
+        and not path.name.startswith(".")
+        and not path.name.endswith((LOCK_SUFFIX, UNREADABLE_SUFFIX))
+        and not is_checkpoint(path.name)
+    }
+
+
+def file_differences(folder: Path, listed: dict[str, dict]) -> list[str]:
+    """Each listed file that is missing or whose size or content differs from its record, said in words."""
+    differences = []
+    for name, expected in listed.items():
+        path = folder / name
+        if not path.is_file():
+            differences.append(f"{name} is missing")
+        elif (size := path.stat().st_size) != expected["size"]:
+            differences.append(f"{name} has {size} bytes, the record lists {expected['size']}")
+        elif sha256(path) != expected["sha256"]:
+            differences.append(f"{name} has other content than the record lists (SHA-256 differs)")
+    return differences
+
+
+def read_record(path: Path) -> dict | None:
+    """The record in an output folder; None if there is none, or if it does not parse (a warning names it)."""
+    try:
+        record = read_json_if_present(path / RECORD)
+    except CorruptFile as error:
+        log.warning("%s: the output is taken as missing", error)
+        return None
+    if record is not None and not isinstance(record, dict):
+        log.warning("%s: not a record (a JSON object): the output is taken as missing", path / RECORD)
+        return None
+    return record
 
 
 class Records:
-    """The records under one work_dir, read once each: which outputs exist and which are current."""
+    """The records under one work_dir, read once each: which outputs exist, whose files still match their
+    record, and which are current. `writer`: this process may add file lists to records made without them."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: Path, writer: bool = True):
+        self.root, self.writer = Path(root), writer
         self._records: dict[str, dict | None] = {}
         self._current: dict[str, bool] = {}
+        self._verified: dict[str, bool] = {}
 
     def get(self, relpath: str) -> dict | None:
         if relpath not in self._records:
-            self._records[relpath] = read_json(self.root / relpath / RECORD)
+            self._records[relpath] = read_record(self.root / relpath)
         return self._records[relpath]
+
+    def verified(self, relpath: str) -> bool:
+        """The output's files are the ones its record lists (each checked once per Records). A mismatch is
+        named in a warning. A record without a list gets one now, noted as not verified."""
+        if relpath not in self._verified:
+            record, folder = self.get(relpath), self.root / relpath
+            if record is None:
+                self._verified[relpath] = False
+            elif "files" not in record:
+                self._list_files(relpath, record)
+                self._verified[relpath] = True
+            else:
+                differences = file_differences(folder, record["files"])
+                if differences:
+                    log.warning("%s does not match its record: %s", folder, "; ".join(differences))
+                self._verified[relpath] = not differences
+        return self._verified[relpath]
+
+    def _list_files(self, relpath: str, record: dict) -> None:
+        record["files"] = listed_files(self.root / relpath)
+        record["files_listed_on_reuse"] = "made before records listed their files: listed, not verified"
+        if self.writer:
+            try:
+                write_json(self.root / relpath / RECORD, record)
+            except OSError as error:  # a read-only work dir (a report over someone else's): verified next time
+                log.warning("%s: cannot add the file list to its record: %s", self.root / relpath, error)
 
     def require(self, relpath: str) -> dict:
         """The record of an output that must exist (the plan checked it)."""
@@ -98,11 +176,15 @@ class Records:
         """The output at relpath is complete, and so is every input, each still the run it was made from."""
         if relpath not in self._current:
             record = self.get(relpath)
-            self._current[relpath] = record is not None and all(
-                (found := self.get(used["path"])) is not None
-                and found["run"] == used["run"]
-                and self.current_path(used["path"])
-                for used in record["inputs"].values()
+            self._current[relpath] = (
+                record is not None
+                and self.verified(relpath)
+                and all(
+                    (found := self.get(used["path"])) is not None
+                    and found["run"] == used["run"]
+                    and self.current_path(used["path"])
+                    for used in record["inputs"].values()
+                )
             )
         return self._current[relpath]
 
@@ -160,7 +242,11 @@ class Job:
         self.inputs = {
             role: {"path": used.relpath, "run": (input_runs or {}).get(role)} for role, used in output.inputs.items()
         }
-        started = read_json(self.path / STARTED)
+        try:
+            started = read_json_if_present(self.path / STARTED)
+        except CorruptFile as error:
+            log.warning("%s: made afresh, not resumed", error)
+            started = None
         if self.writer and not forced and started is not None and not (self.path / RECORD).is_file():
             self.resumed = started["inputs"] == self.inputs
             self.run = started["run"] if self.resumed else self.run
@@ -195,7 +281,7 @@ class Job:
 
     def commit(self, results: dict[str, dict] | None = None) -> None:
         """The output is complete: write each results file (name -> JSON object, with its provenance added)
-        and then the record."""
+        and then the record, which lists every file of the output with its size and SHA-256."""
         self.committed = True
         if not self.writer:
             return
@@ -212,9 +298,28 @@ class Job:
                 "inputs": self.inputs,
                 **self.output.notes,
                 **provenance,
+                "files": listed_files(self.path),
             },
         )
         (self.path / STARTED).unlink(missing_ok=True)
+
+
+@contextmanager
+def locked(folders: list[Path]) -> Iterator[None]:
+    """Hold the lock of each output folder (`<folder>.lock` beside it, an OS file lock that is freed when its
+    holder dies) while the block runs. Locks are taken in sorted order, so two processes never wait for each
+    other in a cycle; a lock that another process holds is waited for, said on one log line."""
+    with ExitStack() as stack:
+        for folder in sorted(set(folders)):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(folder.with_name(folder.name + LOCK_SUFFIX))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info("%s: another process is making it; waiting for it to finish (lock %s)", folder, lock.lock_file)
+                lock.acquire()
+            stack.callback(lock.release)
+        yield
 
 
 def rank() -> int:

@@ -5,7 +5,13 @@ input this run makes again, or of a stage named in `force`), and for each its in
 be current or be made earlier in this run. So a run that cannot finish stops at once, with a message
 naming the stage to run first, instead of after hours of training.
 
-Under torchrun only rank 0 runs the stages that are not training, and only rank 0 writes records.
+Processes that share a work_dir (the jobs of a sweep) never make one output at once: a stage holds the lock
+of each output it makes (asr.pipeline.outputs.locked) from before it plans the jobs until they are
+committed. A process that finds an output locked waits, then reuses what the other made; if the other died,
+its lock is free and the waiting process resumes the output (a training run from its checkpoints).
+
+Under torchrun only rank 0 runs the stages that are not training, only rank 0 writes records, and only rank
+0 takes locks: run one torchrun job per model.
 """
 
 import logging
@@ -14,8 +20,8 @@ import time
 from omegaconf import DictConfig
 
 from asr.errors import UserError
-from asr.pipeline.outputs import Job, Output, Records, environment, rank
-from asr.pipeline.stages import STAGES
+from asr.pipeline.outputs import Job, Output, Records, environment, locked, rank
+from asr.pipeline.stages import STAGES, Stage
 from asr.settings import RecipeSettings, load
 
 log = logging.getLogger(__name__)
@@ -23,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def plan(s: RecipeSettings) -> list[tuple[str, list[Output]]]:
     """Each stage of the run with the outputs it will make; a UserError if an input will be missing."""
-    records = Records(s.work_dir_path)
+    records = Records(s.work_dir_path, writer=rank() == 0)
     remade: set[str] = set()  # folders of the outputs this run makes
     steps: list[tuple[str, list[Output]]] = []
     for name in s.stage_names:
@@ -101,13 +107,29 @@ def run(cfg: DictConfig) -> None:
         if stage.outputs is not None and not outputs:
             log.info("stage %s: done already; force=[%s] makes its outputs again", name, name)
             continue
-        jobs = _jobs(s, outputs, forced=name in s.force, writer=writer)
-        log.info("stage %s: making %d output(s)%s", name, len(jobs), "".join(f"\n  {j.path}" for j in jobs[:8]))
-        began = time.perf_counter()
-        for job in jobs:
-            job.begin()
-        stage.make(s, jobs)
-        unfinished = [str(j.path) for j in jobs if not j.committed]
-        if unfinished:
-            raise RuntimeError(f"stage {name} returned without finishing {unfinished}")
-        log.info("stage %s: finished in %.1f s", name, time.perf_counter() - began)
+        with locked([s.work_dir_path / o.relpath for o in outputs] if writer else []):
+            if writer and stage.outputs is not None and name not in s.force:
+                outputs = _still_pending(s, outputs)
+                if not outputs:
+                    log.info("stage %s: another process made its outputs meanwhile; reusing them", name)
+                    continue
+            _make(s, name, stage, _jobs(s, outputs, forced=name in s.force, writer=writer))
+
+
+def _still_pending(s: RecipeSettings, outputs: list[Output]) -> list[Output]:
+    """The outputs not made (or not made from the current runs of their inputs) by another process while
+    this one waited for their locks."""
+    records = Records(s.work_dir_path)
+    return [output for output in outputs if not records.current(output)]
+
+
+def _make(s: RecipeSettings, name: str, stage: Stage, jobs: list[Job]) -> None:
+    log.info("stage %s: making %d output(s)%s", name, len(jobs), "".join(f"\n  {j.path}" for j in jobs[:8]))
+    began = time.perf_counter()
+    for job in jobs:
+        job.begin()
+    stage.make(s, jobs)
+    unfinished = [str(j.path) for j in jobs if not j.committed]
+    if unfinished:
+        raise RuntimeError(f"stage {name} returned without finishing {unfinished}")
+    log.info("stage %s: finished in %.1f s", name, time.perf_counter() - began)

@@ -49,12 +49,17 @@ def toy_stages(monkeypatch):
     return made
 
 
+def folders(path: Path) -> list[Path]:
+    """The output folders in a folder (beside each lies its lock file)."""
+    return [p for p in path.iterdir() if p.is_dir()]
+
+
 def test_an_output_is_made_once_per_settings_and_found_again(tmp_path, toy_stages, make_cfg):
     base = [f"work_dir={tmp_path}", "stages=[up]"]
     runner.run(make_cfg(*base))
     runner.run(make_cfg(*base))
     assert toy_stages == [("up", 0, False)]
-    (folder,) = (tmp_path / "up").iterdir()
+    (folder,) = folders(tmp_path / "up")
     record = json.loads((folder / RECORD).read_text())
     assert folder.name == f"toy-{record['identity']}" and record["settings"] == {"seed": 0}
     assert record["made_by"]["torch"] and "revision" in record["made_by"] and "dirty" in record["made_by"]
@@ -64,7 +69,7 @@ def test_an_output_is_made_once_per_settings_and_found_again(tmp_path, toy_stage
     runner.run(make_cfg(*base, "seed=0"))  # coming back to a finished configuration finds its output
     runner.run(make_cfg(*base, "force=[up]"))
     assert toy_stages == [("up", 0, False), ("up", 1, False), ("up", 0, False)]
-    assert len(list((tmp_path / "up").iterdir())) == 2
+    assert len(folders(tmp_path / "up")) == 2
 
 
 def test_making_an_input_again_makes_everything_made_from_it_again(tmp_path, toy_stages, make_cfg):
@@ -73,7 +78,7 @@ def test_making_an_input_again_makes_everything_made_from_it_again(tmp_path, toy
     runner.run(make_cfg(*base, "stages=[up,down]", "force=[up]"))  # the same run makes down again
     assert [stage for stage, _, _ in toy_stages] == ["up", "down", "up", "down"]
     runner.run(make_cfg(*base, "stages=[up]", "force=[up]"))  # down is stale now ...
-    (down,) = (tmp_path / "down").iterdir()
+    (down,) = folders(tmp_path / "down")
     assert not Records(tmp_path).current_path(str(down.relative_to(tmp_path)))
     runner.run(make_cfg(*base, "stages=[down]"))  # ... and is made again when its stage runs
     assert [stage for stage, _, _ in toy_stages] == ["up", "down", "up", "down", "up", "down"]
@@ -132,7 +137,7 @@ def test_an_interrupted_output_is_resumed_and_a_failed_stage_leaves_no_record(
     monkeypatch.setitem(STAGES, "up", Stage(STAGES["up"].outputs, fail))
     with pytest.raises(UserError, match="broken"):
         runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up]"))
-    (folder,) = (tmp_path / "up").iterdir()
+    (folder,) = folders(tmp_path / "up")
     assert (folder / STARTED).is_file() and not (folder / RECORD).exists()
     monkeypatch.undo()
     monkeypatch.setattr(settings, "STAGE_NAMES", (*settings.STAGE_NAMES, "up"))

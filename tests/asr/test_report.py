@@ -29,7 +29,7 @@ def made(root: Path, output: Output, errors: list[int] | None = None) -> Output:
     results = None
     if errors is not None:
         lines = [
-            {"id": f"utt{i}", "ref": "", "hyp": "", "words": WORDS, "corr": WORDS - e, "sub": e, "del": 0, "ins": 0}
+            {"id": f"utt{i}", **texts(e), "words": WORDS, "corr": WORDS - e, "sub": e, "del": 0, "ins": 0}
             for i, e in enumerate(errors)
         ]
         write_jsonl(job.path / HYPS_FILE, lines)
@@ -39,6 +39,12 @@ def made(root: Path, output: Output, errors: list[int] | None = None) -> Output:
         }
     job.commit(results)
     return output
+
+
+def texts(substitutions: int) -> dict[str, str]:
+    """A reference of WORDS words and a hypothesis with its first `substitutions` words replaced."""
+    ref = [f"w{j}" for j in range(WORDS)]
+    return {"ref": " ".join(ref), "hyp": " ".join(["x"] * substitutions + ref[substitutions:])}
 
 
 def model(root: Path, bits: float | None, baseline: Output | None = None) -> Output:

@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 
 from asr import checkpoint, settings
 from asr.checkpoint import load_model
-from asr.errors import UserError
+from asr.errors import CorruptFile, UserError
 from asr.model import ConformerCTC, ModelConfig, infeasible
 from asr.pipeline import graph, runner
 from asr.quant import QuantConfig, quantize, quantized_layers
@@ -150,7 +150,7 @@ def test_checkpoints_hold_only_tensors_and_plain_values(tmp_path):
     state = checkpoint.load(checkpoint.checkpoints(tmp_path)[-1])  # weights_only=True: no code runs on load
     assert state["step"] == 2 and isinstance(state["rng"][0]["numpy"][1], torch.Tensor)
     torch.save({"model": {}, "meta": object()}, tmp_path / "foreign.pt")
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(CorruptFile, match="foreign.pt: holds objects other than tensors .* could run code"):
         checkpoint.load(tmp_path / "foreign.pt")
 
 
