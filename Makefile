@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 test: setup
 	$(PYTHON) -m pytest -q
 
-# ruff (lint and format) and mypy, as CI runs them
+# ruff (lint and format), mypy, and the import layers (tests/test_imports.py), as CI runs them
 lint: setup
 	$(PYTHON) -m ruff check $(SOURCES)
 	$(PYTHON) -m ruff format --check $(SOURCES)
 	$(PYTHON) -m mypy
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_imports.py
 
 demo: setup
 	$(PYTHON) scripts/run.py +experiment=mini_demo

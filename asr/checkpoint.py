@@ -23,22 +23,19 @@ from asr.errors import CorruptFile
 from asr.files import atomic_path
 from asr.model import ConformerCTC, ModelConfig
 from asr.quant import QuantConfig, quantize
+from asr.records import RESUME_PREFIX
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"ckpt-(\d+)(?:-epoch-(\d+))?\.pt")
+_NAME = re.compile(rf"{RESUME_PREFIX}(\d+)(?:-epoch-(\d+))?\.pt")
+FINAL = "final.pt"  # the averaged weights a finished training run leaves in its directory
 UNREADABLE_SUFFIX = ".unreadable"  # a checkpoint that failed to load is renamed aside with this suffix
-
-
-def is_checkpoint(name: str) -> bool:
-    """Whether a file name is a training checkpoint's (state for resuming a run, not a result)."""
-    return _NAME.fullmatch(name) is not None
 
 
 def path_for(directory: Path, step: int, epoch_end: int | None = None) -> Path:
     """The checkpoint of `step`; `epoch_end` n marks it as the end of the n-th epoch."""
     suffix = "" if epoch_end is None else f"-epoch-{epoch_end:04d}"
-    return Path(directory) / f"ckpt-{step:08d}{suffix}.pt"
+    return Path(directory) / f"{RESUME_PREFIX}{step:08d}{suffix}.pt"
 
 
 def save(obj: dict, path: Path) -> None:
@@ -100,7 +97,7 @@ def newest_readable(directory: Path) -> tuple[Path, dict] | None:
 
 
 def _parsed(directory: Path) -> list[tuple[int, bool, Path]]:
-    found = [(m, p) for p in Path(directory).glob("ckpt-*.pt") if (m := _NAME.fullmatch(p.name))]
+    found = [(m, p) for p in Path(directory).glob(f"{RESUME_PREFIX}*.pt") if (m := _NAME.fullmatch(p.name))]
     return sorted((int(m.group(1)), m.group(2) is not None, p) for m, p in found)
 
 

@@ -1,4 +1,5 @@
-"""A quantization-aware model programmed onto simulated memristor crossbars (the memsim stage's work).
+"""A quantization-aware model programmed onto simulated memristor crossbars: the one home of the chip procedure
+that the memsim stage and transcription both run (prepare), and of its summary (chip_summary).
 
 Exactly the layers the QAT model quantized (quant.include; by default feed-forward, attention in/out
 projections, conv-module pointwise layers) are mapped onto crossbars by memsim.convert; frontend,
@@ -22,13 +23,132 @@ from torch import nn
 import memsim
 from asr.batch_memory import one_utterance
 from asr.checkpoint import load_model
+from asr.data.features import FeatureSettings
+from asr.data.loader import DataFiles, split_loader
 from asr.decode import model_device
+from asr.errors import CorruptFile
+from asr.files import read_json
 from asr.model import ConformerCTC, ctc_loss
 from asr.quant import quantized_layers
 from asr.tokenizer import BLANK_ID
 from memsim.convert import run_instrumented
 
+CALIBRATION_BATCHES = 4  # unaugmented train batches that set DAC ranges (convolutions) and automatic ADCs
+CALIBRATION_SECONDS = 200.0  # padded seconds of audio per calibration batch
+SUMMARY_FILE = "summary.json"  # a chip configuration's cells, tiles, layer errors and energy (chip_summary)
 PROBE_SECONDS = 10  # the utterance reads_per_second counts each crossbar layer's reads on
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """Chip-in-the-loop fine-tuning of each programmed instance (tune): AdamW steps on the train split's
+    augmented batches of `max_seconds` padded audio, drawn with the instance's seed."""
+
+    steps: int
+    lr: float
+    max_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+    """Everything that makes the chips of one chip folder, as its record holds it (asr.pipeline.graph.chip
+    writes these settings): from_settings reads them, so the recipe and transcription build one chip alike."""
+
+    crossbar: memsim.CrossbarConfig  # instance 0's (its pre-cycling included)
+    seed: int  # instance 0's; instance k is programmed from seed + k
+    precycle_per_instance: int = 0  # instance k pre-cycles k x this more than instance 0
+    kinds: tuple[str, ...] = ("linear",)  # the quantization-aware layer kinds on the chip (memsim.KINDS)
+    adc_auto: tuple[int, float] | None = None  # (budget bits, coverage): memsim.allocate_adc
+    layer_adc: tuple[tuple[str, tuple[int | None, int | None]], ...] = ()  # (pattern, (precision, range) bits)
+    tuning: Tuning | None = None
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "ChipSpec":
+        """The spec of a chip folder's settings (its record's `settings`)."""
+        auto, tune = settings.get("adc_auto"), settings.get("tune")
+        return cls(
+            crossbar=memsim.CrossbarConfig(**settings["crossbar"]),
+            seed=settings["seed"],
+            precycle_per_instance=settings.get("precycle_per_instance", 0),
+            kinds=tuple(settings.get("kinds", ("linear",))),
+            adc_auto=(auto["budget_bits"], auto["coverage"]) if auto else None,
+            layer_adc=tuple((pattern, (bits[0], bits[1])) for pattern, bits in settings.get("layer_adc", {}).items()),
+            tuning=Tuning(tune["steps"], tune["lr"], tune["loader"]["max_seconds"]) if tune else None,
+        )
+
+    def crossbar_of(self, instance: int) -> memsim.CrossbarConfig:
+        """The crossbar configuration instance `instance` (0-based) is programmed with."""
+        extra = instance * self.precycle_per_instance
+        return dataclasses.replace(self.crossbar, precycle_pulses=self.crossbar.precycle_pulses + extra)
+
+    def seed_of(self, instance: int) -> int:
+        return self.seed + instance
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationData:
+    """The training data a chip is prepared with: unaugmented batches for DAC ranges and automatic ADCs, and
+    augmented ones for tuning, read with the features the model was trained on."""
+
+    files: DataFiles
+    features: FeatureSettings
+    num_workers: int = 0
+
+    def calibration(self) -> Iterable[dict]:
+        """The first CALIBRATION_BATCHES unaugmented, untokenized train batches (a fresh pass each time)."""
+        loader = split_loader(
+            self.files,
+            "train",
+            self.features,
+            max_seconds=CALIBRATION_SECONDS,
+            num_workers=self.num_workers,
+            seed=0,  # unshuffled: the seed draws nothing
+            train=False,
+            tokenize=False,
+        )
+        return itertools.islice(loader, CALIBRATION_BATCHES)
+
+    def tuning(self, tuning: Tuning, seed: int) -> Iterable[dict]:
+        """Augmented, tokenized train batches for tuning the instance of `seed`."""
+        return split_loader(
+            self.files,
+            "train",
+            self.features,
+            max_seconds=tuning.max_seconds,
+            num_workers=self.num_workers,
+            seed=seed,
+            train=True,
+        )
+
+
+@dataclasses.dataclass
+class PreparedChip:
+    """A programmed, calibrated (and tuned) chip: the model on it, its noise generator, and what it took."""
+
+    model: ConformerCTC
+    generator: torch.Generator
+    seed: int
+    program_seconds: float
+    tuning: dict | None  # steps, lr, first and last loss
+
+
+def prepare(
+    model_path: Path, spec: ChipSpec, instance: int, data: CalibrationData, device: str | torch.device
+) -> PreparedChip:
+    """Instance `instance` of a chip folder, as the recipe scores it: program a fresh chip, calibrate the DAC
+    ranges of the layers whose inputs the model did not quantize (convolutions), give the layers their ADCs
+    (automatic, then per-layer patterns), and tune it if the spec says so."""
+    seed = spec.seed_of(instance)
+    model, generator, seconds = program(model_path, spec.crossbar_of(instance), seed, device, spec.kinds)
+    if "conv" in spec.kinds:
+        calibrate_inputs(model, data.calibration())
+    if spec.adc_auto is not None or spec.layer_adc:
+        set_adcs(model, data.calibration(), spec.adc_auto, dict(spec.layer_adc))
+    tuned = None
+    if spec.tuning is not None:
+        losses = tune(model, data.tuning(spec.tuning, seed), spec.tuning.steps, spec.tuning.lr)
+        tuned = {"steps": spec.tuning.steps, "lr": spec.tuning.lr, "loss_first": losses[0], "loss_last": losses[-1]}
+    return PreparedChip(model, generator, seed, seconds, tuned)
 
 
 def program(
@@ -48,13 +168,11 @@ def program(
     return model, generator, time.perf_counter() - began
 
 
-def calibrate_inputs(model: ConformerCTC, batches: Iterable[dict], count: int) -> None:
-    """memsim.calibrate on `count` batches: the input range of every crossbar layer whose source did not quantize
-    its inputs (a quantization-aware convolution's)."""
+def calibrate_inputs(model: ConformerCTC, batches: Iterable[dict]) -> None:
+    """memsim.calibrate on the batches: the input range of every crossbar layer whose source did not quantize its
+    inputs (a quantization-aware convolution's)."""
     device = next(model.parameters()).device
-    memsim.calibrate(
-        model, ((b["feats"].to(device), b["feat_lens"].to(device)) for b in itertools.islice(batches, count))
-    )
+    memsim.calibrate(model, ((b["feats"].to(device), b["feat_lens"].to(device)) for b in batches))
 
 
 def reseed(generator: torch.Generator, seed: int, split: str) -> None:
@@ -62,9 +180,9 @@ def reseed(generator: torch.Generator, seed: int, split: str) -> None:
     generator.manual_seed(int.from_bytes(hashlib.sha256(f"{seed}/{split}".encode()).digest()[:7], "little"))
 
 
-def feeder(batches: Iterable[dict], count: int) -> Callable[[torch.nn.Module], None]:
-    """A run(model) for memsim's measuring tools: the model, in eval mode, on the first `count` batches
-    (features as decode_split reads them)."""
+def feeder(batches: Iterable[dict], count: int | None = None) -> Callable[[torch.nn.Module], None]:
+    """A run(model) for memsim's measuring tools: the model, in eval mode, on the batches (the first `count`
+    of them, if given; features as decode_split reads them)."""
 
     def run(model: torch.nn.Module) -> None:
         device = next(model.parameters()).device
@@ -78,17 +196,16 @@ def feeder(batches: Iterable[dict], count: int) -> Callable[[torch.nn.Module], N
 def set_adcs(
     model: ConformerCTC,
     calibration: Iterable[dict],
-    count: int,
     auto: tuple[int, float] | None,
-    layer_adc: dict[str, list],
+    layer_adc: dict[str, tuple[int | None, int | None]],
 ) -> None:
-    """Give the chip's layers their own ADCs: with `auto` (budget bits, coverage), memsim.allocate_adc on `count`
+    """Give the chip's layers their own ADCs: with `auto` (budget bits, coverage), memsim.allocate_adc on the
     calibration batches; then layer_adc's patterns (memsim.set_adc)."""
     if auto is not None:
         budget_bits, coverage = auto
-        memsim.allocate_adc(model, feeder(calibration, count), budget_bits, coverage)
+        memsim.allocate_adc(model, feeder(calibration), budget_bits, coverage)
     if layer_adc:
-        memsim.set_adc(model, {pattern: (bits[0], bits[1]) for pattern, bits in layer_adc.items()})
+        memsim.set_adc(model, layer_adc)
 
 
 def tunable(model: nn.Module) -> list[nn.Parameter]:
@@ -135,11 +252,73 @@ def _forever(batches: Iterable[dict]) -> Iterable[dict]:
         yield from batches
 
 
-def layer_errors(chip: ConformerCTC, model_path: Path, batches: Iterable[dict], count: int) -> list[dict]:
-    """memsim.layer_errors of the chip against the digital model at model_path, over `count` batches: where the
-    chip's error arises, layer by layer."""
+def layer_errors(chip: ConformerCTC, model_path: Path, batches: Iterable[dict], count: int | None) -> list[dict]:
+    """memsim.layer_errors of the chip against the digital model at model_path, over the batches (the first
+    `count`, if given): where the chip's error arises, layer by layer."""
     digital = load_model(model_path, next(chip.parameters()).device)
     return memsim.layer_errors(chip, digital, feeder(batches, count))
+
+
+@dataclasses.dataclass
+class ChipSummary:
+    """What a chip folder's summary.json holds (chip_summary makes it; read() reads it, and nothing else does).
+    A summary made before one of its parts existed reads that part as None or empty."""
+
+    crossbar: memsim.CrossbarConfig  # instance 0's configuration
+    layers: list[dict]  # memsim.summary's rows per crossbar layer: cells, tiles, planes, adc, ...
+    total: dict  # memsim.summary's total row
+    layer_errors: list[dict]  # memsim.layer_errors' rows per layer, and a last one named "mean"
+    adc_conversions_per_second_of_audio: int | None
+    program_seconds: float | None
+    levels: dict | None  # memsim.level_statistics of multi-level cells
+    tuning: dict | None  # chip-in-the-loop tuning: steps, lr, first and last loss
+    energy: dict | None  # costs, vectors_per_second_of_audio, per_second_of_audio_uj, layers
+
+    @classmethod
+    def read(cls, path: Path) -> "ChipSummary":
+        values = read_json(path)
+        try:
+            known = {f.name for f in dataclasses.fields(memsim.CrossbarConfig)}
+            return cls(
+                crossbar=memsim.CrossbarConfig(**{k: v for k, v in values["config"].items() if k in known}),
+                layers=values["layers"],
+                total=values["total"],
+                layer_errors=values.get("layer_errors") or [],
+                adc_conversions_per_second_of_audio=values.get("adc_conversions_per_second_of_audio"),
+                program_seconds=values.get("program_seconds"),
+                levels=values.get("levels"),
+                tuning=values.get("tuning"),
+                energy=values.get("energy"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptFile(f"{path}: not a chip summary ({type(error).__name__}: {error})") from None
+
+    @property
+    def mean_layer_error(self) -> dict | None:
+        """The layer errors' "mean" row: relative error, gain and residual averaged over the layers."""
+        return next((row for row in self.layer_errors if row["layer"] == "mean"), None)
+
+    @property
+    def read_disturb_pct(self) -> float | None:
+        return self.total.get("read_disturb_pct")
+
+    @property
+    def adcs(self) -> list[tuple[int | None, int | None]]:
+        """Each crossbar layer's ADC (precision bits, range bits)."""
+        return [(row["adc"][0], row["adc"][1]) for row in self.layers if "adc" in row]
+
+    @property
+    def energy_per_second(self) -> dict[str, float | None]:
+        """Microjoules per second of audio by part (crossbar, dac, adc, accumulate, chip, digital); {} if unpriced."""
+        return self.energy["per_second_of_audio_uj"] if self.energy else {}
+
+
+def summarize(chip: PreparedChip, config: memsim.CrossbarConfig, model_path: Path, batches: Iterable[dict]) -> dict:
+    """What a chip folder's summary.json holds, measured on a prepared chip: chip_summary with the layer errors
+    against the digital model at model_path and the energy, both over `batches` (a list: it is read twice)."""
+    errors = layer_errors(chip.model, model_path, batches, None)
+    energy = memsim.measure_energy(chip.model, feeder(batches))
+    return chip_summary(chip.model, config, chip.program_seconds, errors, energy, chip.tuning)
 
 
 def chip_summary(

@@ -12,7 +12,7 @@ spaces) per utterance. Two methods:
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from asr.data.dataset import SegmentDataset
 from asr.data.tedlium import SPLITS, normalize_words
-from asr.errors import UserError
-from asr.files import file_identity, read_jsonl, write_jsonl, write_text
+from asr.errors import CorruptFile, UserError
+from asr.files import file_identity, read_json, write_jsonl, write_text
 from asr.scoring import Score, align, error_statistics, total
 from asr.tokenizer import BLANK_ID, UNK, UNK_ID, Tokenizer
 
@@ -37,6 +37,36 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[torch.Tensor, torch.Tensor], list[str]]
 METHODS = ("greedy", "beam")
 HYPS_FILE, SCORE_FILE, ERRORS_FILE = "hyps.jsonl", "score.json", "errors.txt"
+
+
+@dataclass(frozen=True)
+class DecodeScore:
+    """What a decode output's score.json holds: the split's Score and how fast it was decoded. Scores made
+    before the speed was recorded read as None there."""
+
+    split: str
+    method: str
+    score: Score
+    audio_seconds: float | None = None
+    decode_seconds: float | None = None  # the model and every decoder of its run together
+    real_time_factor: float | None = None
+    batch_seconds: float | None = None  # padded seconds of audio per batch
+    bytes_per_second: float | None = None  # with decode.memory_fraction: the peak memory per second of audio
+    free_bytes: float | None = None  # with decode.memory_fraction: the free memory it was sized against
+
+    def to_json(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "score"}
+        return {**{k: v for k, v in values.items() if v is not None}, **self.score.to_dict()}
+
+    @classmethod
+    def read(cls, path: str | Path) -> "DecodeScore":
+        """The score.json at path; a CorruptFile error names a file that does not hold one."""
+        values = read_json(path)
+        try:
+            known = {f.name for f in fields(cls)} - {"score"}
+            return cls(score=Score.from_dict(values), **{k: v for k, v in values.items() if k in known})
+        except (KeyError, TypeError) as error:
+            raise CorruptFile(f"{path}: not a decode's score (no {error})") from None
 
 
 @dataclass
@@ -139,10 +169,10 @@ class LexiconBeamDecoder:
         self,
         units: Sequence[str],
         lexicon: Mapping[str, Sequence[str]],
-        beam_size: int = 50,
+        beam_size: int = DecodeSettings.beam_size,
         lm: str | Path | None = None,
-        lm_weight: float = 1.0,
-        word_score: float = 0.0,
+        lm_weight: float = DecodeSettings.lm_weight,
+        word_score: float = DecodeSettings.word_score,
     ):
         if not lexicon:
             raise UserError("the lexicon for beam search is empty")
@@ -281,8 +311,3 @@ def decode_split(
         write_text(out / ERRORS_FILE, error_statistics(ids, alignments))
         scores[method] = total(a.score for a in alignments)
     return scores
-
-
-def read_utterance_scores(directory: str | Path) -> list[Score]:
-    """The per-utterance Scores of a decode (its hyps.jsonl), in manifest order."""
-    return [Score.of_utterance(line) for line in read_jsonl(Path(directory) / HYPS_FILE)]

@@ -7,12 +7,8 @@ counts in Wrd; a hypothesis `<unk>` against it is correct, anything else against
 
 from collections import Counter
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import jiwer
-
-from asr.errors import CorruptFile
-from asr.files import read_json
 
 HEADER = "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|\n|---|---|---|---|---|---|---|---|---|"
 DELETED = "*"  # the empty side of a deletion or insertion in aligned text
@@ -131,15 +127,6 @@ def score_utterances(refs: list[str], hyps: list[str]) -> list[Score]:
 
 def total(scores) -> Score:
     return sum(scores, Score())
-
-
-def read_score(path: str | Path) -> Score:
-    """The Score in a score.json; a CorruptFile error names a file that does not hold one."""
-    content = read_json(path)
-    try:
-        return Score.from_dict(content)
-    except (KeyError, TypeError) as error:
-        raise CorruptFile(f"{path}: not a score (no {error} count)") from None
 
 
 def decode_differences(lines: list[dict], score: Score) -> list[str]:

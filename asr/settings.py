@@ -202,18 +202,18 @@ class RecipeSettings:
     def chip_config(self, instance: int = 0) -> CrossbarConfig:
         """The crossbar chip that holds the quantized system's weights, as programmed for `instance` (0-based:
         it sets the pre-cycling of precycle_per_instance)."""
-        m = self.memsim
-        config = m.build(weight_bits=self.quant.weight_bits)
-        if m.adc == "ideal":
+        chip_settings = self.memsim
+        config = chip_settings.build(weight_bits=self.quant.weight_bits)
+        if chip_settings.adc == "ideal":
             config = dataclasses.replace(config, adc_precision_bits=None, adc_range_bits=None)
-        elif m.adc in ADC_PRESETS:
-            config = config.with_adc(m.adc)
-        if m.precycle_per_instance:
+        elif chip_settings.adc in ADC_PRESETS:
+            config = config.with_adc(chip_settings.adc)
+        if chip_settings.precycle_per_instance:
             config = dataclasses.replace(
-                config, precycle_pulses=config.precycle_pulses + (instance + 1) * m.precycle_per_instance
+                config, precycle_pulses=config.precycle_pulses + (instance + 1) * chip_settings.precycle_per_instance
             )
-        if m.only != "all":
-            config = config.only(None if m.only == "none" else m.only)
+        if chip_settings.only != "all":
+            config = config.only(None if chip_settings.only == "none" else chip_settings.only)
         return config
 
 
@@ -257,30 +257,30 @@ def load(cfg: DictConfig) -> RecipeSettings:
     return settings
 
 
-def check(s: RecipeSettings) -> None:
+def check(recipe: RecipeSettings) -> None:
     """Every setting that no single dataclass can check: each group's real dataclass is built once, and the
     groups are checked against each other."""
-    unknown = [name for name in [*s.stage_names, *s.force] if name not in STAGE_NAMES]
+    unknown = [name for name in [*recipe.stage_names, *recipe.force] if name not in STAGE_NAMES]
     if unknown:
         raise UserError(f"unknown stage(s) {unknown}; known: {list(STAGE_NAMES)} (or stages=all)")
-    _canonical_bits(s)
-    _built("model", lambda: s.model.build(vocab_size=1, n_mels=s.features.num_mel_bins))
-    _built("quant", lambda: s.quant_config(s.quantized))
-    _built("train", lambda: s.train_config(False))
-    unknown = sorted(set(s.qat_train) - {f.name for f in dataclasses.fields(TrainSettings)})
+    _canonical_bits(recipe)
+    _built("model", lambda: recipe.model.build(vocab_size=1, n_mels=recipe.features.num_mel_bins))
+    _built("quant", lambda: recipe.quant_config(recipe.quantized))
+    _built("train", lambda: recipe.train_config(False))
+    unknown = sorted(set(recipe.qat_train) - {f.name for f in dataclasses.fields(TrainSettings)})
     if unknown:
         raise UserError(
             f"qat_train: {unknown} are not train settings (known: "
             f"{[f.name for f in dataclasses.fields(TrainSettings)]})"
         )
-    s.qat_train = _typed_qat_train(s.qat_train)
-    _check_names(s)
-    if s.quantized:
-        _built("qat_train", lambda: s.train_config(True))
-    for quantized in {False, s.quantized}:
-        _check_init_from(s, quantized)
-    if s.quantized:
-        _check_chip(s)
+    recipe.qat_train = _typed_qat_train(recipe.qat_train)
+    _check_names(recipe)
+    if recipe.quantized:
+        _built("qat_train", lambda: recipe.train_config(True))
+    for quantized in {False, recipe.quantized}:
+        _check_init_from(recipe, quantized)
+    if recipe.quantized:
+        _check_chip(recipe)
 
 
 def _built(group: str, make) -> Any:
@@ -296,11 +296,11 @@ def _named(group: str, error: Exception) -> UserError:
     return UserError(message if message.startswith(f"{group}.") else f"{group} settings: {message}")
 
 
-def _canonical_bits(s: RecipeSettings) -> None:
+def _canonical_bits(recipe: RecipeSettings) -> None:
     """Symmetric 2-bit weights have the levels of ternary (1.5-bit) weights, {-1, 0, 1}: the same model.
     2 is rewritten to 1.5, so a sweep over both makes one model (named w1.5a8 unless quant.name is set)."""
-    if s.quant.weight_bits == 2:
-        s.quant.weight_bits = 1.5
+    if recipe.quant.weight_bits == 2:
+        recipe.quant.weight_bits = 1.5
         log.warning(
             "quant.weight_bits=2 has the levels of 1.5 bits (ternary, +-%d): running it as 1.5 bits", max_level(1.5)
         )
@@ -328,19 +328,19 @@ def _type_name(hint: Any) -> str:
 NAMES = ("data.name", "model.name", "quant.name", "memsim.name")
 
 
-def _check_names(s: RecipeSettings) -> None:
+def _check_names(recipe: RecipeSettings) -> None:
     for setting in NAMES:
         group, key = setting.split(".")
-        value = getattr(getattr(s, group), key)
+        value = getattr(getattr(recipe, group), key)
         if value is not None and (not str(value).strip() or "/" in str(value)):
             raise UserError(f"{setting} must be a non-empty name without '/', got {value!r}")
 
 
-def _check_init_from(s: RecipeSettings, quantized: bool) -> None:
+def _check_init_from(recipe: RecipeSettings, quantized: bool) -> None:
     """A checkpoint named by init_from exists and holds model weights, opened as the trainer will open it
     (weights_only: it cannot run code), before any stage runs."""
-    init = s.train_settings(quantized).init_from
-    where = "qat_train.init_from" if quantized and "init_from" in s.qat_train else "train.init_from"
+    init = recipe.train_settings(quantized).init_from
+    where = "qat_train.init_from" if quantized and "init_from" in recipe.qat_train else "train.init_from"
     if init == FLOAT and not quantized:
         raise UserError(f"{where}=float starts a model from the float model, but this is the float model itself")
     if init in (None, FLOAT):
@@ -353,46 +353,59 @@ def _check_init_from(s: RecipeSettings, quantized: bool) -> None:
         raise UserError(f"{where}: {error}") from None
 
 
-def _check_chip(s: RecipeSettings) -> None:
-    m = s.memsim
-    if m.adc is not None and m.adc not in ADC_CHOICES:
+def _check_chip(recipe: RecipeSettings) -> None:
+    chip_settings = recipe.memsim
+    if chip_settings.adc is not None and chip_settings.adc not in ADC_CHOICES:
         raise UserError(
             f"memsim.adc must be one of {list(ADC_CHOICES)} or null (then memsim.adc_precision_bits and "
-            f"memsim.adc_range_bits apply), got {m.adc!r}"
+            f"memsim.adc_range_bits apply), got {chip_settings.adc!r}"
         )
     defaults = (CrossbarConfig.adc_precision_bits, CrossbarConfig.adc_range_bits)
-    if m.adc in (*ADC_PRESETS, "ideal") and (m.adc_precision_bits, m.adc_range_bits) != defaults:
+    if (
+        chip_settings.adc in (*ADC_PRESETS, "ideal")
+        and (chip_settings.adc_precision_bits, chip_settings.adc_range_bits) != defaults
+    ):
         raise UserError(
-            f"memsim.adc={m.adc} sets the ADC: set memsim.adc=null to choose memsim.adc_precision_bits "
+            f"memsim.adc={chip_settings.adc} sets the ADC: set memsim.adc=null to choose memsim.adc_precision_bits "
             "and memsim.adc_range_bits yourself"
         )
-    if (m.adc == "auto") != (m.adc_budget_bits is not None):
+    if (chip_settings.adc == "auto") != (chip_settings.adc_budget_bits is not None):
         raise UserError(
             "memsim.adc=auto needs memsim.adc_budget_bits (precision + range bits per conversion), and "
-            f"memsim.adc_budget_bits needs memsim.adc=auto; got adc={m.adc}, adc_budget_bits={m.adc_budget_bits}"
+            f"memsim.adc_budget_bits needs memsim.adc=auto; got adc={chip_settings.adc}, "
+            f"adc_budget_bits={chip_settings.adc_budget_bits}"
         )
-    if m.adc_budget_bits is not None and not 1 <= m.adc_budget_bits <= MAX_ADC_BUDGET_BITS:
-        raise UserError(f"memsim.adc_budget_bits must be 1 to {MAX_ADC_BUDGET_BITS}, got {m.adc_budget_bits}")
-    if not 0 < m.adc_coverage <= 1:
-        raise UserError(f"memsim.adc_coverage must be a fraction in (0, 1], got {m.adc_coverage}")
-    for pattern, bits in m.layer_adc.items():
+    if chip_settings.adc_budget_bits is not None and not 1 <= chip_settings.adc_budget_bits <= MAX_ADC_BUDGET_BITS:
+        raise UserError(
+            f"memsim.adc_budget_bits must be 1 to {MAX_ADC_BUDGET_BITS}, got {chip_settings.adc_budget_bits}"
+        )
+    if not 0 < chip_settings.adc_coverage <= 1:
+        raise UserError(f"memsim.adc_coverage must be a fraction in (0, 1], got {chip_settings.adc_coverage}")
+    for pattern, bits in chip_settings.layer_adc.items():
         if not isinstance(bits, (list, tuple)) or len(bits) != 2:
             raise UserError(f"memsim.layer_adc.{pattern} must be [precision bits, range bits], got {bits!r}")
-        _built(f"memsim.layer_adc.{pattern}", lambda bits=bits: s.chip_config().with_adc_bits(*bits))
-    unknown = [k for k in m.kinds if k not in ("linear", "conv")]
-    if unknown or not m.kinds:
-        raise UserError(f"memsim.kinds must be a non-empty list of 'linear' and 'conv', got {list(m.kinds)}")
-    if "conv" in m.kinds and not (s.quant.quantize_depthwise or s.quant.quantize_frontend):
+        _built(f"memsim.layer_adc.{pattern}", lambda bits=bits: recipe.chip_config().with_adc_bits(*bits))
+    unknown = [k for k in chip_settings.kinds if k not in ("linear", "conv")]
+    if unknown or not chip_settings.kinds:
+        raise UserError(
+            f"memsim.kinds must be a non-empty list of 'linear' and 'conv', got {list(chip_settings.kinds)}"
+        )
+    if "conv" in chip_settings.kinds and not (recipe.quant.quantize_depthwise or recipe.quant.quantize_frontend):
         raise UserError(
             "memsim.kinds has 'conv': the chip holds quantization-aware convolutions, so it needs "
             "quant.quantize_depthwise=true or quant.quantize_frontend=true"
         )
-    if m.tune_steps < 0 or not m.tune_lr > 0:
-        raise UserError(f"memsim.tune_steps must be >= 0 and memsim.tune_lr > 0, got {m.tune_steps}, {m.tune_lr}")
-    if m.instances < 1:
-        raise UserError(f"memsim.instances must be >= 1, got {m.instances}")
-    if m.only not in ("all", "none", *NON_IDEALITIES):
-        raise UserError(f"memsim.only must be 'all', 'none' or one of {list(NON_IDEALITIES)}, got {m.only!r}")
-    if m.precycle_per_instance < 0:
-        raise UserError(f"memsim.precycle_per_instance must be >= 0, got {m.precycle_per_instance}")
-    _built("memsim", s.chip_config)
+    if chip_settings.tune_steps < 0 or not chip_settings.tune_lr > 0:
+        raise UserError(
+            "memsim.tune_steps must be >= 0 and memsim.tune_lr > 0, "
+            f"got {chip_settings.tune_steps}, {chip_settings.tune_lr}"
+        )
+    if chip_settings.instances < 1:
+        raise UserError(f"memsim.instances must be >= 1, got {chip_settings.instances}")
+    if chip_settings.only not in ("all", "none", *NON_IDEALITIES):
+        raise UserError(
+            f"memsim.only must be 'all', 'none' or one of {list(NON_IDEALITIES)}, got {chip_settings.only!r}"
+        )
+    if chip_settings.precycle_per_instance < 0:
+        raise UserError(f"memsim.precycle_per_instance must be >= 0, got {chip_settings.precycle_per_instance}")
+    _built("memsim", recipe.chip_config)

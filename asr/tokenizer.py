@@ -16,6 +16,7 @@ from asr.files import atomic_path
 BLANK_ID, UNK_ID = 0, 1
 UNK = "<unk>"
 MODEL_TYPES = ("char", "bpe", "unigram")
+TOKENIZER_FILE = "sp.model"  # the sentencepiece model in a tokenizer output's folder
 
 
 @dataclass

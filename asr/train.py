@@ -52,8 +52,6 @@ from asr.train_log import TrainingLog
 
 log = logging.getLogger(__name__)
 
-FINAL = "final.pt"  # the averaged weights a finished run leaves in its directory
-
 # Settings a resumed run must share with the run that wrote the checkpoint (they shape the optimization).
 RESUME_MUST_MATCH = (
     "optimizer",
@@ -389,7 +387,7 @@ class _Run:
         final = checkpoint.average(checkpoint.epoch_checkpoints(self.out_dir)[-self.cfg.average_last :])
         self.model.load_state_dict(final)
         if self.logbook:
-            checkpoint.save({"model": final, "meta": self.meta, "step": self.step}, self.out_dir / FINAL)
+            checkpoint.save({"model": final, "meta": self.meta, "step": self.step}, self.out_dir / checkpoint.FINAL)
             self.logbook.close()
         if self.world > 1:  # the next stage of every rank may read final.pt
             dist.barrier()
@@ -503,7 +501,7 @@ def train_model(
 
 def clear_run(out_dir: Path) -> None:
     """Delete a training run's files (checkpoints, final.pt, logs), so a new run does not resume from them."""
-    for path in [*checkpoint.checkpoints(out_dir), out_dir / FINAL, *TrainingLog.files(out_dir)]:
+    for path in [*checkpoint.checkpoints(out_dir), out_dir / checkpoint.FINAL, *TrainingLog.files(out_dir)]:
         if path.is_dir():
             shutil.rmtree(path)
         else:

@@ -3,9 +3,11 @@
 The model is a folder the train stages made (`work_dir/exp/<name>-<hash>/`): its `final.pt`, and its record,
 which names the tokenizer and CMVN it was trained with and the training transcripts (the beam search's
 words). Audio is anything soundfile reads (wav, flac, NIST SPHERE): other sample rates are resampled to
-16 kHz, several channels averaged. A chip is either programmed fresh from a seed, with the settings of a
-chip folder the memsim stage made for this model (or memsim.CrossbarConfig's defaults), or loaded from a
-file `save_chip` wrote, which must belong to the same model and, if settings are given, to the same chip.
+16 kHz, several channels averaged. A chip is instance K of a chip folder the memsim stage made for this
+model, prepared by the very procedure the recipe scored it with (asr.chips.prepare: seed, pre-cycling,
+calibration, ADCs and tuning of instance K); or a fresh chip of memsim.CrossbarConfig's defaults from a seed;
+or a file `save_chip` wrote, which must belong to the same model and, if settings are given, to the same
+chip folder.
 """
 
 import dataclasses
@@ -19,22 +21,20 @@ import torchaudio.functional as AF
 
 import memsim
 from asr import checkpoint, chips
-from asr.checkpoint import load_model
-from asr.data.features import SAMPLE_RATE, GlobalCMVN, fbank
+from asr.checkpoint import FINAL, load_model
+from asr.data.features import CMVN_FILE, SAMPLE_RATE, FeatureSettings, GlobalCMVN, fbank
 from asr.data.loader import DataFiles
 from asr.decode import DecodeSettings, build_decoders, vocabulary
 from asr.errors import CorruptFile, UserError
-from asr.files import atomic_path, read_json_if_present
+from asr.files import atomic_path
 from asr.model import ConformerCTC
-from asr.pipeline.graph import CMVN_FILE, TOKENIZER_FILE
-from asr.pipeline.outputs import RECORD
 from asr.quant import quantized_layers
-from asr.tokenizer import Tokenizer
-from asr.train import FINAL
+from asr.records import Record, read_record
+from asr.tokenizer import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)
 
-CHIP_FORMAT = "memristor-asr chip 1"  # the `format` entry of a saved chip
+CHIP_FORMAT = "memristor-asr chip 2"  # the `format` entry of a saved chip
 
 
 def read_audio(path: str | Path) -> torch.Tensor:
@@ -52,19 +52,19 @@ class TrainedModel:
     """A model folder of a work dir, with the data files it was trained with."""
 
     folder: Path
-    record: dict
+    record: Record
     files: DataFiles
 
     @classmethod
     def open(cls, folder: str | Path) -> "TrainedModel":
         folder = Path(folder)
-        record = read_json_if_present(folder / RECORD)
-        if record is None or record.get("kind") != "exp":
+        record = read_record(folder)
+        if record is None or record.kind != "exp":
             raise UserError(f"{folder} is not a trained model of a work dir (no model record.json there)")
         if not (folder / FINAL).is_file():
             raise UserError(f"{folder}: no {FINAL}: its training has not finished")
-        root = folder.parents[len(Path(record["path"]).parts) - 1]  # the work dir the record's paths start at
-        inputs = {role: root / used["path"] for role, used in record["inputs"].items()}
+        root = folder.parents[len(Path(record.path).parts) - 1]  # the work dir the record's paths start at
+        inputs = {role: root / used.path for role, used in record.inputs.items()}
         files = DataFiles(inputs["manifests"], inputs["tokenizer"] / TOKENIZER_FILE, inputs["cmvn"] / CMVN_FILE)
         return cls(folder, record, files)
 
@@ -72,84 +72,144 @@ class TrainedModel:
         return load_model(self.folder / FINAL, device)
 
 
-def chip_settings(trained: TrainedModel, folder: str | Path | None) -> memsim.CrossbarConfig:
-    """The settings of a chip folder the memsim stage made for this model, or CrossbarConfig's defaults for
-    the model's weight and input bits."""
-    quant = trained.record["settings"]["quant"]
+def chip_folder_settings(trained: TrainedModel, folder: str | Path) -> dict:
+    """The settings of a chip folder the memsim stage made for this model (its record's `settings`)."""
+    record = read_record(Path(folder))
+    if record is None or "crossbar" not in record.settings:
+        raise UserError(f"{folder} is not a chip folder of the memsim stage (no chip record.json there)")
+    if record.inputs["model"].path != trained.record.path:
+        raise UserError(f"{folder} holds chips of {record.inputs['model'].path}, not of {trained.record.path}")
+    return record.settings
+
+
+def quantization(trained: TrainedModel) -> dict:
+    """The model's quantization settings; a UserError for the float model, which no chip can hold."""
+    quant = trained.record.settings["quant"]
     if quant is None or quant["weight_bits"] is None:
         raise UserError(f"{trained.folder} is the float model: a chip holds a quantized (QAT) model's weights")
-    if folder is None:
-        return memsim.CrossbarConfig(weight_bits=quant["weight_bits"], dac_bits=quant["input_bits"])
-    record = read_json_if_present(Path(folder) / RECORD)
-    if record is None or "crossbar" not in record.get("settings", {}):
-        raise UserError(f"{folder} is not a chip folder of the memsim stage (no chip record.json there)")
-    if record["inputs"]["model"]["path"] != trained.record["path"]:
-        raise UserError(f"{folder} holds chips of {record['inputs']['model']['path']}, not of {trained.record['path']}")
-    return memsim.CrossbarConfig(**record["settings"]["crossbar"])
+    return quant
 
 
-def program_chip(trained: TrainedModel, config: memsim.CrossbarConfig, seed: int, device: str) -> ConformerCTC:
-    """The model with its quantized layers programmed onto a fresh chip (seed: the instance)."""
-    model, _, seconds = chips.program(trained.folder / FINAL, config, seed, device)
-    log.info("programmed chip %d in %.1f s", seed, seconds)
-    return model
+def default_chip_settings(trained: TrainedModel, seed: int) -> dict:
+    """The settings of a chip of memsim's defaults for the model's weight and input bits, programmed from seed."""
+    quant = quantization(trained)
+    config = memsim.CrossbarConfig(weight_bits=quant["weight_bits"], dac_bits=quant["input_bits"])
+    return {"crossbar": dataclasses.asdict(config), "seed": seed}
 
 
-def save_chip(path: str | Path, trained: TrainedModel, config: memsim.CrossbarConfig, model: ConformerCTC) -> None:
-    """Write a programmed chip (every cell's state) with the model and settings it belongs to."""
+def calibration_data(trained: TrainedModel) -> chips.CalibrationData:
+    """The training data the model was trained on, with its features, for preparing a chip as the recipe does."""
+    return chips.CalibrationData(trained.files, FeatureSettings.from_dict(trained.record.settings["features"]))
+
+
+@dataclass(frozen=True)
+class Chip:
+    """A model on a chip: the chip folder's settings (or a default chip's), the instance, and the prepared chip."""
+
+    settings: dict
+    instance: int
+    prepared: chips.PreparedChip
+
+    @property
+    def spec(self) -> chips.ChipSpec:
+        return chips.ChipSpec.from_settings(self.settings)
+
+
+def program_instance(trained: TrainedModel, settings: dict, instance: int, device: str) -> Chip:
+    """Instance `instance` of the chips of `settings`, prepared exactly as the recipe prepared it (chips.prepare)."""
+    quantization(trained)
+    spec = chips.ChipSpec.from_settings(settings)
+    prepared = chips.prepare(trained.folder / FINAL, spec, instance, calibration_data(trained), device)
+    log.info("programmed chip instance %d (seed %d) in %.1f s", instance, prepared.seed, prepared.program_seconds)
+    return Chip(settings, instance, prepared)
+
+
+def save_chip(path: str | Path, trained: TrainedModel, chip: Chip) -> None:
+    """Write a programmed chip: every cell's state and every tuned parameter, its settings and instance, and each
+    crossbar layer's ADC, with the model it belongs to."""
     state = {
         "format": CHIP_FORMAT,
-        "model": trained.record["identity"],
-        "model_path": trained.record["path"],
-        "crossbar": dataclasses.asdict(config),
-        "state_dict": model.state_dict(),
+        "model": trained.record.identity,
+        "model_path": trained.record.path,
+        "chip": chip.settings,
+        "instance": chip.instance,
+        "seed": chip.prepared.seed,
+        "adcs": {name: list(bits) for name, bits in memsim.adc_settings(chip.prepared.model).items()},
+        "state_dict": chip.prepared.model.state_dict(),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_chip(
-    path: str | Path, trained: TrainedModel, config: memsim.CrossbarConfig | None, device: str, noise_seed: int = 0
-) -> tuple[ConformerCTC, memsim.CrossbarConfig]:
-    """A chip `save_chip` wrote and its settings, checked against the model and, if given, the settings."""
+def load_chip(path: str | Path, trained: TrainedModel, settings: dict | None, device: str) -> Chip:
+    """A chip `save_chip` wrote, checked against the model and, if given, a chip folder's settings."""
     try:
         state = checkpoint.load(path, map_location=device)
     except (OSError, CorruptFile) as error:
         detail = str(error).removeprefix(f"{path}: ")
         raise UserError(f"{path}: cannot read a saved chip: {detail}") from None
-    if not isinstance(state, dict) or state.get("format") != CHIP_FORMAT:
-        raise UserError(f"{path} is not a chip saved by this project ({CHIP_FORMAT})")
-    if state["model"] != trained.record["identity"]:
-        raise UserError(f"{path} holds a chip of {state['model_path']}, not of {trained.record['path']}")
-    saved = memsim.CrossbarConfig(**state["crossbar"])
-    if config is not None and config != saved:
-        differ = [f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config, f.name)]
+    if state.get("format") != CHIP_FORMAT:
+        raise UserError(f"{path} is not a chip saved by this version of the project ({CHIP_FORMAT}): program it again")
+    if state["model"] != trained.record.identity:
+        raise UserError(f"{path} holds a chip of {state['model_path']}, not of {trained.record.path}")
+    if settings is not None and settings != state["chip"]:
+        differ = sorted(k for k in {*settings, *state["chip"]} if settings.get(k) != state["chip"].get(k))
         raise UserError(f"{path} was saved with other chip settings (they differ in {', '.join(differ)})")
+    spec = chips.ChipSpec.from_settings(state["chip"])
     model = trained.load(device)
-    generator = torch.Generator(device).manual_seed(noise_seed)
-    memsim.convert(model, saved, generator=generator, include=quantized_layers(model), program=False)
+    generator = torch.Generator(device).manual_seed(state["seed"])
+    include = quantized_layers(model, spec.kinds)
+    memsim.convert(
+        model,
+        spec.crossbar_of(state["instance"]),
+        generator=generator,
+        include=include,
+        kinds=spec.kinds,
+        program=False,
+    )
+    memsim.set_adc(model, {name: (bits[0], bits[1]) for name, bits in state["adcs"].items()})
     model.load_state_dict(state["state_dict"])
-    return model.eval(), saved
+    prepared = chips.PreparedChip(model.eval(), generator, state["seed"], 0.0, None)
+    return Chip(state["chip"], state["instance"], prepared)
 
 
 def model_on(
-    trained: TrainedModel, chip: str | None, settings_folder: str | Path | None, device: str
-) -> tuple[ConformerCTC, memsim.CrossbarConfig | None]:
-    """The model digitally (chip None), on a fresh chip (chip: a seed), or on a saved chip (chip: its file);
-    with the chip's settings."""
-    if chip is None:
-        if settings_folder is not None:
-            raise UserError("chip settings need a chip: a seed or a saved chip")
+    trained: TrainedModel,
+    chip: str | None,
+    settings_folder: str | Path | None,
+    device: str,
+    instance: int | None = None,
+) -> tuple[ConformerCTC, Chip | None]:
+    """The model digitally, or on a chip: instance `instance` of a chip folder (settings_folder), a fresh chip of
+    memsim's defaults (chip: a seed), or a saved chip (chip: its file, checked against settings_folder if given)."""
+    settings = chip_folder_settings(trained, settings_folder) if settings_folder is not None else None
+    if instance is not None:
+        if settings is None or chip is not None:
+            raise UserError("--instance K programs instance K of the chip folder --chip-settings (and takes no --chip)")
+        on = program_instance(trained, settings, instance, device)
+    elif chip is None:
+        if settings is not None:
+            raise UserError("--chip-settings needs --instance K (a chip folder's instance) or --chip FILE")
         return trained.load(device), None
-    if chip.isdigit():
-        config = chip_settings(trained, settings_folder)
-        return program_chip(trained, config, int(chip), device), config
-    return load_chip(chip, trained, chip_settings(trained, settings_folder) if settings_folder else None, device)
+    elif chip.isdigit():
+        if settings is not None:
+            raise UserError(
+                "a chip folder's chips are its instances, each with the seed the recipe gave it: use --instance K "
+                "with --chip-settings (a seed in --chip programs a chip of memsim's defaults)"
+            )
+        on = program_instance(trained, default_chip_settings(trained, int(chip)), 0, device)
+    else:
+        on = load_chip(chip, trained, settings, device)
+    return on.prepared.model, on
 
 
 @torch.inference_mode()
 def transcribe_files(
-    model: ConformerCTC, trained: TrainedModel, audio: list[str | Path], method: str = "greedy", beam_size: int = 100
+    model: ConformerCTC,
+    trained: TrainedModel,
+    audio: list[str | Path],
+    method: str = "greedy",
+    beam_size: int = DecodeSettings.beam_size,
 ) -> list[str]:
     """The words `model` hears in each file, with greedy or lexicon beam search decoding."""
     settings = DecodeSettings(methods=[method], beam_size=beam_size)

@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from memsim.crossbar import RowFactors, adc_step, to_codes, zero_volt_factors
+from memsim.layers import MemristorLinear
 
-if TYPE_CHECKING:
-    from memsim.conv import MemristorConv
+
+class ConvolutionOnCrossbar(Protocol):
+    """What a TileConvolution reads of its convolution (memsim.conv.MemristorConv): its crossbar and geometry."""
+
+    crossbar: MemristorLinear
+    in_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
 
 
 class TileKernels(NamedTuple):
@@ -42,7 +50,7 @@ class TileKernels(NamedTuple):
 class TileConvolution:
     """MemristorLinear.read of a convolution's patches, computed as convolutions over its padded input."""
 
-    def __init__(self, conv: MemristorConv):
+    def __init__(self, conv: ConvolutionOnCrossbar):
         self.conv = conv  # its crossbar and geometry
         self._kernels: TileKernels | None = None
         self._key: tuple | None = None

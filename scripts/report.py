@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.errors import UserError  # noqa: E402
-from asr.report import write_report  # noqa: E402
+from asr.reports.document import write_report  # noqa: E402
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from asr.errors import CorruptFile
 from asr.files import read_json, write_json
 
 SAMPLE_RATE = 16000
+CMVN_FILE = "cmvn.json"  # the statistics in a CMVN output's folder (GlobalCMVN.save)
 
 
 @dataclass
@@ -45,6 +46,11 @@ class FeatureSettings:
     speeds: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # one factor drawn per training segment
     cmvn_segments: int = 2000  # training segments sampled to estimate the global mean and variance
     specaugment: SpecAugmentSettings = field(default_factory=SpecAugmentSettings)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FeatureSettings":
+        """The settings as dataclasses.asdict wrote them (a model's record holds them so)."""
+        return cls(**{**values, "specaugment": SpecAugmentSettings(**values["specaugment"])})
 
     def __post_init__(self):
         if self.num_mel_bins < 1:

@@ -4,6 +4,7 @@ the code it drives with typed settings and the folders of its inputs. Every body
 """
 
 import functools
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -15,14 +16,15 @@ import torch
 
 import memsim
 from asr import batch_memory, chips, tokenizer, train
-from asr.checkpoint import load_model
+from asr.checkpoint import FINAL, load_model
 from asr.data import tedlium
+from asr.data.features import CMVN_FILE
 from asr.data.loader import estimate_cmvn, split_loader
-from asr.decode import SCORE_FILE, build_decoders, decode_split, model_device, vocabulary
+from asr.decode import SCORE_FILE, DecodeScore, build_decoders, decode_split, model_device, vocabulary
 from asr.files import read_jsonl
 from asr.pipeline import graph
-from asr.pipeline.outputs import Job, Output
-from asr.report import write_report
+from asr.records import Job, Output
+from asr.reports.document import write_report
 from asr.scoring import HEADER
 from asr.settings import RecipeSettings
 from asr.tokenizer import Tokenizer
@@ -30,9 +32,6 @@ from asr.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 LAYER_ERROR_BATCHES = 4  # batches of the first decode split that measure a chip's layer errors and energy
-# batches of the train split that memsim.adc=auto allocates ADC bits from, and that set the DAC range of the
-# crossbar layers whose inputs the model did not quantize (memsim.kinds with conv)
-ADC_CALIBRATION_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -46,44 +45,50 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def prepare(s: RecipeSettings, jobs: list[Job]) -> None:
+def prepare(recipe: RecipeSettings, jobs: list[Job]) -> None:
     (job,) = jobs
-    stats = tedlium.prepare(s.data.locate(), job.path, s.prepare.build())
+    stats = tedlium.prepare(recipe.data.locate(), job.path, recipe.prepare.build())
     log.info("corpus statistics (%s):\n%s", job.path, tedlium.format_stats(stats))
     job.commit()
 
 
-def make_tokenizer(s: RecipeSettings, jobs: list[Job]) -> None:
+def make_tokenizer(recipe: RecipeSettings, jobs: list[Job]) -> None:
     (job,) = jobs
-    t = s.tokenizer
+    units = recipe.tokenizer
     texts = [r["text"] for r in read_jsonl(job.input("manifests") / "train.jsonl")]
-    tok = tokenizer.train(texts, job.path / graph.TOKENIZER_FILE, t.model_type, t.vocab_size, t.num_threads)
-    log.info("tokenizer: %s, %d units including blank, at %s", t.model_type, tok.vocab_size, job.path)
+    trained = tokenizer.train(
+        texts, job.path / tokenizer.TOKENIZER_FILE, units.model_type, units.vocab_size, units.num_threads
+    )
+    log.info("tokenizer: %s, %d units including blank, at %s", units.model_type, trained.vocab_size, job.path)
     job.commit()
 
 
-def make_cmvn(s: RecipeSettings, jobs: list[Job]) -> None:
+def make_cmvn(recipe: RecipeSettings, jobs: list[Job]) -> None:
     (job,) = jobs
     records = read_jsonl(job.input("manifests") / "train.jsonl")
-    estimate_cmvn(records, s.features, seed=s.seed, num_workers=s.loader.num_workers).save(job.path / graph.CMVN_FILE)
-    log.info("cmvn: from %d training segments at most, at %s", s.features.cmvn_segments, job.path)
+    estimate_cmvn(records, recipe.features, seed=recipe.seed, num_workers=recipe.loader.num_workers).save(
+        job.path / CMVN_FILE
+    )
+    log.info("cmvn: from %d training segments at most, at %s", recipe.features.cmvn_segments, job.path)
     job.commit()
 
 
-def train_models(s: RecipeSettings, jobs: list[Job]) -> None:
+def train_models(recipe: RecipeSettings, jobs: list[Job]) -> None:
     """The float model (train_float) or the configured quantized system (train)."""
     for job in jobs:
         quantized = job.output.stage == "train"
-        files = graph.data_files(s)
-        init = job.input("init") / train.FINAL if "init" in job.output.inputs else s.train_settings(quantized).init_from
-        model_config = s.model.build(vocab_size=Tokenizer(files.tokenizer).vocab_size, n_mels=s.features.num_mel_bins)
+        files = graph.data_files(recipe)
+        init = job.input("init") / FINAL if "init" in job.output.inputs else recipe.train_settings(quantized).init_from
+        model_config = recipe.model.build(
+            vocab_size=Tokenizer(files.tokenizer).vocab_size, n_mels=recipe.features.num_mel_bins
+        )
         train.train_model(
             model_config,
-            s.quant_config(quantized),
-            s.train_config(quantized),
+            recipe.quant_config(quantized),
+            recipe.train_config(quantized),
             files=files,
-            features=s.features,
-            loader=s.loader,
+            features=recipe.features,
+            loader=recipe.loader,
             out_dir=job.path,
             init_from=init,
             fresh=not job.resumed,
@@ -92,31 +97,32 @@ def train_models(s: RecipeSettings, jobs: list[Job]) -> None:
 
 
 def decode_jobs(
-    s: RecipeSettings, model: torch.nn.Module, jobs: list[Job], before_split: Callable[[str], object] | None = None
+    recipe: RecipeSettings, model: torch.nn.Module, jobs: list[Job], before_split: Callable[[str], object] | None = None
 ) -> None:
     """Decode the splits and methods of `jobs` (one model's outputs) and commit each; before_split(split), if
     given, runs before each split is decoded (a chip reseeds its read noise there)."""
-    files = graph.data_files(s)
+    files = graph.data_files(recipe)
     methods = sorted({j.output.settings["method"] for j in jobs})
-    words = vocabulary(files.records("train"), s.decode.lexicon) if "beam" in methods else set()
-    decoders = build_decoders(Tokenizer(files.tokenizer), words, s.decode, methods)
+    words = vocabulary(files.records("train"), recipe.decode.lexicon) if "beam" in methods else set()
+    decoders = build_decoders(Tokenizer(files.tokenizer), words, recipe.decode, methods)
     by_split = defaultdict(list)
     for job in jobs:
         by_split[job.output.settings["split"]].append(job)
     rows = []
     for split, split_jobs in by_split.items():
-        batching = _batching(s, model, files.records(split))  # before the reseed: the probe reads the chip too
+        batching = _batching(recipe, model, files.records(split))  # before the reseed: the probe reads the chip too
         if before_split is not None:
             before_split(split)
-        loader = _loader(s, split, batching["batch_seconds"])
+        loader = _loader(recipe, split, batching["batch_seconds"])
         chosen = {j.output.settings["method"]: j for j in split_jobs}
         began = time.perf_counter()
-        scores = decode_split(model, loader, {m: decoders[m] for m in chosen}, {m: j.path for m, j in chosen.items()})
+        folders = {method: job.path for method, job in chosen.items()}
+        scores = decode_split(model, loader, {method: decoders[method] for method in chosen}, folders)
         speed = _speed(time.perf_counter() - began, loader)
         log.info("%s: %.1f s of audio decoded in %.1f s, real-time factor %.3f", split, *speed.values())
         speed |= batching
         for method, job in chosen.items():
-            job.commit({SCORE_FILE: {"split": split, "method": method, **scores[method].to_dict(), **speed}})
+            job.commit({SCORE_FILE: DecodeScore(split, method, scores[method], **speed).to_json()})
             rows.append(scores[method].row(job.output.relpath))
     log.info("WER:\n%s", "\n".join([HEADER, *rows]))
 
@@ -127,14 +133,16 @@ def _speed(seconds: float, loader) -> dict[str, float]:
     return {"audio_seconds": round(audio, 2), "decode_seconds": round(seconds, 2), "real_time_factor": seconds / audio}
 
 
-def _batching(s: RecipeSettings, model: torch.nn.Module, records: list[dict]) -> dict:
+def _batching(recipe: RecipeSettings, model: torch.nn.Module, records: list[dict]) -> dict:
     """The padded seconds per decoding batch of a split: decode.batch_seconds, or with decode.memory_fraction, what
     fits in that fraction of the free memory for this model and the split's longest utterance."""
-    fraction = s.decode.memory_fraction
+    fraction = recipe.decode.memory_fraction
     if fraction is None:
-        return {"batch_seconds": s.decode.batch_seconds}
+        return {"batch_seconds": recipe.decode.batch_seconds}
     longest = max(r["duration"] for r in records)
-    seconds, sizing = batch_memory.batch_seconds(model, longest, s.features.num_mel_bins, model_device(model), fraction)
+    seconds, sizing = batch_memory.batch_seconds(
+        model, longest, recipe.features.num_mel_bins, model_device(model), fraction
+    )
     log.info(
         "decoding batches of %.0f s: %.1f MiB per second of audio, %.1f GiB free, fraction %g",
         seconds,
@@ -145,103 +153,87 @@ def _batching(s: RecipeSettings, model: torch.nn.Module, records: list[dict]) ->
     return sizing
 
 
-def _loader(s: RecipeSettings, split: str, batch_seconds: float | None = None):
+def _loader(recipe: RecipeSettings, split: str, batch_seconds: float | None = None):
     """The untokenized, unaugmented batches of one split, as decoding reads them (batches of decode.batch_seconds
     unless given)."""
     return split_loader(
-        graph.data_files(s),
+        graph.data_files(recipe),
         split,
-        s.features,
-        max_seconds=batch_seconds or s.decode.batch_seconds,
-        num_workers=s.loader.num_workers,
-        seed=s.seed,
+        recipe.features,
+        max_seconds=batch_seconds or recipe.decode.batch_seconds,
+        num_workers=recipe.loader.num_workers,
+        seed=recipe.seed,
         train=False,
         tokenize=False,
     )
 
 
-def _tuning_loader(s: RecipeSettings, seed: int):
-    """The training batches (augmented, tokenized) that chip-in-the-loop tuning of the instance `seed` reads."""
-    files = graph.data_files(s)
-    return split_loader(
-        files,
-        "train",
-        s.features,
-        max_seconds=s.loader.max_seconds,
-        num_workers=s.loader.num_workers,
-        seed=seed,
-        train=True,
-    )
-
-
-def decode_models(s: RecipeSettings, jobs: list[Job]) -> None:
+def decode_models(recipe: RecipeSettings, jobs: list[Job]) -> None:
     for _, same_model in groupby(jobs, key=lambda j: j.output.inputs["model"].relpath):
         group = list(same_model)
-        decode_jobs(s, load_model(group[0].input("model") / train.FINAL, device()), group)
+        decode_jobs(recipe, load_model(group[0].input("model") / FINAL, device()), group)
 
 
-def decode_on_chips(s: RecipeSettings, jobs: list[Job]) -> None:
-    """Program each instance that has pending outputs onto a fresh chip, give its layers their ADCs (memsim.adc=auto,
-    memsim.layer_adc), summarize the chip (instance 0: cells, layer errors, energy), and decode its pending splits
-    and methods."""
+def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
+    """Prepare each instance that has pending outputs (asr.chips.prepare: program, calibrate, ADCs, tuning),
+    summarize the chip on instance 0 (cells, layer errors, energy), and decode the instance's pending splits and
+    methods."""
     summaries = [j for j in jobs if "crossbar" in j.output.settings]
+    chip_output = summaries[0].output if summaries else jobs[0].output.inputs["chip"]
+    spec = chips.ChipSpec.from_settings(chip_output.settings)
     by_instance = defaultdict(list)
     for job in jobs:
         if job not in summaries:
             by_instance[job.output.settings["instance"]].append(job)
     if summaries:
         by_instance.setdefault(0, [])
-    model_path = jobs[0].input("model") / train.FINAL
+    model_path = jobs[0].input("model") / FINAL
+    data = chips.CalibrationData(graph.data_files(recipe), recipe.features, recipe.loader.num_workers)
     for instance, instance_jobs in sorted(by_instance.items()):
-        seed = s.memsim.seed + instance
-        config = s.chip_config(instance)
-        m = s.memsim
-        model, generator, seconds = chips.program(model_path, config, seed, device(), tuple(m.kinds))
-        if "conv" in m.kinds:
-            chips.calibrate_inputs(model, _loader(s, "train"), ADC_CALIBRATION_BATCHES)
-        if m.adc == "auto" or m.layer_adc:
-            auto = (m.adc_budget_bits, m.adc_coverage) if m.adc == "auto" else None
-            chips.set_adcs(model, _loader(s, "train"), ADC_CALIBRATION_BATCHES, auto, m.layer_adc)
-        tuning = None
-        if m.tune_steps:
-            losses = chips.tune(model, _tuning_loader(s, seed), m.tune_steps, m.tune_lr)
-            tuning = {"steps": m.tune_steps, "lr": m.tune_lr, "loss_first": losses[0], "loss_last": losses[-1]}
-            log.info("memsim instance %d tuned: loss %.2f -> %.2f", instance, losses[0], losses[-1])
+        chip = chips.prepare(model_path, spec, instance, data, device())
+        if chip.tuning is not None:
+            log.info(
+                "memsim instance %d tuned: loss %.2f -> %.2f",
+                instance,
+                chip.tuning["loss_first"],
+                chip.tuning["loss_last"],
+            )
         if instance == 0:
             for job in summaries:
-                batches = _loader(s, s.decode.splits[0])
-                errors = chips.layer_errors(model, model_path, batches, LAYER_ERROR_BATCHES)
-                energy = memsim.measure_energy(model, chips.feeder(batches, LAYER_ERROR_BATCHES))
-                summary = chips.chip_summary(model, config, seconds, errors, energy, tuning)
-                log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(model)))
-                job.commit({graph.SUMMARY_FILE: summary})
+                batches = list(itertools.islice(_loader(recipe, recipe.decode.splits[0]), LAYER_ERROR_BATCHES))
+                summary = chips.summarize(chip, spec.crossbar_of(0), model_path, batches)
+                log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(chip.model)))
+                job.commit({chips.SUMMARY_FILE: summary})
         if instance_jobs:
-            decode_jobs(s, model, instance_jobs, functools.partial(chips.reseed, generator, seed))
-        log.info("memsim instance %d: programmed in %.1f s", instance, seconds)
+            decode_jobs(recipe, chip.model, instance_jobs, functools.partial(chips.reseed, chip.generator, chip.seed))
+        log.info("memsim instance %d: programmed in %.1f s", instance, chip.program_seconds)
 
 
-def report(s: RecipeSettings, jobs: list[Job]) -> None:
+def report(recipe: RecipeSettings, jobs: list[Job]) -> None:
     """results.csv, RESULTS.md and a plot of every current result in work_dir (a whole sweep shares it)."""
-    out = s.work_dir_path / "report"
-    write_report([s.work_dir_path], out, f"Results: {s.data.name}")
+    out = recipe.work_dir_path / "report"
+    write_report([recipe.work_dir_path], out, f"Results: {recipe.data.name}")
     log.info("report: %s", out / "RESULTS.md")
 
 
-def _chip_outputs(s: RecipeSettings) -> list[Output]:
-    if not s.quantized:
+def _chip_outputs(recipe: RecipeSettings) -> list[Output]:
+    if not recipe.quantized:
         return []
-    trained = graph.model(s, quantized=True)
-    programmed = graph.chip(s, trained)
-    return [programmed, *graph.chip_decodes(s, trained, programmed)]
+    trained = graph.model(recipe, quantized=True)
+    programmed = graph.chip(recipe, trained)
+    return [programmed, *graph.chip_decodes(recipe, trained, programmed)]
 
 
 STAGES: dict[str, Stage] = {
-    "prepare": Stage(lambda s: [graph.manifests(s)], prepare),
-    "tokenizer": Stage(lambda s: [graph.tokenizer(s)], make_tokenizer),
-    "cmvn": Stage(lambda s: [graph.cmvn(s)], make_cmvn),
-    "train_float": Stage(lambda s: [graph.model(s, quantized=False)], train_models, all_ranks=True),
-    "train": Stage(lambda s: [graph.model(s, s.quantized)], train_models, all_ranks=True),
-    "decode": Stage(lambda s: [d for m in graph.systems(s) for d in graph.decodes(s, m)], decode_models),
+    "prepare": Stage(lambda recipe: [graph.manifests(recipe)], prepare),
+    "tokenizer": Stage(lambda recipe: [graph.tokenizer(recipe)], make_tokenizer),
+    "cmvn": Stage(lambda recipe: [graph.cmvn(recipe)], make_cmvn),
+    "train_float": Stage(lambda recipe: [graph.model(recipe, quantized=False)], train_models, all_ranks=True),
+    "train": Stage(lambda recipe: [graph.model(recipe, recipe.quantized)], train_models, all_ranks=True),
+    "decode": Stage(
+        lambda recipe: [decode for model in graph.systems(recipe) for decode in graph.decodes(recipe, model)],
+        decode_models,
+    ),
     "memsim": Stage(_chip_outputs, decode_on_chips),
     "report": Stage(None, report),
 }

@@ -6,11 +6,20 @@ from torch import nn
 
 from asr import decode, settings, tokenizer
 from asr.data.loader import split_loader
-from asr.decode import DecodeSettings, LexiconBeamDecoder, build_decoders, decode_split, greedy, spell, vocabulary
+from asr.decode import (
+    DecodeScore,
+    DecodeSettings,
+    LexiconBeamDecoder,
+    build_decoders,
+    decode_split,
+    greedy,
+    spell,
+    vocabulary,
+)
 from asr.errors import UserError
 from asr.files import read_jsonl
 from asr.pipeline import graph, runner
-from asr.scoring import HEADER, Score, align, error_statistics, read_score, score_utterances, total
+from asr.scoring import HEADER, Score, align, error_statistics, score_utterances, total
 
 UNITS = ["<blank>", "<unk>", "▁", "c", "a", "t", "s", "o", "d", "g"]
 LEXICON = {"cat": ["▁", "c", "a", "t"], "cot": ["▁", "c", "o", "t"], "dog": ["▁", "d", "o", "g"]}
@@ -212,7 +221,7 @@ def test_decode_stage_writes_hypotheses_errors_and_scores_per_system_split_and_m
         score = json.loads((folder / "score.json").read_text())
         assert (score["split"], score["method"], score["snt"]) == (split, output.settings["method"], len(refs))
         assert score["provenance"]["identity"] == output.digest and score["provenance"]["made_by"]["torch"]
-        assert read_score(folder / "score.json") == total(Score.of_utterance(line) for line in lines)
+        assert DecodeScore.read(folder / "score.json").score == total(Score.of_utterance(line) for line in lines)
         assert (folder / "errors.txt").read_text().startswith("%WER")
 
 

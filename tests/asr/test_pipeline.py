@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 import memsim
-from asr import settings
+from asr import records, settings
 from asr.errors import UserError
-from asr.pipeline import graph, outputs, runner
-from asr.pipeline.outputs import RECORD, STARTED, Output, Records
+from asr.pipeline import graph, runner
 from asr.pipeline.stages import STAGES, Stage
+from asr.records import RECORD, STARTED, Output, Records
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
@@ -158,7 +158,7 @@ def test_other_torchrun_ranks_run_only_training_and_write_nothing(tmp_path, toy_
     monkeypatch.setitem(STAGES, "down", Stage(STAGES["down"].outputs, STAGES["down"].make, all_ranks=True))
     runner.run(make_cfg(f"work_dir={tmp_path}", "stages=[up,down]"))
     assert [stage for stage, _, _ in toy_stages] == ["down"]
-    assert not list(tmp_path.rglob(RECORD)) and outputs.rank() == 1
+    assert not list(tmp_path.rglob(RECORD)) and records.rank() == 1
 
 
 def test_all_stages_in_order_and_unknown_ones_refused(tmp_path, make_cfg):

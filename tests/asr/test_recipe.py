@@ -13,10 +13,10 @@ import torch
 
 from asr import settings
 from asr.checkpoint import load_model
+from asr.chips import SUMMARY_FILE
 from asr.pipeline import graph, runner
-from asr.pipeline.graph import SUMMARY_FILE
-from asr.pipeline.outputs import RECORD
 from asr.pipeline.stages import STAGES
+from asr.records import RECORD
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAINING = ["train.max_steps=3", "train.checkpoint_every=1", "train.average_last=2"]
@@ -98,7 +98,7 @@ def test_auto_and_per_layer_adcs_reach_the_chip_and_its_summary_prices_them(reci
     chip += ["++memsim.layer_adc={blocks.0.ff1.*:[3,3]}", "stages=[memsim]"]
     runner.run(make_cfg(*chip))
     s = settings.load(make_cfg(*chip))
-    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / graph.SUMMARY_FILE).read_text())
+    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / SUMMARY_FILE).read_text())
     adcs = {row["layer"]: row["adc"] for row in summary["layers"]}
     assert all(sum(bits) == 9 for name, bits in adcs.items() if ".ff1." not in name)
     assert {tuple(bits) for name, bits in adcs.items() if ".ff1." in name} == {(3, 3)}
@@ -196,7 +196,7 @@ def test_a_chip_can_hold_the_depthwise_convolutions_too(recipe, make_cfg):
     chip = [*overrides, "quant.quantize_depthwise=true", "memsim.kinds=[linear,conv]", "memsim.instances=1"]
     runner.run(make_cfg(*chip, "stages=[train,memsim]"))
     s = settings.load(make_cfg(*chip))
-    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / graph.SUMMARY_FILE).read_text())
+    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / SUMMARY_FILE).read_text())
     layers = {row["layer"] for row in summary["layers"]}
     assert "blocks.0.conv.depthwise.crossbar" in layers and "blocks.0.ff1.w1" in layers
     errors = {row["layer"]: row for row in summary["layer_errors"]}
@@ -209,7 +209,7 @@ def test_chip_in_the_loop_tuning_runs_before_decoding_and_is_reported(recipe, ma
     runner.run(make_cfg(*chip))
     s = settings.load(make_cfg(*chip))
     trained = graph.model(s, True)
-    summary = json.loads((work / graph.chip(s, trained).relpath / graph.SUMMARY_FILE).read_text())
+    summary = json.loads((work / graph.chip(s, trained).relpath / SUMMARY_FILE).read_text())
     assert summary["tuning"]["steps"] == 2 and summary["tuning"]["loss_first"] > 0
     untuned = settings.load(make_cfg(*overrides))
     assert graph.chip(s, trained).relpath != graph.chip(untuned, trained).relpath  # its own identity
@@ -220,7 +220,7 @@ def test_a_blstm_model_trains_and_decodes_on_its_chip(recipe, make_cfg):
     blstm = [*overrides, "model=blstm", "model.d_model=32", "model.n_layers=1", "memsim.instances=1"]
     runner.run(make_cfg(*blstm, "stages=[train_float,train,memsim]"))
     s = settings.load(make_cfg(*blstm))
-    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / graph.SUMMARY_FILE).read_text())
+    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / SUMMARY_FILE).read_text())
     assert [row["layer"] for row in summary["layers"]] == ["lstm.cells.0.0", "lstm.cells.0.1"]
     assert any(
         (work / output.relpath / "score.json").is_file()

@@ -17,17 +17,18 @@ import pytest
 import torch
 
 from asr import checkpoint, settings, train, transcribe
+from asr.checkpoint import FINAL
 from asr.data import mini_corpus
 from asr.data.features import FeatureSettings
 from asr.data.loader import LoaderSettings, split_loader
 from asr.decode import HYPS_FILE, SCORE_FILE
 from asr.errors import CorruptFile, UserError
 from asr.pipeline import graph, runner
-from asr.pipeline.outputs import RECORD
 from asr.quant import QuantConfig
-from asr.report import write_report
+from asr.records import RECORD
+from asr.reports.document import write_report
 from asr.tokenizer import Tokenizer
-from asr.train import FINAL, TrainConfig
+from asr.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING = ["train.max_steps=12", "train.checkpoint_every=2", "train.average_last=2", "+qat_train.max_steps=3"]

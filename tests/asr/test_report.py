@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from asr.chips import SUMMARY_FILE
 from asr.decode import HYPS_FILE, SCORE_FILE
 from asr.files import write_jsonl
-from asr.pipeline.graph import SUMMARY_FILE
-from asr.pipeline.outputs import Job, Output, Records
-from asr.report import write_report
+from asr.records import Job, Output, Records
+from asr.reports.document import write_report
 from asr.scoring import Score
 from asr.significance import relative_change, resample_counts
 
@@ -24,7 +24,7 @@ UTTERANCES, WORDS = 10, 20  # per utterance
 def made(root: Path, output: Output, errors: list[int] | None = None) -> Output:
     """Commit `output` under root as the runner would; with `errors` (per utterance), as a decode output."""
     records = Records(root)
-    job = Job(root, output, {role: records.get(i.relpath)["run"] for role, i in output.inputs.items()}, forced=False)
+    job = Job(root, output, {role: records.require(i.relpath).run for role, i in output.inputs.items()}, forced=False)
     job.begin()
     results = None
     if errors is not None:
@@ -103,7 +103,7 @@ def test_report_reads_records_groups_instances_and_compares_with_both_references
     groups = write_report([work], tmp_path / "out", "fixed")
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "|test|beam|float||m-None|-|decode.beam_size=10|1|10|200|15.00|0.00|15.00|15.00|-|-|" in table
-    assert "|test|beam|float||m-None|-|decode.beam_size=100|1|10|200|10.00|" in table
+    assert "|test|beam|float||m-None|-|-|1|10|200|10.00|" in table  # beam_size 100 is the default: no label
     assert "|test|beam|qat|3|m-3.0|-|-|1|10|200|11.00|0.00|11.00|11.00|+10.0 % [" in table
     memsim_row = next(line for line in table.splitlines() if line.startswith("|test|beam|memsim|"))
     assert memsim_row.startswith("|test|beam|memsim|3|m-3.0|my chip|-|3|10|200|13.00|1.00|12.00|14.00|+30.0 % [")
@@ -172,9 +172,11 @@ def test_chip_layer_errors_and_the_budget_chart_come_from_the_chip_summaries(wor
     ]
     chip = Output("memsim", "memsim", "noisy", {"crossbar": {"device": "synaptogen"}, "seed": 1}, {"model": trained})
     records = Records(work)
-    job = Job(work, chip, {"model": records.get(trained.relpath)["run"]}, forced=False)
+    job = Job(work, chip, {"model": records.require(trained.relpath).run}, forced=False)
     job.begin()
-    job.commit({SUMMARY_FILE: {"layer_errors": errors, "total": {"read_disturb_pct": 19.5}}})
+    job.commit(
+        {SUMMARY_FILE: {"config": {}, "layers": [], "layer_errors": errors, "total": {"read_disturb_pct": 19.5}}}
+    )
     for instance, count in enumerate((30, 32)):
         decode(work, trained, spread(count), chip=chip, instance=instance)
     write_report([work], tmp_path / "out", "budget")
@@ -202,7 +204,7 @@ def test_a_multi_level_chip_gets_its_cost_row_and_level_histogram(work, tmp_path
     levels = memsim.level_statistics(layers)
     assert levels is not None
     chip = Output("memsim", "memsim", "four", {"crossbar": {"levels_per_cell": 4}, "seed": 1}, {"model": trained})
-    job = Job(work, chip, {"model": Records(work).get(trained.relpath)["run"]}, forced=False)
+    job = Job(work, chip, {"model": Records(work).require(trained.relpath).run}, forced=False)
     job.begin()
     summary = {
         "config": {"levels_per_cell": 4, "verify_tolerance": 0.25},
@@ -237,7 +239,7 @@ def priced_chip(work: Path, name: str, adcs: list[tuple[int, int]], chip_uj: flo
         "total": {"layer": "total"},
         "energy": {"costs": dataclasses.asdict(memsim.EnergyCosts()), "per_second_of_audio_uj": parts},
     }
-    job = Job(work, chip, {"model": Records(work).get(trained.relpath)["run"]}, forced=False)
+    job = Job(work, chip, {"model": Records(work).require(trained.relpath).run}, forced=False)
     job.begin()
     job.commit({SUMMARY_FILE: summary})
     decode(work, trained, spread(errors), chip=chip, instance=0)
@@ -259,7 +261,24 @@ def test_converter_settings_are_priced_and_the_cheapest_near_the_reference_is_na
 
 
 def test_the_pareto_front_keeps_what_no_other_point_beats():
-    from asr.energy_report import pareto_front
+    from asr.reports.energy import pareto_front
 
     points = [(10.0, 5.0), (1.0, 9.0), (5.0, 4.0), (2.0, 9.5), (20.0, 4.0)]
     assert pareto_front(points) == [(1.0, 9.0), (5.0, 4.0)]
+
+
+def test_results_open_with_one_compact_table_of_every_model(work, tmp_path):
+    """Digital rows, one row per chip, and one row per family of chips whose names differ only in numbers."""
+    priced_chip(work, "adc8.10", [(8, 10), (8, 10)], 1000.0, 24)
+    priced_chip(work, "adc4.4", [(4, 4), (4, 4)], 10.0, 26)
+    write_report([work], tmp_path / "out", "glance")
+    block = (tmp_path / "out" / "RESULTS.md").read_text().split("## At a glance")[1].split("\n## ")[0]
+    rows = [line for line in block.splitlines() if line.startswith("|m-")]
+    assert rows == [
+        "|m-None|float|-|10.00|-|",
+        "|m-None|float (decode.beam_size=10)|-|15.00|-|",
+        "|m-3.0|digital QAT|-|11.00|-|",
+        "|m-3.0|2 chips adc#.#|-|12.00-13.00|+9.1 % to +18.2 %|",
+        "|m-3.0|chip my chip|-|13.00 +- 1.00|" + rows[-1].split("|")[-2] + "|",
+    ]
+    assert rows[-1].split("|")[-2].startswith("+18.2 % [")

@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr import settings, transcribe
+import memsim
+from asr import chips, settings, transcribe
 from asr.errors import UserError
 from asr.pipeline import graph, runner
 
@@ -48,33 +49,86 @@ def test_a_file_is_transcribed_alike_at_any_rate_and_channel_count(trained, tmp_
     assert len(texts) == 2 and texts[0] == texts[1]
 
 
-def test_a_fresh_chip_is_saved_and_loads_back_cell_for_cell(trained, tmp_path):
+def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_chip_is_saved_and_loads_back_cell_for_cell(trained, tmp_path):
     work, s = trained
     model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
     chip_folder = work / graph.chip(s, graph.model(s, True)).relpath
-    fresh, config = transcribe.model_on(model, "7", chip_folder, "cpu")
-    assert config == s.chip_config()
-    transcribe.save_chip(tmp_path / "chip.pt", model, config, fresh)
-    loaded, saved = transcribe.model_on(model, str(tmp_path / "chip.pt"), chip_folder, "cpu")
-    assert saved == config
-    for key, value in fresh.state_dict().items():
-        assert torch.equal(value, loaded.state_dict()[key]), key
+    fresh, chip = transcribe.model_on(model, None, chip_folder, "cpu", instance=0)
+    assert chip is not None and chip.spec.crossbar_of(0) == s.chip_config()
+    transcribe.save_chip(tmp_path / "chip.pt", model, chip)
+    loaded, again = transcribe.model_on(model, str(tmp_path / "chip.pt"), chip_folder, "cpu")
+    assert again is not None and again.instance == 0 and again.settings == chip.settings
+    assert same_state(fresh, loaded)
     other = transcribe.TrainedModel.open(work / graph.model(s, False).relpath)
     with pytest.raises(UserError, match="holds a chip of exp/small-w3a8-.*, not of exp/small-float-"):
         transcribe.model_on(other, str(tmp_path / "chip.pt"), None, "cpu")
     with pytest.raises(UserError, match="is the float model"):
         transcribe.model_on(other, "7", None, "cpu")
+    with pytest.raises(UserError, match="use --instance K"):
+        transcribe.model_on(model, "7", chip_folder, "cpu")
 
 
 def test_a_chip_saved_with_other_settings_is_refused(trained, tmp_path):
     work, s = trained
     model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
-    config = transcribe.chip_settings(model, None)
-    chip = transcribe.program_chip(model, config, 3, "cpu")
-    transcribe.save_chip(tmp_path / "chip.pt", model, config, chip)
-    chip_folder = work / graph.chip(s, graph.model(s, True)).relpath  # tile_size 16, not the default 128
-    with pytest.raises(UserError, match="saved with other chip settings .*tile_size"):
+    _, chip = transcribe.model_on(model, "3", None, "cpu")  # memsim's defaults: 128 x 128 tiles
+    assert chip is not None
+    transcribe.save_chip(tmp_path / "chip.pt", model, chip)
+    chip_folder = work / graph.chip(s, graph.model(s, True)).relpath  # tile_size 16
+    with pytest.raises(UserError, match="saved with other chip settings .*crossbar"):
         transcribe.model_on(model, str(tmp_path / "chip.pt"), chip_folder, "cpu")
+
+
+def test_transcription_rebuilds_the_very_chip_the_recipe_scored(tiny_recipe_overrides, make_cfg, tmp_path, monkeypatch):
+    """A chip folder with every step of the chip procedure (convolutions on the chip, an automatic ADC, a
+    per-layer ADC, tuning and pre-cycling per instance): instance 1 rebuilt through scripts/transcribe.py's
+    code is the recipe's instance 1, cell for cell and parameter for parameter, and reads alike."""
+    work = tmp_path / "work"
+    overrides = [
+        *tiny_recipe_overrides(work),
+        "train.max_steps=2",
+        "quant.quantize_depthwise=true",
+        "memsim.kinds=[linear,conv]",
+        "memsim.adc=auto",
+        "memsim.adc_budget_bits=10",
+        "++memsim.layer_adc={blocks.0.ff1.*:[4,5]}",
+        "memsim.tune_steps=2",
+        "memsim.precycle_per_instance=3",
+        "memsim.instances=2",
+        "decode.methods=[greedy]",
+        "decode.splits=[test]",
+    ]
+    prepared = {}
+    real_prepare = chips.prepare
+
+    def keep(model_path, spec, instance, data, device):
+        prepared[instance] = chip = real_prepare(model_path, spec, instance, data, device)
+        return chip
+
+    monkeypatch.setattr(chips, "prepare", keep)
+    runner.run(make_cfg(*overrides, "stages=[prepare,tokenizer,cmvn,train_float,train,memsim]"))
+    monkeypatch.undo()
+    s = settings.load(make_cfg(*overrides))
+    trained = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
+    rebuilt, chip = transcribe.model_on(trained, None, work / graph.chip(s, graph.model(s, True)).relpath, "cpu", 1)
+    scored = prepared[1]
+    assert chip is not None and chip.prepared.seed == scored.seed == s.memsim.seed + 1
+    assert chip.spec.crossbar_of(1).precycle_pulses == s.chip_config(1).precycle_pulses == 6
+    assert memsim.adc_settings(rebuilt) == memsim.adc_settings(scored.model)
+    assert {bits for name, bits in memsim.adc_settings(rebuilt).items() if ".ff1." in name} == {(4, 5)}
+    assert same_state(rebuilt, scored.model)  # cells, calibrated ranges and tuned parameters
+    batch = next(iter(transcribe.calibration_data(trained).calibration()))
+    outputs = []
+    for model, generator in ((scored.model, scored.generator), (rebuilt, chip.prepared.generator)):
+        chips.reseed(generator, scored.seed, "test")
+        with torch.inference_mode():
+            outputs.append(model.eval()(batch["feats"], batch["feat_lens"])[0])
+    assert torch.equal(*outputs)
 
 
 def test_bad_input_is_named(trained, tmp_path):

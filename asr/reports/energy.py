@@ -4,22 +4,20 @@ precision x range bits, and WER against energy with the Pareto front. The energi
 per-operation costs in memsim.energy.EnergyCosts (recorded in each summary.json).
 """
 
-from __future__ import annotations
-
+import dataclasses
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from asr.chip_report import chip_groups, name, save_png, summary_of
 from asr.files import markdown_table
-
-if TYPE_CHECKING:
-    from asr.report import Group
+from asr.reports.chips import chip_groups, name, save_png, summary_of
+from asr.reports.results import Group
+from memsim import ADC_PRESETS
 
 NEAR_REFERENCE = 1.10  # "within 10 % relative WER of the reference chip"
-REFERENCE_ADC = [8, 10]  # the paper's high-precision ADC: the reference the cheaper chips are held against
+# the paper's high-precision ADC: the reference the cheaper chips are held against
+REFERENCE_ADC = list(ADC_PRESETS["high_precision"])
 
 
 def priced(groups: list[Group]) -> list[Group]:
@@ -27,8 +25,9 @@ def priced(groups: list[Group]) -> list[Group]:
     return [g for g in chip_groups(groups) if _chip_energy(g) is not None]
 
 
-def _energy(g: Group) -> dict:
-    return (summary_of(g).get("energy") or {}).get("per_second_of_audio_uj") or {}
+def _energy(g: Group) -> dict[str, float | None]:
+    summary = summary_of(g)
+    return summary.energy_per_second if summary else {}
 
 
 def _chip_energy(g: Group) -> float | None:
@@ -39,19 +38,20 @@ def adc_setting(g: Group) -> str:
     """The chip's ADC: "(p, r)" when every layer has the same, else "auto B" or "per layer", with the range bits'
     spread over the layers."""
     summary = summary_of(g)
-    adcs = [tuple(row["adc"]) for row in summary.get("layers") or [] if "adc" in row]
+    adcs = summary.adcs if summary else []
     if not adcs:
         return "n/a"
     if len(set(adcs)) == 1:
         return f"({adcs[0][0]}, {adcs[0][1]})"
-    ranges = [r for _, r in adcs]
-    budget = {p + r for p, r in adcs}
+    ranges = [r for _, r in adcs if r is not None]
+    budget = {p + r for p, r in adcs if p is not None and r is not None}
     kind = f"auto {budget.pop()}" if len(budget) == 1 else "per layer"
-    return f"{kind}: range {min(ranges)}-{max(ranges)}"
+    return f"{kind}: range {min(ranges)}-{max(ranges)}" if ranges else kind
 
 
-def _uniform_adc(g: Group) -> list[int] | None:
-    adcs = {tuple(row["adc"]) for row in summary_of(g).get("layers") or [] if "adc" in row}
+def _uniform_adc(g: Group) -> list[int | None] | None:
+    summary = summary_of(g)
+    adcs = set(summary.adcs) if summary else set()
     return list(adcs.pop()) if len(adcs) == 1 else None
 
 
@@ -85,20 +85,20 @@ def energy_table(groups: list[Group]) -> str:
     ]
     rows = []
     for g in sorted(chosen, key=lambda g: (g.first.model_label, _priced_energy(g))):
-        energy, config = _energy(g), summary_of(g).get("config", {})
+        energy = _energy(g)
         relative = g.relative.get("qat")
         rows.append(
             [
                 name(g),
                 adc_setting(g),
-                str(config.get("dac_bits")),
+                str(_dac_bits(g)),
                 *(_uj(energy.get(part)) for part in ("crossbar", "dac", "adc", "accumulate", "chip", "digital")),
                 f"{_wer(g):.2f}",
                 relative.percent() if relative else "n/a",
             ]
         )
     r = chosen[0].first
-    costs = summary_of(chosen[0])["energy"]["costs"]
+    costs = _costs_of(chosen[0])
     return (
         f"Split {r.split}, {r.method} decoding. Energy in microjoules per second of audio (= microwatts while "
         "listening), estimated by memsim.measure_energy on instance 0 (4 batches of the first decoded split): the "
@@ -130,11 +130,7 @@ def _cheapest_near_reference(chosen: list[Group]) -> str:
         same = [g for g in chosen if g.first.model_label == model]
         if len(same) < 2:
             continue
-        references = [
-            g
-            for g in same
-            if _uniform_adc(g) == REFERENCE_ADC and summary_of(g).get("config", {}).get("dac_bits") == _widest_dac(same)
-        ]
+        references = [g for g in same if _uniform_adc(g) == REFERENCE_ADC and _dac_bits(g) == _widest_dac(same)]
         if not references:
             continue
         reference = min(references, key=_wer)
@@ -153,12 +149,25 @@ def _cheapest_near_reference(chosen: list[Group]) -> str:
 
 
 def _widest_dac(groups: list[Group]) -> int:
-    return max(summary_of(g).get("config", {}).get("dac_bits") or 0 for g in groups)
+    return max(_dac_bits(g) or 0 for g in groups)
+
+
+def _dac_bits(g: Group) -> int | None:
+    summary = summary_of(g)
+    return summary.crossbar.dac_bits if summary else None
+
+
+def _costs_of(g: Group) -> dict:
+    """The per-operation costs a priced chip's energy estimate assumed (priced() keeps only chips with one)."""
+    summary = summary_of(g)
+    assert summary is not None and summary.energy is not None
+    return summary.energy["costs"]
 
 
 def _without_adc(g: Group) -> str:
     """The chip's configuration but its ADC: chips that share it differ only in their converters."""
-    config = dict(summary_of(g).get("config", {}))
+    summary = summary_of(g)
+    config = dataclasses.asdict(summary.crossbar) if summary else {}
     for key in ("adc_precision_bits", "adc_range_bits"):
         config.pop(key, None)
     return json.dumps(config, sort_keys=True)
@@ -171,7 +180,7 @@ def adc_heatmaps(groups: list[Group], path: Path) -> bool:
     families: dict[tuple[str, str], dict[tuple[int, int], float]] = defaultdict(dict)
     for g in sorted(chip_groups(groups), key=lambda g: g.first.chip_label):
         adc = _uniform_adc(g)
-        if adc is not None and None not in adc:
+        if adc is not None and adc[0] is not None and adc[1] is not None:
             families[(g.first.model_label, _without_adc(g))].setdefault((adc[0], adc[1]), _wer(g))
     cells: dict[str, dict[tuple[int, int], float]] = {}
     for (model, _), grid in sorted(families.items(), key=lambda item: len(item[1])):
@@ -242,8 +251,8 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
                     adc_setting(g), (_priced_energy(g), _wer(g)), fontsize=6, xytext=(3, 3), textcoords="offset points"
                 )
         qat = same[0].qat_reference
-        if qat is not None:
-            digital = float(_energy(same[0])["digital"])
+        digital = _energy(same[0])["digital"]
+        if qat is not None and digital is not None:
             ax.plot([digital], [_wer(qat)], "*", color=colour, markersize=12, label=f"{model} digital QAT")
     ax.set_xscale("log")
     ax.set_yscale("log")

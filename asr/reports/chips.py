@@ -3,18 +3,13 @@ crossbar layers' output errors (the memsim stage's summary.json, memsim.layer_er
 bar chart. An error-budget sweep (memsim.only, experiment mini_budget) makes one row per non-ideality.
 """
 
-from __future__ import annotations
-
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from asr.decode import SCORE_FILE
-from asr.files import atomic_path, markdown_table, read_json_if_present
-from asr.pipeline.graph import SUMMARY_FILE
-
-if TYPE_CHECKING:
-    from asr.report import Group
+from asr.chips import SUMMARY_FILE, ChipSummary
+from asr.decode import SCORE_FILE, DecodeScore
+from asr.files import atomic_path, markdown_table
+from asr.reports.results import Group
 
 
 def save_png(fig, path: Path) -> None:
@@ -37,15 +32,10 @@ def chip_groups(groups: list[Group], split: str = "test", method: str = "beam") 
     return [g for g in memsim if g.first.split == split and g.first.method == method]
 
 
-def summary_of(g: Group) -> dict:
-    """The memsim stage's summary.json of the group's chip ({} when it has none)."""
-    r = g.first
-    return read_json_if_present(r.root / str(r.chip) / SUMMARY_FILE) or {}
-
-
-def _mean_layer_errors(summary: dict) -> dict | None:
-    """The "mean" row of a chip summary's layer errors."""
-    return next((row for row in summary.get("layer_errors") or [] if row["layer"] == "mean"), None)
+def summary_of(g: Group) -> ChipSummary | None:
+    """The memsim stage's summary.json of the group's chip (None when it has none)."""
+    path = g.first.root / str(g.first.chip) / SUMMARY_FILE
+    return ChipSummary.read(path) if path.is_file() else None
 
 
 def name(g: Group) -> str:
@@ -80,12 +70,11 @@ def layer_error_table(groups: list[Group]) -> str:
     rows = []
     for g in chosen:
         summary = summary_of(g)
-        errors = summary.get("layer_errors") or []
-        layers = [row for row in errors if row["layer"] != "mean"]
-        mean = _mean_layer_errors(summary)
+        layers = [row for row in summary.layer_errors if row["layer"] != "mean"] if summary else []
+        mean = summary.mean_layer_error if summary else None
         worst = max(layers, key=lambda row: row["relative_error"]) if layers else None
         relative = g.relative.get("qat")
-        disturb = summary.get("total", {}).get("read_disturb_pct")
+        disturb = summary.read_disturb_pct if summary else None
         cells = [
             name(g),
             f"{statistics.mean(g.wers):.2f}",
@@ -111,7 +100,7 @@ def layer_error_table(groups: list[Group]) -> str:
 
 
 def _real_time_factor(g: Group) -> str:
-    factors = [(read_json_if_present(r.root / r.path / SCORE_FILE) or {}).get("real_time_factor") for r in g.members]
+    factors = [DecodeScore.read(r.root / r.path / SCORE_FILE).real_time_factor for r in g.members]
     known = [f for f in factors if f is not None]
     return f"{statistics.mean(known):.3f}" if known else "n/a"
 
@@ -134,7 +123,8 @@ def budget_plot(groups: list[Group], path: Path) -> bool:
     high = [100 * (i.high - i.estimate) if i else 0.0 for i in relative]
     errors = []
     for g in chosen:
-        mean = _mean_layer_errors(summary_of(g))
+        summary = summary_of(g)
+        mean = summary.mean_layer_error if summary else None
         errors.append(100 * mean["relative_error"] if mean else float("nan"))
     y = list(range(len(chosen)))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.5 + 0.42 * len(chosen)), sharey=True)
@@ -174,25 +164,24 @@ def cost_table(groups: list[Group]) -> str:
     rows = []
     for g in chosen:
         summary = summary_of(g)
-        config, total, levels = summary.get("config", {}), summary.get("total", {}), summary.get("levels")
-        layers = summary.get("layers") or [{}]
-        relative = g.relative.get("qat")
+        if summary is None:
+            continue
+        levels, total, relative = summary.levels, summary.total, g.relative.get("qat")
         if levels:
             pulses = levels["pulses"]
             pulse_cell = f"{pulses['pulses_mean']:.1f} / {pulses['pulses_p99']} / {pulses['pulses_max']}"
             failed = f"{sum(levels['failed_by_level'])} ({', '.join(map(str, levels['failed_by_level']))})"
         else:
             pulse_cell, failed = "SET with verify", str(total.get("failed_cells", "n/a"))
+        conversions = summary.adc_conversions_per_second_of_audio
         cells = [
             name(g),
-            str(config.get("levels_per_cell", 2)),
-            f"{config['verify_tolerance']:g}" if levels else "-",
-            str(layers[0].get("planes", "n/a")),
+            str(summary.crossbar.levels_per_cell),
+            f"{summary.crossbar.verify_tolerance:g}" if levels else "-",
+            str(summary.layers[0]["planes"]) if summary.layers and "planes" in summary.layers[0] else "n/a",
             f"{total['cells']:,}" if "cells" in total else "n/a",
             f"{total['tiles']:,}" if "tiles" in total else "n/a",
-            f"{summary['adc_conversions_per_second_of_audio']:,}"
-            if "adc_conversions_per_second_of_audio" in summary
-            else "n/a",
+            f"{conversions:,}" if conversions is not None else "n/a",
             pulse_cell,
             failed,
             f"{statistics.mean(g.wers):.2f}",
@@ -214,7 +203,8 @@ def level_plots(groups: list[Group], out_dir: Path) -> list[Path]:
     one colour per level, the targets and verify bands marked. Returns the files written."""
     written = []
     for g in chip_groups(groups):
-        levels = summary_of(g).get("levels")
+        summary = summary_of(g)
+        levels = summary.levels if summary else None
         if not levels:
             continue
         r = g.first

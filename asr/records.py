@@ -20,6 +20,7 @@ the runner makes it again, and the report leaves it out. A record written before
 files gets the list on its first reuse, marked as not verified (`files_listed_on_reuse`).
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -39,13 +40,13 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
-from asr.checkpoint import UNREADABLE_SUFFIX, is_checkpoint
 from asr.errors import CorruptFile
 from asr.files import read_json_if_present, sha256, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 RECORD, STARTED, CONFIG, LOCK_SUFFIX = "record.json", "started.json", "config.yaml", ".lock"
+RESUME_PREFIX = "ckpt-"  # files that only serve resuming an unfinished output (asr.checkpoint names its files so)
 DIGEST_CHARS = 8
 PROJECT = "memristor-asr"
 
@@ -84,16 +85,17 @@ class Output:
 
 def listed_files(folder: Path) -> dict[str, dict]:
     """What an output's record lists of its folder: name -> size and SHA-256 of every plain file at its top,
-    except the bookkeeping (record, started.json), temporaries (dot files), locks, and training checkpoints:
-    those are state for resuming an unfinished output, while a finished one is read through its final.pt."""
+    except the bookkeeping (record, started.json), temporaries (dot files), locks, and files named
+    RESUME_PREFIX...: state for resuming an unfinished output, where a finished one is read through its
+    results (a training run's checkpoints, where its model is final.pt)."""
     return {
         path.name: {"size": path.stat().st_size, "sha256": sha256(path)}
         for path in sorted(folder.iterdir())
         if path.is_file()
         and path.name not in (RECORD, STARTED)
         and not path.name.startswith(".")
-        and not path.name.endswith((LOCK_SUFFIX, UNREADABLE_SUFFIX))
-        and not is_checkpoint(path.name)
+        and not path.name.endswith(LOCK_SUFFIX)
+        and not path.name.startswith(RESUME_PREFIX)
     }
 
 
@@ -111,17 +113,74 @@ def file_differences(folder: Path, listed: dict[str, dict]) -> list[str]:
     return differences
 
 
-def read_record(path: Path) -> dict | None:
+@dataclass(frozen=True)
+class InputRun:
+    """An input of an output: its folder (relative to work_dir) and the run of it the output was made from."""
+
+    path: str
+    run: str | None
+
+
+@dataclass(frozen=True)
+class MadeBy:
+    """Where and with what an output was made (environment()), and when it was finished."""
+
+    revision: str | None = None
+    dirty: bool | None = None
+    project: str | None = None
+    torch: str | None = None
+    python: str | None = None
+    device: str | None = None
+    host: str | None = None
+    finished: str | None = None
+
+
+@dataclass
+class Record:
+    """What an output's record.json holds; written by Job.commit and read by Records, nowhere else."""
+
+    path: str  # the output's folder, relative to work_dir
+    stage: str
+    kind: str
+    label: str
+    inputs: dict[str, InputRun]
+    identity: str
+    settings: dict  # exactly the settings it depends on (asr.pipeline.graph)
+    run: str
+    made_by: MadeBy
+    files: dict[str, dict] | None = None  # name -> size and sha256 (listed_files); None before records had them
+    files_listed_on_reuse: str | None = None  # set when the list was added to an older record
+    system: str | None = None  # a model's system: float, or its quantization (e.g. w3a8)
+    baseline: str | None = None  # a model's float model, which its results are compared with
+
+    @classmethod
+    def from_json(cls, values: dict) -> "Record":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(
+            **{
+                **{k: v for k, v in values.items() if k in known},
+                "inputs": {role: InputRun(**used) for role, used in values["inputs"].items()},
+                "made_by": MadeBy(**{k: v for k, v in values["made_by"].items() if k in MADE_BY_FIELDS}),
+            }
+        )
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+MADE_BY_FIELDS = {f.name for f in dataclasses.fields(MadeBy)}
+
+
+def read_record(path: Path) -> Record | None:
     """The record in an output folder; None if there is none, or if it does not parse (a warning names it)."""
     try:
-        record = read_json_if_present(path / RECORD)
+        values = read_json_if_present(path / RECORD)
+        return None if values is None else Record.from_json(values)
     except CorruptFile as error:
         log.warning("%s: the output is taken as missing", error)
-        return None
-    if record is not None and not isinstance(record, dict):
-        log.warning("%s: not a record (a JSON object): the output is taken as missing", path / RECORD)
-        return None
-    return record
+    except (AttributeError, KeyError, TypeError) as error:
+        log.warning("%s: not a record (%s): the output is taken as missing", path / RECORD, error)
+    return None
 
 
 class Records:
@@ -130,11 +189,11 @@ class Records:
 
     def __init__(self, root: Path, writer: bool = True):
         self.root, self.writer = Path(root), writer
-        self._records: dict[str, dict | None] = {}
+        self._records: dict[str, Record | None] = {}
         self._current: dict[str, bool] = {}
         self._verified: dict[str, bool] = {}
 
-    def get(self, relpath: str) -> dict | None:
+    def get(self, relpath: str) -> Record | None:
         if relpath not in self._records:
             self._records[relpath] = read_record(self.root / relpath)
         return self._records[relpath]
@@ -146,26 +205,26 @@ class Records:
             record, folder = self.get(relpath), self.root / relpath
             if record is None:
                 self._verified[relpath] = False
-            elif "files" not in record:
+            elif record.files is None:
                 self._list_files(relpath, record)
                 self._verified[relpath] = True
             else:
-                differences = file_differences(folder, record["files"])
+                differences = file_differences(folder, record.files)
                 if differences:
                     log.warning("%s does not match its record: %s", folder, "; ".join(differences))
                 self._verified[relpath] = not differences
         return self._verified[relpath]
 
-    def _list_files(self, relpath: str, record: dict) -> None:
-        record["files"] = listed_files(self.root / relpath)
-        record["files_listed_on_reuse"] = "made before records listed their files: listed, not verified"
+    def _list_files(self, relpath: str, record: Record) -> None:
+        record.files = listed_files(self.root / relpath)
+        record.files_listed_on_reuse = "made before records listed their files: listed, not verified"
         if self.writer:
             try:
-                write_json(self.root / relpath / RECORD, record)
+                write_json(self.root / relpath / RECORD, record.to_json())
             except OSError as error:  # a read-only work dir (a report over someone else's): verified next time
                 log.warning("%s: cannot add the file list to its record: %s", self.root / relpath, error)
 
-    def require(self, relpath: str) -> dict:
+    def require(self, relpath: str) -> Record:
         """The record of an output that must exist (the plan checked it)."""
         record = self.get(relpath)
         if record is None:
@@ -180,17 +239,17 @@ class Records:
                 record is not None
                 and self.verified(relpath)
                 and all(
-                    (found := self.get(used["path"])) is not None
-                    and found["run"] == used["run"]
-                    and self.current_path(used["path"])
-                    for used in record["inputs"].values()
+                    (found := self.get(used.path)) is not None
+                    and found.run == used.run
+                    and self.current_path(used.path)
+                    for used in record.inputs.values()
                 )
             )
         return self._current[relpath]
 
     def current(self, output: Output) -> bool:
         record = self.get(output.relpath)
-        return record is not None and record["identity"] == output.digest and self.current_path(output.relpath)
+        return record is not None and record.identity == output.digest and self.current_path(output.relpath)
 
 
 @functools.lru_cache(maxsize=1)
@@ -288,19 +347,20 @@ class Job:
         provenance = self.provenance()
         for name, content in (results or {}).items():
             write_json(self.path / name, {**content, "provenance": provenance})
-        write_json(
-            self.path / RECORD,
-            {
-                "path": self.output.relpath,
-                "stage": self.output.stage,
-                "kind": self.output.kind,
-                "label": self.output.label,
-                "inputs": self.inputs,
-                **self.output.notes,
-                **provenance,
-                "files": listed_files(self.path),
-            },
+        record = Record(
+            path=self.output.relpath,
+            stage=self.output.stage,
+            kind=self.output.kind,
+            label=self.output.label,
+            inputs={role: InputRun(str(used["path"]), used["run"]) for role, used in self.inputs.items()},
+            identity=provenance["identity"],
+            settings=provenance["settings"],
+            run=provenance["run"],
+            made_by=MadeBy(**provenance["made_by"]),
+            files=listed_files(self.path),
+            **self.output.notes,
         )
+        write_json(self.path / RECORD, record.to_json())
         (self.path / STARTED).unlink(missing_ok=True)
 
 
