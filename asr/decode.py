@@ -11,6 +11,8 @@ spaces) per utterance. Two methods:
 
 import itertools
 import logging
+import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,11 +27,15 @@ from torch.utils.data import DataLoader
 from torchaudio.models.decoder import CTCDecoder
 from tqdm import tqdm
 
+from asr import batch_memory
 from asr.data.dataset import SegmentDataset
+from asr.data.features import FeatureSettings
+from asr.data.loader import DataFiles, split_loader
 from asr.data.tedlium import SPLITS, normalize_words
 from asr.errors import CorruptFile, UserError
 from asr.files import file_identity, read_json, write_jsonl, write_text
-from asr.scoring import Score, align, error_statistics, total
+from asr.records import Job
+from asr.scoring import HEADER, Score, align, error_statistics, total
 from asr.tokenizer import BLANK_ID, UNK, UNK_ID, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -311,3 +317,84 @@ def decode_split(
         write_text(out / ERRORS_FILE, error_statistics(ids, alignments))
         scores[method] = total(a.score for a in alignments)
     return scores
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What decoding a trained model's outputs reads: the prepared data, its features, the decode settings, and
+    the loader processes."""
+
+    files: DataFiles
+    features: FeatureSettings
+    settings: DecodeSettings
+    num_workers: int = 0
+
+
+def split_batches(decoding: Decoding, split: str, batch_seconds: float) -> DataLoader:
+    """The untokenized, unaugmented batches of one split, as decoding reads them."""
+    return split_loader(
+        decoding.files,
+        split,
+        decoding.features,
+        max_seconds=batch_seconds,
+        num_workers=decoding.num_workers,
+        seed=0,  # unshuffled: the seed draws nothing
+        train=False,
+        tokenize=False,
+    )
+
+
+def decode_outputs(
+    model: nn.Module, jobs: list[Job], decoding: Decoding, before_split: Callable[[str], object] | None = None
+) -> None:
+    """Decode the splits and methods of `jobs` (one model's decode outputs) and commit each with its score.json;
+    before_split(split), if given, runs before each split is decoded (a chip reseeds its read noise there)."""
+    files, settings = decoding.files, decoding.settings
+    methods = sorted({j.output.settings["method"] for j in jobs})
+    words = vocabulary(files.records("train"), settings.lexicon) if "beam" in methods else set()
+    decoders = build_decoders(Tokenizer(files.tokenizer), words, settings, methods)
+    by_split = defaultdict(list)
+    for job in jobs:
+        by_split[job.output.settings["split"]].append(job)
+    rows = []
+    for split, split_jobs in by_split.items():
+        batching = _batching(decoding, model, files.records(split))  # before the reseed: the probe reads the chip too
+        if before_split is not None:
+            before_split(split)
+        loader = split_batches(decoding, split, batching["batch_seconds"])
+        chosen = {j.output.settings["method"]: j for j in split_jobs}
+        began = time.perf_counter()
+        folders = {method: job.path for method, job in chosen.items()}
+        scores = decode_split(model, loader, {method: decoders[method] for method in chosen}, folders)
+        speed = _speed(time.perf_counter() - began, loader)
+        log.info("%s: %.1f s of audio decoded in %.1f s, real-time factor %.3f", split, *speed.values())
+        for method, job in chosen.items():
+            job.commit({SCORE_FILE: DecodeScore(split, method, scores[method], **speed, **batching).to_json()})
+            rows.append(scores[method].row(job.output.relpath))
+    log.info("WER:\n%s", "\n".join([HEADER, *rows]))
+
+
+def _speed(seconds: float, loader: DataLoader) -> dict[str, float]:
+    """Audio seconds, decoding seconds (the model and every decoder of the run together) and their ratio."""
+    audio = sum(record["duration"] for record in cast(SegmentDataset, loader.dataset).records)
+    return {"audio_seconds": round(audio, 2), "decode_seconds": round(seconds, 2), "real_time_factor": seconds / audio}
+
+
+def _batching(decoding: Decoding, model: nn.Module, records: list[dict]) -> dict:
+    """The padded seconds per decoding batch of a split: decode.batch_seconds, or with decode.memory_fraction, what
+    fits in that fraction of the free memory for this model and the split's longest utterance."""
+    fraction = decoding.settings.memory_fraction
+    if fraction is None:
+        return {"batch_seconds": decoding.settings.batch_seconds}
+    longest = max(r["duration"] for r in records)
+    seconds, sizing = batch_memory.batch_seconds(
+        model, longest, decoding.features.num_mel_bins, model_device(model), fraction
+    )
+    log.info(
+        "decoding batches of %.0f s: %.1f MiB per second of audio, %.1f GiB free, fraction %g",
+        seconds,
+        sizing["bytes_per_second"] / 2**20,
+        sizing["free_bytes"] / 2**30,
+        fraction,
+    )
+    return sizing

@@ -6,7 +6,6 @@ the code it drives with typed settings and the folders of its inputs. Every body
 import functools
 import itertools
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,17 +14,16 @@ from itertools import groupby
 import torch
 
 import memsim
-from asr import batch_memory, chips, tokenizer, train
+from asr import chips, tokenizer, train
 from asr.checkpoint import FINAL, load_model
 from asr.data import tedlium
 from asr.data.features import CMVN_FILE
-from asr.data.loader import estimate_cmvn, split_loader
-from asr.decode import SCORE_FILE, DecodeScore, build_decoders, decode_split, model_device, vocabulary
+from asr.data.loader import estimate_cmvn
+from asr.decode import Decoding, decode_outputs, split_batches
 from asr.files import read_jsonl
 from asr.pipeline import graph
 from asr.records import Job, Output
 from asr.reports.document import write_report
-from asr.scoring import HEADER
 from asr.settings import RecipeSettings
 from asr.tokenizer import Tokenizer
 
@@ -96,82 +94,14 @@ def train_models(recipe: RecipeSettings, jobs: list[Job]) -> None:
         job.commit()
 
 
-def decode_jobs(
-    recipe: RecipeSettings, model: torch.nn.Module, jobs: list[Job], before_split: Callable[[str], object] | None = None
-) -> None:
-    """Decode the splits and methods of `jobs` (one model's outputs) and commit each; before_split(split), if
-    given, runs before each split is decoded (a chip reseeds its read noise there)."""
-    files = graph.data_files(recipe)
-    methods = sorted({j.output.settings["method"] for j in jobs})
-    words = vocabulary(files.records("train"), recipe.decode.lexicon) if "beam" in methods else set()
-    decoders = build_decoders(Tokenizer(files.tokenizer), words, recipe.decode, methods)
-    by_split = defaultdict(list)
-    for job in jobs:
-        by_split[job.output.settings["split"]].append(job)
-    rows = []
-    for split, split_jobs in by_split.items():
-        batching = _batching(recipe, model, files.records(split))  # before the reseed: the probe reads the chip too
-        if before_split is not None:
-            before_split(split)
-        loader = _loader(recipe, split, batching["batch_seconds"])
-        chosen = {j.output.settings["method"]: j for j in split_jobs}
-        began = time.perf_counter()
-        folders = {method: job.path for method, job in chosen.items()}
-        scores = decode_split(model, loader, {method: decoders[method] for method in chosen}, folders)
-        speed = _speed(time.perf_counter() - began, loader)
-        log.info("%s: %.1f s of audio decoded in %.1f s, real-time factor %.3f", split, *speed.values())
-        speed |= batching
-        for method, job in chosen.items():
-            job.commit({SCORE_FILE: DecodeScore(split, method, scores[method], **speed).to_json()})
-            rows.append(scores[method].row(job.output.relpath))
-    log.info("WER:\n%s", "\n".join([HEADER, *rows]))
-
-
-def _speed(seconds: float, loader) -> dict[str, float]:
-    """Audio seconds, decoding seconds (the model and every decoder of the run together) and their ratio."""
-    audio = sum(record["duration"] for record in loader.dataset.records)
-    return {"audio_seconds": round(audio, 2), "decode_seconds": round(seconds, 2), "real_time_factor": seconds / audio}
-
-
-def _batching(recipe: RecipeSettings, model: torch.nn.Module, records: list[dict]) -> dict:
-    """The padded seconds per decoding batch of a split: decode.batch_seconds, or with decode.memory_fraction, what
-    fits in that fraction of the free memory for this model and the split's longest utterance."""
-    fraction = recipe.decode.memory_fraction
-    if fraction is None:
-        return {"batch_seconds": recipe.decode.batch_seconds}
-    longest = max(r["duration"] for r in records)
-    seconds, sizing = batch_memory.batch_seconds(
-        model, longest, recipe.features.num_mel_bins, model_device(model), fraction
-    )
-    log.info(
-        "decoding batches of %.0f s: %.1f MiB per second of audio, %.1f GiB free, fraction %g",
-        seconds,
-        sizing["bytes_per_second"] / 2**20,
-        sizing["free_bytes"] / 2**30,
-        fraction,
-    )
-    return sizing
-
-
-def _loader(recipe: RecipeSettings, split: str, batch_seconds: float | None = None):
-    """The untokenized, unaugmented batches of one split, as decoding reads them (batches of decode.batch_seconds
-    unless given)."""
-    return split_loader(
-        graph.data_files(recipe),
-        split,
-        recipe.features,
-        max_seconds=batch_seconds or recipe.decode.batch_seconds,
-        num_workers=recipe.loader.num_workers,
-        seed=recipe.seed,
-        train=False,
-        tokenize=False,
-    )
+def _decoding(recipe: RecipeSettings) -> Decoding:
+    return Decoding(graph.data_files(recipe), recipe.features, recipe.decode, recipe.loader.num_workers)
 
 
 def decode_models(recipe: RecipeSettings, jobs: list[Job]) -> None:
     for _, same_model in groupby(jobs, key=lambda j: j.output.inputs["model"].relpath):
         group = list(same_model)
-        decode_jobs(recipe, load_model(group[0].input("model") / FINAL, device()), group)
+        decode_outputs(load_model(group[0].input("model") / FINAL, device()), group, _decoding(recipe))
 
 
 def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
@@ -200,12 +130,14 @@ def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
             )
         if instance == 0:
             for job in summaries:
-                batches = list(itertools.islice(_loader(recipe, recipe.decode.splits[0]), LAYER_ERROR_BATCHES))
+                split = split_batches(_decoding(recipe), recipe.decode.splits[0], recipe.decode.batch_seconds)
+                batches = list(itertools.islice(split, LAYER_ERROR_BATCHES))
                 summary = chips.summarize(chip, spec.crossbar_of(0), model_path, batches)
                 log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(chip.model)))
                 job.commit({chips.SUMMARY_FILE: summary})
         if instance_jobs:
-            decode_jobs(recipe, chip.model, instance_jobs, functools.partial(chips.reseed, chip.generator, chip.seed))
+            reseed = functools.partial(chips.reseed, chip.generator, chip.seed)
+            decode_outputs(chip.model, instance_jobs, _decoding(recipe), reseed)
         log.info("memsim instance %d: programmed in %.1f s", instance, chip.program_seconds)
 
 

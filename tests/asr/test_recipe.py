@@ -73,7 +73,8 @@ def test_sweeps_over_a_decode_setting_and_a_chip_setting_keep_every_row(recipe, 
         label = graph.model(s, quantized).label
         assert f"|test|beam|{system}||{label}|-|decode.beam_size=4|" in table.replace("|3|", "||")
         assert f"|test|beam|{system}||{label}|-|decode.beam_size=8|" in table.replace("|3|", "||")
-    assert "|memsim.device=ideal|2|" in table and "|memsim.device=synaptogen|2|" in table
+    # the physical chip's device is the default: only the ideal chip's label names it
+    assert "|high_precision-physical|memsim.device=ideal|2|" in table and "|high_precision-physical|-|2|" in table
     qat = graph.model(s, True).label
     assert f"|test|greedy|qat|3|{qat}|-|-|1|" in table  # greedy decoding does not depend on the beam: one row
 
