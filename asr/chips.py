@@ -28,6 +28,7 @@ from asr.data.loader import DataFiles, split_loader
 from asr.decode import model_device
 from asr.errors import CorruptFile
 from asr.files import read_json
+from asr.identity import with_defaults
 from asr.model import ConformerCTC, ctc_loss
 from asr.quant import quantized_layers
 from asr.tokenizer import BLANK_ID
@@ -50,36 +51,40 @@ class Tuning:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChipSpec:
+class ChipFolder:
     """Everything that makes the chips of one chip folder, as its record holds it (asr.pipeline.graph.chip
     writes these settings): from_settings reads them, so the recipe and transcription build one chip alike."""
 
-    crossbar: memsim.CrossbarConfig  # instance 0's (its pre-cycling included)
+    chip: memsim.ChipSpec  # instance 0's crossbar (its pre-cycling included), the layer kinds, the ADC plan
     seed: int  # instance 0's; instance k is programmed from seed + k
     precycle_per_instance: int = 0  # instance k pre-cycles k x this more than instance 0
-    kinds: tuple[str, ...] = ("linear",)  # the quantization-aware layer kinds on the chip (memsim.KINDS)
-    adc_auto: tuple[int, float] | None = None  # (budget bits, coverage): memsim.allocate_adc
-    layer_adc: tuple[tuple[str, tuple[int | None, int | None]], ...] = ()  # (pattern, (precision, range) bits)
     tuning: Tuning | None = None
 
     @classmethod
-    def from_settings(cls, settings: dict) -> "ChipSpec":
-        """The spec of a chip folder's settings (its record's `settings`)."""
-        auto, tune = settings.get("adc_auto"), settings.get("tune")
+    def from_settings(cls, settings: dict) -> "ChipFolder":
+        """The chips of a chip folder's settings (its record's `settings`, absent ones at their defaults)."""
+        settings = {**settings, **with_defaults("chip", {k: v for k, v in settings.items() if k != "crossbar"})}
+        auto, tune = settings["adc_auto"], settings["tune"]
+        plan = memsim.AdcPlan(
+            layers=tuple((pattern, (bits[0], bits[1])) for pattern, bits in settings["layer_adc"].items()),
+            auto_budget_bits=auto["budget_bits"] if auto else None,
+            auto_coverage=auto["coverage"] if auto else memsim.AdcPlan.auto_coverage,
+        )
+        crossbar = memsim.CrossbarConfig(**settings["crossbar"])
         return cls(
-            crossbar=memsim.CrossbarConfig(**settings["crossbar"]),
+            chip=memsim.ChipSpec(crossbar, plan, tuple(settings["kinds"])),
             seed=settings["seed"],
             precycle_per_instance=settings.get("precycle_per_instance", 0),
-            kinds=tuple(settings.get("kinds", ("linear",))),
-            adc_auto=(auto["budget_bits"], auto["coverage"]) if auto else None,
-            layer_adc=tuple((pattern, (bits[0], bits[1])) for pattern, bits in settings.get("layer_adc", {}).items()),
             tuning=Tuning(tune["steps"], tune["lr"], tune["loader"]["max_seconds"]) if tune else None,
         )
 
-    def crossbar_of(self, instance: int) -> memsim.CrossbarConfig:
-        """The crossbar configuration instance `instance` (0-based) is programmed with."""
+    def chip_of(self, instance: int) -> memsim.ChipSpec:
+        """The chip instance `instance` (0-based) is programmed as: instance 0's, pre-cycled more."""
+        crossbar = self.chip.crossbar
         extra = instance * self.precycle_per_instance
-        return dataclasses.replace(self.crossbar, precycle_pulses=self.crossbar.precycle_pulses + extra)
+        return dataclasses.replace(
+            self.chip, crossbar=dataclasses.replace(crossbar, precycle_pulses=crossbar.precycle_pulses + extra)
+        )
 
     def seed_of(self, instance: int) -> int:
         return self.seed + instance
@@ -133,38 +138,34 @@ class PreparedChip:
 
 
 def prepare(
-    model_path: Path, spec: ChipSpec, instance: int, data: CalibrationData, device: str | torch.device
+    model_path: Path, folder: ChipFolder, instance: int, data: CalibrationData, device: str | torch.device
 ) -> PreparedChip:
-    """Instance `instance` of a chip folder, as the recipe scores it: program a fresh chip, calibrate the DAC
-    ranges of the layers whose inputs the model did not quantize (convolutions), give the layers their ADCs
-    (automatic, then per-layer patterns), and tune it if the spec says so."""
-    seed = spec.seed_of(instance)
-    model, generator, seconds = program(model_path, spec.crossbar_of(instance), seed, device, spec.kinds)
-    if "conv" in spec.kinds:
+    """Instance `instance` of a chip folder, as the recipe scores it: program a fresh chip (the ADCs its plan
+    fixes by layer come with it), calibrate the DAC ranges of the layers whose inputs the model did not quantize
+    (convolutions), apply the plan's automatic ADCs (memsim.apply_adc_plan), and tune it if the folder says so."""
+    seed, chip = folder.seed_of(instance), folder.chip_of(instance)
+    model, generator, seconds = program(model_path, chip, seed, device)
+    if "conv" in chip.kinds:
         calibrate_inputs(model, data.calibration())
-    if spec.adc_auto is not None or spec.layer_adc:
-        set_adcs(model, data.calibration(), spec.adc_auto, dict(spec.layer_adc))
+    memsim.apply_adc_plan(model, chip.adc, feeder(data.calibration()))
     tuned = None
-    if spec.tuning is not None:
-        losses = tune(model, data.tuning(spec.tuning, seed), spec.tuning.steps, spec.tuning.lr)
-        tuned = {"steps": spec.tuning.steps, "lr": spec.tuning.lr, "loss_first": losses[0], "loss_last": losses[-1]}
+    if folder.tuning is not None:
+        steps, lr = folder.tuning.steps, folder.tuning.lr
+        losses = tune(model, data.tuning(folder.tuning, seed), steps, lr)
+        tuned = {"steps": steps, "lr": lr, "loss_first": losses[0], "loss_last": losses[-1]}
     return PreparedChip(model, generator, seed, seconds, tuned)
 
 
 def program(
-    model_path: Path,
-    config: memsim.CrossbarConfig,
-    seed: int,
-    device: str | torch.device,
-    kinds: tuple[str, ...] = ("linear",),
+    model_path: Path, chip: memsim.ChipSpec, seed: int, device: str | torch.device
 ) -> tuple[ConformerCTC, torch.Generator, float]:
-    """The trained model at model_path with its quantized layers of the given kinds (memsim.KINDS) programmed onto
+    """The trained model at model_path with its quantized layers of the chip's kinds (memsim.KINDS) programmed onto
     a fresh chip (seed); returns the model, the generator its layers read noise from, and the seconds programming
     took."""
     began = time.perf_counter()
     model = load_model(model_path, device)
     generator = torch.Generator(device).manual_seed(seed)
-    memsim.convert(model, config, generator=generator, include=quantized_layers(model, kinds), kinds=kinds)
+    memsim.convert(model, chip, generator=generator, include=quantized_layers(model, chip.kinds))
     return model, generator, time.perf_counter() - began
 
 
@@ -191,21 +192,6 @@ def feeder(batches: Iterable[dict], count: int | None = None) -> Callable[[torch
             model(batch["feats"].to(device), batch["feat_lens"].to(device))
 
     return run
-
-
-def set_adcs(
-    model: ConformerCTC,
-    calibration: Iterable[dict],
-    auto: tuple[int, float] | None,
-    layer_adc: dict[str, tuple[int | None, int | None]],
-) -> None:
-    """Give the chip's layers their own ADCs: with `auto` (budget bits, coverage), memsim.allocate_adc on the
-    calibration batches; then layer_adc's patterns (memsim.set_adc)."""
-    if auto is not None:
-        budget_bits, coverage = auto
-        memsim.allocate_adc(model, feeder(calibration), budget_bits, coverage)
-    if layer_adc:
-        memsim.set_adc(model, layer_adc)
 
 
 def tunable(model: nn.Module) -> list[nn.Parameter]:

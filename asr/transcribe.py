@@ -111,15 +111,15 @@ class Chip:
     prepared: chips.PreparedChip
 
     @property
-    def spec(self) -> chips.ChipSpec:
-        return chips.ChipSpec.from_settings(self.settings)
+    def folder(self) -> chips.ChipFolder:
+        return chips.ChipFolder.from_settings(self.settings)
 
 
 def program_instance(trained: TrainedModel, settings: dict, instance: int, device: str) -> Chip:
     """Instance `instance` of the chips of `settings`, prepared exactly as the recipe prepared it (chips.prepare)."""
     quantization(trained)
-    spec = chips.ChipSpec.from_settings(settings)
-    prepared = chips.prepare(trained.folder / FINAL, spec, instance, calibration_data(trained), device)
+    folder = chips.ChipFolder.from_settings(settings)
+    prepared = chips.prepare(trained.folder / FINAL, folder, instance, calibration_data(trained), device)
     log.info("programmed chip instance %d (seed %d) in %.1f s", instance, prepared.seed, prepared.program_seconds)
     return Chip(settings, instance, prepared)
 
@@ -155,19 +155,11 @@ def load_chip(path: str | Path, trained: TrainedModel, settings: dict | None, de
     if settings is not None and settings != state["chip"]:
         differ = sorted(k for k in {*settings, *state["chip"]} if settings.get(k) != state["chip"].get(k))
         raise UserError(f"{path} was saved with other chip settings (they differ in {', '.join(differ)})")
-    spec = chips.ChipSpec.from_settings(state["chip"])
+    chip = chips.ChipFolder.from_settings(state["chip"]).chip_of(state["instance"])
     model = trained.load(device)
     generator = torch.Generator(device).manual_seed(state["seed"])
-    include = quantized_layers(model, spec.kinds)
-    memsim.convert(
-        model,
-        spec.crossbar_of(state["instance"]),
-        generator=generator,
-        include=include,
-        kinds=spec.kinds,
-        program=False,
-    )
-    memsim.set_adc(model, {name: (bits[0], bits[1]) for name, bits in state["adcs"].items()})
+    memsim.convert(model, chip, generator=generator, include=quantized_layers(model, chip.kinds), program=False)
+    memsim.set_adc(model, {name: (bits[0], bits[1]) for name, bits in state["adcs"].items()})  # automatic ones too
     model.load_state_dict(state["state_dict"])
     prepared = chips.PreparedChip(model.eval(), generator, state["seed"], 0.0, None)
     return Chip(state["chip"], state["instance"], prepared)

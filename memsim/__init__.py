@@ -1,9 +1,9 @@
 """memsim: memristor crossbar simulation on the Synaptogen device model, in PyTorch."""
 
-from memsim.config import ADC_PRESETS, NON_IDEALITIES, PRESETS, CrossbarConfig
+from memsim.config import ADC_PRESETS, NON_IDEALITIES, PRESETS, AdcPlan, ChipSpec, CrossbarConfig
 from memsim.conv import MemristorConv1d, MemristorConv2d
 from memsim.convert import KINDS, calibrate, convert, format_summary, level_statistics, summary
-from memsim.converters import adc_settings, allocate_adc, set_adc
+from memsim.converters import adc_settings, allocate_adc, apply_adc_plan, set_adc
 from memsim.device import CellArray, draw_device_parameters
 from memsim.diagnostics import layer_errors
 from memsim.energy import EnergyCosts, measure_energy
@@ -15,7 +15,9 @@ from memsim.params import DeviceParams, ParamsError, load_params
 
 __all__ = [
     "ADC_PRESETS",
+    "AdcPlan",
     "CellArray",
+    "ChipSpec",
     "CrossbarConfig",
     "DeviceParams",
     "EnergyCosts",
@@ -33,6 +35,7 @@ __all__ = [
     "WeightErrorModel",
     "adc_settings",
     "allocate_adc",
+    "apply_adc_plan",
     "calibrate",
     "convert",
     "draw_device_parameters",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from typing import Any
 
 from memsim.noise import READ_NOISE_MODES
@@ -160,6 +161,48 @@ class CrossbarConfig:
     def with_adc_bits(self, precision_bits: int | None, range_bits: int | None) -> CrossbarConfig:
         """This config with an ADC of step 2^-precision_bits clipping at +-2^(range_bits - 1) (None: ideal)."""
         return dataclasses.replace(self, adc_precision_bits=precision_bits, adc_range_bits=range_bits)
+
+
+AdcBits = tuple[int | None, int | None]  # (precision bits, range bits); None: ideal in that respect
+
+
+@dataclasses.dataclass(frozen=True)
+class AdcPlan:
+    """Which ADC each crossbar layer of a chip gets, in one place.
+
+    layers: (pattern, (precision bits, range bits)) pairs: a layer whose name (as named_modules() gives it)
+    matches a pattern (fnmatch; the first match wins) gets that ADC when it is converted. auto_budget_bits:
+    every other layer gets an automatic split of that many bits into range and precision (allocate_adc, with
+    auto_coverage), measured on calibration reads of the programmed chip: apply_adc_plan. Without either, every
+    layer has its CrossbarConfig's ADC."""
+
+    layers: tuple[tuple[str, AdcBits], ...] = ()
+    auto_budget_bits: int | None = None
+    auto_coverage: float = 0.999
+
+    def __post_init__(self):
+        for pattern, bits in self.layers:
+            if not isinstance(pattern, str) or not isinstance(bits, tuple) or len(bits) != 2:
+                raise ValueError(f"AdcPlan.layers holds (pattern, (precision bits, range bits)) pairs, got {pattern!r}")
+            CrossbarConfig().with_adc_bits(*bits)  # checks the bits
+        if self.auto_budget_bits is not None and (not _is_int(self.auto_budget_bits) or self.auto_budget_bits < 1):
+            raise ValueError(f"AdcPlan.auto_budget_bits must be a positive integer, got {self.auto_budget_bits!r}")
+        if not 0 < self.auto_coverage <= 1:
+            raise ValueError(f"AdcPlan.auto_coverage must be a fraction in (0, 1], got {self.auto_coverage!r}")
+
+    def fixed(self, name: str) -> AdcBits | None:
+        """The ADC a pattern gives the layer `name`, or None if no pattern matches it."""
+        return next((bits for pattern, bits in self.layers if fnmatch.fnmatchcase(name, pattern)), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+    """A chip: its crossbar configuration, the kinds of layers it holds (convert's KINDS) and its ADC plan.
+    convert() takes one in place of a CrossbarConfig."""
+
+    crossbar: CrossbarConfig
+    adc: AdcPlan = AdcPlan()
+    kinds: tuple[str, ...] = ("linear",)
 
 
 # Named conditions for CrossbarConfig.preset(). The paper's instance k (k = 1..K) pre-cycles with k x 50

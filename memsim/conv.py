@@ -29,9 +29,8 @@ from memsim.layers import MemristorLinear
 
 # A dense convolution gathers its patches' row factors in parts of at most this many elements per factor (8 MiB):
 # a buffer above glibc's largest mmap threshold (32 MiB) is fresh pages at every read, and the page faults cost
-# more than the copy. The paper VGG's Conv2d 128 -> 128 gathered whole (3 x 92 MB) read 1.2x slower: the fastest
-# of 6 alternating calls, 526 ms with this constant at 2**40 against 441 ms at its value (benchmarks/crossbar.py's
-# layer and input, at bed43a0).
+# more than the copy. The paper VGG's Conv2d 128 -> 128 gathered whole (3 x 92 MB) read 1.2x slower (526 against
+# 441 ms per read; the README's speed section gives the command and revision).
 GATHER_PART_ELEMENTS = 2**21
 
 

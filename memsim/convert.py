@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from memsim.config import CrossbarConfig
+from memsim.config import ChipSpec, CrossbarConfig
 from memsim.conv import MemristorConv, MemristorConv1d, MemristorConv2d
 from memsim.crossbar import LEVEL_BINS_PER_STEP
 from memsim.layers import MemristorLinear
@@ -53,21 +53,27 @@ def _on_crossbars(module: nn.Module, config: CrossbarConfig, generator: torch.Ge
 
 def convert(
     model: nn.Module,
-    config: CrossbarConfig,
+    chip: CrossbarConfig | ChipSpec,
     generator: torch.Generator | None = None,
     include: Iterable[str] | str | None = None,
     exclude: Iterable[str] | str | None = None,
     program: bool = True,
-    kinds: Iterable[str] = ("linear",),
+    kinds: Iterable[str] | None = None,
 ) -> nn.Module:
     """Replace, in place, the layers of the given kinds (KINDS: "linear", "conv", "lstm") of any model by
     programmed MemristorLinear, MemristorConv1d / MemristorConv2d and MemristorLSTM layers.
 
+    chip: a CrossbarConfig for every layer, or a ChipSpec, whose kinds and ADC plan apply: a layer that one of
+    the plan's patterns names is converted with that ADC (every pattern must name a converted layer); an
+    automatic ADC follows once the chip is programmed (converters.apply_adc_plan). kinds: KINDS to convert,
+    by default the ChipSpec's, or linear layers only.
     include / exclude: module names or fnmatch patterns as in named_modules() (e.g. "encoder.*.ff*");
     with include, only matching layers are converted; exclude wins over include. program=False leaves the
     cells unprogrammed, to load a saved chip into with load_state_dict.
     """
-    kinds = tuple(kinds)
+    spec = chip if isinstance(chip, ChipSpec) else ChipSpec(chip)
+    config, plan = spec.crossbar, spec.adc
+    kinds = tuple(spec.kinds if kinds is None else kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown layer kind(s) {unknown}; choose from {list(KINDS)}")
@@ -83,10 +89,15 @@ def convert(
         and (include is None or _matches(name, include))
         and not _matches(name, exclude)
     ]
+    unused = [pattern for pattern, _ in plan.layers if not any(_matches(name, pattern) for name, _ in chosen)]
+    if unused:
+        raise ValueError(f"ADC pattern(s) {unused} match no converted layer; layers: {[n for n, _ in chosen]}")
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _on_crossbars(module, config, generator, program))
+        fixed = plan.fixed(name)
+        layer_config = config if fixed is None else config.with_adc_bits(*fixed)
+        setattr(parent, child, _on_crossbars(module, layer_config, generator, program))
     return model
 
 

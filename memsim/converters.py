@@ -12,12 +12,13 @@ precision. The ADC acts only when reading, so a programmed chip changes its ADCs
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from memsim.config import AdcPlan
 from memsim.convert import memristor_layers, run_instrumented
 
 MAX_RANGE_BITS = 32  # CrossbarConfig.adc_range_bits' largest value
@@ -72,13 +73,27 @@ class RangeProbe:
 
 
 @torch.no_grad()
+def apply_adc_plan(model: nn.Module, plan: AdcPlan, run: Callable[[nn.Module], Any]) -> dict[str, tuple]:
+    """The ADC plan's part that needs the programmed chip: with auto_budget_bits, allocate_adc for every crossbar
+    layer that no pattern of the plan names (convert gave those theirs), from run(model) (calibration reads).
+    Returns every crossbar layer's ADC afterwards."""
+    if plan.auto_budget_bits is not None:
+        fixed = {name for name, _ in memristor_layers(model) if plan.fixed(name) is not None}
+        allocate_adc(model, run, plan.auto_budget_bits, plan.auto_coverage, keep=fixed)
+    return adc_settings(model)
+
+
 def allocate_adc(
-    model: nn.Module, run: Callable[[nn.Module], Any], budget_bits: int, coverage: float = 0.999
+    model: nn.Module,
+    run: Callable[[nn.Module], Any],
+    budget_bits: int,
+    coverage: float = 0.999,
+    keep: Collection[str] = (),
 ) -> dict[str, tuple[int, int]]:
     """Split an ADC of budget_bits (precision + range) per layer: call run(model) (e.g. a loop over some
     calibration batches) with ideal ADCs, give each crossbar layer the fewest range bits that hold a fraction
-    `coverage` of its ADC inputs (at most the budget) and the rest as precision bits, and set them. Returns
-    each layer's (precision bits, range bits)."""
+    `coverage` of its ADC inputs (at most the budget) and the rest as precision bits, and set them; the layers
+    named in `keep` keep the ADC they have. Returns each allocated layer's (precision bits, range bits)."""
     if not isinstance(budget_bits, int) or not 1 <= budget_bits <= MAX_ADC_BUDGET_BITS:
         raise ValueError(f"the ADC budget must be 1 to {MAX_ADC_BUDGET_BITS} bits, got {budget_bits!r}")
     if not 0 < coverage <= 1:
@@ -100,6 +115,8 @@ def allocate_adc(
         raise ValueError(f"run(model) did not read crossbar layer(s) {unread}: no calibration data for their ADCs")
     chosen = {}
     for name, layer in layers:
+        if name in keep:
+            continue
         range_bits = min(probes[name].range_bits(coverage), budget_bits)
         chosen[name] = (min(budget_bits - range_bits, MAX_PRECISION_BITS), range_bits)
         layer.set_adc(*chosen[name])

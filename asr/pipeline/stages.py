@@ -110,7 +110,7 @@ def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
     methods."""
     summaries = [j for j in jobs if "crossbar" in j.output.settings]
     chip_output = summaries[0].output if summaries else jobs[0].output.inputs["chip"]
-    spec = chips.ChipSpec.from_settings(chip_output.settings)
+    folder = chips.ChipFolder.from_settings(chip_output.settings)
     by_instance = defaultdict(list)
     for job in jobs:
         if job not in summaries:
@@ -120,7 +120,7 @@ def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
     model_path = jobs[0].input("model") / FINAL
     data = chips.CalibrationData(graph.data_files(recipe), recipe.features, recipe.loader.num_workers)
     for instance, instance_jobs in sorted(by_instance.items()):
-        chip = chips.prepare(model_path, spec, instance, data, device())
+        chip = chips.prepare(model_path, folder, instance, data, device())
         if chip.tuning is not None:
             log.info(
                 "memsim instance %d tuned: loss %.2f -> %.2f",
@@ -132,7 +132,7 @@ def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
             for job in summaries:
                 split = split_batches(_decoding(recipe), recipe.decode.splits[0], recipe.decode.batch_seconds)
                 batches = list(itertools.islice(split, LAYER_ERROR_BATCHES))
-                summary = chips.summarize(chip, spec.crossbar_of(0), model_path, batches)
+                summary = chips.summarize(chip, folder.chip.crossbar, model_path, batches)
                 log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(chip.model)))
                 job.commit({chips.SUMMARY_FILE: summary})
         if instance_jobs:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import memsim
 from asr import settings
 from asr.checkpoint import load_model
 from asr.chips import SUMMARY_FILE
@@ -162,7 +163,8 @@ def test_the_memsim_stage_is_bit_reproducible(recipe, make_cfg):
 
     logits = []
     for _ in range(2):
-        model, generator, _ = chips.program(work / trained.relpath / "final.pt", s.chip_config(), 7, "cpu")
+        chip = memsim.ChipSpec(s.chip_config())
+        model, generator, _ = chips.program(work / trained.relpath / "final.pt", chip, 7, "cpu")
         chips.reseed(generator, 7, "dev")
         with torch.inference_mode():
             logits.append(

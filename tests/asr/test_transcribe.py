@@ -59,7 +59,7 @@ def test_a_chip_is_saved_and_loads_back_cell_for_cell(trained, tmp_path):
     model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
     chip_folder = work / graph.chip(s, graph.model(s, True)).relpath
     fresh, chip = transcribe.model_on(model, None, chip_folder, "cpu", instance=0)
-    assert chip is not None and chip.spec.crossbar_of(0) == s.chip_config()
+    assert chip is not None and chip.folder.chip_of(0).crossbar == s.chip_config()
     transcribe.save_chip(tmp_path / "chip.pt", model, chip)
     loaded, again = transcribe.model_on(model, str(tmp_path / "chip.pt"), chip_folder, "cpu")
     assert again is not None and again.instance == 0 and again.settings == chip.settings
@@ -118,7 +118,7 @@ def test_transcription_rebuilds_the_very_chip_the_recipe_scored(tiny_recipe_over
     rebuilt, chip = transcribe.model_on(trained, None, work / graph.chip(s, graph.model(s, True)).relpath, "cpu", 1)
     scored = prepared[1]
     assert chip is not None and chip.prepared.seed == scored.seed == s.memsim.seed + 1
-    assert chip.spec.crossbar_of(1).precycle_pulses == s.chip_config(1).precycle_pulses == 6
+    assert chip.folder.chip_of(1).crossbar.precycle_pulses == s.chip_config(1).precycle_pulses == 6
     assert memsim.adc_settings(rebuilt) == memsim.adc_settings(scored.model)
     assert {bits for name, bits in memsim.adc_settings(rebuilt).items() if ".ff1." in name} == {(4, 5)}
     assert same_state(rebuilt, scored.model)  # cells, calibrated ranges and tuned parameters

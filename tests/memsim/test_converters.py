@@ -70,3 +70,40 @@ def test_bad_adc_settings_are_refused_by_name():
     with pytest.raises(ValueError, match=r"did not read crossbar layer\(s\) \['1'\]"):
         memsim.allocate_adc(model, lambda m: m[0](torch.ones(1, 128)), budget_bits=8)
     assert memsim.adc_settings(model) == {"0": (8, 10), "1": (8, 10)}  # a failed allocation changes nothing
+
+
+def three_layers() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 20)), nn.Linear(20, 10))
+
+
+def test_a_chip_spec_gives_its_plans_fixed_adcs_at_conversion():
+    plan = memsim.AdcPlan(layers=(("0.2", (6, 6)), ("0.*", (4, 5))))
+    model = memsim.convert(three_layers(), memsim.ChipSpec(memsim.CrossbarConfig(), plan))
+    assert memsim.adc_settings(model) == {"0.0": (4, 5), "0.2": (6, 6), "1": (8, 10)}
+    with pytest.raises(ValueError, match=r"\['encoder\.\*'\] match no converted layer"):
+        memsim.convert(
+            three_layers(), memsim.ChipSpec(memsim.CrossbarConfig(), memsim.AdcPlan((("encoder.*", (4, 4)),)))
+        )
+    with pytest.raises(ValueError, match="adc_precision_bits"):
+        memsim.AdcPlan(layers=(("0", (30, 4)),))
+
+
+def test_an_automatic_plan_equals_allocating_every_layer_then_setting_the_patterns():
+    """The plan allocates the layers no pattern names, from reads of the programmed chip in which every layer's
+    ADC is ideal: what allocating all and then patching the patterns' layers gave, ADC for ADC and read for read."""
+    x = torch.randn(16, 40, generator=torch.Generator().manual_seed(1))
+    plan = memsim.AdcPlan(layers=(("0.2", (4, 4)),), auto_budget_bits=10)
+    planned = memsim.convert(
+        three_layers(), memsim.ChipSpec(memsim.CrossbarConfig(), plan), torch.Generator().manual_seed(3)
+    )
+    chosen = memsim.apply_adc_plan(planned, plan, lambda m: m(x))
+    patched = memsim.convert(three_layers(), memsim.CrossbarConfig(), torch.Generator().manual_seed(3))
+    memsim.allocate_adc(patched, lambda m: m(x), budget_bits=10)
+    assert chosen == memsim.set_adc(patched, {"0.2": (4, 4)})
+    assert chosen["0.2"] == (4, 4) and sum(chosen["0.0"]) == sum(chosen["1"]) == 10
+    for model in (planned, patched):
+        for layer in model.modules():
+            if isinstance(layer, memsim.MemristorLinear):
+                layer.generator.manual_seed(5)
+    assert torch.equal(planned(x), patched(x))
