@@ -24,7 +24,7 @@ import memsim
 from asr.batch_memory import one_utterance
 from asr.checkpoint import load_model
 from asr.data.features import FeatureSettings
-from asr.data.loader import DataFiles, split_loader
+from asr.data.loader import DataFiles, split_loader, unaugmented_loader
 from asr.decode import model_device
 from asr.errors import CorruptFile
 from asr.files import read_json
@@ -101,16 +101,7 @@ class CalibrationData:
 
     def calibration(self) -> Iterable[dict]:
         """The first CALIBRATION_BATCHES unaugmented, untokenized train batches (a fresh pass each time)."""
-        loader = split_loader(
-            self.files,
-            "train",
-            self.features,
-            max_seconds=CALIBRATION_SECONDS,
-            num_workers=self.num_workers,
-            seed=0,  # unshuffled: the seed draws nothing
-            train=False,
-            tokenize=False,
-        )
+        loader = unaugmented_loader(self.files, "train", self.features, CALIBRATION_SECONDS, self.num_workers)
         return itertools.islice(loader, CALIBRATION_BATCHES)
 
     def tuning(self, tuning: Tuning, seed: int) -> Iterable[dict]:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from asr import batch_memory
 from asr.data.dataset import SegmentDataset
 from asr.data.features import FeatureSettings
-from asr.data.loader import DataFiles, split_loader
+from asr.data.loader import DataFiles, unaugmented_loader
 from asr.data.tedlium import SPLITS, normalize_words
 from asr.errors import CorruptFile, UserError
 from asr.files import file_identity, read_json, write_jsonl, write_text
@@ -332,16 +332,7 @@ class Decoding:
 
 def split_batches(decoding: Decoding, split: str, batch_seconds: float) -> DataLoader:
     """The untokenized, unaugmented batches of one split, as decoding reads them."""
-    return split_loader(
-        decoding.files,
-        split,
-        decoding.features,
-        max_seconds=batch_seconds,
-        num_workers=decoding.num_workers,
-        seed=0,  # unshuffled: the seed draws nothing
-        train=False,
-        tokenize=False,
-    )
+    return unaugmented_loader(decoding.files, split, decoding.features, batch_seconds, decoding.num_workers)
 
 
 def decode_outputs(

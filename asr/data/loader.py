@@ -109,6 +109,22 @@ def split_loader(
     )
 
 
+def unaugmented_loader(
+    files: DataFiles, split: str, features: FeatureSettings, max_seconds: float, num_workers: int
+) -> DataLoader:
+    """A split as decoding and chip calibration read it: in manifest-length order, untokenized, not augmented."""
+    return split_loader(
+        files,
+        split,
+        features,
+        max_seconds=max_seconds,
+        num_workers=num_workers,
+        seed=0,  # unshuffled and unaugmented: the seed draws nothing
+        train=False,
+        tokenize=False,
+    )
+
+
 def estimate_cmvn(records: list[dict], features: FeatureSettings, *, seed: int, num_workers: int) -> GlobalCMVN:
     """Global feature mean and deviation from a seeded sample of `features.cmvn_segments` training segments."""
     sample = random.Random(seed).sample(records, min(len(records), features.cmvn_segments))
