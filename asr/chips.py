@@ -52,7 +52,7 @@ class Tuning:
 
 @dataclasses.dataclass(frozen=True)
 class ChipFolder:
-    """Everything that makes the chips of one chip folder, as its record holds it (asr.pipeline.graph.chip
+    """Everything that makes the chips of one chip folder, as its record holds it (asr.pipeline.graph.chip_output
     writes these settings): from_settings reads them, so the recipe and transcription build one chip alike."""
 
     chip: memsim.ChipSpec  # instance 0's crossbar (its pre-cycling included), the layer kinds, the ADC plan

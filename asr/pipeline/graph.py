@@ -61,14 +61,14 @@ def data_files(recipe: RecipeSettings) -> DataFiles:
     )
 
 
-def model(recipe: RecipeSettings, quantized: bool) -> Output:
+def model_output(recipe: RecipeSettings, quantized: bool) -> Output:
     """The float model (quantized=False) or the configured quantized system."""
     run = recipe.train_settings(quantized)
     train = {k: v for k, v in asdict(run).items() if k not in NOT_IN_MODEL_IDENTITY and k != "init_from"}
     inputs = data_inputs(recipe)
     init: str | dict | None = FLOAT
     if run.init_from == FLOAT:
-        inputs["init"] = model(recipe, quantized=False)
+        inputs["init"] = model_output(recipe, quantized=False)
     else:
         init = file_identity(run.init_from) if run.init_from else None
     settings = {
@@ -82,7 +82,7 @@ def model(recipe: RecipeSettings, quantized: bool) -> Output:
     }
     label = f"{recipe.model.name}-{recipe.system_name(quantized)}"
     output = Output("train" if quantized else "train_float", "exp", label, settings, inputs)
-    baseline = output if not quantized else model(recipe, quantized=False)
+    baseline = output if not quantized else model_output(recipe, quantized=False)
     return Output(
         output.stage,
         output.kind,
@@ -95,7 +95,7 @@ def model(recipe: RecipeSettings, quantized: bool) -> Output:
 
 def systems(recipe: RecipeSettings) -> list[Output]:
     """The float model, and the configured system if it is quantized."""
-    return [model(recipe, False)] + ([model(recipe, True)] if recipe.quantized else [])
+    return [model_output(recipe, False)] + ([model_output(recipe, True)] if recipe.quantized else [])
 
 
 def _decode_settings(recipe: RecipeSettings, split: str, method: str) -> dict:
@@ -112,7 +112,7 @@ def decodes(recipe: RecipeSettings, trained: Output) -> list[Output]:
     ]
 
 
-def chip(recipe: RecipeSettings, trained: Output) -> Output:
+def chip_output(recipe: RecipeSettings, trained: Output) -> Output:
     """The crossbar configuration that holds a quantized model (its summary: cells, tiles, ADC conversions)."""
     chip_settings = recipe.memsim
     extras = {

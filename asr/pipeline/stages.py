@@ -151,8 +151,8 @@ def report(recipe: RecipeSettings, jobs: list[Job]) -> None:
 def _chip_outputs(recipe: RecipeSettings) -> list[Output]:
     if not recipe.quantized:
         return []
-    trained = graph.model(recipe, quantized=True)
-    programmed = graph.chip(recipe, trained)
+    trained = graph.model_output(recipe, quantized=True)
+    programmed = graph.chip_output(recipe, trained)
     return [programmed, *graph.chip_decodes(recipe, trained, programmed)]
 
 
@@ -160,8 +160,8 @@ STAGES: dict[str, Stage] = {
     "prepare": Stage(lambda recipe: [graph.manifests(recipe)], prepare),
     "tokenizer": Stage(lambda recipe: [graph.tokenizer(recipe)], make_tokenizer),
     "cmvn": Stage(lambda recipe: [graph.cmvn(recipe)], make_cmvn),
-    "train_float": Stage(lambda recipe: [graph.model(recipe, quantized=False)], train_models, all_ranks=True),
-    "train": Stage(lambda recipe: [graph.model(recipe, recipe.quantized)], train_models, all_ranks=True),
+    "train_float": Stage(lambda recipe: [graph.model_output(recipe, quantized=False)], train_models, all_ranks=True),
+    "train": Stage(lambda recipe: [graph.model_output(recipe, recipe.quantized)], train_models, all_ranks=True),
     "decode": Stage(
         lambda recipe: [decode for model in graph.systems(recipe) for decode in graph.decodes(recipe, model)],
         decode_models,

@@ -45,9 +45,9 @@ def recorded() -> tuple[set[str], set[str]]:
 def test_the_outputs_behind_the_mini_results_keep_their_identities(case, recorded, make_cfg):
     models, paths = recorded
     s = settings.load(make_cfg(*case, "work_dir=work/mini"))
-    trained = graph.model(s, quantized=True)
-    assert trained.relpath in models and graph.model(s, quantized=False).relpath in models
-    chip = graph.chip(s, trained)
+    trained = graph.model_output(s, quantized=True)
+    assert trained.relpath in models and graph.model_output(s, quantized=False).relpath in models
+    chip = graph.chip_output(s, trained)
     decodes = [d.relpath for d in graph.chip_decodes(s, trained, chip) if d.settings["split"] == "test"]
     assert decodes and set(decodes) <= paths, chip.relpath
 

@@ -236,8 +236,8 @@ def test_two_bit_weights_are_run_as_the_ternary_model(make_cfg, caplog):
     s = settings.load(make_cfg("+experiment=mini", "quant.weight_bits=2"))
     assert s.quant.weight_bits == 1.5 and s.system_name(True) == "w1.5a8" and "ternary" in caplog.text
     assert (
-        graph.model(s, True).relpath
-        == graph.model(settings.load(make_cfg("+experiment=mini", "quant.weight_bits=1.5")), True).relpath
+        graph.model_output(s, True).relpath
+        == graph.model_output(settings.load(make_cfg("+experiment=mini", "quant.weight_bits=1.5")), True).relpath
     )
 
 
@@ -255,5 +255,5 @@ def test_an_ablation_keeps_one_non_ideality_and_names_its_own_chip(make_cfg):
     assert alone.chip_config() == memsim.CrossbarConfig(weight_bits=3).only("iv_nonlinearity")
     none = settings.load(make_cfg("+experiment=mini", "memsim.only=none"))
     assert none.chip_config() == memsim.CrossbarConfig(weight_bits=3).only(None)
-    chips = {graph.chip(x, graph.model(x, True)).relpath for x in (alone, none)}
+    chips = {graph.chip_output(x, graph.model_output(x, True)).relpath for x in (alone, none)}
     assert len(chips) == 2

@@ -442,7 +442,7 @@ def test_everything_but_the_output_layer_maps_exactly_on_an_ideal_chip(make_cfg)
 
 def test_settings_added_later_keep_the_identity_of_models_made_before_them(make_cfg):
     s = settings.load(make_cfg("+experiment=mini"))
-    quant, model = graph.model(s, True).settings["quant"], graph.model(s, True).settings["model"]
+    quant, model = graph.model_output(s, True).settings["quant"], graph.model_output(s, True).settings["model"]
     assert not {"noise", "noise_std", "noise_table", "quantize_frontend"} & set(quant) and "encoder" not in model
     noisy = settings.load(make_cfg("+experiment=mini", "quant.noise=gauss"))
-    assert graph.model(noisy, True).settings["quant"]["noise_std"] == 0.05
+    assert graph.model_output(noisy, True).settings["quant"]["noise_std"] == 0.05

@@ -49,9 +49,9 @@ def test_all_stages_from_corpus_to_report_then_a_rerun_makes_nothing(recipe, mak
     assert {r["method"] for r in rows(work)} == {"greedy", "beam"} and all(int(r["words"]) > 0 for r in rows(work))
     results = (work / "report" / "RESULTS.md").read_text()
     s = settings.load(make_cfg(*overrides))
-    qat = graph.model(s, True).label  # the model's folder without its hash, as the table names it
+    qat = graph.model_output(s, True).label  # the model's folder without its hash, as the table names it
     assert f"|test|beam|memsim|3|{qat}|high_precision-physical|-|2|" in results and "git revision" in results
-    chip = graph.chip(s, graph.model(s, True))
+    chip = graph.chip_output(s, graph.model_output(s, True))
     summary = json.loads((work / chip.relpath / SUMMARY_FILE).read_text())
     assert summary["total"]["tiles"] > 0 and 0 < summary["total"]["read_disturb_pct"] < 50
     mean = summary["layer_errors"][-1]
@@ -71,12 +71,12 @@ def test_sweeps_over_a_decode_setting_and_a_chip_setting_keep_every_row(recipe, 
     table = (work / "report" / "RESULTS.md").read_text()
     s = settings.load(make_cfg(*overrides))
     for system, quantized in (("float", False), ("qat", True)):
-        label = graph.model(s, quantized).label
+        label = graph.model_output(s, quantized).label
         assert f"|test|beam|{system}||{label}|-|decode.beam_size=4|" in table.replace("|3|", "||")
         assert f"|test|beam|{system}||{label}|-|decode.beam_size=8|" in table.replace("|3|", "||")
     # the physical chip's device is the default: only the ideal chip's label names it
     assert "|high_precision-physical|memsim.device=ideal|2|" in table and "|high_precision-physical|-|2|" in table
-    qat = graph.model(s, True).label
+    qat = graph.model_output(s, True).label
     assert f"|test|greedy|qat|3|{qat}|-|-|1|" in table  # greedy decoding does not depend on the beam: one row
 
 
@@ -85,8 +85,8 @@ def test_an_ideal_chip_without_converter_error_hears_what_the_digital_model_hear
     ideal = [*overrides, "memsim.device=ideal", "memsim.adc=ideal", "memsim.instances=1"]
     runner.run(make_cfg(*ideal, "stages=[memsim]"))
     s = settings.load(make_cfg(*ideal))
-    trained = graph.model(s, True)
-    chip = graph.chip_decodes(s, trained, graph.chip(s, trained))
+    trained = graph.model_output(s, True)
+    chip = graph.chip_decodes(s, trained, graph.chip_output(s, trained))
     digital = {(d.settings["split"], d.settings["method"]): d for d in graph.decodes(s, trained)}
     for output in chip:
         key = (output.settings["split"], output.settings["method"])
@@ -100,7 +100,7 @@ def test_auto_and_per_layer_adcs_reach_the_chip_and_its_summary_prices_them(reci
     chip += ["++memsim.layer_adc={blocks.0.ff1.*:[3,3]}", "stages=[memsim]"]
     runner.run(make_cfg(*chip))
     s = settings.load(make_cfg(*chip))
-    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / SUMMARY_FILE).read_text())
+    summary = json.loads((work / graph.chip_output(s, graph.model_output(s, True)).relpath / SUMMARY_FILE).read_text())
     adcs = {row["layer"]: row["adc"] for row in summary["layers"]}
     assert all(sum(bits) == 9 for name, bits in adcs.items() if ".ff1." not in name)
     assert {tuple(bits) for name, bits in adcs.items() if ".ff1." in name} == {(3, 3)}
@@ -132,9 +132,9 @@ def test_forced_retraining_decodes_and_programs_again_and_reproduces_every_resul
     after = {kind: runs(work, kind) for kind in ("exp", "decode", "memsim")}
     for output in [
         *graph.systems(s),
-        *graph.decodes(s, graph.model(s, False)),
-        *graph.decodes(s, graph.model(s, True)),
-        graph.chip(s, graph.model(s, True)),
+        *graph.decodes(s, graph.model_output(s, False)),
+        *graph.decodes(s, graph.model_output(s, True)),
+        graph.chip_output(s, graph.model_output(s, True)),
     ]:
         folder = str(work / output.relpath)
         kind = output.kind
@@ -154,8 +154,8 @@ def test_any_quant_name_reports(recipe, make_cfg):
 def test_the_memsim_stage_is_bit_reproducible(recipe, make_cfg):
     work, overrides = recipe
     s = settings.load(make_cfg(*overrides))
-    trained = graph.model(s, True)
-    outputs = graph.chip_decodes(s, trained, graph.chip(s, trained))
+    trained = graph.model_output(s, True)
+    outputs = graph.chip_decodes(s, trained, graph.chip_output(s, trained))
     first = {o.relpath: (work / o.relpath / "hyps.jsonl").read_bytes() for o in outputs}
     runner.run(make_cfg(*overrides, "force=[memsim]", "stages=[memsim]"))
     assert {o.relpath: (work / o.relpath / "hyps.jsonl").read_bytes() for o in outputs} == first
@@ -199,7 +199,7 @@ def test_a_chip_can_hold_the_depthwise_convolutions_too(recipe, make_cfg):
     chip = [*overrides, "quant.quantize_depthwise=true", "memsim.kinds=[linear,conv]", "memsim.instances=1"]
     runner.run(make_cfg(*chip, "stages=[train,memsim]"))
     s = settings.load(make_cfg(*chip))
-    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / SUMMARY_FILE).read_text())
+    summary = json.loads((work / graph.chip_output(s, graph.model_output(s, True)).relpath / SUMMARY_FILE).read_text())
     layers = {row["layer"] for row in summary["layers"]}
     assert "blocks.0.conv.depthwise.crossbar" in layers and "blocks.0.ff1.w1" in layers
     errors = {row["layer"]: row for row in summary["layer_errors"]}
@@ -211,11 +211,11 @@ def test_chip_in_the_loop_tuning_runs_before_decoding_and_is_reported(recipe, ma
     chip = [*overrides, "memsim.tune_steps=2", "memsim.instances=1", "stages=[memsim]"]
     runner.run(make_cfg(*chip))
     s = settings.load(make_cfg(*chip))
-    trained = graph.model(s, True)
-    summary = json.loads((work / graph.chip(s, trained).relpath / SUMMARY_FILE).read_text())
+    trained = graph.model_output(s, True)
+    summary = json.loads((work / graph.chip_output(s, trained).relpath / SUMMARY_FILE).read_text())
     assert summary["tuning"]["steps"] == 2 and summary["tuning"]["loss_first"] > 0
     untuned = settings.load(make_cfg(*overrides))
-    assert graph.chip(s, trained).relpath != graph.chip(untuned, trained).relpath  # its own identity
+    assert graph.chip_output(s, trained).relpath != graph.chip_output(untuned, trained).relpath  # its own identity
 
 
 def test_a_blstm_model_trains_and_decodes_on_its_chip(recipe, make_cfg):
@@ -223,11 +223,13 @@ def test_a_blstm_model_trains_and_decodes_on_its_chip(recipe, make_cfg):
     blstm = [*overrides, "model=blstm", "model.d_model=32", "model.n_layers=1", "memsim.instances=1"]
     runner.run(make_cfg(*blstm, "stages=[train_float,train,memsim]"))
     s = settings.load(make_cfg(*blstm))
-    summary = json.loads((work / graph.chip(s, graph.model(s, True)).relpath / SUMMARY_FILE).read_text())
+    summary = json.loads((work / graph.chip_output(s, graph.model_output(s, True)).relpath / SUMMARY_FILE).read_text())
     assert [row["layer"] for row in summary["layers"]] == ["lstm.cells.0.0", "lstm.cells.0.1"]
     assert any(
         (work / output.relpath / "score.json").is_file()
-        for output in graph.chip_decodes(s, graph.model(s, True), graph.chip(s, graph.model(s, True)))
+        for output in graph.chip_decodes(
+            s, graph.model_output(s, True), graph.chip_output(s, graph.model_output(s, True))
+        )
     )
 
 
@@ -237,8 +239,8 @@ def test_decoding_batches_from_memory_are_sized_per_model_and_recorded(recipe, m
     sized = [*overrides, "decode.memory_fraction=0.001", "decode.methods=[greedy]", "decode.splits=[test]"]
     runner.run(make_cfg(*sized, "memsim.instances=1", "stages=[decode,memsim]"))
     s = settings.load(make_cfg(*sized, "memsim.instances=1"))
-    trained = graph.model(s, True)
-    outputs = [*graph.decodes(s, trained), *graph.chip_decodes(s, trained, graph.chip(s, trained))]
+    trained = graph.model_output(s, True)
+    outputs = [*graph.decodes(s, trained), *graph.chip_decodes(s, trained, graph.chip_output(s, trained))]
     scores = [json.loads((work / o.relpath / "score.json").read_text()) for o in outputs]
     assert all(o.settings["memory_fraction"] == 0.001 and "batch_seconds" not in o.settings for o in outputs)
     assert all(score["batch_seconds"] > 0 and score["free_bytes"] > 0 for score in scores)

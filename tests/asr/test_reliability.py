@@ -63,15 +63,15 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def float_final(work: Path, s) -> Path:
-    return work / graph.model(s, quantized=False).relpath / FINAL
+    return work / graph.model_output(s, quantized=False).relpath / FINAL
 
 
 def qat_folder(work: Path, s) -> Path:
-    return work / graph.model(s, quantized=True).relpath
+    return work / graph.model_output(s, quantized=True).relpath
 
 
 def a_decode(work: Path, s) -> Path:
-    return work / graph.decodes(s, graph.model(s, quantized=True))[0].relpath
+    return work / graph.decodes(s, graph.model_output(s, quantized=True))[0].relpath
 
 
 def script(work: Path, overrides: list[str], *more: str) -> subprocess.Popen:

@@ -241,11 +241,11 @@ def test_train_stage_trains_float_then_qat_from_the_float_weights(tmp_path, tiny
     qat = [*base, "quant=qat", "+qat_train.init_from=float"]
     runner.run(make_cfg(*qat, "stages=[prepare,tokenizer,cmvn,train_float,train]"))
     s = settings.load(make_cfg(*qat))
-    float_final, qat_final = (tmp_path / graph.model(s, q).relpath / "final.pt" for q in (False, True))
+    float_final, qat_final = (tmp_path / graph.model_output(s, q).relpath / "final.pt" for q in (False, True))
     model = load_model(qat_final)
     assert len(quantized_layers(model)) == 8 and model.blocks[0].ff1.w1.weight_bits == 3
     assert not torch.equal(model.head.weight, load_model(float_final).head.weight)  # fine-tuned further
-    assert "init" in graph.model(s, True).inputs
+    assert "init" in graph.model_output(s, True).inputs
 
 
 def test_weight_decay_only_on_weight_matrices():

@@ -44,7 +44,7 @@ def test_a_file_is_transcribed_alike_at_any_rate_and_channel_count(trained, tmp_
     assert torch.equal(transcribe.read_audio(tmp_path / "stereo.flac"), torch.from_numpy(samples))
     sf.write(tmp_path / "fast.wav", samples[::2], 8000)
     assert abs(len(transcribe.read_audio(tmp_path / "fast.wav")) - len(samples)) <= 2  # resampled to 16 kHz
-    model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
+    model = transcribe.TrainedModel.open(work / graph.model_output(s, True).relpath)
     texts = transcribe.transcribe_files(model.load("cpu"), model, [work / "utterance.wav", tmp_path / "stereo.flac"])
     assert len(texts) == 2 and texts[0] == texts[1]
 
@@ -56,15 +56,15 @@ def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_a_chip_is_saved_and_loads_back_cell_for_cell(trained, tmp_path):
     work, s = trained
-    model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
-    chip_folder = work / graph.chip(s, graph.model(s, True)).relpath
+    model = transcribe.TrainedModel.open(work / graph.model_output(s, True).relpath)
+    chip_folder = work / graph.chip_output(s, graph.model_output(s, True)).relpath
     fresh, chip = transcribe.model_on(model, None, chip_folder, "cpu", instance=0)
     assert chip is not None and chip.folder.chip_of(0).crossbar == s.chip_config()
     transcribe.save_chip(tmp_path / "chip.pt", model, chip)
     loaded, again = transcribe.model_on(model, str(tmp_path / "chip.pt"), chip_folder, "cpu")
     assert again is not None and again.instance == 0 and again.settings == chip.settings
     assert same_state(fresh, loaded)
-    other = transcribe.TrainedModel.open(work / graph.model(s, False).relpath)
+    other = transcribe.TrainedModel.open(work / graph.model_output(s, False).relpath)
     with pytest.raises(UserError, match="holds a chip of exp/small-w3a8-.*, not of exp/small-float-"):
         transcribe.model_on(other, str(tmp_path / "chip.pt"), None, "cpu")
     with pytest.raises(UserError, match="is the float model"):
@@ -75,11 +75,11 @@ def test_a_chip_is_saved_and_loads_back_cell_for_cell(trained, tmp_path):
 
 def test_a_chip_saved_with_other_settings_is_refused(trained, tmp_path):
     work, s = trained
-    model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
+    model = transcribe.TrainedModel.open(work / graph.model_output(s, True).relpath)
     _, chip = transcribe.model_on(model, "3", None, "cpu")  # memsim's defaults: 128 x 128 tiles
     assert chip is not None
     transcribe.save_chip(tmp_path / "chip.pt", model, chip)
-    chip_folder = work / graph.chip(s, graph.model(s, True)).relpath  # tile_size 16
+    chip_folder = work / graph.chip_output(s, graph.model_output(s, True)).relpath  # tile_size 16
     with pytest.raises(UserError, match="saved with other chip settings .*crossbar"):
         transcribe.model_on(model, str(tmp_path / "chip.pt"), chip_folder, "cpu")
 
@@ -114,8 +114,10 @@ def test_transcription_rebuilds_the_very_chip_the_recipe_scored(tiny_recipe_over
     runner.run(make_cfg(*overrides, "stages=[prepare,tokenizer,cmvn,train_float,train,memsim]"))
     monkeypatch.undo()
     s = settings.load(make_cfg(*overrides))
-    trained = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
-    rebuilt, chip = transcribe.model_on(trained, None, work / graph.chip(s, graph.model(s, True)).relpath, "cpu", 1)
+    trained = transcribe.TrainedModel.open(work / graph.model_output(s, True).relpath)
+    rebuilt, chip = transcribe.model_on(
+        trained, None, work / graph.chip_output(s, graph.model_output(s, True)).relpath, "cpu", 1
+    )
     scored = prepared[1]
     assert chip is not None and chip.prepared.seed == scored.seed == s.memsim.seed + 1
     assert chip.folder.chip_of(1).crossbar.precycle_pulses == s.chip_config(1).precycle_pulses == 6
@@ -139,14 +141,14 @@ def test_bad_input_is_named(trained, tmp_path):
     with pytest.raises(UserError, match="is not a trained model of a work dir"):
         transcribe.TrainedModel.open(tmp_path)
     (tmp_path / "chip.pt").write_bytes(b"junk")
-    model = transcribe.TrainedModel.open(work / graph.model(s, True).relpath)
+    model = transcribe.TrainedModel.open(work / graph.model_output(s, True).relpath)
     with pytest.raises(UserError, match="chip.pt: cannot read a saved chip"):
         transcribe.model_on(model, str(tmp_path / "chip.pt"), None, "cpu")
 
 
 def test_the_command_line_prints_a_line_per_file(trained):
     work, s = trained
-    model = work / graph.model(s, True).relpath
+    model = work / graph.model_output(s, True).relpath
     done = subprocess.run(
         [
             sys.executable,
