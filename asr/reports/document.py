@@ -39,7 +39,7 @@ def at_a_glance(groups: list[Group]) -> str:
     families: dict[tuple, list[dict[str, Group]]] = defaultdict(list)
     for (model, chip, label), by_split in configurations.items():
         r = next(iter(by_split.values())).first
-        family = re.sub(r"\d+", "#", r.chip_label) if chip else label  # a digital model: a row per label
+        family = chip_family(r.chip_label) if chip else label  # a digital model: a row per label
         families[r.baseline, r.system != "float", model, SYSTEM_ORDER[r.system], family].append(by_split)
     rows = []
     for (*_, family), members in sorted(families.items()):
@@ -85,6 +85,23 @@ def _test_change(members: list[dict[str, Group]]) -> str:
     if len(known) > 1:
         return f"{100 * min(c.estimate for c in known):+.1f} % to {100 * max(c.estimate for c in known):+.1f} %"
     return known[0].percent()
+
+
+def chip_family(chip_label: str) -> str:
+    """A chip's name with its numbers as #: chips of one sweep (adc4.6-dac8, adc8.10-dac8) share a family."""
+    return re.sub(r"\d+", "#", chip_label)
+
+
+def tables_by_family(groups: list[Group]) -> str:
+    """summary_table per topic: the digital models, then one table per family of chips (chip_family)."""
+    families: dict[str, list[Group]] = defaultdict(list)
+    for g in groups:
+        families[chip_family(g.first.chip_label) if g.first.chip else ""].append(g)
+    sections = [
+        f"### {family and f'Chips {family}' or 'Digital models'}\n\n{summary_table(members)}"
+        for family, members in sorted(families.items())
+    ]
+    return "\n\n".join(sections)
 
 
 def summary_table(groups: list[Group]) -> str:
@@ -180,7 +197,7 @@ def results_markdown(groups: list[Group], left_out: dict[str, str], title: str, 
     chip_section += f"## Converters and energy\n\n{energy}\n\n" if energy else ""
     return (
         f"# {title}\n\n{notes}## At a glance\n\n{at_a_glance(groups)}\n\n## WER (%) per system\n\n"
-        f"{summary_table(groups)}\n\n"
+        f"{tables_by_family(groups)}\n\n"
         "Snt and Wrd: the utterances and reference words each split scored. A memsim row holds its programming "
         "instances: WER mean, std, min and max over them. Relative changes compare error counts with the float "
         "model of the same configuration and, for a chip, with the digital QAT model it holds, on the same split "
