@@ -257,7 +257,7 @@ def environment() -> dict:
     """Where and with what outputs are made: git revision and dirty state of the project's checkout (None
     outside one), versions, device. Read once per process (the runner reads it when a run starts, so it
     names the code that was loaded, even if the checkout changes while a long run goes on)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]  # the checkout: asr/records.py is one folder down
 
     def git(*args: str) -> str | None:
         try:

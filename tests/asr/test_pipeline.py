@@ -63,6 +63,8 @@ def test_an_output_is_made_once_per_settings_and_found_again(tmp_path, toy_stage
     record = json.loads((folder / RECORD).read_text())
     assert folder.name == f"toy-{record['identity']}" and record["settings"] == {"seed": 0}
     assert record["made_by"]["torch"] and "revision" in record["made_by"] and "dirty" in record["made_by"]
+    if (Path(__file__).resolve().parents[2] / ".git").exists():  # in a checkout: the revision that made it
+        assert record["made_by"]["revision"] and record["made_by"]["dirty"] in (True, False)
     assert json.loads((folder / "result.json").read_text())["provenance"]["identity"] == record["identity"]
     assert "seed: 0" in (folder / "config.yaml").read_text()
     runner.run(make_cfg(*base, "seed=1"))
