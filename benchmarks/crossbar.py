@@ -14,6 +14,11 @@ ones), memsim pulse by pulse, and memsim's default (fresh cells in closed form).
 whole paper model's crossbar layers (12 x 384 Conformer, 3 bits) programmed by memsim, and its forward's
 real-time factor, digital and on the chip.
 Target (issue 16): programming >= 3x faster per cell than the paper's numpy code.
+With --paper-model --precycle P, only this instead: the paper model programmed with the paper's protocol (P
+pre-cycling pulses of one uniform [-2, 2] V draw per array, full RESET, one SET), pre-cycling through
+CellArray.apply_pulses (only the cells a pulse switches), and, side by side on the first rows of one layer
+(--reference-rows; the whole model takes some 18 min pulse by pulse), against every cell computed on every
+pulse (memsim.validation.pulse_by_pulse), extrapolated to the model per cell.
 Also a depthwise Conv1d, Conv2d layers and a BLSTM on crossbars against their digital layers (--layers-only:
 these alone). Times are the fastest of --repeats calls, the layers compared taking turns.
 """
@@ -31,6 +36,7 @@ from torch import nn
 import memsim
 from memsim.crossbar import _program_by_pulses, adc, adc_step, dac, digit_planes, program
 from memsim.memory import peak_bytes
+from memsim.validation.pulse_by_pulse import program_pulse_by_pulse
 
 SHAPES = [(512, 512), (384, 1536), (1536, 384), (384, 1152)]
 
@@ -80,6 +86,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--paper-model", action="store_true", help="also program the whole paper model")
     parser.add_argument("--layers-only", action="store_true", help="only the convolutions and the LSTM")
+    parser.add_argument(
+        "--precycle",
+        type=int,
+        default=0,
+        metavar="P",
+        help="with --paper-model: only its programming, P pre-cycling pulses",
+    )
+    parser.add_argument(
+        "--reference-rows", type=int, default=128, help="--precycle: rows of a layer both paths program (whole tiles)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -91,6 +107,9 @@ def main() -> None:
     )
     if args.layers_only:
         layer_kinds(config, device, sync, args.repeats)
+        return
+    if args.paper_model and args.precycle:
+        precycled_paper_model(args.precycle, args.reference_rows, device, sync)
         return
     print(
         f"{'shape':>10s} {'cells':>9s} {'linear ms':>9s} {'xbar ms':>8s} {'x linear':>8s} "
@@ -197,16 +216,70 @@ def programming(config: memsim.CrossbarConfig, device: torch.device, sync) -> No
         print(f"{name:>42s} {seconds:8.2f} {seconds / n * 1e6:8.3f} {reference / seconds:12.1f}x")
 
 
-def paper_model(config: memsim.CrossbarConfig, device: torch.device, sync, batch_seconds: float = 40.0) -> None:
-    """The paper model's crossbar layers programmed by memsim (seconds per instance), and the real-time factor
-    of its forward pass (decoding's cost without the search) on the digital QAT model and on the chip, for a
-    batch of 4 utterances of batch_seconds / 4 of random features."""
+def quantized_paper_model(device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The paper model (12 x 384 Conformer, 3-bit QAT layers) and the names of its crossbar layers."""
     from asr.model import ConformerCTC, ModelConfig
     from asr.quant import QuantConfig, quantize, quantized_layers
 
     torch.manual_seed(0)
     model = quantize(ConformerCTC(ModelConfig(vocab_size=500)), QuantConfig(weight_bits=3)).to(device).eval()
-    layers = quantized_layers(model)
+    return model, quantized_layers(model)
+
+
+SWEEP_INSTANCES = 10  # the paper's programming instances: instance k pre-cycles k x P pulses
+
+
+def precycled_paper_model(pulses: int, reference_rows: int, device: torch.device, sync) -> None:
+    """The paper model programmed with P pre-cycling pulses (the paper's preset), pre-cycling through
+    CellArray.apply_pulses: seconds per instance, split into pre-cycling and the rest (ProgrammingTimer); side by
+    side with the pulse-by-pulse reference on the first reference_rows rows of the first 384 -> 1536 layer, the
+    fastest of 2 alternating calls each, that reference extrapolated to the model per cell; and the estimated
+    time of the paper's 10-instance sweep (instance k: k x P pulses)."""
+    config = memsim.CrossbarConfig.preset("paper", weight_bits=3, precycle_pulses=pulses)
+    if reference_rows % config.tile_size:
+        raise ValueError(f"--reference-rows must be a multiple of the tile size {config.tile_size}")
+    model, layers = quantized_paper_model(device)
+    name = next(n for n in layers if tuple(model.get_submodule(n).weight.shape) == (1536, 384))
+    q = model.get_submodule(name).integer_weight().detach()
+    part = digit_planes(q, config.planes, config.tile_size)[:, :reference_rows]
+    seed = functools.partial(torch.Generator(device).manual_seed, 0)
+    switching, every_cell = best_of(
+        [lambda: program(part, config, seed()), lambda: program_pulse_by_pulse(part, config, seed())], 2, sync
+    )
+    timer = memsim.ProgrammingTimer()
+    seconds = timed(lambda: memsim.convert(model, config, seed(), include=layers, progress=timer), sync)
+    cells = memsim.summary(model)[-1]["cells"]
+    part_seconds = {"every cell on every pulse": every_cell, "switching cells only": switching}
+    print(
+        f"\npaper model (12 x 384, 3 bits, {cells / 1e6:.1f} M cells), the paper's protocol: {pulses} pre-cycling "
+        f"pulses (one uniform [-2, 2] V draw per array), full RESET, one SET; {torch.get_num_threads()} CPU threads"
+    )
+    print(f"  side by side on {name}, rows 0-{reference_rows - 1} ({part.numel():,} cells), fastest of 2 alternating:")
+    for method, method_seconds in part_seconds.items():
+        per_cell = method_seconds / part.numel()
+        print(
+            f"  {method:>26s} {method_seconds:7.1f} s  {per_cell * 1e9:7.0f} ns/cell"
+            f"  {per_cell * cells / 60:6.1f} min per model (per cell x {cells / 1e6:.1f} M)"
+        )
+    print(f"  {'ratio':>26s} {every_cell / switching:7.1f}x")
+    rest = seconds - timer.precycle_seconds
+    per_pulse = timer.precycle_seconds / pulses
+    sweep_pulses = pulses * SWEEP_INSTANCES * (SWEEP_INSTANCES + 1) // 2
+    print(
+        f"  whole model, switching cells only: {seconds:.1f} s per instance = {timer.precycle_seconds:.1f} s "
+        f"pre-cycling ({per_pulse:.2f} s per pulse) + {rest:.1f} s the rest (fresh cells, full RESET, SET)"
+    )
+    print(
+        f"  estimated {SWEEP_INSTANCES}-instance sweep (instance k: k x {pulses} pulses, {sweep_pulses:,} in all): "
+        f"{(SWEEP_INSTANCES * rest + sweep_pulses * per_pulse) / 60:.0f} min"
+    )
+
+
+def paper_model(config: memsim.CrossbarConfig, device: torch.device, sync, batch_seconds: float = 40.0) -> None:
+    """The paper model's crossbar layers programmed by memsim (seconds per instance), and the real-time factor
+    of its forward pass (decoding's cost without the search) on the digital QAT model and on the chip, for a
+    batch of 4 utterances of batch_seconds / 4 of random features."""
+    model, layers = quantized_paper_model(device)
     frames = int(batch_seconds / 4 * 100)  # 10 ms feature frames
     features = torch.randn(4, frames, 80, device=device)
     lengths = torch.full((4,), frames, device=device)

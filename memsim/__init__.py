@@ -12,6 +12,7 @@ from memsim.layers import MemristorLinear
 from memsim.lstm import LinearLSTM, MemristorLSTM
 from memsim.noise import READ_NOISE_MODES, ReadNoise, read_noise
 from memsim.params import DeviceParams, ParamsError, load_params
+from memsim.progress import ProgrammingProgress, ProgrammingTimer, ProgressCallback
 
 __all__ = [
     "ADC_PRESETS",
@@ -30,6 +31,9 @@ __all__ = [
     "NON_IDEALITIES",
     "PRESETS",
     "ParamsError",
+    "ProgrammingProgress",
+    "ProgrammingTimer",
+    "ProgressCallback",
     "READ_NOISE_MODES",
     "ReadNoise",
     "WeightErrorModel",

@@ -26,6 +26,7 @@ from memsim.config import CrossbarConfig
 from memsim.conv_read import TileConvolution
 from memsim.crossbar import integer_weights
 from memsim.layers import MemristorLinear
+from memsim.progress import ProgressCallback
 
 # A dense convolution gathers its patches' row factors in parts of at most this many elements per factor (8 MiB):
 # a buffer above glibc's largest mmap threshold (32 MiB) is fresh pages at every read, and the page faults cost
@@ -108,11 +109,17 @@ class MemristorConv(nn.Module):
 
     @classmethod
     def from_conv(
-        cls, conv: Any, config: CrossbarConfig, generator: torch.Generator | None = None, program: bool = True
+        cls,
+        conv: Any,
+        config: CrossbarConfig,
+        generator: torch.Generator | None = None,
+        program: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> MemristorConv:
         """Map and program a trained convolution: a plain nn.Conv1d / nn.Conv2d (per-tensor scale max|W| /
         max_level), or a quantization-aware one exposing integer_weight() and weight_scale (and input_scale,
-        input_bits if it quantizes its inputs). Zero padding with integer or "valid" padding only."""
+        input_bits if it quantizes its inputs). Zero padding with integer or "valid" padding only. progress: as
+        MemristorLinear.from_linear's."""
         if getattr(conv, "padding_mode", "zeros") != "zeros":
             raise ValueError(f"only zero padding maps onto crossbars, got padding_mode={conv.padding_mode!r}")
         padding = conv.padding
@@ -130,7 +137,7 @@ class MemristorConv(nn.Module):
         present = columns_holding_weights(taps.shape[0], taps.shape[1], conv.groups, config.tile_size)
         bias = None if conv.bias is None else conv.bias.detach()
         source = _Matrix(matrix, scale, bias, present, taps.numel(), conv)
-        crossbar = MemristorLinear.from_linear(source, config, generator, program)
+        crossbar = MemristorLinear.from_linear(source, config, generator, program, progress)
         return cls(crossbar, conv.in_channels, conv.kernel_size, conv.stride, padding, conv.dilation, conv.groups)
 
     def patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:

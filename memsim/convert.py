@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,6 +16,7 @@ from memsim.conv import MemristorConv, MemristorConv1d, MemristorConv2d
 from memsim.crossbar import LEVEL_BINS_PER_STEP
 from memsim.layers import MemristorLinear
 from memsim.lstm import MemristorLSTM
+from memsim.progress import ProgrammingProgress, ProgressCallback
 
 KINDS = ("linear", "conv", "lstm")  # what convert() maps: linear layers, Conv1d / Conv2d, nn.LSTM
 
@@ -42,13 +45,41 @@ def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def _on_crossbars(module: nn.Module, config: CrossbarConfig, generator: torch.Generator | None, program: bool):
+def _on_crossbars(
+    module: nn.Module,
+    config: CrossbarConfig,
+    generator: torch.Generator | None,
+    program: bool,
+    progress: ProgressCallback | None,
+):
     if _kind(module) == "conv":
         conv_class = MemristorConv1d if isinstance(module, nn.Conv1d) else MemristorConv2d
-        return conv_class.from_conv(module, config, generator, program)
+        return conv_class.from_conv(module, config, generator, program, progress)
     if isinstance(module, nn.LSTM):
-        return MemristorLSTM.from_lstm(module, config, generator, program)
-    return MemristorLinear.from_linear(module, config, generator, program)
+        return MemristorLSTM.from_lstm(module, config, generator, program, progress)
+    return MemristorLinear.from_linear(module, config, generator, program, progress)
+
+
+def _programmed_layer(
+    name: str,
+    module: nn.Module,
+    config: CrossbarConfig,
+    generator: torch.Generator | None,
+    program: bool,
+    progress: ProgressCallback | None,
+    done: int,
+    total: int,
+):
+    """_on_crossbars, its events named after the layer, then the layer's own event ("program": done of total)."""
+    if progress is None:
+        return _on_crossbars(module, config, generator, program, None)
+    report = progress  # bound here: mypy keeps the narrowing inside the lambda
+    start = time.perf_counter()
+    layer = _on_crossbars(
+        module, config, generator, program, lambda event: report(dataclasses.replace(event, layer=name))
+    )
+    progress(ProgrammingProgress("program", name, done, total, time.perf_counter() - start))
+    return layer
 
 
 def convert(
@@ -59,6 +90,7 @@ def convert(
     exclude: Iterable[str] | str | None = None,
     program: bool = True,
     kinds: Iterable[str] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> nn.Module:
     """Replace, in place, the layers of the given kinds (KINDS: "linear", "conv", "lstm") of any model by
     programmed MemristorLinear, MemristorConv1d / MemristorConv2d and MemristorLSTM layers.
@@ -69,7 +101,9 @@ def convert(
     by default the ChipSpec's, or linear layers only.
     include / exclude: module names or fnmatch patterns as in named_modules() (e.g. "encoder.*.ff*");
     with include, only matching layers are converted; exclude wins over include. program=False leaves the
-    cells unprogrammed, to load a saved chip into with load_state_dict.
+    cells unprogrammed, to load a saved chip into with load_state_dict. progress: called with a
+    ProgrammingProgress per pre-cycling pulse and per layer programmed (memsim.progress; ProgrammingTimer adds up
+    how the time splits); it never changes what is programmed.
     """
     spec = chip if isinstance(chip, ChipSpec) else ChipSpec(chip)
     config, plan = spec.crossbar, spec.adc
@@ -80,7 +114,7 @@ def convert(
     if isinstance(model, (MemristorLinear, MemristorConv)):
         raise ValueError(f"the model is already a {type(model).__name__}")
     if _kind(model) in kinds and not include:
-        return _on_crossbars(model, config, generator, program)
+        return _programmed_layer("", model, config, generator, program, progress, 1, 1)
     chosen = [
         (name, module)
         for name, module in model.named_modules()
@@ -92,12 +126,13 @@ def convert(
     unused = [pattern for pattern, _ in plan.layers if not any(_matches(name, pattern) for name, _ in chosen)]
     if unused:
         raise ValueError(f"ADC pattern(s) {unused} match no converted layer; layers: {[n for n, _ in chosen]}")
-    for name, module in chosen:
+    for done, (name, module) in enumerate(chosen, 1):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         fixed = plan.fixed(name)
         layer_config = config if fixed is None else config.with_adc_bits(*fixed)
-        setattr(parent, child, _on_crossbars(module, layer_config, generator, program))
+        layer = _programmed_layer(name, module, layer_config, generator, program, progress, done, len(chosen))
+        setattr(parent, child, layer)
     return model
 
 

@@ -16,6 +16,7 @@ per-cell current is ever built.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ from memsim.config import CrossbarConfig
 from memsim.device import HRS, LRS, UR, US, CellArray, first_cycle_features, r_of_resistance
 from memsim.noise import ReadNoise, read_noise
 from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
+from memsim.progress import ProgrammingProgress, ProgressCallback
 
 PROGRAM_CHUNK = 1 << 22  # cells programmed at once: bounds the device model's 230 bytes/cell of state
 # The paper's code maps crossbar currents to ADC inputs with a fixed 8020 A^-1 (DacAdcHardwareSettings.
@@ -176,7 +178,12 @@ def level_histogram(r: torch.Tensor, contents: torch.Tensor, levels_per_cell: in
     return torch.bincount(flat, minlength=levels_per_cell * bins).view(levels_per_cell, bins)
 
 
-def program(contents: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None) -> Programmed:
+def program(
+    contents: torch.Tensor,
+    config: CrossbarConfig,
+    generator: torch.Generator | None = None,
+    progress: ProgressCallback | None = None,
+) -> Programmed:
     """Program cell contents [2, in_padded, planes, out] (levels 0..levels_per_cell-1) into fresh cells.
 
     Binary cells, per chunk: optional random cycling and pre-cycling, full RESET, SET of the ones, then verify
@@ -186,33 +193,48 @@ def program(contents: torch.Tensor, config: CrossbarConfig, generator: torch.Gen
     Also counts the cells whose programmed state a read could disturb: a cell storing 0 whose SET threshold
     lies above -v_read, or a cell storing 1 whose RESET threshold lies below +v_read. Reads never change a
     cell in this simulator (as in the paper); the count says how much that assumption carries.
+
+    progress: called with a ProgrammingProgress per pre-cycling pulse (memsim.progress); it sees the programming,
+    never changes it.
     """
     if config.device == "ideal":
         return Programmed(target_r(contents, config.levels_per_cell, 0.0, 1.0), 0, 0)
     if config.levels_per_cell > 2:
-        return program_levels(contents, config, generator)
+        return program_levels(contents, config, generator, progress)
     if config.random_cycles == 0 and config.precycle_pulses == 0:
         return _program_fresh(contents.bool(), config, generator)
-    return _program_by_pulses(contents.bool(), config, generator)
+    return _program_by_pulses(contents.bool(), config, generator, progress)
 
 
-def _program_by_pulses(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None) -> Programmed:
-    """program(), every pulse simulated by the device model (needed once cells have cycled before)."""
+def _program_by_pulses(
+    cells_on: torch.Tensor,
+    config: CrossbarConfig,
+    generator: torch.Generator | None,
+    progress: ProgressCallback | None = None,
+) -> Programmed:
+    """program(), every pulse simulated by the device model (needed once cells have cycled before).
+
+    Pre-cycled cells take every pulse, the SETs too, through CellArray.apply_pulses (see _reset_cells)."""
     flat_on = cells_on.reshape(-1)
     r = torch.empty(flat_on.shape, device=flat_on.device)
     params = device_params(config).to(flat_on.device)
     r_lrs, r_hrs = nominal_r(params)
     r_threshold = (r_lrs + r_hrs) / 2
     precycle = _precycle_voltages(cells_on.shape, config, generator, flat_on.device)
+    report = _PrecycleReport(progress, flat_on.numel(), config.precycle_pulses)
     failed = disturbable = 0
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
-        cells = _reset_cells(start, on.numel(), cells_on.shape, params, config, generator, precycle)
+        cells = _reset_cells(start, on.numel(), cells_on.shape, params, config, generator, precycle, report)
         for attempt in range(config.verify_retries + 1):
             todo = on & (cells.r > r_threshold)
             if attempt > 0 and not bool(todo.any()):  # programming is not a hot loop: a sync is fine
                 break
-            cells.apply_voltage(torch.where(todo, config.set_voltage + attempt * config.verify_step, 0.0))
+            voltage = config.set_voltage + attempt * config.verify_step
+            if precycle is None:
+                cells.apply_voltage(torch.where(todo, voltage, 0.0))
+            else:  # 0 V on the cells not to SET, `voltage` on the others
+                cells.apply_pulses(torch.tensor([[0.0, voltage]], device=on.device), todo.long())
         r[start : start + on.numel()] = cells.r
         failed += int((on & (cells.r > r_threshold)).sum())
         disturbable += int(_read_disturbable(on, cells.ur, cells.us, config.v_read))
@@ -227,16 +249,52 @@ def _reset_cells(
     config: CrossbarConfig,
     generator: torch.Generator | None,
     precycle: torch.Tensor | None,
+    report: _PrecycleReport,
 ) -> CellArray:
     """Fresh cells for flat contents start..start+count: random cycling and pre-cycling if configured, then
-    the full RESET."""
+    the full RESET.
+
+    Pre-cycled cells take their pulses through CellArray.apply_pulses, which computes and draws only for the
+    cells a pulse switches (a pre-cycling pulse, one voltage per array, leaves half the arrays alone and SETs or
+    RESETs 38 % of the cells on average; the full RESET switches only the cells not in HRS), equal in
+    distribution to apply_voltage, which computes every cell on every pulse: the paper model's 50-pulse
+    instance took 6.3 min against 24 min (extrapolated per cell) on 2 CPU cores (benchmarks/crossbar.py
+    --paper-model --precycle 50)."""
     cells = CellArray(count, params=params, generator=generator, device=params.device)
     _random_cycles(cells, config, generator)
-    if precycle is not None:
-        arrays = _array_of_cells(start, count, shape, config.tile_size, params.device)
-        for voltages in precycle:
-            cells.apply_voltage(voltages[arrays])
-    return cells.apply_voltage(config.reset_voltage)
+    if precycle is None:
+        return cells.apply_voltage(config.reset_voltage)
+    arrays = _array_of_cells(start, count, shape, config.tile_size, params.device)
+    report.start()
+    cells.apply_pulses(precycle, arrays, after_pulse=report.after_pulse)
+    return cells.apply_pulses(torch.full((1, 1), config.reset_voltage, device=params.device))
+
+
+class _PrecycleReport:
+    """Pre-cycling's progress events for one matrix of `cells` cells and `pulses` pulses, from
+    CellArray.apply_pulses's calls per block of cells: the pulses done over the whole matrix, and the seconds since
+    the previous event (or since start(), called as each chunk's pre-cycling begins, so that the work between
+    chunks does not count)."""
+
+    def __init__(self, progress: ProgressCallback | None, cells: int, pulses: int):
+        self.progress, self.cells, self.pulses = progress, cells, pulses
+        self.cell_pulses = 0
+        self.last = time.perf_counter()
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+
+    @property
+    def after_pulse(self) -> Callable[[int], None] | None:
+        """CellArray.apply_pulses's after_pulse: None without a progress callback."""
+        return None if self.progress is None else self._report
+
+    def _report(self, cells: int) -> None:
+        assert self.progress is not None
+        self.cell_pulses += cells
+        now = time.perf_counter()
+        self.progress(ProgrammingProgress("precycle", "", self.cell_pulses / self.cells, self.pulses, now - self.last))
+        self.last = now
 
 
 def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None) -> Programmed:
@@ -297,14 +355,19 @@ def _precycle_voltages(
 
 
 def _array_of_cells(start: int, count: int, shape: torch.Size, tile_size: int, device: torch.device) -> torch.Tensor:
-    """The array index of flat cells start..start+count of contents [2, in_padded, planes, out]."""
+    """The array index of flat cells start..start+count of contents [2, in_padded, planes, out]: each row of
+    planes x out cells (its sign and input row counted together, in_padded being whole tiles) repeats one pattern
+    of arrays, offset by its row tile, so the indices are one broadcast sum, no division per cell."""
     _, in_padded, planes, out_features = shape
-    flat = torch.arange(start, start + count, device=device)
-    column, rest = flat % out_features, flat // out_features
-    plane, rest = rest % planes, rest // planes
-    row, sign = rest % in_padded, rest // in_padded
-    row_tiles, column_tiles = in_padded // tile_size, math.ceil(out_features / tile_size)
-    return ((sign * row_tiles + row // tile_size) * planes + plane) * column_tiles + column // tile_size
+    row_length = planes * out_features
+    first_row, end_row = start // row_length, (start + count - 1) // row_length + 1
+    column_tiles = math.ceil(out_features / tile_size)
+    pattern = torch.arange(planes, device=device)[:, None] * column_tiles + (
+        torch.arange(out_features, device=device) // tile_size
+    )
+    row_tile = torch.arange(first_row, end_row, device=device) // tile_size
+    arrays = (row_tile[:, None] * (planes * column_tiles) + pattern.reshape(1, -1)).reshape(-1)
+    return arrays[start - first_row * row_length :][:count]
 
 
 def dac(
@@ -327,7 +390,10 @@ def dac(
 
 
 def program_levels(
-    contents: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None = None
+    contents: torch.Tensor,
+    config: CrossbarConfig,
+    generator: torch.Generator | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Programmed:
     """Multi-level programming with write-verify, every cell its own state machine, all cells vectorized.
 
@@ -355,11 +421,12 @@ def program_levels(
         )
     r_lrs, r_hrs = nominal_r(params)
     precycle = _precycle_voltages(contents.shape, config, generator, flat.device)
+    report = _PrecycleReport(progress, flat.numel(), config.precycle_pulses)
     failed_by_level = torch.zeros(config.levels_per_cell, dtype=torch.int64, device=flat.device)
     disturbable = torch.zeros((), dtype=torch.int64, device=flat.device)
     for start in range(0, flat.numel(), PROGRAM_CHUNK):
         level = flat[start : start + PROGRAM_CHUNK]
-        cells = _reset_cells(start, level.numel(), contents.shape, params, config, generator, precycle)
+        cells = _reset_cells(start, level.numel(), contents.shape, params, config, generator, precycle, report)
         machine = _LevelMachine(
             level, torch.arange(start, start + level.numel(), device=flat.device), config, r_lrs, r_hrs
         )

@@ -26,6 +26,7 @@ from memsim.crossbar import (
     zero_volt_factors,
 )
 from memsim.crossbar import program as program_cells
+from memsim.progress import ProgressCallback
 
 
 class MemristorLinear(nn.Module):
@@ -107,14 +108,19 @@ class MemristorLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: Any, config: CrossbarConfig, generator: torch.Generator | None = None, program: bool = True
+        cls,
+        linear: Any,
+        config: CrossbarConfig,
+        generator: torch.Generator | None = None,
+        program: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> MemristorLinear:
         """Map and program a trained layer: a plain nn.Linear (per-tensor scale max|W| / max_level), or a
         quantization-aware linear exposing integer_weight() and weight_scale, and input_scale and input_bits if
         it quantizes its inputs (any module with these attributes: duck-typed, hence `Any`); `column_present`,
         if it has one, marks the columns of each row of tiles that hold weights. program=False maps without
         programming (every cell stays in HRS): a shell to load a saved chip's state_dict into, in a fraction of
-        the time."""
+        the time. progress: called with programming's ProgrammingProgress events (memsim.progress)."""
         weight = linear.weight.detach()
         present = getattr(linear, "column_present", None)
         layer = cls(linear.in_features, linear.out_features, config, linear.bias is not None, generator, present)
@@ -136,7 +142,7 @@ class MemristorLinear(nn.Module):
             layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * layer.input_levels)
         if program:
             cells = digit_planes(q, config.planes, config.tile_size, config.levels_per_cell)
-            programmed = program_cells(cells, config, generator)
+            programmed = program_cells(cells, config, generator, progress)
             layer.r.copy_(programmed.r)
             layer.failed_cells.fill_(programmed.failed)
             layer.read_disturbable_cells.fill_(programmed.read_disturbable)

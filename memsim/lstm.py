@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from memsim.config import CrossbarConfig
 from memsim.crossbar import CellPairs, ColumnCalibration, dac, tile_reads
 from memsim.layers import MemristorLinear
+from memsim.progress import ProgressCallback
 
 
 class LinearLSTM(nn.Module):
@@ -281,7 +282,9 @@ class MemristorLSTM(LinearLSTM):
         config: CrossbarConfig,
         generator: torch.Generator | None = None,
         program: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> MemristorLSTM:
+        """progress: as MemristorLinear.from_linear's, for each gate matrix (one per layer and direction)."""
         source = lstm if isinstance(lstm, LinearLSTM) else LinearLSTM.from_lstm(lstm)
         first = source.gates()[0][0]
         layer = cls(
@@ -294,7 +297,9 @@ class MemristorLSTM(LinearLSTM):
             source.bidirectional,
         )
         layer.cells = nn.ModuleList(
-            nn.ModuleList(MemristorLinear.from_linear(cell, config, generator, program) for cell in directions)
+            nn.ModuleList(
+                MemristorLinear.from_linear(cell, config, generator, program, progress) for cell in directions
+            )
             for directions in source.gates()
         )
         return layer
