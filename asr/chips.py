@@ -1,5 +1,5 @@
 """A quantization-aware model programmed onto simulated memristor crossbars: the one home of the chip procedure
-that the memsim stage and transcription both run (prepare), and of its summary (chip_summary).
+that the memsim stage and transcription both run (prepare), and of its summary (summarize).
 
 Exactly the layers the QAT model quantized (quant.include; by default feed-forward, attention in/out
 projections, conv-module pointwise layers) are mapped onto crossbars by memsim.convert; frontend,
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import memsim
 from asr.batch_memory import one_utterance
@@ -36,7 +37,7 @@ from memsim.convert import run_instrumented
 
 CALIBRATION_BATCHES = 4  # unaugmented train batches that set DAC ranges (convolutions) and automatic ADCs
 CALIBRATION_SECONDS = 200.0  # padded seconds of audio per calibration batch
-SUMMARY_FILE = "summary.json"  # a chip configuration's cells, tiles, layer errors and energy (chip_summary)
+SUMMARY_FILE = "summary.json"  # a chip configuration's cells, tiles, layer errors and energy (summarize)
 PROBE_SECONDS = 10  # the utterance reads_per_second counts each crossbar layer's reads on
 
 
@@ -124,31 +125,75 @@ class PreparedChip:
     model: ConformerCTC
     generator: torch.Generator
     seed: int
-    program_seconds: float
+    program_seconds: float  # programming in all, pre-cycling included
     tuning: dict | None  # steps, lr, first and last loss
+    precycle_seconds: float = 0.0  # the part of program_seconds spent pre-cycling
+
+
+class ProgressBars:
+    """tqdm bars for memsim's programming events (memsim.ProgrammingProgress): one over the layers of the chip,
+    and, while a layer pre-cycles, one over its pulses; each with its estimate of the time left."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.layers: tqdm | None = None
+        self.pulses: tqdm | None = None
+
+    def __call__(self, event: memsim.ProgrammingProgress) -> None:
+        if event.phase == "precycle":
+            if self.pulses is None or self.pulses.desc != f"pre-cycle {event.layer}":
+                self._close_pulses()
+                self.pulses = tqdm(total=event.total, desc=f"pre-cycle {event.layer}", unit="pulse", leave=False)
+            self.pulses.update(event.done - self.pulses.n)
+            return
+        self._close_pulses()
+        if self.layers is None:
+            self.layers = tqdm(total=event.total, desc=self.description, unit="layer")
+        self.layers.update(1)
+        if self.layers.n >= event.total:
+            self.layers.close()
+
+    def _close_pulses(self) -> None:
+        if self.pulses is not None:
+            self.pulses.close()
+            self.pulses = None
 
 
 def prepare(
-    model_path: Path, folder: ChipFolder, instance: int, data: CalibrationData, device: str | torch.device
+    model_path: Path,
+    folder: ChipFolder,
+    instance: int,
+    data: CalibrationData,
+    device: str | torch.device,
+    progress: memsim.ProgressCallback | None = None,
 ) -> PreparedChip:
     """Instance `instance` of a chip folder, as the recipe scores it: program a fresh chip (the ADCs its plan
     fixes by layer come with it), calibrate the DAC ranges of the layers whose inputs the model did not quantize
-    (convolutions), apply the plan's automatic ADCs (memsim.apply_adc_plan), and tune it if the folder says so."""
+    (convolutions), apply the plan's automatic ADCs (memsim.apply_adc_plan), and tune it if the folder says so.
+    progress: memsim's programming events (ProgressBars shows them); they never change the chip."""
     seed, chip = folder.seed_of(instance), folder.chip_of(instance)
-    model, generator, seconds = program(model_path, chip, seed, device)
+    timer = memsim.ProgrammingTimer(then=progress)
+    model, generator, seconds = program(model_path, chip, seed, device, timer)
     if "conv" in chip.kinds:
-        calibrate_inputs(model, data.calibration())
-    memsim.apply_adc_plan(model, chip.adc, feeder(data.calibration()))
+        calibrate_inputs(model, tqdm(data.calibration(), desc="calibrate inputs", unit="batch", leave=False))
+    calibration = data.calibration()
+    if chip.adc.auto_budget_bits is not None:
+        calibration = tqdm(calibration, desc="calibrate ADCs", unit="batch", leave=False)
+    memsim.apply_adc_plan(model, chip.adc, feeder(calibration))
     tuned = None
     if folder.tuning is not None:
         steps, lr = folder.tuning.steps, folder.tuning.lr
         losses = tune(model, data.tuning(folder.tuning, seed), steps, lr)
         tuned = {"steps": steps, "lr": lr, "loss_first": losses[0], "loss_last": losses[-1]}
-    return PreparedChip(model, generator, seed, seconds, tuned)
+    return PreparedChip(model, generator, seed, seconds, tuned, timer.precycle_seconds)
 
 
 def program(
-    model_path: Path, chip: memsim.ChipSpec, seed: int, device: str | torch.device
+    model_path: Path,
+    chip: memsim.ChipSpec,
+    seed: int,
+    device: str | torch.device,
+    progress: memsim.ProgressCallback | None = None,
 ) -> tuple[ConformerCTC, torch.Generator, float]:
     """The trained model at model_path with its quantized layers of the chip's kinds (memsim.KINDS) programmed onto
     a fresh chip (seed); returns the model, the generator its layers read noise from, and the seconds programming
@@ -156,7 +201,8 @@ def program(
     began = time.perf_counter()
     model = load_model(model_path, device)
     generator = torch.Generator(device).manual_seed(seed)
-    memsim.convert(model, chip, generator=generator, include=quantized_layers(model, chip.kinds))
+    include = quantized_layers(model, chip.kinds)
+    memsim.convert(model, chip, generator=generator, include=include, progress=progress)
     return model, generator, time.perf_counter() - began
 
 
@@ -238,7 +284,7 @@ def layer_errors(chip: ConformerCTC, model_path: Path, batches: Iterable[dict], 
 
 @dataclasses.dataclass
 class ChipSummary:
-    """What a chip folder's summary.json holds (chip_summary makes it; read() reads it, and nothing else does).
+    """What a chip folder's summary.json holds (summarize makes it; read() reads it, and nothing else does).
     A summary made before one of its parts existed reads that part as None or empty."""
 
     crossbar: memsim.CrossbarConfig  # instance 0's configuration
@@ -246,7 +292,8 @@ class ChipSummary:
     total: dict  # memsim.summary's total row
     layer_errors: list[dict]  # memsim.layer_errors' rows per layer, and a last one named "mean"
     adc_conversions_per_second_of_audio: int | None
-    program_seconds: float | None
+    program_seconds: float | None  # instance 0's programming in all
+    precycle_seconds: float | None  # the part of program_seconds spent pre-cycling
     levels: dict | None  # memsim.level_statistics of multi-level cells
     tuning: dict | None  # chip-in-the-loop tuning: steps, lr, first and last loss
     energy: dict | None  # costs, vectors_per_second_of_audio, per_second_of_audio_uj, layers
@@ -263,6 +310,7 @@ class ChipSummary:
                 layer_errors=values.get("layer_errors") or [],
                 adc_conversions_per_second_of_audio=values.get("adc_conversions_per_second_of_audio"),
                 program_seconds=values.get("program_seconds"),
+                precycle_seconds=values.get("precycle_seconds"),
                 levels=values.get("levels"),
                 tuning=values.get("tuning"),
                 energy=values.get("energy"),
@@ -291,25 +339,14 @@ class ChipSummary:
 
 
 def summarize(chip: PreparedChip, config: memsim.CrossbarConfig, model_path: Path, batches: Iterable[dict]) -> dict:
-    """What a chip folder's summary.json holds, measured on a prepared chip: chip_summary with the layer errors
-    against the digital model at model_path and the energy, both over `batches` (a list: it is read twice)."""
-    errors = layer_errors(chip.model, model_path, batches, None)
-    energy = memsim.measure_energy(chip.model, feeder(batches))
-    return chip_summary(chip.model, config, chip.program_seconds, errors, energy, chip.tuning)
-
-
-def chip_summary(
-    model: ConformerCTC,
-    config: memsim.CrossbarConfig,
-    program_seconds: float,
-    errors: list[dict],
-    energy: list[dict],
-    tuning: dict | None = None,
-) -> dict:
-    """memsim.summary's totals and layers (each with its ADC), the configuration, ADC conversions and the energy
-    estimate (memsim.measure_energy's rows, with the costs they assume) per second of audio, the layer errors
-    against the digital model, for multi-level cells memsim.level_statistics, and what chip-in-the-loop tuning
-    (`tuning`) did."""
+    """What a chip folder's summary.json holds (ChipSummary reads it), measured on a prepared chip: memsim.summary's
+    totals and layers (each with its ADC), the configuration, ADC conversions and the energy estimate
+    (memsim.measure_energy's rows, with the costs they assume) per second of audio, the layer errors against the
+    digital model at model_path, for multi-level cells memsim.level_statistics, what chip-in-the-loop tuning did,
+    and how long programming took (pre-cycling apart). Errors and energy over `batches` (a list: read twice)."""
+    model = chip.model
+    errors = layer_errors(model, model_path, batches, None)
+    energy = memsim.measure_energy(model, feeder(batches))
     rows = memsim.summary(model)
     reads = reads_per_second(model)
     return {
@@ -319,10 +356,11 @@ def chip_summary(
         "adc_conversions_per_second_of_audio": round(
             sum(row["adc_conversions"] * reads[row["layer"]] for row in rows[:-1])
         ),
-        "program_seconds": round(program_seconds, 2),
+        "program_seconds": round(chip.program_seconds, 2),
+        "precycle_seconds": round(chip.precycle_seconds, 2),
         "layer_errors": errors,
         "levels": memsim.level_statistics(model),
-        "tuning": tuning,
+        "tuning": chip.tuning,
         "energy": {
             "costs": dataclasses.asdict(memsim.EnergyCosts()),
             "vectors_per_second_of_audio": reads,

@@ -119,8 +119,21 @@ def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
         by_instance.setdefault(0, [])
     model_path = jobs[0].input("model") / FINAL
     data = chips.CalibrationData(graph.data_files(recipe), recipe.features, recipe.loader.num_workers)
-    for instance, instance_jobs in sorted(by_instance.items()):
-        chip = chips.prepare(model_path, folder, instance, data, device())
+    instances = sorted(by_instance)
+    for position, instance in enumerate(instances, 1):
+        instance_jobs = by_instance[instance]
+        log.info(
+            "memsim instance %d (%d of %d to prepare here): programming %s, then %d split(s) to decode",
+            instance,
+            position,
+            len(instances),
+            chip_output.relpath,
+            len({job.output.settings["split"] for job in instance_jobs}),
+        )
+        bars = chips.ProgressBars(f"program instance {instance}")
+        chip = chips.prepare(model_path, folder, instance, data, device(), bars)
+        seconds = (chip.program_seconds, chip.precycle_seconds)
+        log.info("memsim instance %d: programmed in %.1f s (%.1f s of it pre-cycling)", instance, *seconds)
         if chip.tuning is not None:
             log.info(
                 "memsim instance %d tuned: loss %.2f -> %.2f",
@@ -138,7 +151,6 @@ def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
         if instance_jobs:
             reseed = functools.partial(chips.reseed, chip.generator, chip.seed)
             decode_outputs(chip.model, instance_jobs, _decoding(recipe), reseed)
-        log.info("memsim instance %d: programmed in %.1f s", instance, chip.program_seconds)
 
 
 def report(recipe: RecipeSettings, jobs: list[Job]) -> None:

@@ -50,3 +50,16 @@ def test_each_crossbar_layer_is_counted_by_the_vectors_it_reads_per_second_of_au
     assert reads["blocks.0.ff1.w1"] == reads["blocks.0.conv.depthwise.crossbar"] == encoder
     assert model.frontend.convs[0].stride == (2, 2)  # 3x3, stride 2 over [frames, 80 mel bins]
     assert reads["frontend.convs.0.crossbar"] == ((frames - 3) // 2 + 1) * ((80 - 3) // 2 + 1) / PROBE_SECONDS
+
+
+def test_progress_bars_follow_the_layers_and_each_layers_pre_cycling(capsys):
+    from asr.chips import ProgressBars
+    from memsim import ProgrammingProgress
+
+    bars = ProgressBars("program instance 0")
+    for layer in ("a", "b"):
+        for done in (0.5, 1.0, 2.0):
+            bars(ProgrammingProgress("precycle", layer, done, 2, 0.1))
+        bars(ProgrammingProgress("program", layer, 1 + (layer == "b"), 2, 0.3))
+    assert bars.layers is not None and bars.layers.n == 2 and bars.pulses is None
+    assert "program instance 0: 100%" in capsys.readouterr().err

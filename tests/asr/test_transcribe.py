@@ -106,8 +106,8 @@ def test_transcription_rebuilds_the_very_chip_the_recipe_scored(tiny_recipe_over
     prepared = {}
     real_prepare = chips.prepare
 
-    def keep(model_path, spec, instance, data, device):
-        prepared[instance] = chip = real_prepare(model_path, spec, instance, data, device)
+    def keep(model_path, folder, instance, *rest):
+        prepared[instance] = chip = real_prepare(model_path, folder, instance, *rest)
         return chip
 
     monkeypatch.setattr(chips, "prepare", keep)
@@ -119,6 +119,10 @@ def test_transcription_rebuilds_the_very_chip_the_recipe_scored(tiny_recipe_over
         trained, None, work / graph.chip_output(s, graph.model_output(s, True)).relpath, "cpu", 1
     )
     scored = prepared[1]
+    chip_folder = work / graph.chip_output(s, graph.model_output(s, True)).relpath
+    summary = chips.ChipSummary.read(chip_folder / chips.SUMMARY_FILE)  # instance 0 pre-cycles 3 pulses
+    assert summary.program_seconds and summary.precycle_seconds
+    assert 0 < summary.precycle_seconds <= summary.program_seconds
     assert chip is not None and chip.prepared.seed == scored.seed == s.memsim.seed + 1
     assert chip.folder.chip_of(1).crossbar.precycle_pulses == s.chip_config(1).precycle_pulses == 6
     assert memsim.adc_settings(rebuilt) == memsim.adc_settings(scored.model)
