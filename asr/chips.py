@@ -176,10 +176,9 @@ def prepare(
     model, generator, seconds = program(model_path, chip, seed, device, timer)
     if "conv" in chip.kinds:
         calibrate_inputs(model, tqdm(data.calibration(), desc="calibrate inputs", unit="batch", leave=False))
-    calibration = data.calibration()
-    if chip.adc.auto_budget_bits is not None:
-        calibration = tqdm(calibration, desc="calibrate ADCs", unit="batch", leave=False)
-    memsim.apply_adc_plan(model, chip.adc, feeder(calibration))
+    if chip.adc.auto_budget_bits is not None:  # the plan's fixed ADCs came with the conversion
+        calibration = tqdm(data.calibration(), desc="calibrate ADCs", unit="batch", leave=False)
+        memsim.apply_adc_plan(model, chip.adc, feeder(calibration))
     tuned = None
     if folder.tuning is not None:
         steps, lr = folder.tuning.steps, folder.tuning.lr

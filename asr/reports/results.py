@@ -90,9 +90,14 @@ class Result:
         decoding = {k: v for k, v in self.settings.items() if k.startswith("decode.") and k != "decode.instance"}
         return self.split, json.dumps(decoding, sort_keys=True)
 
+    @cached_property
+    def lines(self) -> list[dict]:
+        """Its hyps.jsonl, one dict per utterance in manifest order (read once: checked, then resampled)."""
+        return read_jsonl(self.root / self.path / HYPS_FILE)
+
     def utterances(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Ids, errors and reference words per utterance (hyps.jsonl), in manifest order."""
-        lines = read_jsonl(self.root / self.path / HYPS_FILE)
+        lines = self.lines
         return (
             [line["id"] for line in lines],
             np.array([line["sub"] + line["del"] + line["ins"] for line in lines]),
@@ -158,7 +163,7 @@ def collect(work_dirs: list[Path]) -> tuple[list[Result], dict[str, str]]:
                 continue
             try:
                 result = _result(root, relpath, record, records)
-                differences = decode_differences(read_jsonl(root / relpath / HYPS_FILE), result.score)
+                differences = decode_differences(result.lines, result.score)
             except CorruptFile as error:
                 differences = [str(error)]
             if differences:
