@@ -12,8 +12,8 @@ Pass the same patterns to `memsim.convert(..., include=CROSSBAR_LAYERS)` so the 
 
 The rest of that code's QAT, each an option (all on in `configs/quant/paper.yaml`): the outputs of the
 crossbar layers quantized too (`output_bits`), the digital attention products quantized at the weight bit
-width (`quantize_attention`: queries, keys, values and the attention weights) and the depthwise convolution's
-weights (`quantize_depthwise`).
+width (`quantize_attention`: queries, keys, values and the attention weights), the depthwise convolution's
+weights (`quantize_depthwise`) and its input and output (`depthwise_io_bits`, memristor_v5.py).
 
 Noise-aware training (`noise`, off by default): in training only, each step the crossbar layers' integer weights
 are replaced by what a chip would hold, with the gradient passed straight through to the quantized weights:
@@ -104,6 +104,9 @@ class QuantConfig:
     output_bits: int | None = None  # quantize the outputs of the crossbar layers too (8 in the paper's code)
     quantize_attention: bool = False  # queries, keys, values and attention weights at weight_bits
     quantize_depthwise: bool = False  # the conv module's depthwise weights at weight_bits
+    # with quantize_depthwise: the depthwise convolution's input and output quantized too, at these bits (8 in
+    # memristor_v5.py: dconv_1_in_quant, dconv_1_out_quant); None: they stay float
+    depthwise_io_bits: int | None = None
     quantize_frontend: bool = False  # the frontend's convolutions' weights at weight_bits (with "frontend.out"
     # in `include`, all of the frontend: configs/quant/qat_all.yaml)
     include: tuple[str, ...] = CROSSBAR_LAYERS
@@ -116,13 +119,17 @@ class QuantConfig:
     noise_table: dict | None = None
 
     def __post_init__(self):
-        for name in ("weight_bits", "input_bits", "output_bits"):
+        for name in ("weight_bits", "input_bits", "output_bits", "depthwise_io_bits"):
             value = getattr(self, name)
             if value is not None or name == "input_bits":
                 try:
                     max_level(value)
                 except ValueError as error:
                     raise ValueError(f"{name}: {error}") from None
+        if self.depthwise_io_bits is not None and not self.quantize_depthwise:
+            raise ValueError(
+                "depthwise_io_bits quantizes the depthwise convolution's input and output: set quantize_depthwise"
+            )
         if self.weight_scale not in WEIGHT_SCALES:
             raise ValueError(f"weight_scale must be one of {list(WEIGHT_SCALES)}, got {self.weight_scale!r}")
         if self.input_momentum is not None and not 0 < self.input_momentum <= 1:
@@ -313,9 +320,14 @@ class QuantLinear(nn.Linear):
 class _QuantConv:
     """What QuantConv1d and QuantConv2d share: fake-quantized weights (per tensor, as the released code's
     Conv1dQuant), their integers for a crossbar, and construction from a trained convolution. Inputs and outputs
-    stay float: on a chip, the DAC's range comes from calibration (memsim.calibrate)."""
+    stay float unless io_bits is given: then each has an InputQuantizer of its own (input_quant before the
+    convolution, output_quant after its bias), and a crossbar maps it as a QuantLinear (its DAC's full scale the
+    input quantizer's, its output quantizer kept); without, the DAC's range comes from calibration
+    (memsim.calibrate)."""
 
-    def __init__(self, *args, config: QuantConfig, weight: torch.Tensor | None = None, **kwargs):
+    def __init__(
+        self, *args, config: QuantConfig, weight: torch.Tensor | None = None, io_bits: int | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)  # the convolution (the other base)
         this: Any = self
         if weight is not None:
@@ -323,10 +335,23 @@ class _QuantConv:
         if config.weight_bits is None:
             raise ValueError(f"{type(self).__name__} needs weight_bits (None is the float model)")
         this.weight_quant = WeightQuantizer(this.weight, config.weight_bits, config.weight_scale)
+        this.input_quant = None if io_bits is None else InputQuantizer(io_bits, config.input_momentum)
+        this.output_quant = None if io_bits is None else InputQuantizer(io_bits, config.input_momentum)
+
+    def __getattr__(self, name: str) -> Any:
+        """input_scale and input_bits, as QuantLinear has them, exist only where the inputs are quantized (a
+        crossbar converter asks hasattr(source, "input_scale")); everything else as nn.Module finds it."""
+        if name in ("input_scale", "input_bits"):
+            quantizer = super().__getattr__("input_quant")  # type: ignore[misc]
+            if quantizer is not None:
+                return quantizer.scale if name == "input_scale" else quantizer.bits
+            raise AttributeError(f"{type(self).__name__} has no {name}: its inputs are not quantized (io_bits)")
+        return super().__getattr__(name)  # type: ignore[misc]
 
     @classmethod
-    def from_conv(cls, conv, config: QuantConfig):
-        """A quantization-aware copy of a (trained or fresh) convolution; LSQ steps start from its weights."""
+    def from_conv(cls, conv, config: QuantConfig, io_bits: int | None = None):
+        """A quantization-aware copy of a (trained or fresh) convolution, with io_bits input and output
+        quantizers if given; LSQ steps start from its weights."""
         layer: Any = cls(  # type: ignore[call-arg]
             conv.in_channels,
             conv.out_channels,
@@ -340,6 +365,7 @@ class _QuantConv:
             device=conv.weight.device,
             config=config,
             weight=conv.weight.detach(),
+            io_bits=io_bits,
         )
         if conv.bias is not None:
             layer.bias.data.copy_(conv.bias.detach())
@@ -359,7 +385,10 @@ class _QuantConv:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         this: Any = self
-        return this._conv_forward(x, this.weight_quant(this.weight), this.bias)
+        if this.input_quant is not None:
+            x = this.input_quant(x)
+        y = this._conv_forward(x, this.weight_quant(this.weight), this.bias)
+        return y if this.output_quant is None else this.output_quant(y)
 
 
 class QuantConv1d(_QuantConv, nn.Conv1d):
@@ -419,7 +448,7 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
             )
     if config.quantize_depthwise:
         for conv in _all(model, ConvModule, "quantize_depthwise"):
-            conv.depthwise = QuantConv1d.from_conv(conv.depthwise, config)
+            conv.depthwise = QuantConv1d.from_conv(conv.depthwise, config, config.depthwise_io_bits)
     if config.quantize_frontend:
         frontend = model.get_submodule("frontend")
         convs = [name for name, m in frontend.named_modules() if type(m) is nn.Conv2d]

@@ -39,6 +39,7 @@ from asr.quant import QuantConfig, max_level
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
 from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig, weight_error_model
+from memsim.config import PRESETS
 from memsim.converters import MAX_ADC_BUDGET_BITS
 
 log = logging.getLogger(__name__)
@@ -224,10 +225,14 @@ def _noise_table(chip: CrossbarConfig) -> dict:
 
 
 def register() -> None:
-    """Make the schema known to Hydra as `recipe_schema` (configs/config.yaml lists it first), the resolver
-    that names a chip's ADC in its default label (${adc_label:...}), and ${pid:}, the process id, which keeps
-    the log folders of runs started in the same second apart."""
-    ConfigStore.instance().store(name="recipe_schema", node=RecipeSettings)
+    """Make the schema known to Hydra as `recipe_schema` (configs/config.yaml lists it first), memsim's chip
+    presets as `memsim_preset/<name>` (CrossbarConfig.preset's fields, which configs/memsim/paper.yaml starts
+    from), the resolver that names a chip's ADC in its default label (${adc_label:...}), and ${pid:}, the
+    process id, which keeps the log folders of runs started in the same second apart."""
+    store = ConfigStore.instance()
+    store.store(name="recipe_schema", node=RecipeSettings)
+    for preset, fields in PRESETS.items():  # configs/memsim/<preset>.yaml start from memsim's own preset
+        store.store(group="memsim_preset", name=preset, node=dict(fields))
     OmegaConf.register_new_resolver("adc_label", adc_label, replace=True)
     OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 

@@ -21,15 +21,13 @@ import memsim
 from memsim.crossbar import integer_weights
 from memsim.validation.parity import layer_statistics, protocol_layer
 
-PREQUANTIZED = "paper, inputs already 8-bit"  # the DAC re-quantizes 8-bit activations
-
 
 def conditions() -> dict[str, memsim.CrossbarConfig]:
     paper = memsim.CrossbarConfig.preset("paper", weight_bits=3, precycle_pulses=0)
     physical = memsim.CrossbarConfig.preset("physical", weight_bits=3)
     chosen = {
         "paper (no pre-cycling)": paper,
-        PREQUANTIZED: paper,
+        "paper, QAT input quantizer kept": dataclasses.replace(paper, keep_input_quantizer=True),
         "paper, per-column calibration": dataclasses.replace(paper, calibration="per_column"),
         "physical": physical,
         "physical, paper calibration": dataclasses.replace(physical, calibration="paper"),
@@ -46,10 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'condition':36s} {'gain':>7s} {'rel.err':>8s} {'residual':>8s} {'read2read':>9s}")
     for name, config in conditions().items():
-        runs = [
-            layer_statistics(*protocol_layer(config, seed, prequantized=name == PREQUANTIZED))
-            for seed in range(args.seeds)
-        ]
+        runs = [layer_statistics(*protocol_layer(config, seed)) for seed in range(args.seeds)]
         mean = {key: statistics.mean(run[key] for run in runs) for key in runs[0]}
         print(
             f"{name:36s} {mean['gain']:7.4f} {mean['relative_error']:8.4f} {mean['residual']:8.4f} "

@@ -45,6 +45,10 @@ class CrossbarConfig:
     verify_tolerance: float = 0.25
     pulse_budget: int = 120
     dac_grid: str = "symmetric"  # "symmetric": +-(2^(b-1)-1) levels, as the activation quantizer; "paper"
+    # A quantization-aware source's activation quantizer before the DAC (True), or the DAC alone, fed the raw
+    # activations over the quantizer's full scale (False: the paper's model code, whose prep_quant replaces the
+    # layers' input quantizers with identity; docs/sources.md)
+    keep_input_quantizer: bool = True
     calibration: str = "nominal"  # "nominal" | "paper" (its fixed 8020 A^-1) | "per_column" (fitted per column)
     # Ablation switches: False removes one non-ideality of the Synaptogen cells (see only()).
     device_variation: bool = True  # False: every device at the mixture's mean parameters
@@ -108,7 +112,7 @@ class CrossbarConfig:
             fail("dac_grid", f"one of {list(DAC_GRIDS)}")
         if self.calibration not in CALIBRATIONS:
             fail("calibration", f"one of {list(CALIBRATIONS)}")
-        for switch in ("device_variation", "cycle_variation", "iv_nonlinearity"):
+        for switch in ("device_variation", "cycle_variation", "iv_nonlinearity", "keep_input_quantizer"):
             if not isinstance(getattr(self, switch), bool):
                 fail(switch, "True or False")
 
@@ -116,7 +120,8 @@ class CrossbarConfig:
     def preset(cls, name: str, **overrides) -> CrossbarConfig:
         """A named chip condition, with any field overridden: "physical" (this simulator's defaults) or
         "paper" (the released code of Rossenbach et al. 2025, point by point: its read-noise constants, its
-        fixed output current scaling, its DAC grid, pre-cycling, no verify; docs/sources.md)."""
+        fixed output current scaling, its DAC grid as the only input quantizer, pre-cycling, no verify;
+        docs/sources.md)."""
         if name not in PRESETS:
             raise ValueError(f"unknown chip preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
@@ -133,7 +138,7 @@ class CrossbarConfig:
             "cycle_variation": {"cycle_variation": False},
             "iv_nonlinearity": {"iv_nonlinearity": False},
             "read_noise": {"read_noise": "none"},
-            "dac": {"dac_bits": None},
+            "dac": {"dac_bits": None, "keep_input_quantizer": True},  # inputs exactly as the digital model's
             "adc": {"adc_precision_bits": None, "adc_range_bits": None},
         }
         changes = {field: value for name, fields in ideal.items() if name != kept for field, value in fields.items()}
@@ -213,6 +218,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "read_noise": "paper",
         "calibration": "paper",
         "dac_grid": "paper",
+        "keep_input_quantizer": False,
         "precycle_pulses": 50,
         "verify_retries": 0,
         "adc_precision_bits": ADC_PRESETS["high_precision"][0],

@@ -137,9 +137,11 @@ class MemristorLinear(nn.Module):
         else:
             q, scale = integer_weights(weight, config.max_level)
         if hasattr(linear, "input_scale"):
-            # The activation quantizer's full scale maps to v_read: a DAC of input_bits reproduces it.
-            layer.input_levels = 2 ** (int(linear.input_bits) - 1) - 1
-            layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * layer.input_levels)
+            # The activation quantizer's full scale maps to v_read: a DAC of input_bits reproduces it. Without
+            # keep_input_quantizer the DAC alone quantizes the raw activations over that full scale.
+            levels = 2 ** (int(linear.input_bits) - 1) - 1
+            layer.input_levels = levels if config.keep_input_quantizer else None
+            layer.input_range.copy_(torch.as_tensor(linear.input_scale).detach() * levels)
         if program:
             cells = digit_planes(q, config.planes, config.tile_size, config.levels_per_cell)
             programmed = program_cells(cells, config, generator, progress)

@@ -1,7 +1,13 @@
 """One crossbar layer measured against its digital product, on the protocol used to compare memsim with the
 paper's released code: 3-bit 384 -> 1536, weights N(0, 0.05^2) quantized at scale max|W| / 6 (levels -3..3),
-inputs N(0, 1) at the full scale max|x|, batch 256. The digital product uses the inputs as the chip's DAC
-quantizes them, so what remains is the cells', the noise's and the ADC's doing."""
+inputs N(0, 1), batch 256, mapped from a quantization-aware layer (integer weights, and an 8-bit activation
+quantizer at full scale max|x|) as the recipe's layers are mapped.
+
+The digital product takes the inputs as the chip's input path quantizes them, so what remains is the cells', the
+noise's and the ADC's doing: under the paper preset the DAC alone quantizes the raw inputs (the paper's model
+code replaces the layers' input quantizers with identity); where the layer keeps its activation quantizer
+(CrossbarConfig.keep_input_quantizer) the digital product takes its 8-bit codes, and a DAC grid other than
+theirs (the paper's, steps 1/128) shows in the gain."""
 
 from __future__ import annotations
 
@@ -14,21 +20,22 @@ from memsim.crossbar import dac
 from memsim.layers import MemristorLinear
 
 IN_FEATURES, OUT_FEATURES = 384, 1536
+INPUT_BITS = 8
 
 
 def protocol_layer(
-    config: CrossbarConfig, seed: int, batch: int = 256, prequantized: bool = False
+    config: CrossbarConfig, seed: int, batch: int = 256
 ) -> tuple[MemristorLinear, torch.Tensor, torch.Tensor]:
-    """The programmed layer, the inputs, and the digital product of the DAC-quantized inputs with the
-    integer weights times their scale. The DAC quantizes the raw inputs (as the measurement with the paper's
-    code did); prequantized: the inputs first pass an 8-bit activation quantizer at max|x| (as in a QAT
-    model, whose codes the DAC then converts), and the digital product uses those."""
+    """The programmed layer, the inputs, and the digital product of the inputs as the layer's input path
+    quantizes them (its activation quantizer if it keeps it, else its DAC) with the integer weights times their
+    scale."""
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(OUT_FEATURES, IN_FEATURES, generator=generator) * 0.05
     scale = weight.abs().max() / 6
     q = (weight / scale).round().clamp(-3, 3)
     x = torch.randn(batch, IN_FEATURES, generator=generator)
     full_scale = x.abs().max()
+    levels = 2 ** (INPUT_BITS - 1) - 1
     source = SimpleNamespace(  # a quantization-aware layer as MemristorLinear.from_linear reads one
         weight=weight,
         bias=None,
@@ -36,14 +43,13 @@ def protocol_layer(
         out_features=OUT_FEATURES,
         integer_weight=lambda: q,
         weight_scale=scale,
-        input_scale=full_scale / 127,
-        input_bits=8,
+        input_scale=full_scale / levels,
+        input_bits=INPUT_BITS,
     )
     layer = MemristorLinear.from_linear(source, config, generator)
-    if prequantized:
-        quantized = torch.round(x / full_scale * 127) * (full_scale / 127)
+    if layer.input_levels is not None:
+        quantized = torch.round(x / full_scale * levels) * (full_scale / levels)
     else:
-        layer.input_levels = None  # no activation quantizer: the DAC sees the raw inputs
         quantized = dac(x, full_scale, config) / config.v_read * full_scale
     return layer, x, quantized @ (q * scale).T
 

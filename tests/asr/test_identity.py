@@ -22,7 +22,6 @@ CASES = [
     ["+experiment=mini_levels", "quant.weight_bits=4", "memsim.levels_per_cell=8"],
     ["+experiment=mini_converters", "memsim.adc_precision_bits=4", "memsim.adc_range_bits=6"],
     ["+experiment=mini_converters", "memsim.adc=auto", "memsim.adc_budget_bits=8"],
-    ["+experiment=mini", "quant=paper", "memsim=paper"],
     ["+experiment=mini", "model=blstm"],
     ["+experiment=mini", "quant.weight_bits=1.5"],
     ["+experiment=mini", "quant.weight_bits=4"],

@@ -248,8 +248,12 @@ def test_the_paper_chip_is_the_memsim_preset_with_pre_cycling_per_instance(make_
     assert s.chip_config(0) == memsim.CrossbarConfig.preset("paper", weight_bits=3, precycle_pulses=50)
     assert [s.chip_config(k).precycle_pulses for k in range(3)] == [50, 100, 150]
     assert s.quant.output_bits == 8 and s.quant.quantize_attention and s.quant.quantize_depthwise
+    assert s.quant.depthwise_io_bits == 8 and s.memsim.kinds == ["linear"]  # the paper's text: linear layers only
     physical = settings.load(make_cfg("+experiment=mini"))
     assert physical.chip_config(2) == memsim.CrossbarConfig.preset("physical", weight_bits=3)
+    later = settings.load(make_cfg("+experiment=mini", "quant=paper", "memsim=paper_depthwise"))
+    assert later.memsim.kinds == ["linear", "conv"] and later.memsim.name == "paper-dw"  # memristor_v5.py
+    assert later.chip_config(1) == s.chip_config(1)
 
 
 def test_an_ablation_keeps_one_non_ideality_and_names_its_own_chip(make_cfg):

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 from dataclasses import asdict
 
@@ -132,7 +133,12 @@ def test_an_ideal_crossbar_reproduces_the_quantized_layer():
 
 # All of quant=paper's options (configs/quant/paper.yaml).
 PAPER = QuantConfig(
-    weight_bits=3, weight_scale="running_max", output_bits=8, quantize_attention=True, quantize_depthwise=True
+    weight_bits=3,
+    weight_scale="running_max",
+    output_bits=8,
+    quantize_attention=True,
+    quantize_depthwise=True,
+    depthwise_io_bits=8,
 )
 
 
@@ -262,6 +268,32 @@ def test_depthwise_weights_are_fake_quantized_under_their_old_names():
     w = conv.weight_quant(conv.weight)
     assert on_grid(w, conv.weight.abs().max() / 3, 3) and w.abs().max() == conv.weight.abs().max()
     torch.testing.assert_close(y, nn.functional.conv1d(x, w, conv.bias, padding=1, groups=16), rtol=0, atol=1e-6)
+
+
+def test_depthwise_io_quantizers_quantize_its_input_and_output_and_a_chip_maps_them_exactly():
+    torch.manual_seed(0)
+    model = quantize(small_conformer(), QuantConfig(weight_bits=3, quantize_depthwise=True, depthwise_io_bits=8))
+    conv = model.blocks[0].conv.depthwise
+    model(torch.randn(2, 40, 80), torch.tensor([40, 31]))  # training: the quantizers' ranges
+    model.eval()
+    x = torch.randn(2, 16, 12)
+    with torch.no_grad():
+        y = conv(x)
+    assert conv.input_bits == 8 and float(conv.input_scale) > 0
+    assert on_grid(y, conv.output_quant.scale, 127)
+    used = []
+    conv.register_forward_hook(lambda module, inputs, output: used.append(inputs[0]))
+    conv(x)
+    assert torch.equal(used[0], x)  # the module's own input quantizer, not the caller, quantizes
+    chip = memsim.convert(copy.deepcopy(conv), dataclasses.replace(IDEAL_CHIP, tile_size=48), kinds=["conv"])
+    assert float(chip.crossbar.input_range) == pytest.approx(float(conv.input_scale) * 127)
+    torch.testing.assert_close(chip(x), y, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="depthwise_io_bits .* set quantize_depthwise"):
+        QuantConfig(weight_bits=3, depthwise_io_bits=8)
+    assert not hasattr(
+        quantize(small_conformer(), QuantConfig(weight_bits=3, quantize_depthwise=True)).blocks[0].conv.depthwise,
+        "input_scale",
+    )
 
 
 def test_by_default_attention_and_depthwise_stay_float():
