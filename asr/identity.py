@@ -96,6 +96,12 @@ ABSENT_AT: dict[str, dict[str, Any]] = {
     "model": {"encoder": "conformer"},
     "quant": {"noise": "none", "noise_std": None, "noise_table": None, "quantize_frontend": False},
 }
+# Fields added with a default other than the behaviour before them: a record that lacks one was made with this
+# value, at which the field is also left out of an identity (multi-level chips verified first-past before
+# verify_scheme centred their levels)
+MADE_BEFORE: dict[str, dict[str, Any]] = {"crossbar": {"verify_scheme": "first_past"}}
+# Crossbar fields that only multi-level programming reads: meaningless, and left out, on binary cells
+MULTI_LEVEL_ONLY = ("verify_scheme",)
 # A chip's settings beside its crossbar, and the value each has when it is absent from the chip's identity
 CHIP_DEFAULTS: dict[str, Any] = {"kinds": ["linear"], "adc_auto": None, "layer_adc": {}, "tune": None}
 NOISE_SETTINGS = ("noise_std", "noise_table")  # meaningless, and left out, while quantization noise is off
@@ -104,10 +110,12 @@ NOISE_SETTINGS = ("noise_std", "noise_table")  # meaningless, and left out, whil
 def identity(group: str, values: dict[str, Any]) -> dict[str, Any]:
     """The part of a group's settings (dataclasses.asdict of its config) that is an identity: the BASELINE
     fields, and every later field that differs from its default (ABSENT_AT's value, where it has one)."""
-    absent_at = {**DEFAULTS[group], **ABSENT_AT.get(group, {})}
+    absent_at = {**DEFAULTS[group], **ABSENT_AT.get(group, {}), **MADE_BEFORE.get(group, {})}
     kept = {k: v for k, v in values.items() if k in BASELINE[group] or v != absent_at.get(k, _ABSENT)}
     if group == "quant" and values.get("noise", "none") == "none":
         kept = {k: v for k, v in kept.items() if k not in NOISE_SETTINGS}
+    if _binary(group, values):
+        kept = {k: v for k, v in kept.items() if k not in MULTI_LEVEL_ONLY}
     return kept
 
 
@@ -120,7 +128,14 @@ def with_defaults(group: str, recorded: dict[str, Any]) -> dict[str, Any]:
     """A group's settings as a record holds them, with every setting it lacks at its default ("chip" reads a
     chip's settings beside its crossbar)."""
     defaults = CHIP_DEFAULTS if group == "chip" else DEFAULTS[group]
+    if not _binary(group, recorded):
+        defaults = {**defaults, **MADE_BEFORE.get(group, {})}
     return {**defaults, **recorded}
+
+
+def _binary(group: str, values: dict[str, Any]) -> bool:
+    """Whether these are the settings of a crossbar of binary cells."""
+    return group == "crossbar" and values.get("levels_per_cell", 2) == 2
 
 
 _ABSENT = object()

@@ -1,6 +1,7 @@
 """Where one crossbar layer's error comes from: the parity protocol (memsim.validation.parity) under the
-paper and physical presets, each calibration, and each non-ideality alone. Prints gain, relative error,
-residual after the gain and read-to-read RMS (all relative to the digital output's RMS), mean over seeds.
+paper and physical presets, each calibration, multi-level cells under each write-verify scheme, and each
+non-ideality alone. Prints gain, relative error, residual after the gain and read-to-read RMS (all relative
+to the digital output's RMS), mean over seeds.
 Then a depthwise convolution (the mini model's: 144 channels, kernel 15, 3 bits, physical chip) against its
 fake-quantized self, by tile size: a tile holds the taps of tile / 15 channels, and each column also reads
 the other channels' rows of its tile, whose cells store 0 (HRS pairs that differ from cell to cell).
@@ -33,6 +34,14 @@ def conditions() -> dict[str, memsim.CrossbarConfig]:
         "physical, paper calibration": dataclasses.replace(physical, calibration="paper"),
         "physical, per-column calibration": dataclasses.replace(physical, calibration="per_column"),
         "physical, none": physical.only(None),
+        "physical, 4-level cells": dataclasses.replace(physical, levels_per_cell=4),
+        "physical, 4-level, first-past verify": dataclasses.replace(
+            physical, levels_per_cell=4, verify_scheme="first_past"
+        ),
+        "physical, 8-level cells": dataclasses.replace(physical, levels_per_cell=8),
+        "physical, 8-level, first-past verify": dataclasses.replace(
+            physical, levels_per_cell=8, verify_scheme="first_past"
+        ),
     }
     chosen.update({f"physical, {kept} alone": physical.only(kept) for kept in memsim.NON_IDEALITIES})
     return chosen

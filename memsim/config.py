@@ -13,6 +13,7 @@ from memsim.params import MAX_VAR_ORDER
 ADC_PRESETS = {"high_precision": (8, 10), "reasonable": (4, 4)}
 DEVICES = ("synaptogen", "ideal")
 DAC_GRIDS = ("symmetric", "paper")
+VERIFY_SCHEMES = ("centred", "first_past")
 CALIBRATIONS = ("nominal", "paper", "per_column")
 # What CrossbarConfig.only() can keep, each one a way the chip differs from the digital layer.
 NON_IDEALITIES = ("device_variation", "cycle_variation", "iv_nonlinearity", "read_noise", "dac", "adc")
@@ -36,9 +37,12 @@ class CrossbarConfig:
     verify_retries: int = 3  # re-SET cells that did not switch, each time verify_step volts stronger
     verify_step: float = -0.25
     # Multi-level cells (levels_per_cell > 2; crossbar.program_levels): after a SET, RESET pulses from
-    # reset_start rising by reset_step up to reset_max, each followed by a read, until the read reaches the
-    # level's target; more than verify_tolerance level steps past it is an overshoot (SET again, restart
-    # lower); pulse_budget pulses at most per cell.
+    # reset_start rising by reset_step up to reset_max, each followed by a read, until the read lies in the
+    # level's band: verify_tolerance level steps wide, centred on the target ("centred"; every level verified,
+    # verify reads with the chip's read noise), or from the target up ("first_past": the first read at or past
+    # the target is kept, only middle levels verified, noiseless reads); past the band is an overshoot (SET
+    # again, restart lower); pulse_budget pulses at most per cell.
+    verify_scheme: str = "centred"
     reset_start: float = 0.75
     reset_step: float = 0.02
     reset_max: float = 1.4
@@ -108,6 +112,8 @@ class CrossbarConfig:
             fail("verify_tolerance", "a fraction of a level step in (0, 0.5]")
         if not _is_int(self.pulse_budget) or self.pulse_budget < 2:
             fail("pulse_budget", "an integer >= 2")
+        if self.verify_scheme not in VERIFY_SCHEMES:
+            fail("verify_scheme", f"one of {list(VERIFY_SCHEMES)}")
         if self.dac_grid not in DAC_GRIDS:
             fail("dac_grid", f"one of {list(DAC_GRIDS)}")
         if self.calibration not in CALIBRATIONS:

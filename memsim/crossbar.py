@@ -398,14 +398,20 @@ def program_levels(
     """Multi-level programming with write-verify, every cell its own state machine, all cells vectorized.
 
     After random cycling and pre-cycling (if configured) and the full RESET, level 0 is the HRS and the top
-    level a verified SET (as binary cells). A middle level: SET, then
-    RESET pulses from reset_start rising by reset_step (a partial RESET moves the cell towards HRS, the
-    further the higher the pulse), each followed by a noiseless read of r, until the read reaches the level's
-    target; a cell more than verify_tolerance level steps past it overshot, and is SET again and restarts
-    two steps below the pulse that overshot (each SET starts a new switching cycle); at reset_max the pulse
-    stays there. The first read at or past the target is kept, so a level lands on average about half a
-    pulse's conductance step past its target (measured on the mini model at 4 levels: levels 1 and 2 read
-    0.952 and 1.908 level steps on average; recipes/mini).
+    level a verified SET (as binary cells). A middle level: SET, then RESET pulses from reset_start rising by
+    reset_step (a partial RESET moves the cell towards HRS, the further the higher the pulse), each followed by
+    a read, until the read lies in the level's band (CrossbarConfig.verify_scheme; _LevelMachine.pulse has the
+    steps). "centred": a band verify_tolerance level steps wide around the target, entered only where the
+    pulse's own move would not bring the next read nearer the target (an offset of half the last move); the top
+    level verified in its band too (more conductive: RESET ladder; less: a new cycle), the lowest one against
+    its band's ceiling (above: SET and full RESET into a new cycle), each at most RECYCLES times; a cell stalled
+    at reset_max SET again; reads with the chip's read noise (CellArray.read_state at U0). "first_past": the
+    first noiseless read at or past the target is kept, so a level lands about half a pulse's conductance step
+    past it (levels 1 and 2 of the mini model's chips at 4 levels read 0.952 and 1.908 level steps on average:
+    recipes/mini; centred, the middle levels' means lie within 0.02 of their targets: tests/memsim/
+    test_crossbar.py), and the lowest and top levels are not verified.
+    An overshoot (past the band) is SET again and restarts two steps below the pulse that overshot (each SET
+    starts a new switching cycle).
     A cell not done within pulse_budget pulses counts as failed. Cells that are done leave the array the pulses
     act on (once they make half of it), so a few slow cells do not cost a pulse on every cell. Deterministic
     from the generator; one host sync per pulse (to stop early and to compact).
@@ -446,40 +452,94 @@ def program_levels(
     return Programmed(r.view(contents.shape), failed, int(disturbable), pulses.view(contents.shape), failed_by_level)
 
 
+# A cell at the lowest or the top level outside its band begins at most this many new cycles (SET and full
+# RESET) to get a new HRS or LRS within it, then keeps the last: a device whose own mean lies outside the band
+# would cycle until its pulse budget ran out, and end wherever that left it.
+RECYCLES = 3
+# What a cell of _LevelMachine gets next: a read alone, a SET, the next RESET of its ladder, a full RESET, nothing.
+_VERIFY, _SET, _LADDER, _FULL_RESET, _DONE = range(5)
+
+
 class _LevelMachine:
-    """The write-verify state of cells being programmed to levels (program_levels), one entry per cell."""
+    """The write-verify state of cells being programmed to levels (program_levels), one entry per cell: the next
+    step of each, the voltage of its next ladder RESET, and the band of r its verify read must reach."""
 
     def __init__(self, level: torch.Tensor, index: torch.Tensor, config: CrossbarConfig, r_lrs: float, r_hrs: float):
         self.config, self.r_lrs, self.r_hrs = config, r_lrs, r_hrs
-        top = config.levels_per_cell - 1
-        self.band = config.verify_tolerance * (r_hrs - r_lrs) / top  # r grows towards HRS
+        self.levels = config.levels_per_cell
+        self.centred = config.verify_scheme == "centred"
+        width = config.verify_tolerance * (r_hrs - r_lrs) / (self.levels - 1)  # in r, which grows towards HRS
         self.strongest_set = config.set_voltage + config.verify_retries * config.verify_step
         self.level, self.index = level, index  # stored level, and position in the contents
-        self.target = target_r(level, config.levels_per_cell, r_lrs, r_hrs)
-        self.middle = (level > 0) & (level < top)
-        self.needs_set = level > 0
-        self.voltage = torch.full_like(self.target, config.reset_start)  # the next RESET pulse of a middle cell
-        self.done = level == 0
+        target = target_r(level, self.levels, r_lrs, r_hrs)
+        below_target = width / 2 if self.centred else 0.0
+        self.target = target
+        self.low, self.high = target - below_target, target - below_target + width  # the band, in r
+        self.last_read = torch.full_like(target, r_lrs)  # each cell's previous verify read
+        self.noise: str | bool = config.read_noise if self.centred else False
+        self.voltage = torch.full_like(target, config.reset_start)  # the next ladder RESET
+        first = _VERIFY if self.centred else _DONE  # the lowest level: the full RESET's HRS, checked or not
+        self.step = torch.where(level == 0, first, _SET).to(torch.int8)
         self.count = torch.zeros_like(level, dtype=torch.int16)  # pulses so far
+        self.cycles = torch.zeros_like(level, dtype=torch.int8)  # new cycles begun to reach the band (RECYCLES)
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.step == _DONE
 
     def pulse(self, cells: CellArray) -> int:
-        """One pulse on every cell not done (a SET or the next RESET), a read, and the next step; returns how
-        many cells are not done."""
-        c = self.config
-        pulse = torch.where(self.needs_set, self.strongest_set, torch.where(self.done, 0.0, self.voltage))
-        cells.apply_voltage(pulse)
-        self.count += (pulse != 0).to(torch.int16)
-        now = cells.state.r
-        set_now = self.needs_set & (now < (self.r_lrs + self.r_hrs) / 2)
-        self.done |= set_now & ~self.middle  # the top level: a verified SET
-        reset_now = ~self.needs_set & ~self.done  # a middle cell that just had a RESET pulse
-        within = reset_now & (now >= self.target) & (now <= self.target + self.band)
-        overshoot = reset_now & (now > self.target + self.band)
-        self.done |= within
-        rise = reset_now & ~within & ~overshoot
+        """One pulse on every cell not done (as its step says), a verify read, and each cell's next step; returns
+        how many cells are not done.
+
+        A SET that leaves the read above the middle between LRS and HRS is tried again. After one that switched, a
+        middle level starts (or resumes) its RESET ladder; the top level is done ("first_past"), or ("centred")
+        done within its band, on the ladder when more conductive, and cycled anew (full RESET, SET) when less.
+        A ladder RESET: within the band, done; short of it, the next pulse reset_step higher (at reset_max,
+        "centred" SETs again and restarts at reset_start: a pulse at the voltage of the last leaves a cell as it
+        is); past it, an overshoot: SET again, restart two steps below. The lowest level ("centred"): a cell
+        more conductive than its band allows is SET and fully RESET again, into a new cycle's HRS."""
+        c, step = self.config, self.step
+        volts = torch.where(
+            step == _SET,
+            self.strongest_set,
+            torch.where(step == _LADDER, self.voltage, torch.where(step == _FULL_RESET, c.reset_voltage, 0.0)),
+        )
+        cells.apply_voltage(volts)
+        self.count += (volts != 0).to(torch.int16)
+        r = cells.read_state(self.noise)
+        below, above = r < self.low, r > self.high  # more conductive than the band, less conductive
+        within = ~below & ~above
+        if self.centred:  # a ladder read this pulse's move short of the target: the next pulse lands nearer
+            within &= ~((step == _LADDER) & (r < self.target - (r - self.last_read) / 2))
+        self.last_read = r
+        bottom, top = self.level == 0, self.level == self.levels - 1
+        switched = (step == _SET) & (r < (self.r_lrs + self.r_hrs) / 2)
+        checked = (step == _VERIFY) | (step == _FULL_RESET)
+        ladder = step == _LADDER
+        short = ladder & ~within & ~above  # not RESET far enough yet
+        stalled = short & (self.voltage >= c.reset_max) & self.centred
+        overshoot = ladder & above
+
+        cycle_again = self.cycles < RECYCLES
+        after_set = torch.where(bottom, _FULL_RESET, _LADDER)
+        if self.centred:
+            top_next = torch.where(below, _LADDER, torch.where(above & cycle_again, _FULL_RESET, _DONE))
+            after_set = torch.where(top, top_next, after_set)
+        else:
+            after_set = torch.where(top, _DONE, after_set)
+        after_check = torch.where(bottom & ~(below & cycle_again), _DONE, _SET)
+        self.cycles += ((switched & top & above) | (checked & bottom & below)).to(torch.int8)
+        following = torch.where(
+            switched,
+            after_set,
+            torch.where(checked, after_check, torch.where(ladder & within, _DONE, step)),
+        )
+        self.step = torch.where(overshoot | stalled, _SET, following).to(torch.int8)
+
+        rise = short & ~stalled
         self.voltage = torch.where(rise, (self.voltage + c.reset_step).clamp(max=c.reset_max), self.voltage)
         self.voltage = torch.where(overshoot, (self.voltage - 2 * c.reset_step).clamp(min=c.reset_step), self.voltage)
-        self.needs_set = (self.needs_set & ~set_now) | overshoot
+        self.voltage = torch.where(stalled, torch.full_like(self.voltage, c.reset_start), self.voltage)
         return int((~self.done).sum())
 
     def record(

@@ -357,6 +357,12 @@ class CellArray:
             return current
         return current + model.std(current, u) * self._randn(self.n)
 
+    def read_state(self, noise: str | bool) -> torch.Tensor:
+        """The state r as a read at the model's U0 sees it, with read noise (read()'s modes): the current read
+        and inverted through the cell's I-V (write-verify's read)."""
+        u0 = torch.tensor(self.params.u0, device=self.device)
+        return _r_of_current(self.read(u0, noise), _boundary_currents(u0, self.params))
+
     def resistance(self) -> torch.Tensor:
         """Noiseless resistance U0 / I(U0) in ohm."""
         u0 = torch.tensor(self.params.u0, device=self.device)

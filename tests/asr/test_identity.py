@@ -18,8 +18,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "recipes" / "mini" / "results.cs
 # configurations of recipes/mini (its README has the commands) whose models and chips results.csv holds
 CASES = [
     ["+experiment=mini_budget", "memsim.only=adc"],
-    ["+experiment=mini_levels", "memsim.levels_per_cell=4"],
-    ["+experiment=mini_levels", "quant.weight_bits=4", "memsim.levels_per_cell=8"],
+    ["+experiment=mini_levels", "memsim.levels_per_cell=2"],
     ["+experiment=mini_converters", "memsim.adc_precision_bits=4", "memsim.adc_range_bits=6"],
     ["+experiment=mini_converters", "memsim.adc=auto", "memsim.adc_budget_bits=8"],
     ["+experiment=mini", "model=blstm"],
@@ -64,3 +63,16 @@ def test_noise_settings_leave_a_models_identity_while_noise_is_off():
     quant = {**identity.DEFAULTS["quant"], "weight_bits": 3, "noise_std": 0.1}
     assert "noise_std" not in identity.identity("quant", quant)
     assert identity.identity("quant", {**quant, "noise": "gauss"})["noise_std"] == 0.1
+
+
+def test_multi_level_chips_made_before_centred_verify_keep_their_identity_and_label():
+    before = {**dataclasses.asdict(CrossbarConfig(levels_per_cell=4))}
+    before.pop("verify_scheme")  # a record made before the setting existed, by first-past verify
+    recorded = identity.with_defaults("crossbar", before)
+    assert recorded["verify_scheme"] == "first_past"
+    assert identity.identity("crossbar", recorded) == identity.identity("crossbar", before)
+    centred = dataclasses.asdict(CrossbarConfig(levels_per_cell=4))
+    assert identity.identity("crossbar", centred)["verify_scheme"] == "centred"  # re-keyed: it programs otherwise
+    binary = dataclasses.asdict(CrossbarConfig())
+    assert "verify_scheme" not in identity.identity("crossbar", binary)  # binary cells have no levels to verify
+    assert identity.with_defaults("crossbar", {"levels_per_cell": 2})["verify_scheme"] == "centred"

@@ -369,17 +369,37 @@ def test_multi_level_cells_are_programmed_to_their_levels_and_verified():
     programmed = memsim.crossbar.program(contents, config, torch.Generator().manual_seed(1))
     r_on, r_off = memsim.crossbar.nominal_r(memsim.crossbar.device_params(config))
     level = (r_off - programmed.r) / ((r_off - r_on) / 3)  # in level steps: HRS 0, LRS 3
-    for j in (1, 2):  # verified middle levels: at or just past their target, within the tolerance
+    half_band = config.verify_tolerance / 2 + 0.01  # centred bands, read with the physical (small) read noise
+    for j in (1, 2):  # verified middle levels: centred on their targets, within the band
         reached = level[contents == j]
-        assert float(reached.median()) == pytest.approx(j, abs=0.1)
-        assert float((reached - j).abs().quantile(0.99)) <= config.verify_tolerance + 0.01
-    assert float(level[contents == 3].median()) == pytest.approx(3, abs=0.15)  # a SET: LRS with its spread
+        assert float(reached.mean()) == pytest.approx(j, abs=0.02)
+        assert float((reached - j).abs().quantile(0.99)) <= half_band
+    assert float(level[contents == 3].mean()) == pytest.approx(3, abs=0.05)  # the top level, verified too
+    assert float(level[contents == 0].quantile(0.99)) <= half_band  # the HRS under its ceiling
     assert programmed.failed <= 2 and programmed.pulses is not None
-    assert (
-        int(programmed.pulses[contents == 0].max()) == 0 and float(programmed.pulses[contents == 2].float().mean()) > 2
-    )
+    assert float(programmed.pulses[contents == 2].float().mean()) > 2
     again = memsim.crossbar.program(contents, config, torch.Generator().manual_seed(1))
     assert torch.equal(again.r, programmed.r)
+
+
+def test_first_past_verify_keeps_the_first_read_past_the_target():
+    # The earlier scheme, kept for the results it made: a middle level lands about half a pulse's step past its
+    # target (fewer level steps), the lowest and top levels are not verified.
+    config = memsim.CrossbarConfig(levels_per_cell=4, verify_scheme="first_past")
+    contents = torch.randint(0, 4, (2, 128, 1, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    programmed = memsim.crossbar.program(contents, config, torch.Generator().manual_seed(1))
+    r_on, r_off = memsim.crossbar.nominal_r(memsim.crossbar.device_params(config))
+    level = (r_off - programmed.r) / ((r_off - r_on) / 3)
+    for j in (1, 2):
+        reached = level[contents == j]
+        assert float(reached.mean()) < j - 0.03 and float((j - reached).max()) <= config.verify_tolerance + 0.01
+    assert programmed.pulses is not None and int(programmed.pulses[contents == 0].max()) == 0
+    centred = memsim.crossbar.program(
+        contents, memsim.CrossbarConfig(levels_per_cell=4), torch.Generator().manual_seed(1)
+    )
+    centred_level = (r_off - centred.r) / ((r_off - r_on) / 3)
+    for j in (0, 3):  # verifying the lowest and top levels narrows their spread
+        assert float(centred_level[contents == j].std()) < float(level[contents == j].std())
 
 
 def test_multi_level_chips_need_fewer_cells_and_conversions_and_report_their_pulses():
@@ -424,7 +444,7 @@ def test_multi_level_programming_counts_failures_per_level_and_histograms_the_re
     contents = torch.randint(0, 4, (2, 128, 1, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     programmed = memsim.crossbar.program(contents, config, torch.Generator().manual_seed(1))
     failed = programmed.failed_by_level
-    assert failed is not None and int(failed[0]) == 0 and int(failed.sum()) == programmed.failed
+    assert failed is not None and int(failed[0]) < int(failed[1]) and int(failed.sum()) == programmed.failed
     assert int(failed[1]) > 0.5 * int((contents == 1).sum())  # level 1 needs the most RESET pulses
 
     model = memsim.crossbar.ReadModel(config)
