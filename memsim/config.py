@@ -33,6 +33,10 @@ class CrossbarConfig:
     set_voltage: float = -2.0  # SET pulse for the cells that store 1 (the paper: -2 V)
     reset_voltage: float = 2.0  # full RESET of every cell before programming (the paper: +2 V)
     random_cycles: int = 0  # before programming, each cell runs a uniform 0..N full cycles (the paper's option)
+    # cells start at a cycle of the cycle-to-cycle process in its stationary regime, as after many cycles of use
+    # (drawn directly: device.stationary_covariance), instead of at their first cycle; the device model's
+    # statistics are fitted on stationary cycles (a first cycle's LRS spread is 230 ohm, a stationary one's 260)
+    stationary_cells: bool = False
     precycle_pulses: int = 0  # before programming: pulses of one uniform [-2, 2] V draw per array (the paper)
     verify_retries: int = 3  # re-SET cells that did not switch, each time verify_step volts stronger
     verify_step: float = -0.25
@@ -118,7 +122,13 @@ class CrossbarConfig:
             fail("dac_grid", f"one of {list(DAC_GRIDS)}")
         if self.calibration not in CALIBRATIONS:
             fail("calibration", f"one of {list(CALIBRATIONS)}")
-        for switch in ("device_variation", "cycle_variation", "iv_nonlinearity", "keep_input_quantizer"):
+        for switch in (
+            "device_variation",
+            "cycle_variation",
+            "iv_nonlinearity",
+            "keep_input_quantizer",
+            "stationary_cells",
+        ):
             if not isinstance(getattr(self, switch), bool):
                 fail(switch, "True or False")
 

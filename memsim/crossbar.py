@@ -260,7 +260,9 @@ def _reset_cells(
     distribution to apply_voltage, which computes every cell on every pulse: the paper model's 50-pulse
     instance took 6.3 min against 24 min (extrapolated per cell) on 2 CPU cores (benchmarks/crossbar.py
     --paper-model --precycle 50)."""
-    cells = CellArray(count, params=params, generator=generator, device=params.device)
+    cells = CellArray(
+        count, params=params, generator=generator, device=params.device, stationary=config.stationary_cells
+    )
     _random_cycles(cells, config, generator)
     if precycle is None:
         return cells.apply_voltage(config.reset_voltage)
@@ -298,7 +300,8 @@ class _PrecycleReport:
 
 
 def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: torch.Generator | None) -> Programmed:
-    """program() on fresh cells, in closed form. A fresh cell is in HRS at its first cycle's HRS: the full
+    """program() on fresh cells, in closed form (stationary_cells: at a stationary cycle, in place of the first,
+    throughout). A fresh cell is in HRS at its first cycle's HRS: the full
     RESET leaves it there, and a SET at u volts (u <= 0) takes it to the first cycle's LRS exactly when
     u <= US; a retry only adds a stronger voltage. So a cell storing 1 ends in LRS if its US lies above the
     strongest SET it can get, and no pulse needs simulating. A cell storing 0 needs only its HRS and US (for
@@ -313,9 +316,9 @@ def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: to
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
         ones, zeros = torch.nonzero(on).squeeze(1), torch.nonzero(~on).squeeze(1)  # programming may sync
-        hrs, us = first_cycle_features(zeros.numel(), params, (HRS, US), generator)
+        hrs, us = first_cycle_features(zeros.numel(), params, (HRS, US), generator, config.stationary_cells)
         r[start + zeros] = r_of_resistance(hrs, params)
-        y = first_cycle_features(ones.numel(), params, (HRS, US, LRS, UR), generator)
+        y = first_cycle_features(ones.numel(), params, (HRS, US, LRS, UR), generator, config.stationary_cells)
         switched = y[US] >= strongest_set
         r[start + ones] = torch.where(switched, r_of_resistance(y[LRS], params), r_of_resistance(y[HRS], params))
         failed = failed + (~switched).sum()

@@ -49,38 +49,53 @@ def draw_device_parameters(
 
     Draw order: one uniform per device for the component, then 8 normals per device.
     """
-    k, mu_sigma, _ = _draw(n, params, generator, with_first_vector=False)
+    k, mu_sigma = _mixture(n, params.gmm_weights, params.gmm_means, params.gmm_chol, generator)
     return k, mu_sigma.T
 
 
 def first_cycle(
-    n: int, params: DeviceParams, generator: torch.Generator | None = None
+    n: int, params: DeviceParams, generator: torch.Generator | None = None, stationary: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The draws that make n fresh cells: device parameters mu_sigma [8, n], the first VAR vector x [4, n],
-    and the first cycle's features y [4, n] (HRS in ohm, US, LRS in ohm, UR), in CellArray's draw order:
-    draw_device_parameters's, then 4 normals per cell."""
-    _, mu_sigma, x = _draw(n, params, generator, with_first_vector=True)
-    y = torch.empty_like(x)
+    """The draws that make n fresh cells: device parameters mu_sigma [8, n], the VAR history [n, 4p] (oldest
+    vector first) and the current cycle's features y [4, n] (HRS in ohm, US, LRS in ohm, UR), in CellArray's
+    draw order: draw_device_parameters's, then 4 normals per cell for the first VAR vector (the rest of the
+    history 0) or, stationary, 4p normals per cell for a whole history from the process's stationary
+    distribution (stationary_covariance)."""
+    _, mu_sigma = _mixture(n, params.gmm_weights, params.gmm_means, params.gmm_chol, generator)
+    vectors = params.var_order if stationary else 1
+    innovations = torch.randn(N_FEATURES * vectors, n, generator=generator, device=params.device)
+    factor = _square_root(stationary_covariance(params)) if stationary else params.var_noise
+    history = torch.zeros(n, N_FEATURES * params.var_order, device=params.device)
+    y = torch.empty(N_FEATURES, n, device=params.device)
     for cells in _chunks(n, params.device):
-        _features(x[:, cells], mu_sigma[:, cells], params, out=y[:, cells])
-    return mu_sigma, x, y
+        x = factor @ innovations[:, cells]  # [4 x vectors, cells], the newest vector last
+        history[cells, -N_FEATURES * vectors :] = x.T
+        _features(x[-N_FEATURES:], mu_sigma[:, cells], params, out=y[:, cells])
+    return mu_sigma, history, y
 
 
-def _draw(
-    n: int, params: DeviceParams, generator: torch.Generator | None, with_first_vector: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Component k [n], (mu, sigma) [8, n] and, if asked, the first VAR vector x [4, n] (else empty).
-
-    All random numbers are drawn first, in the documented order; the transforms then run per chunk of cells
-    (in cache on the CPU)."""
-    k, mu_sigma = _mixture(n, params.gmm_weights, params.gmm_means, params.gmm_chol, generator)
-    if not with_first_vector:
-        return k, mu_sigma, torch.empty(N_FEATURES, 0, device=params.device)
-    innovations = torch.randn(N_FEATURES, n, generator=generator, device=params.device)
-    x = torch.empty(N_FEATURES, n, device=params.device)
-    for cells in _chunks(n, params.device):
-        torch.mm(params.var_noise, innovations[:, cells], out=x[:, cells])
-    return k, mu_sigma, x
+def stationary_covariance(params: DeviceParams) -> torch.Tensor:
+    """[4p, 4p]: the covariance of a cell's VAR history (its last p vectors, oldest first) once the
+    cycle-to-cycle process is stationary: sum over k of C^k Q C^k^T, with C the process's companion matrix
+    (shift the history, append var_lags @ history) and Q the innovations' covariance in the newest block; by
+    doubling, in float64. A Gaussian VAR's stationary distribution is this Gaussian (Luetkepohl, New
+    Introduction to Multiple Time Series Analysis, 2005, sec. 2.1.4), so a history drawn from it is a cell
+    after infinitely many cycles, exactly in distribution (tests/memsim/test_cell_array.py checks it against
+    cells cycled on)."""
+    size = N_FEATURES * params.var_order
+    companion = torch.zeros(size, size, dtype=torch.float64, device=params.device)
+    companion[:-N_FEATURES, N_FEATURES:] = torch.eye(size - N_FEATURES, dtype=torch.float64, device=params.device)
+    companion[-N_FEATURES:] = params.var_lags.double()
+    covariance = torch.zeros_like(companion)
+    noise = params.var_noise.double()
+    covariance[-N_FEATURES:, -N_FEATURES:] = noise @ noise.T
+    power = companion
+    for _ in range(64):  # after step j the sum holds 2^j terms
+        covariance = covariance + power @ covariance @ power.T
+        power = power @ power
+        if float(power.abs().max()) < 1e-12:
+            return covariance.float()
+    raise ValueError("the device model's VAR process is not stable: its cycles have no stationary distribution")
 
 
 def _mixture(
@@ -110,12 +125,17 @@ def _mixture(
 
 
 def first_cycle_features(
-    n: int, params: DeviceParams, features: tuple[int, ...], generator: torch.Generator | None = None
+    n: int,
+    params: DeviceParams,
+    features: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    stationary: bool = False,
 ) -> torch.Tensor:
     """Some of the first cycle's features (`features`, indices among HRS, US, LRS, UR) of n fresh cells, [len, n]:
     the rows of first_cycle()'s y, drawn from their own marginal distribution, which needs 3 normals per feature
     where all four features need 12 (a feature depends only on its own mu, sigma and x; the marginal of a
-    Gaussian is the Gaussian of the sub-covariance, per mixture component and for the VAR vector alike)."""
+    Gaussian is the Gaussian of the sub-covariance, per mixture component and for the VAR vector alike);
+    stationary: of a cycle in the stationary regime (the newest vector's block of stationary_covariance)."""
     chosen = list(features)
     dims = chosen + [N_FEATURES + f for f in chosen]  # their mu, then their sigma
     covariance = params.gmm_chol @ params.gmm_chol.transpose(1, 2)
@@ -123,7 +143,9 @@ def first_cycle_features(
         n, params.gmm_weights, params.gmm_means[:, dims], _square_root(covariance[:, dims][:, :, dims]), generator
     )
     innovations = torch.randn(len(chosen), n, generator=generator, device=params.device)
-    var_covariance = params.var_noise @ params.var_noise.T
+    var_covariance = stationary_covariance(params)[-N_FEATURES:, -N_FEATURES:] if stationary else None
+    if var_covariance is None:
+        var_covariance = params.var_noise @ params.var_noise.T
     x_factor = _square_root(var_covariance[chosen][:, chosen])
     y = torch.empty(len(chosen), n, device=params.device)
     for cells in _chunks(n, params.device):
@@ -174,7 +196,8 @@ class CellState:
 
 
 class CellArray:
-    """n independent cells, fresh in their high-resistance state."""
+    """n independent cells in their high-resistance state: fresh, at their first cycle, or (stationary) at a
+    cycle of the cycle-to-cycle process in its stationary regime, as after many cycles of use (first_cycle)."""
 
     def __init__(
         self,
@@ -182,6 +205,7 @@ class CellArray:
         params: DeviceParams | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        stationary: bool = False,
     ):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"CellArray needs a positive number of cells, got {n!r}")
@@ -191,9 +215,7 @@ class CellArray:
         self.generator = generator
         self.n = n
         self._at_umax = _boundary_currents(torch.tensor(p.umax, device=p.device), p)
-        mu_sigma, x, y = first_cycle(n, p, generator)
-        history = torch.zeros(n, N_FEATURES * p.var_order, device=p.device)
-        history[:, -N_FEATURES:] = x.T
+        mu_sigma, history, y = first_cycle(n, p, generator, stationary)
         self.state = CellState(
             history=history,
             mu_sigma=mu_sigma,

@@ -40,7 +40,9 @@ def program_pulse_by_pulse(
     failed = disturbable = 0
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
-        cells = CellArray(on.numel(), params=params, generator=generator, device=params.device)
+        cells = CellArray(
+            on.numel(), params=params, generator=generator, device=params.device, stationary=config.stationary_cells
+        )
         _random_cycles(cells, config, generator)
         arrays = _array_of_cells(start, on.numel(), contents.shape, config.tile_size, params.device)
         for voltages in precycle:

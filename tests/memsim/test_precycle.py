@@ -17,7 +17,7 @@ import torch
 
 import memsim
 import memsim.device
-from memsim.crossbar import PRECYCLE_VOLTAGE, device_params, program
+from memsim.crossbar import PRECYCLE_VOLTAGE, _program_by_pulses, device_params, program
 from memsim.device import (
     HRS,
     PARTIAL,
@@ -242,3 +242,35 @@ def test_a_new_cycle_shifts_its_vector_into_the_history_and_takes_its_features(d
     assert torch.equal(history[:, :-4], before[started][:, 4:])
     features = memsim.device._features(history[:, -4:].T, cells.state.mu_sigma[:, started], cells.params)
     torch.testing.assert_close(cells.state.y[:, started], features)
+
+
+def test_stationary_cells_are_cells_after_many_cycles_in_distribution():
+    # A history drawn from the VAR's stationary distribution (memsim.device.stationary_covariance) against
+    # cells cycled 200 times from their first cycle: the current cycle's four features, and the next cycle's
+    # (which reads the whole drawn history). Fresh cells differ (the first cycle's LRS spread is narrower).
+    n = 1 << 13
+    stationary = CellArray(n, generator=torch.Generator().manual_seed(0), stationary=True)
+    fresh = CellArray(n, generator=torch.Generator().manual_seed(1))
+    cycled = CellArray(n, generator=torch.Generator().manual_seed(2))
+    for _ in range(200):
+        cycled.apply_voltage(-2.0).apply_voltage(2.0)
+    for _ in range(2):
+        for feature in ("hrs", "us", "lrs", "ur"):
+            a, b = getattr(stationary, feature), getattr(cycled, feature)
+            assert ks_statistic(a, b) < ks_critical(n, n), feature
+        stationary.apply_voltage(-2.0).apply_voltage(2.0)
+        cycled.apply_voltage(-2.0).apply_voltage(2.0)
+    assert float(fresh.lrs.std()) < 0.93 * float(cycled.lrs.std())  # 230 against 260 ohm
+
+
+def test_stationary_cells_program_alike_in_closed_form_and_pulse_by_pulse():
+    # The closed form draws a stationary cycle's features from their marginals, the pulse path whole stationary
+    # histories: the programmed states agree in distribution, and differ from first-cycle cells.
+    contents = torch.rand(2, 128, 1, 128, generator=torch.Generator().manual_seed(0)) < 0.5
+    config = memsim.CrossbarConfig(stationary_cells=True)
+    closed = program(contents, config, torch.Generator().manual_seed(1)).r
+    pulsed = _program_by_pulses(contents, config, torch.Generator().manual_seed(2)).r  # CellArray, pulse by pulse
+    fresh = program(contents, memsim.CrossbarConfig(), torch.Generator().manual_seed(3)).r
+    n = int(contents.sum())
+    assert ks_statistic(closed[contents], pulsed[contents]) < ks_critical(n, n)
+    assert float(fresh[contents].std()) < 0.93 * float(closed[contents].std())  # the LRS: the first cycle's narrower
