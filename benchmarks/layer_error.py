@@ -34,6 +34,7 @@ def conditions() -> dict[str, memsim.CrossbarConfig]:
         "physical, paper calibration": dataclasses.replace(physical, calibration="paper"),
         "physical, per-column calibration": dataclasses.replace(physical, calibration="per_column"),
         "physical, none": physical.only(None),
+        "physical, stationary cells": dataclasses.replace(physical, stationary_cells=True),
         "physical, 4-level cells": dataclasses.replace(physical, levels_per_cell=4),
         "physical, 4-level, first-past verify": dataclasses.replace(
             physical, levels_per_cell=4, verify_scheme="first_past"
