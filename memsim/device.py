@@ -80,7 +80,7 @@ def stationary_covariance(params: DeviceParams) -> torch.Tensor:
     (shift the history, append var_lags @ history) and Q the innovations' covariance in the newest block; by
     doubling, in float64. A Gaussian VAR's stationary distribution is this Gaussian (Luetkepohl, New
     Introduction to Multiple Time Series Analysis, 2005, sec. 2.1.4), so a history drawn from it is a cell
-    after infinitely many cycles, exactly in distribution (tests/memsim/test_cell_array.py checks it against
+    after infinitely many cycles, exactly in distribution (tests/memsim/test_precycle.py checks it against
     cells cycled on)."""
     size = N_FEATURES * params.var_order
     companion = torch.zeros(size, size, dtype=torch.float64, device=params.device)
@@ -143,8 +143,9 @@ def first_cycle_features(
         n, params.gmm_weights, params.gmm_means[:, dims], _square_root(covariance[:, dims][:, :, dims]), generator
     )
     innovations = torch.randn(len(chosen), n, generator=generator, device=params.device)
-    var_covariance = stationary_covariance(params)[-N_FEATURES:, -N_FEATURES:] if stationary else None
-    if var_covariance is None:
+    if stationary:
+        var_covariance = stationary_covariance(params)[-N_FEATURES:, -N_FEATURES:]
+    else:
         var_covariance = params.var_noise @ params.var_noise.T
     x_factor = _square_root(var_covariance[chosen][:, chosen])
     y = torch.empty(len(chosen), n, device=params.device)
@@ -381,7 +382,9 @@ class CellArray:
 
     def read_state(self, noise: str | bool) -> torch.Tensor:
         """The state r as a read at the model's U0 sees it, with read noise (read()'s modes): the current read
-        and inverted through the cell's I-V (write-verify's read)."""
+        and inverted through the cell's I-V (write-verify's read); without noise, r itself."""
+        if read_noise(noise) is None:
+            return self.r
         u0 = torch.tensor(self.params.u0, device=self.device)
         return _r_of_current(self.read(u0, noise), _boundary_currents(u0, self.params))
 
