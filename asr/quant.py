@@ -338,15 +338,22 @@ class _QuantConv:
         this.input_quant = None if io_bits is None else InputQuantizer(io_bits, config.input_momentum)
         this.output_quant = None if io_bits is None else InputQuantizer(io_bits, config.input_momentum)
 
-    def __getattr__(self, name: str) -> Any:
-        """input_scale and input_bits, as QuantLinear has them, exist only where the inputs are quantized (a
-        crossbar converter asks hasattr(source, "input_scale")); everything else as nn.Module finds it."""
-        if name in ("input_scale", "input_bits"):
-            quantizer = super().__getattr__("input_quant")  # type: ignore[misc]
-            if quantizer is not None:
-                return quantizer.scale if name == "input_scale" else quantizer.bits
-            raise AttributeError(f"{type(self).__name__} has no {name}: its inputs are not quantized (io_bits)")
-        return super().__getattr__(name)  # type: ignore[misc]
+    # input_scale and input_bits, as QuantLinear has them, exist only where the inputs are quantized (a crossbar
+    # converter asks hasattr(source, "input_scale")): elsewhere the properties raise AttributeError.
+    @property
+    def input_scale(self) -> torch.Tensor:
+        return self._input_quantizer().scale
+
+    @property
+    def input_bits(self) -> float:
+        return self._input_quantizer().bits
+
+    def _input_quantizer(self) -> InputQuantizer:
+        this: Any = self
+        quantizer = this.input_quant
+        if quantizer is None:
+            raise AttributeError(f"{type(self).__name__}'s inputs are not quantized (io_bits)")
+        return quantizer
 
     @classmethod
     def from_conv(cls, conv, config: QuantConfig, io_bits: int | None = None):
