@@ -381,13 +381,14 @@ def per_second_of_audio(layers: list[dict], reads: dict[str, float]) -> dict[str
 
 
 class _ReadCounter:
-    """An energy_meter that counts the vectors a crossbar layer reads, and nothing else."""
+    """An energy_meter that counts the vectors a crossbar layer reads, and nothing else (it is called once per
+    read pulse: a bit-serial input's vector is several)."""
 
     def __init__(self):
-        self.vectors = 0
+        self.vectors = 0.0
 
-    def __call__(self, v: torch.Tensor, layer: object) -> None:
-        self.vectors += v.shape[0]
+    def __call__(self, v: torch.Tensor, layer: memsim.MemristorLinear) -> None:
+        self.vectors += v.shape[0] / memsim.crossbar.reads_per_vector(layer.config)
 
 
 def reads_per_second(model: ConformerCTC) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Where one crossbar layer's error comes from: the parity protocol (memsim.validation.parity) under the
-paper and physical presets, each calibration, multi-level cells under each write-verify scheme, and each
-non-ideality alone. Prints gain, relative error, residual after the gain and read-to-read RMS (all relative
-to the digital output's RMS), mean over seeds.
+paper and physical presets, each calibration, multi-level cells under each write-verify scheme, bit-serial
+inputs, and each non-ideality alone. Prints gain, relative error, residual after the gain and read-to-read RMS
+(all relative to the digital output's RMS), mean over seeds.
 Then a depthwise convolution (the mini model's: 144 channels, kernel 15, 3 bits, physical chip) against its
 fake-quantized self, by tile size: a tile holds the taps of tile / 15 channels, and each column also reads
 the other channels' rows of its tile, whose cells store 0 (HRS pairs that differ from cell to cell).
@@ -35,6 +35,10 @@ def conditions() -> dict[str, memsim.CrossbarConfig]:
         "physical, per-column calibration": dataclasses.replace(physical, calibration="per_column"),
         "physical, none": physical.only(None),
         "physical, stationary cells": dataclasses.replace(physical, stationary_cells=True),
+        "physical, bit-serial inputs": dataclasses.replace(physical, input_scheme="bit_serial"),
+        "physical, bit-serial, I-V only": dataclasses.replace(
+            physical.only("iv_nonlinearity"), dac_bits=8, input_scheme="bit_serial"
+        ),
         "physical, 4-level cells": dataclasses.replace(physical, levels_per_cell=4),
         "physical, 4-level, first-past verify": dataclasses.replace(
             physical, levels_per_cell=4, verify_scheme="first_past"

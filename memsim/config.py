@@ -14,6 +14,7 @@ ADC_PRESETS = {"high_precision": (8, 10), "reasonable": (4, 4)}
 DEVICES = ("synaptogen", "ideal")
 DAC_GRIDS = ("symmetric", "paper")
 VERIFY_SCHEMES = ("centred", "first_past")
+INPUT_SCHEMES = ("amplitude", "bit_serial")
 CALIBRATIONS = ("nominal", "paper", "per_column")
 # What CrossbarConfig.only() can keep, each one a way the chip differs from the digital layer.
 NON_IDEALITIES = ("device_variation", "cycle_variation", "iv_nonlinearity", "read_noise", "dac", "adc")
@@ -53,6 +54,11 @@ class CrossbarConfig:
     verify_tolerance: float = 0.25
     pulse_budget: int = 120
     dac_grid: str = "symmetric"  # "symmetric": +-(2^(b-1)-1) levels, as the activation quantizer; "paper"
+    # How the DAC's codes reach the rows: "amplitude", one pulse per input vector at the code's voltage (a
+    # dac_bits DAC per row, one ADC conversion per column); "bit_serial", one pulse per magnitude bit of the code,
+    # each at 0 or +-v_read (a one-bit DAC with the input's sign per row, as ISAAC), one ADC conversion per column
+    # and bit, the bits' outputs shift-added digitally (crossbar.read_inputs)
+    input_scheme: str = "amplitude"
     # A quantization-aware source's activation quantizer before the DAC (True), or the DAC alone, fed the raw
     # activations over the quantizer's full scale (False: the paper's model code, whose prep_quant replaces the
     # layers' input quantizers with identity; docs/sources.md)
@@ -120,6 +126,13 @@ class CrossbarConfig:
             fail("verify_scheme", f"one of {list(VERIFY_SCHEMES)}")
         if self.dac_grid not in DAC_GRIDS:
             fail("dac_grid", f"one of {list(DAC_GRIDS)}")
+        if self.input_scheme not in INPUT_SCHEMES:
+            fail("input_scheme", f"one of {list(INPUT_SCHEMES)}")
+        if self.input_scheme == "bit_serial" and self.dac_bits is None:
+            fail(
+                "dac_bits",
+                "set (the bits a bit-serial input sends one at a time), not None, with input_scheme='bit_serial'",
+            )
         if self.calibration not in CALIBRATIONS:
             fail("calibration", f"one of {list(CALIBRATIONS)}")
         for switch in (
@@ -154,7 +167,8 @@ class CrossbarConfig:
             "cycle_variation": {"cycle_variation": False},
             "iv_nonlinearity": {"iv_nonlinearity": False},
             "read_noise": {"read_noise": "none"},
-            "dac": {"dac_bits": None, "keep_input_quantizer": True},  # inputs exactly as the digital model's
+            # inputs exactly as the digital model's, in one pulse
+            "dac": {"dac_bits": None, "keep_input_quantizer": True, "input_scheme": "amplitude"},
             "adc": {"adc_precision_bits": None, "adc_range_bits": None},
         }
         changes = {field: value for name, fields in ideal.items() if name != kept for field, value in fields.items()}

@@ -387,9 +387,50 @@ def dac(
     if input_levels is not None:
         x = torch.round(x * input_levels) / input_levels
     if config.dac_bits is not None:
-        steps = 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
+        steps = dac_steps(config)
         x = torch.round(x * steps) / steps
     return x * config.v_read
+
+
+def dac_steps(config: CrossbarConfig) -> int:
+    """The DAC's codes per polarity: a full-scale input is code +-dac_steps (dac_bits must be set)."""
+    assert config.dac_bits is not None
+    return 2 ** (config.dac_bits - 1) - (config.dac_grid == "symmetric")
+
+
+def reads_per_vector(config: CrossbarConfig) -> int:
+    """Read pulses per input vector: 1 for amplitude inputs; for bit-serial ones two phases (the positive
+    inputs, then the negative ones) of one pulse per magnitude bit of the DAC codes (7 bits for the 8-bit
+    symmetric DAC's +-127, 8 for the paper grid's +-128)."""
+    if config.input_scheme == "amplitude":
+        return 1
+    return 2 * dac_steps(config).bit_length()
+
+
+def read_inputs(read: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, config: CrossbarConfig) -> torch.Tensor:
+    """read(v) of the DAC's voltages v as the config's input scheme sends them. Amplitude: one read of v.
+
+    Bit-serial: a one-bit DAC per row, as ISAAC's (Shafiee et al., ISCA 2016), for signed inputs in two phases:
+    the rows whose input is positive, then those whose input is negative, each phase one pulse per magnitude bit
+    k of the DAC codes with a row at v_read where bit k is set and at 0 V elsewhere. The ADC outputs are
+    shift-added and the negative phase's subtracted: sum over phases s and bits k of s 2^k read(pulse) /
+    dac_steps, the same units as one read of v. Each pulse is a read of its own, with its own noise and ADC
+    conversion. The cells see only 0 V and +v_read, so neither the I-V's curvature below v_read nor its
+    asymmetry between polarities enters the product."""
+    if config.input_scheme == "amplitude":
+        return read(v)
+    steps = dac_steps(config)
+    codes = torch.round(v * (steps / config.v_read))
+    total: torch.Tensor | None = None
+    for sign in (1, -1):
+        magnitude = (codes * sign).clamp_min_(0)
+        for bit in range(reads_per_vector(config) // 2):
+            pulse = torch.floor(magnitude / 2**bit).remainder_(2).mul_(config.v_read)
+            place = sign * 2**bit / steps
+            part = read(pulse)
+            total = part.mul_(place) if total is None else total.add_(part, alpha=place)
+    assert total is not None
+    return total
 
 
 def program_levels(

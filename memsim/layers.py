@@ -22,6 +22,7 @@ from memsim.crossbar import (
     fit_columns,
     integer_weights,
     level_histogram,
+    read_inputs,
     tile_reads,
     zero_volt_factors,
 )
@@ -182,7 +183,7 @@ class MemristorLinear(nn.Module):
         chip's mean path (through_mean_path)."""
         input_range = self.range_of(x)
         with torch.no_grad():
-            y = (read or self.read)(dac(x, input_range, self.config, self.input_levels))
+            y = read_inputs(read or self.read, dac(x, input_range, self.config, self.input_levels), self.config)
         y = y * (input_range * self.weight_scale)
         if torch.is_grad_enabled() and x.requires_grad:
             y = self.through_mean_path(x if rows is None else rows(x), y)
@@ -286,7 +287,8 @@ class MemristorLinear(nn.Module):
         if first_row % tile:
             raise ValueError(f"a partial read starts at a row tile: row {first_row} is not a multiple of {tile}")
         with torch.no_grad():
-            y = self.read(dac(x, self.input_range, self.config, self.input_levels), first_row // tile)
+            v = dac(x, self.input_range, self.config, self.input_levels)
+            y = read_inputs(lambda pulse: self.read(pulse, first_row // tile), v, self.config)
         y = y * (self.input_range * self.weight_scale)
         if torch.is_grad_enabled() and x.requires_grad:
             y = self.through_mean_path(x, y, slice(first_row, first_row + x.shape[1]))

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from memsim.config import CrossbarConfig
-from memsim.crossbar import CellPairs, ColumnCalibration, dac, tile_reads
+from memsim.crossbar import CellPairs, ColumnCalibration, dac, read_inputs, tile_reads
 from memsim.layers import MemristorLinear
 from memsim.progress import ProgressCallback
 
@@ -255,11 +255,16 @@ class _PairedRead:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The scaled partial products [2, B, out] of each direction's inputs x [2, B, k] with its rows."""
         layer, config = self.layer, self.layer.config
-        factors = layer.read_model.row_factors(dac(x, self.ranges, config, layer.input_levels), layer.factor_unit())
-        read = tile_reads(
+        read = read_inputs(self._read, dac(x, self.ranges, config, layer.input_levels), config)
+        return read * self.scales
+
+    def _read(self, v: torch.Tensor) -> torch.Tensor:
+        """Both directions' ADC outputs [2, B, out] of one pulse of voltages v [2, B, k]."""
+        layer, config = self.layer, self.layer.config
+        factors = layer.read_model.row_factors(v, layer.factor_unit())
+        return tile_reads(
             factors, self.pairs, config.planes, config, layer.generator, self.columns, None, None, self.padding
         )
-        return read * self.scales
 
 
 def _reverse(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

@@ -65,21 +65,25 @@ def _wer(g: Group) -> float:
 
 
 def energy_table(groups: list[Group]) -> str:
-    """One row per priced chip: ADC, DAC, energy per second of audio by part and in total, the digital baseline,
-    WER; then, per model, the cheapest chip within NEAR_REFERENCE of the (8, 10) chip's WER."""
+    """One row per priced chip: input scheme, ADC, DAC, energy per second of audio by part, in total and over
+    the cost bounds, the digital baseline with its weights in SRAM and in DRAM, how many times less the chip
+    spends, and WER; then, per model, the cheapest chip within NEAR_REFERENCE of the (8, 10) chip's WER."""
     chosen = priced(groups)
     if not chosen:
         return ""
     header = [
         "chip",
+        "inputs",
         "ADC (precision, range)",
         "DAC bits",
         "crossbar",
         "DAC",
         "ADC",
         "accumulate",
-        "chip total",
-        "digital baseline",
+        "correction",
+        "chip total [low-high]",
+        "digital: SRAM / DRAM",
+        "x less than digital: SRAM [range] / DRAM",
         "WER mean",
         "rel. to QAT [95 % CI]",
     ]
@@ -90,23 +94,65 @@ def energy_table(groups: list[Group]) -> str:
         rows.append(
             [
                 name(g),
-                adc_setting(g),
+                _scheme(g),
+                adc_setting(g) + (" *" if _adc_idealized(g) else ""),
                 str(_dac_bits(g)),
-                *(_uj(energy.get(part)) for part in ("crossbar", "dac", "adc", "accumulate", "chip", "digital")),
+                *(_uj(energy.get(part)) for part in ("crossbar", "dac", "adc", "accumulate", "correction")),
+                f"{_uj(energy.get('chip'))} [{_uj(energy.get('chip_low'))}-{_uj(energy.get('chip_high'))}]",
+                f"{_uj(energy.get('digital'))} / {_uj(energy.get('digital_dram'))}",
+                _savings(energy),
                 f"{_wer(g):.2f}",
                 relative.percent() if relative else "n/a",
             ]
         )
     r = chosen[0].first
     costs = _costs_of(chosen[0])
+    idealized = (
+        f"\n\n\\* an ADC of more than {costs['published_adc_bits']} bits at one conversion per read pulse: beyond "
+        "what this estimate counts as published converters, an idealization."
+        if any(_adc_idealized(g) for g in chosen) and "published_adc_bits" in costs
+        else ""
+    )
     return (
         f"Split {r.split}, {r.method} decoding. Energy in microjoules per second of audio (= microwatts while "
-        "listening), estimated by memsim.measure_energy on instance 0 (4 batches of the first decoded split): the "
-        "cells' read power is simulated; DAC, ADC and digital operations are counted and priced with "
-        f"memsim.energy.EnergyCosts ({_costs(costs)}). Digital baseline: the same layers as integer "
-        "multiply-accumulates plus SRAM weight reads (M. Horowitz, ISSCC 2014, 45 nm). Estimates, not "
-        "measurements.\n\n" + markdown_table(header, rows) + "\n\n" + _cheapest_near_reference(chosen)
+        "listening), estimated by memsim.measure_energy on instance 0 (4 batches of the first decoded split) for "
+        "the machine each chip's input scheme simulates (amplitude: one DAC conversion per row and one ADC "
+        "conversion per column per vector; bit-serial: one-bit DACs and one ADC conversion per column for each "
+        "input bit, in a positive and a negative phase): the cells' read power is simulated; DAC, ADC and digital "
+        f"operations are counted and priced with memsim.energy.EnergyCosts ({_costs(costs)}). The range: the "
+        "same counts under memsim.energy.COST_BOUNDS' least and most favourable costs. Digital baseline: the same "
+        "layers as integer multiply-accumulates plus weight reads from an SRAM that holds all their weights, or "
+        "from DRAM (M. Horowitz, ISSCC 2014, 45 nm). Estimates, not measurements.\n\n"
+        + markdown_table(header, rows)
+        + idealized
+        + "\n\n"
+        + _cheapest_near_reference(chosen)
     )
+
+
+def _savings(energy: dict[str, float | None]) -> str:
+    """How many times less than the digital baseline the chip spends: SRAM central [over the chip's cost bounds]
+    / DRAM."""
+    chip, low, high = (energy.get(key) for key in ("chip", "chip_low", "chip_high"))
+    sram, dram = energy.get("digital"), energy.get("digital_dram")
+    if not chip or sram is None:
+        return "n/a"
+    text = f"{sram / chip:.2g}x"
+    if low and high:
+        text += f" [{sram / high:.2g}-{sram / low:.2g}]"
+    return text + (f" / {dram / chip:.2g}x" if dram is not None else "")
+
+
+def _scheme(g: Group) -> str:
+    summary = summary_of(g)
+    return summary.crossbar.input_scheme.replace("_", "-") if summary else "n/a"
+
+
+def _adc_idealized(g: Group) -> bool:
+    """Whether any layer's ADC is beyond what the estimate counts as published (memsim.energy.estimate)."""
+    summary = summary_of(g)
+    layers = summary.energy.get("layers", []) if summary and summary.energy else []
+    return any(row.get("adc_idealized") for row in layers)
 
 
 def _uj(value: float | None) -> str:
@@ -116,9 +162,10 @@ def _uj(value: float | None) -> str:
 
 
 def _costs(costs: dict) -> str:
+    thermal = f" up to {costs['adc_thermal_bits']} bits, 4x per bit above" if "adc_thermal_bits" in costs else ""
     return (
-        f"ADC {costs['adc_joules_per_step'] * 1e15:.2f} fJ x 2^bits, DAC {costs['dac_joules_per_bit'] * 1e12:.2f} "
-        f"pJ x bits (ISAAC, ISCA 2016), read pulse {costs['read_seconds'] * 1e9:g} ns"
+        f"ADC {costs['adc_joules_per_step'] * 1e15:.2f} fJ x 2^bits{thermal}, one-bit DAC "
+        f"{costs['dac_joules_per_bit'] * 1e12:.2f} pJ (ISAAC, ISCA 2016), read pulse {costs['read_seconds'] * 1e9:g} ns"
     )
 
 

@@ -232,12 +232,28 @@ def priced_chip(work: Path, name: str, adcs: list[tuple[int, int]], chip_uj: flo
     trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
     chip = Output("memsim", "memsim", name, {"crossbar": {"adcs": adcs}, "seed": 1}, {"model": trained})
     rows = [{"layer": f"l{i}", "adc": list(adc), "adc_conversions": 10} for i, adc in enumerate(adcs)]
-    parts = {"crossbar": 1.0, "dac": 2.0, "adc": chip_uj - 3.5, "accumulate": 0.5, "chip": chip_uj, "digital": 30.0}
+    parts = {
+        "crossbar": 1.0,
+        "dac": 2.0,
+        "adc": chip_uj - 3.5,
+        "accumulate": 0.5,
+        "correction": 0.0,
+        "chip": chip_uj,
+        "chip_low": chip_uj / 2,
+        "chip_high": chip_uj * 2,
+        "digital": 30.0,
+        "digital_dram": 600.0,
+    }
+    idealized = [{"layer": "total", "adc_idealized": max(p + r for p, r in adcs) > 12}]
     summary = {
         "config": {"dac_bits": 8},
         "layers": rows,
         "total": {"layer": "total"},
-        "energy": {"costs": dataclasses.asdict(memsim.EnergyCosts()), "per_second_of_audio_uj": parts},
+        "energy": {
+            "costs": dataclasses.asdict(memsim.EnergyCosts()),
+            "per_second_of_audio_uj": parts,
+            "layers": idealized,
+        },
     }
     job = Job(work, chip, {"model": Records(work).require(trained.relpath).run}, forced=False)
     job.begin()
@@ -251,8 +267,13 @@ def test_converter_settings_are_priced_and_the_cheapest_near_the_reference_is_na
     priced_chip(work, "auto8", [(5, 3), (6, 2)], 9.0, 40)
     write_report([work], tmp_path / "out", "converters")
     table = (tmp_path / "out" / "RESULTS.md").read_text()
-    assert "|m-3.0 low|(4, 4)|8|1.00|2.00|6.50|0.500|10.0|30.0|13.00|" in table
-    assert "|m-3.0 auto8|auto 8: range 2-3|8|" in table
+    # 30 uJ/s digital against 10 (5-20) on the chip: 3x less, 1.5x-6x over the cost bounds; 60x against DRAM
+    assert (
+        "|m-3.0 low|amplitude|(4, 4)|8|1.00|2.00|6.50|0.500|0.00|10.0 [5.00-20.0]|30.0 / 600|3x [1.5-6] / 60x|13.00|"
+        in table
+    )
+    assert "|m-3.0 high|amplitude|(8, 10) *|8|" in table and "\\* an ADC of more than 12 bits" in table
+    assert "|m-3.0 auto8|amplitude|auto 8: range 2-3|8|" in table
     assert (
         "- m-3.0: the (8, 10) chip (high) has WER 12.00 at 1,000 uJ/s; the cheapest chip within 10 % relative " in table
     )
