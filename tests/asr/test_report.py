@@ -61,8 +61,9 @@ def decode(
     beam_size: int = 100,
     chip: Output | None = None,
     instance: int | None = None,
+    split: str = "test",
 ) -> None:
-    settings = {"split": "test", "method": "beam", "beam_size": beam_size}
+    settings = {"split": split, "method": "beam", "beam_size": beam_size}
     if chip is not None:
         settings = {"instance": instance, **settings}
     inputs = {"model": trained, **({"chip": chip} if chip else {})}
@@ -225,8 +226,11 @@ def test_a_multi_level_chip_gets_its_cost_row_and_level_histogram(work, tmp_path
     assert (tmp_path / "out" / "levels-m-3.0-four.png").is_file()
 
 
-def priced_chip(work: Path, name: str, adcs: list[tuple[int, int]], chip_uj: float, errors: int) -> None:
-    """A w3 chip of two layers with the given ADCs, its summary priced at chip_uj per second, one instance."""
+def priced_chip(
+    work: Path, name: str, adcs: list[tuple[int, int]], chip_uj: float, errors: int, dev_errors: int | None = None
+) -> None:
+    """A w3 chip of two layers with the given ADCs, its summary priced at chip_uj per second, one instance
+    decoded on test (and on dev, with dev_errors)."""
     import memsim
 
     trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
@@ -259,6 +263,21 @@ def priced_chip(work: Path, name: str, adcs: list[tuple[int, int]], chip_uj: flo
     job.begin()
     job.commit({SUMMARY_FILE: summary})
     decode(work, trained, spread(errors), chip=chip, instance=0)
+    if dev_errors is not None:
+        decode(work, trained, spread(dev_errors), chip=chip, instance=0, split="dev")
+
+
+def test_the_cheapest_chip_is_chosen_on_dev_and_reported_on_test(work, tmp_path):
+    priced_chip(work, "high", [(8, 10), (8, 10)], 1000.0, 24, dev_errors=24)
+    priced_chip(work, "low", [(4, 4), (4, 4)], 10.0, 26, dev_errors=30)  # on dev beyond 10 % of 24 errors
+    priced_chip(work, "auto8", [(5, 3), (6, 2)], 9.0, 40, dev_errors=25)  # on test beyond
+    write_report([work], tmp_path / "out", "converters")
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "- m-3.0, chosen on dev: the (8, 10) chip (high) has WER 12.00 at 1,000 uJ/s;" in table
+    assert (
+        "is auto8 (ADC auto 8: range 2-3): WER 12.50 at 9.00 uJ/s, 111x less energy. On test: WER 12.00 and 20.00 (+66.7 % relative)."
+        in table
+    )
 
 
 def test_converter_settings_are_priced_and_the_cheapest_near_the_reference_is_named(work, tmp_path):
@@ -275,7 +294,8 @@ def test_converter_settings_are_priced_and_the_cheapest_near_the_reference_is_na
     assert "|m-3.0 high|amplitude|(8, 10) *|8|" in table and "\\* an ADC of more than 12 bits" in table
     assert "|m-3.0 auto8|amplitude|auto 8: range 2-3|8|" in table
     assert (
-        "- m-3.0: the (8, 10) chip (high) has WER 12.00 at 1,000 uJ/s; the cheapest chip within 10 % relative " in table
+        "- m-3.0, chosen on test: the (8, 10) chip (high) has WER 12.00 at 1,000 uJ/s; the cheapest chip within 10 % "
+        "relative " in table
     )
     assert "is low (ADC (4, 4)): WER 13.00 at 10.0 uJ/s, 100x less energy." in table
     assert (tmp_path / "out" / "adc_heatmap.png").is_file() and (tmp_path / "out" / "wer_vs_energy.png").is_file()
