@@ -1,7 +1,8 @@
 # memristor-asr: `make demo` runs the project's main job, `make test` its tests.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-DEBIAN_PACKAGES := espeak-ng
+# espeak-ng synthesizes the mini corpus; ngspice checks the IR-drop solver (tests/memsim/test_ir_drop.py)
+DEBIAN_PACKAGES := espeak-ng ngspice
 STAMP := $(VENV)/.installed
 SOURCES := memsim asr scripts benchmarks tests
 
@@ -11,7 +12,7 @@ setup: $(STAMP)
 
 # Reinstall when the dependency list or the tested versions change; Debian packages only when missing and
 # running as root. The recipe and the dev tools at the versions of constraints.txt.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
