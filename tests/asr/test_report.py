@@ -275,8 +275,8 @@ def test_the_cheapest_chip_is_chosen_on_dev_and_reported_on_test(work, tmp_path)
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "- m-3.0, chosen on dev: the (8, 10) chip (high) has WER 12.00 at 1,000 uJ/s;" in table
     assert (
-        "is auto8 (ADC auto 8: range 2-3): WER 12.50 at 9.00 uJ/s, 111x less energy. On test: WER 12.00 and 20.00 (+66.7 % relative)."
-        in table
+        "is auto8 (ADC auto 8: range 2-3): WER 12.50 at 9.00 uJ/s, 111x less energy. "
+        "On test: WER 12.00 and 20.00 (+66.7 % relative)." in table
     )
 
 
