@@ -116,6 +116,23 @@ def test_auto_and_per_layer_adcs_reach_the_chip_and_its_summary_prices_them(reci
     assert 0 < per_second["crossbar"] < per_second["chip"] and per_second["digital"] > 0
 
 
+def test_a_bit_serial_chip_counts_vectors_once_and_converts_each_pulse(recipe, make_cfg):
+    """Bit-serial inputs read each vector in 14 pulses (two phases of 7 magnitude bits of the 8-bit DAC): the
+    summary counts the vectors per second as amplitude inputs do, and an ADC conversion per column and pulse."""
+    work, overrides = recipe
+    chip = [*overrides, "memsim.input_scheme=bit_serial", "memsim.instances=1", "stages=[memsim]"]
+    runner.run(make_cfg(*chip))
+    s = settings.load(make_cfg(*chip))
+    summary = json.loads((work / graph.chip_output(s, graph.model_output(s, True)).relpath / SUMMARY_FILE).read_text())
+    reads = summary["energy"]["vectors_per_second_of_audio"]
+    (frame_rate,) = set(reads.values())  # one per encoder frame, as for amplitude inputs
+    assert frame_rate == pytest.approx(25, rel=0.01)
+    rows = {row["layer"]: row for row in summary["energy"]["layers"][:-1]}
+    assert {row["reads_per_vector"] for row in rows.values()} == {14}
+    expected = sum(row["adc_conversions"] * reads[name] * 14 for name, row in rows.items())
+    assert summary["adc_conversions_per_second_of_audio"] == round(expected)
+
+
 def hypotheses(work: Path) -> dict[str, bytes]:
     return {str(p.relative_to(work)): p.read_bytes() for p in work.glob("*/**/hyps.jsonl")}
 
