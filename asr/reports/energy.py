@@ -84,7 +84,7 @@ def energy_table(groups: list[Group]) -> str:
         "correction",
         "chip total [low-high]",
         "digital: SRAM / DRAM",
-        "x less than digital: SRAM [range] / DRAM",
+        "digital / chip: SRAM [range] / DRAM",
         "WER mean",
         "rel. to QAT [95 % CI]",
     ]
@@ -123,7 +123,8 @@ def energy_table(groups: list[Group]) -> str:
         f"operations are counted and priced with memsim.energy.EnergyCosts ({_costs(costs)}). The range: the "
         "same counts under memsim.energy.COST_BOUNDS' least and most favourable costs. Digital baseline: the same "
         "layers as integer multiply-accumulates plus weight reads from an SRAM that holds all their weights, or "
-        "from DRAM (M. Horowitz, ISSCC 2014, 45 nm). Estimates, not measurements.\n\n"
+        "from DRAM (M. Horowitz, ISSCC 2014, 45 nm); digital / chip below 1: the chip spends more. Estimates, not "
+        "measurements.\n\n"
         + markdown_table(header, rows)
         + idealized
         + "\n\n"
@@ -132,8 +133,8 @@ def energy_table(groups: list[Group]) -> str:
 
 
 def _savings(energy: dict[str, float | None]) -> str:
-    """How many times less than the digital baseline the chip spends: SRAM central [over the chip's cost bounds]
-    / DRAM."""
+    """How many times less than the digital baseline the chip spends (below 1: more): SRAM central [over the
+    chip's cost bounds] / DRAM."""
     chip, low, high = (energy.get(key) for key in ("chip", "chip_low", "chip_high"))
     sram, dram = energy.get("digital"), energy.get("digital_dram")
     if not chip or sram is None:
