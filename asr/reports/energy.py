@@ -317,7 +317,7 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
         for g in same:
             if (_priced_energy(g), _wer(g)) in front:
                 ax.annotate(
-                    adc_setting(g), (_priced_energy(g), _wer(g)), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                    _point_label(g), (_priced_energy(g), _wer(g)), fontsize=6, xytext=(3, 3), textcoords="offset points"
                 )
         qat = same[0].qat_reference
         digital = _energy(same[0])["digital"]
@@ -337,6 +337,12 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
     ax.legend(fontsize=7)
     save_png(fig, path)
     return True
+
+
+def _point_label(g: Group) -> str:
+    """A chip's ADC, and its input scheme when its inputs are not amplitudes."""
+    scheme = _scheme(g)
+    return adc_setting(g) + ("" if scheme in ("amplitude", "n/a") else f", {scheme}")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
