@@ -348,13 +348,12 @@ def summarize(chip: PreparedChip, config: memsim.CrossbarConfig, model_path: Pat
     energy = memsim.measure_energy(model, feeder(batches))
     rows = memsim.summary(model)
     reads = reads_per_second(model)
-    pulses = {row["layer"]: row["reads_per_vector"] for row in energy[:-1]}  # a bit-serial vector: several reads
     return {
         "config": dict(vars(config)),
         "layers": rows[:-1],
         "total": rows[-1],
         "adc_conversions_per_second_of_audio": round(
-            sum(row["adc_conversions"] * reads[row["layer"]] * pulses[row["layer"]] for row in rows[:-1])
+            sum(row["adc_conversions"] * reads[row["layer"]] for row in rows[:-1])
         ),
         "program_seconds": round(chip.program_seconds, 2),
         "precycle_seconds": round(chip.precycle_seconds, 2),

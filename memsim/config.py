@@ -55,9 +55,9 @@ class CrossbarConfig:
     pulse_budget: int = 120
     dac_grid: str = "symmetric"  # "symmetric": +-(2^(b-1)-1) levels, as the activation quantizer; "paper"
     # How the DAC's codes reach the rows: "amplitude", one pulse per input vector at the code's voltage (a
-    # dac_bits DAC per row, one ADC conversion per column); "bit_serial", one pulse per magnitude bit of the code,
-    # each at 0 or +-v_read (a one-bit DAC with the input's sign per row, as ISAAC), one ADC conversion per column
-    # and bit, the bits' outputs shift-added digitally (crossbar.read_inputs)
+    # dac_bits DAC per row, one ADC conversion per column); "bit_serial", a one-bit DAC per row (as ISAAC's), the
+    # positive inputs and then the negative ones each sent as one pulse per magnitude bit of the code, every row at
+    # 0 V or +v_read, one ADC conversion per column and pulse, the outputs shift-added digitally (crossbar.read_inputs)
     input_scheme: str = "amplitude"
     # A quantization-aware source's activation quantizer before the DAC (True), or the DAC alone, fed the raw
     # activations over the quantizer's full scale (False: the paper's model code, whose prep_quant replaces the

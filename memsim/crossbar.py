@@ -875,7 +875,8 @@ def fit_columns(
     generator: torch.Generator | None = None,
 ) -> ColumnCalibration:
     """Per-column calibration, as a chip does after programming: read every tile with known test inputs
-    (2 x tile_size vectors, uniform in +-v_read x COLUMN_TEST_AMPLITUDE, both polarities) and fit, per
+    (2 x tile_size vectors, uniform in +-v_read x COLUMN_TEST_AMPLITUDE, both polarities; for bit-serial inputs
+    each row at 0 V or v_read, as its pulses drive them) and fit, per
     tile, plane and column, measured = gain x expected + offset by least squares, where expected is what
     the stored bits give.
 
@@ -884,8 +885,12 @@ def fit_columns(
     """
     _, in_padded, planes, out_features = r.shape
     tiles, tile = in_padded // config.tile_size, config.tile_size
-    amplitude = config.v_read * COLUMN_TEST_AMPLITUDE
-    v = torch.rand(2 * tile, tile, generator=generator, device=r.device).mul_(2 * amplitude).sub_(amplitude)
+    uniform = torch.rand(2 * tile, tile, generator=generator, device=r.device)
+    if config.input_scheme == "bit_serial":  # the only voltages its rows see: 0 V and v_read, at random
+        v = uniform.lt_(0.5).float().mul_(config.v_read)
+    else:
+        amplitude = config.v_read * COLUMN_TEST_AMPLITUDE
+        v = uniform.mul_(2 * amplitude).sub_(amplitude)
     _, delta = model.conductances(v)
     measured = (v * delta / model.unit_current) @ (r[0] - r[1]).reshape(tiles, tile, planes * out_features)
     stored = (cells_on[0].float() - cells_on[1].float()).reshape(tiles, tile, planes * out_features)

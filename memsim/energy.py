@@ -114,8 +114,10 @@ class EnergyCosts:
         return self.dac_joules_per_bit * (bits if self.amplitude_dac == "linear" else 2 ** (bits - 1))
 
 
-# The least and the most favourable costs to a chip that the sources support: the survey's best ADCs with the
-# thermal regime from 12 bits; ISAAC's ADCs with it from 10 bits and binary-weighted amplitude DACs.
+# Changes to the costs that make a chip cheaper ("low": the survey's best ADCs, the thermal regime from 12 bits) and
+# dearer ("high": the thermal regime from 10 bits, binary-weighted amplitude DACs), within what the sources support.
+# They replace those fields of the costs given: with the defaults they bracket them, with costs of one's own they
+# need not. A bit-serial chip has no amplitude DAC, so its "high" is the defaults' estimate.
 COST_BOUNDS: dict[str, dict[str, Any]] = {
     "low": {"adc_joules_per_step": MURMANN_BEST_STEP, "adc_thermal_bits": 12},
     "high": {"adc_thermal_bits": 10, "amplitude_dac": "binary_weighted"},
@@ -249,7 +251,8 @@ def estimate(layer: Any, watts: float, costs: EnergyCosts, weight_bytes: float |
 
 def chip_parts(layer: Any, watts: float, costs: EnergyCosts) -> dict[str, float | None]:
     """The chip's energy per input vector by part (joules; None for an ideal converter's), for the machine of
-    the layer's input scheme: P read pulses (reads_per_vector), each converting every row and column."""
+    the layer's input scheme: P read pulses (reads_per_vector), each converting every row and column (the
+    layer's conversions() per vector count them all)."""
     c = layer.config
     pulses = reads_per_vector(c)
     dac_conversions, adc_conversions = layer.conversions()
@@ -263,7 +266,7 @@ def chip_parts(layer: Any, watts: float, costs: EnergyCosts) -> dict[str, float 
     if c.dac_bits is None:
         dac = None
     elif c.input_scheme == "bit_serial":
-        dac = pulses * dac_conversions * costs.dac_joules_per_bit
+        dac = dac_conversions * costs.dac_joules_per_bit
     else:
         dac = dac_conversions * costs.dac_energy(c.dac_bits)
     correction: float | None = 0.0  # nominal or fixed calibration: nothing per output
@@ -272,14 +275,14 @@ def chip_parts(layer: Any, watts: float, costs: EnergyCosts) -> dict[str, float 
         correction = None
         if adc_bits is not None:
             per_output = adc_bits * (CORRECTION_GAIN_BITS * costs.multiply_joules_per_bit2 + costs.add_joules_per_bit)
-            correction = pulses * adc_conversions * per_output
+            correction = adc_conversions * per_output
     return {
         "crossbar_pj": pulses * costs.read_seconds * watts,
         "dac_pj": dac,
-        "adc_pj": None if adc_bits is None else pulses * adc_conversions * costs.adc_energy(adc_bits),
+        "adc_pj": None if adc_bits is None else adc_conversions * costs.adc_energy(adc_bits),
         "accumulate_pj": None
         if accumulator_bits is None
-        else pulses * adc_conversions * accumulator_bits * costs.add_joules_per_bit,
+        else adc_conversions * accumulator_bits * costs.add_joules_per_bit,
         "correction_pj": correction,
     }
 

@@ -62,6 +62,12 @@ def weight_error_model(
 ) -> WeightErrorModel:
     """Program `samples` weights of every integer value of the config's crossbar and measure what each becomes
     (WeightErrorModel). Uses the config's device, programming, calibration and read noise."""
+    if config.input_scheme != "amplitude":
+        # its cells see only v_read, and each vector is many reads with their own noise: not what the table holds
+        raise ValueError(
+            f"weight_error_model measures weights under amplitude inputs; input_scheme={config.input_scheme!r} "
+            "is not modelled (noise-aware training against a bit-serial chip)"
+        )
     if samples < 2:
         raise ValueError(f"samples must be >= 2 to measure a spread, got {samples}")
     if not fractions or any(not -1 <= u <= 1 or u == 0 for u in fractions):

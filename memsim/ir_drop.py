@@ -45,8 +45,9 @@ NEUROSIM_WIRES: dict[int, tuple[float, float, float, float]] = {
     10: (22, 2.0, 3.95e-8, 2e-9),
     7: (20, 2.0, 4.17e-8, 2e-9),
 }
-# Cell pitch in wire widths along a row and along a column (NeuroSim's heightInFeatureSize* and widthInFeatureSize*):
-# a passive crossbar cell is 2 x 2; a 1T1R cell 4 high and 12 wide.
+# Wire length per cell in wire widths, (row segment, column segment), as NeuroSim assigns them (wireLengthRow from
+# heightInFeatureSize*, wireLengthCol from widthInFeatureSize*): a passive crossbar cell is 2 x 2; a 1T1R cell 4 x 12.
+# For the 1T1R cell the assignment is NeuroSim's (a row wire crossing a 12-wide cell would be the longer one).
 CELL_PITCH = {"crossbar": (2, 2), "1t1r": (4, 12)}
 
 
@@ -100,13 +101,13 @@ def solve(
     v = v_rows.to(torch.float64)
     cell = iv or _ohmic(g.unsqueeze(-3))
     rows, columns = g.shape[-2:]
+    shape = (*torch.broadcast_shapes(g.shape[:-2], v.shape[:-2]), v.shape[-2], rows, columns)
     if row_ohms == 0 and column_ohms == 0:  # ideal wires: every cell sees its row's voltage
-        voltages = v.unsqueeze(-1).expand(*v.shape, columns)
+        voltages = v.unsqueeze(-1).expand(shape)
         return IrDropSolution(cell(voltages)[0].sum(-2), voltages, 0)
     if row_ohms <= 0 or column_ohms <= 0:
         raise ValueError(f"wire_resistance must be > 0 ohm for rows and columns (or 0 for both), got {wire_resistance}")
     w_row, w_column = 1.0 / row_ohms, 1.0 / column_ohms
-    shape = (*torch.broadcast_shapes(g.shape[:-2], v.shape[:-2]), v.shape[-2], rows, columns)
     row_nodes = v.unsqueeze(-1).expand(shape).clone()  # ideal wires as the first guess
     column_nodes = torch.zeros(shape, dtype=torch.float64, device=v.device)
     drive = torch.zeros(shape, dtype=torch.float64, device=v.device)
@@ -128,7 +129,7 @@ def solve(
 
 
 def _ohmic(g: torch.Tensor) -> CellModel:
-    return lambda v: (g * v, g.expand_as(v))
+    return lambda v: (g * v, g.expand(torch.broadcast_shapes(g.shape, v.shape)))
 
 
 def synaptogen_iv(base: torch.Tensor, delta: torch.Tensor, r: torch.Tensor) -> CellModel:
@@ -198,10 +199,8 @@ class _NewtonSystem:
         z_rows, z_columns = self.row_lines.solve(r_rows), self.column_lines.solve(r_columns)
         p_rows, p_columns = z_rows.clone(), z_columns.clone()
         rz = _dot(r_rows, z_rows) + _dot(r_columns, z_columns)
-        # the drive's scale: b's norm per system, floored so that an all-zero input converges at once
-        b_norm = (_dot(b_rows, b_rows) + _dot(b_columns, b_columns)).sqrt()
-        floor = b_norm.amax().clamp_min(torch.finfo(torch.float64).tiny) * 1e-300
-        b_norm = b_norm.clamp_min(floor)
+        # the drive's scale: b's norm per system (an all-zero drive has the exact answer 0, and residual 0)
+        b_norm = (_dot(b_rows, b_rows) + _dot(b_columns, b_columns)).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
         limit = 10 * (b_rows.shape[-1] + b_rows.shape[-2]) + 100
         for iteration in range(1, limit + 1):
             a_rows, a_columns = self.apply(p_rows, p_columns)

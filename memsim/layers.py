@@ -23,6 +23,7 @@ from memsim.crossbar import (
     integer_weights,
     level_histogram,
     read_inputs,
+    reads_per_vector,
     tile_reads,
     zero_volt_factors,
 )
@@ -202,7 +203,8 @@ class MemristorLinear(nn.Module):
         range), relative to one level step. q itself on an ideal chip. Cached until r changes."""
         key = self.programming_key()
         if getattr(self, "_effective_key", None) != key:
-            v = torch.tensor(0.25 * self.config.v_read, device=self.r.device)
+            fraction = 1.0 if self.config.input_scheme == "bit_serial" else 0.25  # bit-serial pulses: v_read
+            v = torch.tensor(fraction * self.config.v_read, device=self.r.device)
             _, delta = self.read_model.conductances(v)
             places = torch.tensor(
                 [float(self.config.levels_per_cell**k) for k in range(self.config.planes)], device=self.r.device
@@ -324,16 +326,17 @@ class MemristorLinear(nn.Module):
         return int(self._existing_tiles().sum())
 
     def conversions(self) -> tuple[int, int]:
-        """DAC and ADC conversions of one read: one DAC conversion per row of every array that exists (each array
-        has its own row drivers), one ADC conversion per connected column, plane and row of tiles."""
+        """DAC and ADC conversions per input vector: per read pulse, one DAC conversion per row of every array that
+        exists (each array has its own row drivers) and one ADC conversion per connected column, plane and row of
+        tiles; times the pulses a vector takes (crossbar.reads_per_vector: 14 for bit-serial 8-bit inputs)."""
         c = self.config
-        tile, planes = c.tile_size, c.planes
+        tile, planes, pulses = c.tile_size, c.planes, reads_per_vector(c)
         in_tiles = math.ceil(self.in_features / tile)
         rows_per_tile = torch.tensor([min(tile, self.in_features - i * tile) for i in range(in_tiles)])
         dac = int((self._existing_tiles().long().sum(1) * rows_per_tile).sum()) * 2 * planes
         if self.column_present is None:
-            return dac, in_tiles * planes * self.out_features
-        return dac, int(self.column_present.sum()) * planes
+            return pulses * dac, pulses * in_tiles * planes * self.out_features
+        return pulses * dac, pulses * int(self.column_present.sum()) * planes
 
     def set_adc(self, precision_bits: int | None, range_bits: int | None) -> None:
         """Give this layer its own ADC (step 2^-precision_bits, clipping at +-2^(range_bits - 1); None: ideal).

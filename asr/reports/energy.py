@@ -165,9 +165,11 @@ def _uj(value: float | None) -> str:
 
 def _costs(costs: dict) -> str:
     thermal = f" up to {costs['adc_thermal_bits']} bits, 4x per bit above" if "adc_thermal_bits" in costs else ""
+    amplitude = f", amplitude DAC {costs['amplitude_dac']}" if "amplitude_dac" in costs else ""
     return (
         f"ADC {costs['adc_joules_per_step'] * 1e15:.2f} fJ x 2^bits{thermal}, one-bit DAC "
-        f"{costs['dac_joules_per_bit'] * 1e12:.2f} pJ (ISAAC, ISCA 2016), read pulse {costs['read_seconds'] * 1e9:g} ns"
+        f"{costs['dac_joules_per_bit'] * 1e12:.2f} pJ (ISAAC, ISCA 2016){amplitude}, read pulse "
+        f"{costs['read_seconds'] * 1e9:g} ns"
     )
 
 

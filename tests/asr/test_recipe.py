@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -129,7 +130,12 @@ def test_a_bit_serial_chip_counts_vectors_once_and_converts_each_pulse(recipe, m
     assert frame_rate == pytest.approx(25, rel=0.01)
     rows = {row["layer"]: row for row in summary["energy"]["layers"][:-1]}
     assert {row["reads_per_vector"] for row in rows.values()} == {14}
-    expected = sum(row["adc_conversions"] * reads[name] * 14 for name, row in rows.items())
+    tile = summary["config"]["tile_size"]
+    for row in summary["layers"]:  # linear layers: per pulse, a conversion per row tile, plane and column
+        inputs, outputs = (int(n) for n in row["shape"].split("x"))
+        assert row["adc_conversions"] == 14 * math.ceil(inputs / tile) * row["planes"] * outputs
+        assert rows[row["layer"]]["adc_conversions"] == row["adc_conversions"]
+    expected = sum(row["adc_conversions"] * reads[row["layer"]] for row in summary["layers"])
     assert summary["adc_conversions_per_second_of_audio"] == round(expected)
 
 

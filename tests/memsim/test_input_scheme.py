@@ -63,9 +63,26 @@ def test_bit_serial_inputs_remove_the_error_of_the_iv_non_linearity():
     assert residuals["bit_serial"] < 1e-4
 
 
+def test_per_column_calibration_fits_bit_serial_cells_at_the_voltage_their_pulses_use():
+    """The column fit reads a bit-serial chip as its pulses do (rows at 0 V or v_read): with the I-V alone, it
+    leaves the exact product exact, where a fit at the amplitudes' quarter of v_read would add a gain error."""
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 32)
+    x = torch.randn(256, 128)
+    config = memsim.CrossbarConfig(calibration="per_column", input_scheme="bit_serial").only("iv_nonlinearity")
+    config = dataclasses.replace(config, dac_bits=8, input_scheme="bit_serial")
+    with torch.no_grad():
+        reference = memsim.convert(nn.Sequential(linear), IDEAL)(x) - linear.bias
+        y = memsim.convert(nn.Sequential(linear), config)(x) - linear.bias
+    gain = float((y * reference).sum() / reference.square().sum())
+    assert gain == pytest.approx(1.0, abs=1e-3) and relative_residual(y, reference) < 1e-3
+
+
 def test_a_bit_serial_chip_needs_a_dac_and_removing_the_dac_sends_amplitudes():
     with pytest.raises(ValueError, match="dac_bits must be set"):
         memsim.CrossbarConfig(input_scheme="bit_serial", dac_bits=None)
     with pytest.raises(ValueError, match="input_scheme must be one of"):
         memsim.CrossbarConfig(input_scheme="pulse_width")
     assert memsim.CrossbarConfig(input_scheme="bit_serial").only("adc").input_scheme == "amplitude"
+    with pytest.raises(ValueError, match="input_scheme='bit_serial' is not modelled"):
+        memsim.weight_error_model(memsim.CrossbarConfig(input_scheme="bit_serial"), samples=2)

@@ -70,6 +70,17 @@ def test_tiles_and_inputs_are_batched_and_ideal_wires_give_the_product():
     alone = torch.stack([solve(tile, vectors, 2.0).column_currents for tile, vectors in zip(tiles, v, strict=True)])
     torch.testing.assert_close(batched, alone, rtol=1e-9, atol=1e-15)
     torch.testing.assert_close(solve(tiles, v, 0.0).column_currents, v @ tiles)
+    shared = v[0]  # one batch of inputs for every tile: broadcast, with wires and without
+    for ohms in (0.0, 2.0):
+        torch.testing.assert_close(
+            solve(tiles, shared, ohms).column_currents,
+            torch.stack([solve(tile, shared, ohms).column_currents for tile in tiles]),
+            rtol=1e-9,
+            atol=1e-15,
+        )
+    assert solve(tiles, shared, 0.0).cell_voltages.shape == (3, 2, 8, 8)
+    silent = solve(tiles, torch.zeros(3, 2, 8, dtype=torch.float64), 2.0)  # all-zero drive: exactly nothing
+    assert torch.equal(silent.column_currents, torch.zeros(3, 2, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="wire_resistance must be > 0"):
         solve(tiles, v, (1.0, 0.0))
 
