@@ -424,7 +424,7 @@ def read_inputs(read: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, c
     total: torch.Tensor | None = None
     for sign in (1, -1):
         magnitude = (codes * sign).clamp_min_(0)
-        for bit in range(reads_per_vector(config) // 2):
+        for bit in range(steps.bit_length()):
             pulse = torch.floor(magnitude / 2**bit).remainder_(2).mul_(config.v_read)
             place = sign * 2**bit / steps
             part = read(pulse)

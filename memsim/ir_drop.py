@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import torch
 
+from memsim.params import polyval
+
 # Interconnect per technology node, as NeuroSim 1.4 models it (neurosim/NeuroSim: NeuroSIM/Param.cpp): node (nm)
 # -> wire width (nm), aspect ratio, bulk-and-scattering resistivity (ohm m) and barrier thickness (m). Its
 # resistivity rises as wires narrow (size effects) and the barrier takes part of the cross-section.
@@ -140,8 +142,8 @@ def synaptogen_iv(base: torch.Tensor, delta: torch.Tensor, r: torch.Tensor) -> C
     r = r.double().unsqueeze(-3)  # broadcast over the input vectors
 
     def iv(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        current = _polyval(current_base, v) + r * _polyval(current_delta, v)
-        return current, _polyval(slope_base, v) + r * _polyval(slope_delta, v)
+        current = polyval(current_base, v) + r * polyval(current_delta, v)
+        return current, polyval(slope_base, v) + r * polyval(slope_delta, v)
 
     return iv
 
@@ -153,13 +155,6 @@ def _times_v(poly: torch.Tensor) -> torch.Tensor:
 def _derivative(poly: torch.Tensor) -> torch.Tensor:
     powers = torch.arange(poly.numel() - 1, 0, -1, dtype=poly.dtype, device=poly.device)
     return poly[:-1] * powers
-
-
-def _polyval(poly: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros_like(v) + poly[0]
-    for coefficient in poly[1:]:
-        out = out * v + coefficient
-    return out
 
 
 def _chain(v: torch.Tensor, dim: int, w: float, fixed_start: bool) -> torch.Tensor:

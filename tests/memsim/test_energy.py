@@ -64,7 +64,7 @@ def test_a_bit_serial_chip_reads_and_costs_what_its_pulses_do():
     # rounded to the ADC's step: 2.5.
     assert float(chip(x)) == pytest.approx(3 - 64 / 127) and float(amplitude_chip(x)) == 2.5
     row = energy_of(chip, x)
-    # Codes 127 = 1111111 and 64 = 1000000, both positive: 2 phases x 7 bits = 14 pulses; row 0 (two conducting
+    # Codes 127 = 0b1111111 and 64 = 0b1000000, both positive: 2 phases x 7 bits = 14 pulses; row 0 (two conducting
     # cells) is at 0.6 V in the 7 pulses of the positive phase, row 1 (one) in the pulse of bit 6.
     assert row["reads_per_vector"] == 14
     assert row["read_watts"] == pytest.approx(G_ON * 0.36 * (7 * 2 + 1) / 14, rel=1e-6)
