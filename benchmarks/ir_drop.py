@@ -1,9 +1,15 @@
-"""What the wires alone do to one programmed tile, by the exact solver (memsim.ir_drop.solve): the column currents
-of the parity protocol's cells (memsim.validation.parity: 3-bit weights N(0, 0.05^2), programmed on the physical
-chip, each cell with the Synaptogen I-V at its own r) and inputs N(0, 1) through the 8-bit DAC, with wires against
-without, per tile size and wire resistance per segment. Prints the gain (least squares of the wired currents on
-the ideal-wire ones) and the residual after it, relative to the ideal-wire currents' RMS; mean over the arrays
-(positive and negative, each bit plane) of the layer's first tile, and over seeds. Also the solver's time.
+"""What the wires do to one programmed tile, by the exact solver (memsim.ir_drop.solve), and how well the read's
+fast model (crossbar.cell_pairs: each array's transfer matrix at the typical read voltage) follows it.
+
+The parity protocol's cells (memsim.validation.parity: 3-bit weights N(0, 0.05^2), programmed on the physical chip,
+each cell with the Synaptogen I-V at its own r) and inputs N(0, 1) through the 8-bit DAC; per tile size and wire
+resistance per segment, the differential outputs (positive array less negative, per bit plane) of the layer's first
+tile. Prints, mean over planes and seeds:
+- gain: least squares of the exact wired outputs on the exact ideal-wire ones, and the residual after it, relative
+  to the ideal-wire outputs' RMS (what the wires do);
+- fast error: the fast model's outputs against the exact wired ones, |fast - exact| / |exact| (norms over inputs
+  and columns); beside it, the same error of a read that ignores the wires (today's read without them);
+- the seconds of the exact solve and of the transfer matrices, per seed.
 
     python benchmarks/ir_drop.py [--seeds 2] [--vectors 32]
 """
@@ -13,9 +19,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import NamedTuple
+
+import torch
 
 from memsim.config import CrossbarConfig
-from memsim.crossbar import dac
+from memsim.crossbar import cell_pairs, dac
 from memsim.ir_drop import segment_resistance, solve, synaptogen_iv
 from memsim.validation.parity import protocol_layer
 
@@ -23,19 +32,45 @@ TILES = (64, 128, 256)
 OHMS = (0.5, 1.0, 2.5, 5.0)
 
 
-def tile_statistics(tile: int, ohms: float, seed: int, vectors: int) -> tuple[float, float]:
-    """Gain and relative residual of the wired currents of one tile's arrays against ideal wires."""
-    config = CrossbarConfig.preset("physical", weight_bits=3, tile_size=tile)
+class TileStatistics(NamedTuple):
+    gain: float
+    residual: float
+    fast_error: float
+    unwired_error: float
+    exact_seconds: float
+    transfer_seconds: float
+
+
+def tile_statistics(tile: int, ohms: float, seed: int, vectors: int) -> TileStatistics:
+    """The wires' effect on one tile's differential outputs, and the fast model's error, by the exact solve."""
+    config = CrossbarConfig.preset(
+        "physical", weight_bits=3, tile_size=tile, row_wire_resistance=ohms, column_wire_resistance=ohms
+    )
     layer, x, _ = protocol_layer(config, seed, vectors)
     v = dac(x, x.abs().amax(), config)[:, :tile].double()  # the first row tile's voltages [vectors, tile]
-    arrays = layer.r[:, :tile, :, :tile].permute(0, 2, 1, 3).reshape(-1, tile, tile)  # [2 x planes, R, C]
-    iv = synaptogen_iv(layer.read_model.base, layer.read_model.delta, arrays)
-    batch = v.expand(arrays.shape[0], *v.shape)
-    ideal = solve(arrays, batch, 0.0, iv).column_currents
-    wired = solve(arrays, batch, ohms, iv).column_currents
+    arrays = layer.r[:, :tile, :, :tile].permute(0, 2, 1, 3)  # [2 (sign), planes, R, C]
+    model = layer.read_model
+    iv = synaptogen_iv(model.base, model.delta, arrays)
+    batch = v.expand(*arrays.shape[:2], *v.shape)
+    start = time.perf_counter()
+    ideal, wired = (solve(arrays, batch, wires, iv).column_currents for wires in (0.0, ohms))
+    exact_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    difference = cell_pairs(layer.r[:, :tile, :, :tile], model, config).difference.double()
+    transfer_seconds = time.perf_counter() - start
+    row_factor = v * model.conductances(v)[1].double()  # v delta(v), as the read's mean factor
+    fast = row_factor @ difference.unflatten(-1, (config.planes, tile)).movedim(1, 0)  # [planes, vectors, C]
+    unwired = row_factor @ (arrays[0] - arrays[1]).double()
+    ideal, wired = ideal[0] - ideal[1], wired[0] - wired[1]  # [planes, vectors, C]
     gain = (wired * ideal).sum((-2, -1)) / ideal.square().sum((-2, -1))
     residual = (wired - gain[:, None, None] * ideal).norm(dim=(-2, -1)) / ideal.norm(dim=(-2, -1))
-    return float(gain.mean()), float(residual.mean())
+
+    def error(model_outputs: torch.Tensor) -> float:
+        return float(((model_outputs - wired).norm(dim=(-2, -1)) / wired.norm(dim=(-2, -1))).mean())
+
+    return TileStatistics(
+        float(gain.mean()), float(residual.mean()), error(fast), error(unwired), exact_seconds, transfer_seconds
+    )
 
 
 def main() -> None:
@@ -45,14 +80,13 @@ def main() -> None:
     args = parser.parse_args()
     nodes = ", ".join(f"{node} nm {segment_resistance(node)[0]:.2f}" for node in (45, 22, 7))
     print(f"ohms per segment of a passive crossbar (NeuroSim 1.4): {nodes}")
-    print(f"{'tile':>5s} {'ohms':>5s} {'gain':>7s} {'residual':>8s} {'seconds':>8s}")
+    header = ("tile", "ohms", "gain", "residual", "fast error", "no-wire error", "exact s", "transfer s")
+    print(" ".join(f"{name:>13s}" for name in header))
     for tile in TILES:
         for ohms in OHMS:
-            start = time.perf_counter()
             runs = [tile_statistics(tile, ohms, seed, args.vectors) for seed in range(args.seeds)]
-            seconds = (time.perf_counter() - start) / args.seeds
-            gain, residual = (statistics.mean(run[k] for run in runs) for k in (0, 1))
-            print(f"{tile:5d} {ohms:5.1f} {gain:7.4f} {residual:8.4f} {seconds:8.1f}", flush=True)
+            means = [statistics.mean(run[k] for run in runs) for k in range(len(TileStatistics._fields))]
+            print(f"{tile:13d} {ohms:13.1f} " + " ".join(f"{value:13.4f}" for value in means), flush=True)
 
 
 if __name__ == "__main__":

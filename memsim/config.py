@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from typing import Any
 
 from memsim.noise import READ_NOISE_MODES
@@ -17,7 +18,7 @@ VERIFY_SCHEMES = ("centred", "first_past")
 INPUT_SCHEMES = ("amplitude", "bit_serial")
 CALIBRATIONS = ("nominal", "paper", "per_column")
 # What CrossbarConfig.only() can keep, each one a way the chip differs from the digital layer.
-NON_IDEALITIES = ("device_variation", "cycle_variation", "iv_nonlinearity", "read_noise", "dac", "adc")
+NON_IDEALITIES = ("device_variation", "cycle_variation", "iv_nonlinearity", "read_noise", "dac", "adc", "wires")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,12 @@ class CrossbarConfig:
     weight_bits: float = 3  # 1.5 (ternary) or an integer 2..8; symmetric levels +-(2^(b-1)-1)
     levels_per_cell: int = 2  # conductance levels of a cell: 2 = binary; 3..16 are programmed and verified
     tile_size: int = 128  # rows and columns of one crossbar array
+    # Ohms of one wire segment (one cell pitch) along a row and along a column: both 0 (ideal wires, the default)
+    # or both > 0. Rows are driven from before column 0, columns sensed at virtual ground past the last row
+    # (memsim.ir_drop). Per technology node: memsim.ir_drop.segment_resistance (NeuroSim 1.4's interconnect):
+    # a passive crossbar's segment is 0.42 ohm at 45 nm, 0.93 at 22 nm, 2.8 at 7 nm.
+    row_wire_resistance: float = 0.0
+    column_wire_resistance: float = 0.0
     dac_bits: int | None = 8  # input quantization, symmetric; None: ideal DAC
     v_read: float = 0.6  # volts of a full-scale input
     adc_precision_bits: int | None = 8  # step 2^-p in units of one programmed pair at v_read; None: ideal ADC
@@ -88,6 +95,15 @@ class CrossbarConfig:
             fail("tile_size", "a positive integer")
         if self.dac_bits is not None and (not _is_int(self.dac_bits) or not 2 <= self.dac_bits <= 24):
             fail("dac_bits", "an integer from 2 to 24, or None for an ideal DAC")
+        for wire in ("row_wire_resistance", "column_wire_resistance"):
+            value = getattr(self, wire)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                fail(wire, "ohms per cell segment, >= 0")
+        if (self.row_wire_resistance == 0) != (self.column_wire_resistance == 0):
+            fail(
+                "column_wire_resistance",
+                f"> 0 with row_wire_resistance > 0 and 0 with it 0 (row_wire_resistance={self.row_wire_resistance!r})",
+            )
         if not isinstance(self.v_read, (int, float)) or not 0 < self.v_read <= 1.5:
             fail("v_read", "a voltage in (0, 1.5]")
         if self.adc_precision_bits is not None and (
@@ -159,7 +175,7 @@ class CrossbarConfig:
         """This config with every non-ideality removed but `kept` (one of NON_IDEALITIES; None keeps none).
 
         Removing all of them (ideal converters, no read noise, identical ohmic cells at the nominal LRS and
-        HRS) leaves a chip that reproduces the digital layer under the nominal calibration."""
+        HRS, ideal wires) leaves a chip that reproduces the digital layer under the nominal calibration."""
         if kept is not None and kept not in NON_IDEALITIES:
             raise ValueError(f"unknown non-ideality {kept!r}; choose one of {list(NON_IDEALITIES)} or None")
         ideal: dict[str, dict[str, Any]] = {
@@ -170,9 +186,20 @@ class CrossbarConfig:
             # inputs exactly as the digital model's, in one pulse
             "dac": {"dac_bits": None, "keep_input_quantizer": True, "input_scheme": "amplitude"},
             "adc": {"adc_precision_bits": None, "adc_range_bits": None},
+            "wires": {"row_wire_resistance": 0.0, "column_wire_resistance": 0.0},
         }
         changes = {field: value for name, fields in ideal.items() if name != kept for field, value in fields.items()}
         return dataclasses.replace(self, **changes)
+
+    @property
+    def wire_resistance(self) -> tuple[float, float]:
+        """(row, column) ohms per cell segment: memsim.ir_drop's wire_resistance."""
+        return (float(self.row_wire_resistance), float(self.column_wire_resistance))
+
+    @property
+    def wired(self) -> bool:
+        """Whether the wires have resistance (IR drop is simulated)."""
+        return self.row_wire_resistance > 0
 
     @property
     def max_level(self) -> int:

@@ -80,17 +80,19 @@ class TileConvolution:
         variance, rows = torch.zeros_like(mean), layer.r.new_zeros(row_tiles, window * taps)
         padding_variance = layer.r.new_zeros(row_tiles, planes, slots)
         zero_volts = zero_volt_factors(layer.read_model, layer.factor_unit(), layer.r)
+        difference, total = (m.unflatten(-1, (planes, out_features)) for m in layer.cell_pairs())
         for t, (start, own) in enumerate(zip(first, chosen, strict=True)):
             n, real = own.numel(), real_rows[t]
             columns[t, :n] = own
-            cells = layer.r[:, t * tile : (t + 1) * tile][..., own]  # [2, tile, planes, n]
+            tile_rows = slice(t * tile, (t + 1) * tile)
+            pair_difference, pair_total = difference[tile_rows][..., own], total[tile_rows][..., own]  # [tile, planes, n]
             offset = t * tile - start * taps  # the tile's first row within the window's taps
             taps_here = slice(offset, offset + real)
-            mean[t, :, :n, taps_here] = (cells[0, :real] - cells[1, :real]).permute(1, 2, 0)
-            variance[t, :, :n, taps_here] = (cells[0, :real] + cells[1, :real]).permute(1, 2, 0)
+            mean[t, :, :n, taps_here] = pair_difference[:real].permute(1, 2, 0)
+            variance[t, :, :n, taps_here] = pair_total[:real].permute(1, 2, 0)
             rows[t, taps_here] = 1
             if zero_volts[1] is not None and zero_volts[2] is not None and real < tile:
-                padded = cells[0, real:] + cells[1, real:]  # [padding rows, planes, n]
+                padded = pair_total[real:]  # [padding rows, planes, n]
                 padding_variance[t, :, :n] = zero_volts[1] * padded.sum(0) + 2 * zero_volts[2] * (tile - real)
         channels = (torch.tensor(first, device=device)[:, None] + torch.arange(window, device=device)).clamp_(
             max=self.conv.in_channels - 1

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from memsim import ir_drop
 from memsim.config import CrossbarConfig
 from memsim.device import HRS, LRS, UR, US, CellArray, first_cycle_features, r_of_resistance
 from memsim.noise import ReadNoise, read_noise
@@ -668,7 +669,8 @@ def zero_volt_factors(model: ReadModel, unit: float, like: torch.Tensor) -> RowF
 
 class CellPairs(NamedTuple):
     """The programmed differential pairs as the read uses them, [rows, planes x out] each: r_pos - r_neg (the
-    mean current's) and r_pos + r_neg (the noise variance's). Computed once per programming, not per read."""
+    mean current's) and r_pos + r_neg (the noise variance's). Computed once per programming, not per read.
+    Through resistive wires (cell_pairs) the mean's matrix is what the wires leave of it."""
 
     difference: torch.Tensor
     total: torch.Tensor
@@ -678,6 +680,50 @@ class CellPairs(NamedTuple):
         """The pairs of programmed tiles r [2, rows, planes, out]."""
         flat = (r.shape[1], r.shape[2] * r.shape[3])
         return cls((r[0] - r[1]).reshape(flat), (r[0] + r[1]).reshape(flat))
+
+
+# A trained layer's inputs mostly use a small part of the DAC's range (set by the largest input seen), and the chord
+# conductance depends on the voltage, so what is fitted or linearized for amplitude inputs is taken at this fraction
+# of v_read. Measured on a 384 -> 1536 layer with N(0, 1) inputs: column tests at full scale leave a 2 % gain error.
+TYPICAL_INPUT_FRACTION = 0.25
+
+
+def typical_read_voltage(config: CrossbarConfig) -> float:
+    """The voltage a read mostly puts across the cells: v_read for bit-serial pulses (their only non-zero
+    voltage), TYPICAL_INPUT_FRACTION of it for amplitude inputs."""
+    return config.v_read * (1.0 if config.input_scheme == "bit_serial" else TYPICAL_INPUT_FRACTION)
+
+
+def cell_pairs(r: torch.Tensor, model: ReadModel, config: CrossbarConfig) -> CellPairs:
+    """The read's pairs (CellPairs) of programmed tiles r [2, rows, planes, out], through the config's wires.
+
+    Ideal wires: CellPairs.of(r). Resistive wires: each array (a plane of one sign, tile_size rows and columns; the
+    columns past `out` in the last column tile are unprogrammed HRS cells) gets its exact transfer matrix T
+    (memsim.ir_drop.transfer_matrix) at its cells' chord conductances g = base(v_t) + r delta(v_t), v_t the
+    typical_read_voltage; the mean's matrix becomes (T_pos - T_neg) / delta(v_t), which is r_pos - r_neg for ideal
+    wires. A read then multiplies it by each row's v delta(v) as before: exact for ohmic cells (iv_nonlinearity
+    off, or every cell at v_t); for non-linear cells each cell's current keeps its own I-V at its row's voltage,
+    scaled by what the wires leave at v_t (benchmarks/ir_drop.py measures this against the exact non-linear
+    solve). Limits: the noise variance stays the cells' own (a cell's noise current reaches the sense amplifier
+    attenuated like its signal, which this overstates by at most the gain loss; physical read noise is about
+    0.1 % of a LRS current); and the base conductance's shape in v is taken as delta's, base(v) ~ delta(v)
+    base(v_t) / delta(v_t), which errs only where the two arrays of a pair lose different fractions (without wires
+    the base cancels between them).
+    """
+    pairs = CellPairs.of(r)
+    if not config.wired:
+        return pairs
+    v_t = torch.tensor(typical_read_voltage(config), device=r.device)
+    base, delta = (float(c) for c in model.conductances(v_t))
+    _, rows, planes, out = r.shape
+    tile = config.tile_size
+    cells = torch.nn.functional.pad(r, (0, -out % tile), value=model.r_off)  # [2, rows, planes, out padded]
+    arrays = cells.unflatten(1, (rows // tile, tile)).unflatten(-1, (-1, tile))  # [2, T, R, P, U, C]
+    arrays = arrays.permute(0, 1, 3, 4, 2, 5)  # [2, row tiles, planes, column tiles, R, C]
+    transfer = ir_drop.transfer_matrix(base + arrays * delta, config.wire_resistance).to(r.dtype)
+    transfer = transfer.permute(0, 1, 4, 2, 3, 5).flatten(-2)[..., :out].flatten(1, 2)  # [2, rows, planes, out]
+    difference = ((transfer[0] - transfer[1]) / delta).reshape(pairs.difference.shape)
+    return CellPairs(difference, pairs.total)
 
 
 # The most elements (inputs x planes x columns, over all stacked matrices) of the temporaries one batch of tiles
@@ -860,39 +906,35 @@ class ColumnCalibration(NamedTuple):
 
 
 MIN_COLUMN_GAIN = 0.1  # a broken column (its ones failed to SET) is not amplified beyond 10x
-# Test inputs are uniform in +-v_read x this: a trained layer's inputs mostly use a small part of the DAC's range
-# (set by the largest input seen), and the chord conductance depends on the voltage, so the fit reads at that
-# size. Measured on a 384 -> 1536 layer with N(0, 1) inputs: full-scale test inputs leave a 2 % gain error.
-COLUMN_TEST_AMPLITUDE = 0.25
 
 
 @torch.no_grad()
 def fit_columns(
     cells_on: torch.Tensor,
-    r: torch.Tensor,
+    difference: torch.Tensor,
     model: ReadModel,
     config: CrossbarConfig,
     generator: torch.Generator | None = None,
 ) -> ColumnCalibration:
-    """Per-column calibration, as a chip does after programming: read every tile with known test inputs
-    (2 x tile_size vectors, uniform in +-v_read x COLUMN_TEST_AMPLITUDE, both polarities; for bit-serial inputs
-    each row at 0 V or v_read, as its pulses drive them) and fit, per
-    tile, plane and column, measured = gain x expected + offset by least squares, where expected is what
-    the stored bits give.
+    """Per-column calibration, as a chip does after programming: read every tile (its pairs' CellPairs.difference
+    [rows, planes x out], through the wires if they have resistance) with known test inputs (2 x tile_size
+    vectors, uniform in +-typical_read_voltage, both polarities; for bit-serial inputs each row at 0 V or v_read,
+    as its pulses drive them) and fit, per tile, plane and column, measured = gain x expected + offset by least
+    squares, where expected is what the stored digits cells_on [2, rows, planes, out] give.
 
     The fit sees the noiseless currents (the mean of many test reads) before the ADC; it costs test reads
     and two numbers per column, not weights.
     """
-    _, in_padded, planes, out_features = r.shape
+    _, in_padded, planes, out_features = cells_on.shape
     tiles, tile = in_padded // config.tile_size, config.tile_size
-    uniform = torch.rand(2 * tile, tile, generator=generator, device=r.device)
+    uniform = torch.rand(2 * tile, tile, generator=generator, device=difference.device)
     if config.input_scheme == "bit_serial":  # the only voltages its rows see: 0 V and v_read, at random
         v = uniform.lt_(0.5).float().mul_(config.v_read)
     else:
-        amplitude = config.v_read * COLUMN_TEST_AMPLITUDE
+        amplitude = typical_read_voltage(config)
         v = uniform.mul_(2 * amplitude).sub_(amplitude)
     _, delta = model.conductances(v)
-    measured = (v * delta / model.unit_current) @ (r[0] - r[1]).reshape(tiles, tile, planes * out_features)
+    measured = (v * delta / model.unit_current) @ difference.reshape(tiles, tile, planes * out_features)
     stored = (cells_on[0].float() - cells_on[1].float()).reshape(tiles, tile, planes * out_features)
     expected = (v / config.v_read) @ stored  # [tiles, tests, planes * out]
     centred = expected - expected.mean(1, keepdim=True)

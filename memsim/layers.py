@@ -17,6 +17,7 @@ from memsim.crossbar import (
     ReadModel,
     RowFactors,
     adc_step,
+    cell_pairs,
     dac,
     digit_planes,
     fit_columns,
@@ -25,6 +26,7 @@ from memsim.crossbar import (
     read_inputs,
     reads_per_vector,
     tile_reads,
+    typical_read_voltage,
     zero_volt_factors,
 )
 from memsim.crossbar import program as program_cells
@@ -156,7 +158,7 @@ class MemristorLinear(nn.Module):
                 layer.level_failures.copy_(programmed.failed_by_level)
                 layer.level_histogram.copy_(level_histogram(layer.r, cells, config.levels_per_cell, layer.read_model))
             if config.calibration == "per_column":
-                gain, offset = fit_columns(cells, layer.r, layer.read_model, config, generator)
+                gain, offset = fit_columns(cells, layer.cell_pairs().difference, layer.read_model, config, generator)
                 layer.column_gain.copy_(gain)
                 layer.column_offset.copy_(offset)
         output_quant = getattr(linear, "output_quant", None)
@@ -199,18 +201,18 @@ class MemristorLinear(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         """[out, in]: what the programmed cells hold, in weight levels: per weight, the place-weighted difference
-        of its cells' chord conductances at a quarter of v_read (inputs mostly use a small part of the DAC's
-        range), relative to one level step. q itself on an ideal chip. Cached until r changes."""
+        of its cells' chord conductances at the typical read voltage (crossbar.typical_read_voltage), through the
+        wires if they have resistance, relative to one level step. q itself on an ideal chip. Cached until r
+        changes."""
         key = self.programming_key()
         if getattr(self, "_effective_key", None) != key:
-            fraction = 1.0 if self.config.input_scheme == "bit_serial" else 0.25  # bit-serial pulses: v_read
-            v = torch.tensor(fraction * self.config.v_read, device=self.r.device)
+            config = self.config
+            v = torch.tensor(typical_read_voltage(config), device=self.r.device)
             _, delta = self.read_model.conductances(v)
-            places = torch.tensor(
-                [float(self.config.levels_per_cell**k) for k in range(self.config.planes)], device=self.r.device
-            )
-            pairs = torch.einsum("ipo,p->oi", self.r[0] - self.r[1], places)[:, : self.in_features]
-            self._effective = pairs * (v * delta / (0.25 * self.read_model.unit_current))
+            places = torch.tensor([float(config.levels_per_cell**k) for k in range(config.planes)], device=v.device)
+            difference = self.cell_pairs().difference.unflatten(-1, (config.planes, self.out_features))
+            pairs = torch.einsum("ipo,p->oi", difference, places)[:, : self.in_features]
+            self._effective = pairs * (config.v_read * delta / self.read_model.unit_current)
             self._effective_key = key
         return self._effective
 
@@ -276,7 +278,7 @@ class MemristorLinear(nn.Module):
         """The programmed pairs as the read uses them (crossbar.CellPairs), cached until r changes."""
         key = self.programming_key()
         if getattr(self, "_pairs_key", None) != key:
-            self._pairs, self._pairs_key = CellPairs.of(self.r), key
+            self._pairs, self._pairs_key = cell_pairs(self.r, self.read_model, self.config), key
         return self._pairs
 
     def partial_response(self, x: torch.Tensor, first_row: int) -> torch.Tensor:

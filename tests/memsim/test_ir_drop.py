@@ -9,7 +9,7 @@ import torch
 
 import memsim
 from memsim.crossbar import ReadModel
-from memsim.ir_drop import segment_resistance, solve, synaptogen_iv
+from memsim.ir_drop import segment_resistance, solve, synaptogen_iv, transfer_matrix
 
 LRS, HRS = 1 / 4500.0, 1 / 75000.0
 
@@ -61,6 +61,21 @@ def test_ohmic_tiles_match_a_dense_nodal_solve(shape, ohms):
     torch.testing.assert_close(solution.column_currents, expected, rtol=1e-8, atol=1e-14)
     ideal = v @ g
     assert (solution.column_currents - ideal).abs().max() > 1e-3 * ideal.abs().max()  # the wires do matter
+
+
+@pytest.mark.parametrize(
+    "shape, ohms", [((4, 4), (1.0, 1.0)), ((16, 16), (2.5, 0.5)), ((7, 12), (0.3, 3.0)), ((1, 5), (1.0, 1.0)), ((5, 1), (1.0, 2.0))]
+)
+def test_the_transfer_matrix_of_ohmic_tiles_is_the_dense_nodal_solve_of_each_row_alone(monkeypatch, shape, ohms):
+    """Row i of T is the column currents with row i at 1 V and the others at 0 V; batched tiles and several chunks
+    (memsim.ir_drop.TRANSFER_CHUNK_ELEMENTS) give each tile's own."""
+    tiles = torch.stack([random_tile(*shape, seed) for seed in range(3)])
+    unit_rows = torch.eye(shape[0], dtype=torch.float64)
+    expected = torch.stack([torch.stack([dense_solve(tile, row, *ohms) for row in unit_rows]) for tile in tiles])
+    torch.testing.assert_close(transfer_matrix(tiles, ohms), expected, rtol=1e-9, atol=1e-15)
+    monkeypatch.setattr(memsim.ir_drop, "TRANSFER_CHUNK_ELEMENTS", 1)  # one tile per chunk
+    torch.testing.assert_close(transfer_matrix(tiles, ohms), expected, rtol=1e-9, atol=1e-15)
+    assert torch.equal(transfer_matrix(tiles, 0.0), tiles)
 
 
 def test_tiles_and_inputs_are_batched_and_ideal_wires_give_the_product():
