@@ -11,18 +11,26 @@ tile. Prints, mean over planes and seeds:
   and columns); beside it, the same error of a read that ignores the wires (today's read without them);
 - the seconds of the exact solve and of the transfer matrices, per seed.
 
+With --read-cost, only this instead: a 384 -> 1536 3-bit layer on the physical chip (128 x 128 tiles, 72 arrays)
+read at batch 1024 without wires and with 1 ohm per segment, the fastest of --repeats alternating calls (benchmarks/
+crossbar.py's best_of), and the seconds its transfer matrices take once after programming.
+
     python benchmarks/ir_drop.py [--seeds 2] [--vectors 32]
+    python benchmarks/ir_drop.py --read-cost [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from typing import NamedTuple
 
 import torch
+from crossbar import best_of  # benchmarks/crossbar.py
 
+from memsim import MemristorLinear
 from memsim.config import CrossbarConfig
 from memsim.crossbar import cell_pairs, dac
 from memsim.ir_drop import segment_resistance, solve, synaptogen_iv
@@ -73,11 +81,38 @@ def tile_statistics(tile: int, ohms: float, seed: int, vectors: int) -> TileStat
     )
 
 
+def read_cost(repeats: int) -> None:
+    """Read time of one layer with and without wires, side by side, and the one-off cost of its transfer matrices."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(384, 1536)
+    x = torch.randn(1024, 384)
+    layers = {}
+    for ohms in (0.0, 1.0):
+        config = CrossbarConfig(weight_bits=3, row_wire_resistance=ohms, column_wire_resistance=ohms)
+        layers[ohms] = MemristorLinear.from_linear(linear, config, torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    layers[1.0].cell_pairs()
+    transfer_seconds = time.perf_counter() - start
+    arrays = 2 * layers[1.0].config.planes * layers[1.0].tiles()
+    with torch.no_grad():
+        seconds = best_of([functools.partial(layer, x) for layer in layers.values()], repeats, lambda: None)
+    print(
+        f"read of 1024 vectors, 384 -> 1536, 3 bits: "
+        f"no wires {seconds[0] * 1e3:.1f} ms, 1 ohm {seconds[1] * 1e3:.1f} ms"
+    )
+    print(f"ratio {seconds[1] / seconds[0]:.3f}; transfer matrices {transfer_seconds:.1f} s for {arrays} arrays")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--vectors", type=int, default=32)
+    parser.add_argument("--read-cost", action="store_true", help="only the read's cost with and without wires")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.read_cost:
+        read_cost(args.repeats)
+        return
     nodes = ", ".join(f"{node} nm {segment_resistance(node)[0]:.2f}" for node in (45, 22, 7))
     print(f"ohms per segment of a passive crossbar (NeuroSim 1.4): {nodes}")
     header = ("tile", "ohms", "gain", "residual", "fast error", "no-wire error", "exact s", "transfer s")

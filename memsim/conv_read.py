@@ -85,7 +85,10 @@ class TileConvolution:
             n, real = own.numel(), real_rows[t]
             columns[t, :n] = own
             tile_rows = slice(t * tile, (t + 1) * tile)
-            pair_difference, pair_total = difference[tile_rows][..., own], total[tile_rows][..., own]  # [tile, planes, n]
+            pair_difference, pair_total = (
+                difference[tile_rows][..., own],
+                total[tile_rows][..., own],
+            )  # [tile, planes, n]
             offset = t * tile - start * taps  # the tile's first row within the window's taps
             taps_here = slice(offset, offset + real)
             mean[t, :, :n, taps_here] = pair_difference[:real].permute(1, 2, 0)

@@ -96,9 +96,7 @@ def solve(
     cell voltages [..., B, R, C] returning each cell's current and its derivative (synaptogen_iv). Converges
     until Newton's update and the conjugate gradients' residual are below `tolerance` relative to the largest
     row voltage and the drive current; raises if Newton does not converge in max_newton_steps."""
-    row_ohms, column_ohms = (
-        wire_resistance if isinstance(wire_resistance, tuple) else (wire_resistance, wire_resistance)
-    )
+    row_ohms, column_ohms = _ohms(wire_resistance)
     g = conductance.to(torch.float64)
     v = v_rows.to(torch.float64)
     cell = iv or _ohmic(g.unsqueeze(-3))
@@ -107,8 +105,6 @@ def solve(
     if row_ohms == 0 and column_ohms == 0:  # ideal wires: every cell sees its row's voltage
         voltages = v.unsqueeze(-1).expand(shape)
         return IrDropSolution(cell(voltages)[0].sum(-2), voltages, 0)
-    if row_ohms <= 0 or column_ohms <= 0:
-        raise ValueError(f"wire_resistance must be > 0 ohm for rows and columns (or 0 for both), got {wire_resistance}")
     w_row, w_column = 1.0 / row_ohms, 1.0 / column_ohms
     row_nodes = v.unsqueeze(-1).expand(shape).clone()  # ideal wires as the first guess
     column_nodes = torch.zeros(shape, dtype=torch.float64, device=v.device)
@@ -279,8 +275,8 @@ def transfer_matrix(conductance: torch.Tensor, wire_resistance: float | tuple[fl
       by LU without host-synchronizing error checks, is stable; on this CPU batched LU inverses ran 40x faster
       than Cholesky solves). Only the
       last row's column nodes are needed, w_c Vc[R-1] being the sensed currents, so there is no back substitution.
-    Cost per tile: R inverses of C x C blocks and their products with the sources, about R C^2 (2 C + R / 2) flops. Ideal
-    wires (0 ohm for both) give T = conductance. Memory: TRANSFER_CHUNK_ELEMENTS bounds what is held at once.
+    Cost per tile: R inverses of C x C blocks and their products with the sources, about R C^2 (2 C + R / 2)
+    flops. Ideal wires (0 ohm for both) give T = conductance. TRANSFER_CHUNK_ELEMENTS bounds the memory held.
     """
     row_ohms, column_ohms = _ohms(wire_resistance)
     g = conductance.to(torch.float64)

@@ -139,6 +139,26 @@ def test_a_bit_serial_chip_counts_vectors_once_and_converts_each_pulse(recipe, m
     assert summary["adc_conversions_per_second_of_audio"] == round(expected)
 
 
+def test_a_chip_with_resistive_wires_is_a_chip_of_its_own_and_decodes_through_them(recipe, make_cfg):
+    """Wire resistance enters the chip's identity (a chip of its own, beside the ideal-wire one, whose identity the
+    new settings leave as it was), its summary records it, and its decodes read through the wires."""
+    work, overrides = recipe
+    plain = [*overrides, "memsim.instances=1", "stages=[memsim]"]
+    wired = [*plain, "memsim.row_wire_resistance=2.78", "memsim.column_wire_resistance=2.78"]
+    runner.run(make_cfg(*wired))
+    s_plain, s_wired = settings.load(make_cfg(*plain)), settings.load(make_cfg(*wired))
+    trained = graph.model_output(s_wired, True)
+    chip_plain, chip_wired = graph.chip_output(s_plain, trained), graph.chip_output(s_wired, trained)
+    assert chip_plain.relpath != chip_wired.relpath
+    assert "wire" not in json.dumps(chip_plain.settings)  # at 0 ohm the identity is the one from before wires
+    assert "row_wire_resistance" in json.dumps(chip_wired.settings)
+    summary = json.loads((work / chip_wired.relpath / SUMMARY_FILE).read_text())
+    assert (summary["config"]["row_wire_resistance"], summary["config"]["column_wire_resistance"]) == (2.78, 2.78)
+    assert all(
+        (work / output.relpath / "hyps.jsonl").exists() for output in graph.chip_decodes(s_wired, trained, chip_wired)
+    )
+
+
 def hypotheses(work: Path) -> dict[str, bytes]:
     return {str(p.relative_to(work)): p.read_bytes() for p in work.glob("*/**/hyps.jsonl")}
 

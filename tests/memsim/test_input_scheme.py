@@ -78,6 +78,16 @@ def test_per_column_calibration_fits_bit_serial_cells_at_the_voltage_their_pulse
     assert gain == pytest.approx(1.0, abs=1e-3) and relative_residual(y, reference) < 1e-3
 
 
+@pytest.mark.parametrize("scheme", ["amplitude", "bit_serial"])
+def test_the_mean_path_holds_the_integer_weights_on_an_ideal_chip_for_either_scheme(scheme):
+    """The gradient's effective weights are in weight levels whatever voltage a scheme reads at."""
+    torch.manual_seed(0)
+    linear = nn.Linear(40, 12)
+    layer = memsim.MemristorLinear.from_linear(linear, dataclasses.replace(IDEAL, input_scheme=scheme))
+    q, _ = memsim.crossbar.integer_weights(linear.weight, IDEAL.max_level)
+    torch.testing.assert_close(layer.effective_weight(), q)
+
+
 def test_a_bit_serial_chip_needs_a_dac_and_removing_the_dac_sends_amplitudes():
     with pytest.raises(ValueError, match="dac_bits must be set"):
         memsim.CrossbarConfig(input_scheme="bit_serial", dac_bits=None)

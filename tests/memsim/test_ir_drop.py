@@ -64,7 +64,8 @@ def test_ohmic_tiles_match_a_dense_nodal_solve(shape, ohms):
 
 
 @pytest.mark.parametrize(
-    "shape, ohms", [((4, 4), (1.0, 1.0)), ((16, 16), (2.5, 0.5)), ((7, 12), (0.3, 3.0)), ((1, 5), (1.0, 1.0)), ((5, 1), (1.0, 2.0))]
+    "shape, ohms",
+    [((4, 4), (1.0, 1.0)), ((16, 16), (2.5, 0.5)), ((7, 12), (0.3, 3.0)), ((1, 5), (1.0, 1.0)), ((5, 1), (1.0, 2.0))],
 )
 def test_the_transfer_matrix_of_ohmic_tiles_is_the_dense_nodal_solve_of_each_row_alone(monkeypatch, shape, ohms):
     """Row i of T is the column currents with row i at 1 V and the others at 0 V; batched tiles and several chunks

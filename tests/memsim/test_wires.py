@@ -117,11 +117,17 @@ def test_per_column_calibration_recovers_the_gain_the_wires_take():
     gains = {}
     for calibration in ("nominal", "per_column"):
         config = memsim.CrossbarConfig(
-            weight_bits=3, tile_size=64, read_noise="none", calibration=calibration, row_wire_resistance=2.5,
+            weight_bits=3,
+            tile_size=64,
+            read_noise="none",
+            calibration=calibration,
+            row_wire_resistance=2.5,
             column_wire_resistance=2.5,
         )
         with torch.no_grad():
-            gains[calibration] = gain(memsim.convert(nn.Sequential(linear), config, torch.Generator().manual_seed(0))(x), digital)
+            gains[calibration] = gain(
+                memsim.convert(nn.Sequential(linear), config, torch.Generator().manual_seed(0))(x), digital
+            )
     assert gains["nominal"] < 0.85 and abs(1 - gains["per_column"]) < 0.05
 
 
