@@ -104,7 +104,8 @@ MADE_BEFORE: dict[str, dict[str, Any]] = {"crossbar": {"verify_scheme": "first_p
 MULTI_LEVEL_ONLY = ("verify_scheme",)
 # A chip's settings beside its crossbar, and the value each has when it is absent from the chip's identity
 CHIP_DEFAULTS: dict[str, Any] = {"kinds": ["linear"], "adc_auto": None, "layer_adc": {}, "tune": None}
-NOISE_SETTINGS = ("noise_std", "noise_table")  # meaningless, and left out, while quantization noise is off
+# meaningless, and left out, while quantization noise is off
+NOISE_SETTINGS = ("noise_std", "noise_table", "noise_chip")
 
 
 def identity(group: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,9 @@ weights (`quantize_depthwise`) and its input and output (`depthwise_io_bits`, me
 Noise-aware training (`noise`, off by default): in training only, each step the crossbar layers' integer weights
 are replaced by what a chip would hold, with the gradient passed straight through to the quantized weights:
 Gaussian noise of `noise_std` x the weight range ("gauss", as the paper's authors tried later with deviations of
-0.025-0.1), or draws from a memsim.WeightErrorModel measured from a chip's own cells ("chip": its gain per level
-and input sign, its programming spread and read noise).
+0.025-0.1), draws from a memsim.WeightErrorModel measured from a chip's own cells ("chip": its gain per level
+and input sign, its programming spread and read noise), or what a chip's resistive wires make of the layer's own
+weights ("wires": memsim.WireWeightModel, the nominal chip of `noise_chip` programmed with them every few steps).
 """
 
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from torch import nn
 
 from asr.model.attention import SelfAttention
 from asr.model.conformer import ConvModule
-from memsim import LinearLSTM, WeightErrorModel
+from memsim import CrossbarConfig, LinearLSTM, WeightErrorModel, WireWeightModel
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -87,7 +88,7 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 WEIGHT_SCALES = ("minmax", "running_max", "lsq")
-NOISES = ("none", "gauss", "chip")
+NOISES = ("none", "gauss", "chip", "wires")
 
 
 @dataclass
@@ -113,10 +114,12 @@ class QuantConfig:
     exclude: tuple[str, ...] = ()
     # Noise-aware training of the crossbar layers (training only; fresh draws every step, straight-through):
     # "gauss", integer weights plus Gaussian noise of noise_std x the weight range (max|W|); "chip", effective
-    # weights drawn from noise_table, a memsim.WeightErrorModel as a dict (the chip's own statistics).
+    # weights drawn from noise_table, a memsim.WeightErrorModel as a dict (the chip's own statistics); "wires", the
+    # effective weights through the wires of noise_chip, a memsim.CrossbarConfig as a dict (memsim.WireWeightModel).
     noise: str = "none"
     noise_std: float = 0.05
     noise_table: dict | None = None
+    noise_chip: dict | None = None
 
     def __post_init__(self):
         for name in ("weight_bits", "input_bits", "output_bits", "depthwise_io_bits"):
@@ -140,14 +143,19 @@ class QuantConfig:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
         if self.noise == "chip" and self.noise_table is None:
             raise ValueError("noise=chip needs noise_table (a memsim.WeightErrorModel as a dict)")
+        if self.noise == "wires" and self.noise_chip is None:
+            raise ValueError("noise=wires needs noise_chip (a memsim.CrossbarConfig with resistive wires, as a dict)")
 
     def weight_noise(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """What noise-aware training does to the integer weights q of a crossbar layer (None: nothing)."""
+        """What noise-aware training does to the integer weights q of a crossbar layer (None: nothing); a layer's
+        own (WireWeightModel keeps the state of the layer it is given to)."""
         if self.noise == "gauss" and self.weight_bits is not None:
             deviation = self.noise_std * max_level(self.weight_bits)
             return lambda q: q + deviation * torch.randn_like(q)
         if self.noise == "chip" and self.noise_table is not None:
             return WeightErrorModel(**self.noise_table).sample
+        if self.noise == "wires" and self.noise_chip is not None:
+            return WireWeightModel(CrossbarConfig(**self.noise_chip))
         return None
 
 
@@ -441,12 +449,11 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     ]
     if not chosen:
         raise ValueError(f"no nn.Linear layer matches include={list(config.include)} exclude={list(config.exclude)}")
-    noise = config.weight_noise()
     for name in chosen:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent)
         layer = QuantLinear.from_linear(getattr(owner, child), config)
-        layer.weight_quant.noise = noise
+        layer.weight_quant.noise = config.weight_noise()
         setattr(owner, child, layer)
     if config.quantize_attention:
         for attention in _all(model, SelfAttention, "quantize_attention"):

@@ -38,7 +38,7 @@ from asr.model import ModelConfig
 from asr.quant import QuantConfig, max_level
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
-from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig, weight_error_model
+from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig, WireWeightModel, weight_error_model
 from memsim.config import PRESETS
 from memsim.converters import MAX_ADC_BUDGET_BITS
 
@@ -87,7 +87,9 @@ else:
     QuantSettings = mirror(
         QuantConfig,
         "QuantSettings",
-        drop=("noise_table",),  # quant.noise=chip measures it from the `memsim` settings (quant_config)
+        # quant.noise=chip measures its table from the `memsim` settings, quant.noise=wires takes their chip
+        # (quant_config)
+        drop=("noise_table", "noise_chip"),
         add=(
             ("name", str | None, None),  # None: `float`, or w<weight_bits>a<input_bits> such as w3a8
         ),
@@ -171,11 +173,14 @@ class RecipeSettings:
 
     def quant_config(self, quantized: bool) -> QuantConfig:
         """The float model's (no quantization) or the quantized system's; with quant.noise=chip, its noise table is
-        measured from the chip of the `memsim` settings (memsim.weight_error_model, fixed seed)."""
+        measured from the chip of the `memsim` settings (memsim.weight_error_model, fixed seed); with quant.noise=wires,
+        that chip's nominal self (memsim.WireWeightModel.nominal: what its wires do, not its converters or
+        variations, enters the model's identity)."""
         if not quantized:
             return QuantConfig(weight_bits=None)
         table = _noise_table(self.chip_config()) if self.quant.noise == "chip" else None
-        return self.quant.build(noise_table=table)
+        chip = dataclasses.asdict(WireWeightModel.nominal(self.chip_config())) if self.quant.noise == "wires" else None
+        return self.quant.build(noise_table=table, noise_chip=chip)
 
     def system_name(self, quantized: bool) -> str:
         """The label of the float model or of the configured system, e.g. `w3a8` (`w3a8-dw` with the depthwise
@@ -187,7 +192,9 @@ class RecipeSettings:
         if self.quant.name:
             return self.quant.name.replace("{bits}", bits)
         mapped = "-all" if self.quant.quantize_frontend else "-dw" if self.quant.quantize_depthwise else ""
-        noise = {"none": "", "gauss": f"-gauss{self.quant.noise_std:g}", "chip": "-chipnoise"}[self.quant.noise]
+        noise = {"none": "", "gauss": f"-gauss{self.quant.noise_std:g}", "chip": "-chipnoise", "wires": "-wires"}[
+            self.quant.noise
+        ]
         return f"w{bits}a{self.quant.input_bits}{mapped}{noise}"
 
     def train_settings(self, quantized: bool) -> TrainSettings:

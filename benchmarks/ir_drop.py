@@ -11,11 +11,17 @@ tile. Prints, mean over planes and seeds:
   and columns); beside it, the same error of a read that ignores the wires (today's read without them);
 - the seconds of the exact solve and of the transfer matrices, per seed.
 
+With --layers, only this instead: the whole protocol layer (384 -> 1536, the paper Conformer's feed-forward shape,
+3-bit weights with its statistics) on the physical chip through wires, per tile size and NeuroSim's segment
+resistance at 45, 22 and 7 nm (and none), nominal and per-column calibration: gain, relative error and residual of
+its outputs against the digital layer's (memsim.validation.parity.layer_statistics), mean over seeds.
+
 With --read-cost, only this instead: a 384 -> 1536 3-bit layer on the physical chip (128 x 128 tiles, 72 arrays)
 read at batch 1024 without wires and with 1 ohm per segment, the fastest of --repeats alternating calls (benchmarks/
 crossbar.py's best_of), and the seconds its transfer matrices take once after programming.
 
     python benchmarks/ir_drop.py [--seeds 2] [--vectors 32]
+    python benchmarks/ir_drop.py --layers [--seeds 2]
     python benchmarks/ir_drop.py --read-cost [--repeats 5]
 """
 
@@ -34,7 +40,7 @@ from memsim import MemristorLinear
 from memsim.config import CrossbarConfig
 from memsim.crossbar import cell_pairs, dac
 from memsim.ir_drop import segment_resistance, solve, synaptogen_iv
-from memsim.validation.parity import protocol_layer
+from memsim.validation.parity import layer_statistics, protocol_layer
 
 TILES = (64, 128, 256)
 OHMS = (0.5, 1.0, 2.5, 5.0)
@@ -81,6 +87,32 @@ def tile_statistics(tile: int, ohms: float, seed: int, vectors: int) -> TileStat
     )
 
 
+def layer_errors(seeds: int) -> None:
+    """The protocol layer's output error through wires, by tile size, node and calibration."""
+    nodes = {"none": 0.0, **{f"{node} nm": segment_resistance(node)[0] for node in (45, 22, 7)}}
+    header = ("tile", "wires", "ohms", "calibration", "gain", "rel. error", "residual")
+    print(" ".join(f"{name:>11s}" for name in header))
+    for tile in TILES:
+        for node, ohms in nodes.items():
+            for calibration in ("nominal", "per_column"):
+                config = CrossbarConfig.preset(
+                    "physical",
+                    weight_bits=3,
+                    tile_size=tile,
+                    calibration=calibration,
+                    row_wire_resistance=ohms,
+                    column_wire_resistance=ohms,
+                )
+                with torch.no_grad():
+                    runs = [layer_statistics(*protocol_layer(config, seed)) for seed in range(seeds)]
+                mean = [statistics.mean(run[key] for run in runs) for key in ("gain", "relative_error", "residual")]
+                print(
+                    f"{tile:11d} {node:>11s} {ohms:11.2f} {calibration:>11s} "
+                    + " ".join(f"{value:11.4f}" for value in mean),
+                    flush=True,
+                )
+
+
 def read_cost(repeats: int) -> None:
     """Read time of one layer with and without wires, side by side, and the one-off cost of its transfer matrices."""
     torch.manual_seed(0)
@@ -107,11 +139,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--vectors", type=int, default=32)
+    parser.add_argument("--layers", action="store_true", help="only the whole layer's error through wires")
     parser.add_argument("--read-cost", action="store_true", help="only the read's cost with and without wires")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.read_cost:
         read_cost(args.repeats)
+        return
+    if args.layers:
+        layer_errors(args.seeds)
         return
     nodes = ", ".join(f"{node} nm {segment_resistance(node)[0]:.2f}" for node in (45, 22, 7))
     print(f"ohms per segment of a passive crossbar (NeuroSim 1.4): {nodes}")

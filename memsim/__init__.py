@@ -7,7 +7,7 @@ from memsim.converters import adc_settings, allocate_adc, apply_adc_plan, set_ad
 from memsim.device import CellArray, draw_device_parameters
 from memsim.diagnostics import layer_errors
 from memsim.energy import EnergyCosts, measure_energy
-from memsim.error_model import WeightErrorModel, weight_error_model
+from memsim.error_model import WeightErrorModel, WireWeightModel, weight_error_model
 from memsim.layers import MemristorLinear
 from memsim.lstm import LinearLSTM, MemristorLSTM
 from memsim.noise import READ_NOISE_MODES, ReadNoise, read_noise
@@ -37,6 +37,7 @@ __all__ = [
     "READ_NOISE_MODES",
     "ReadNoise",
     "WeightErrorModel",
+    "WireWeightModel",
     "adc_settings",
     "allocate_adc",
     "apply_adc_plan",

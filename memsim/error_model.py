@@ -13,11 +13,13 @@ I-V curve makes the mean depend on u; converters are left out (they act on colum
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import torch
 
 from memsim.config import CrossbarConfig
 from memsim.crossbar import ReadModel, digit_planes, program
+from memsim.layers import MemristorLinear
 
 FRACTIONS = (-1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0)  # input fractions u = v / v_read read at
 
@@ -101,3 +103,71 @@ def weight_error_model(
         spread=torch.stack(spreads, 1).tolist(),
         read_noise=torch.stack(noises, 1).tolist(),
     )
+
+
+# Training calls between two programmings of WireWeightModel's nominal chip (each computes all of the layer's arrays'
+# transfer matrices: 0.1-1 s per 128 x 128 array on this project's 2-core CPUs, benchmarks/ir_drop.py --read-cost).
+WIRE_REFRESH_CALLS = 50
+
+
+class WireWeightModel:
+    """What a chip's resistive wires make of one layer's integer weights q [out, in], for IR-drop-aware training: the
+    effective weights (MemristorLinear.effective_weight: through every array's transfer matrix, divided by the
+    column gains under per-column calibration) of a chip holding q.
+
+    A weight table per level (WeightErrorModel) cannot carry IR drop: what the wires leave of a weight depends on its
+    position in its tile and on the weights sharing its row and column wires. So the layer's own weights are
+    programmed, on the nominal chip of the config: its wires, tile size, I-V, converters' calibration and input
+    scheme, without device or cycle variation or read noise (the wires' effect is deterministic; the variations'
+    are what the other noise models train against). Programming and the transfer matrices cost seconds, so this is
+    done every `refresh` calls (training steps); in between, weights that changed since the last programming move by
+    the layer's mean gain there (their neighbours' load changed little)."""
+
+    def __init__(self, config: CrossbarConfig, refresh: int = WIRE_REFRESH_CALLS):
+        if not config.wired:
+            raise ValueError("WireWeightModel needs a chip whose wires have resistance (row_wire_resistance > 0)")
+        if refresh < 1:
+            raise ValueError(f"refresh must be >= 1 training call, got {refresh}")
+        self.config = self.nominal(config)
+        self.refresh = refresh
+        self.calls = 0
+        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # q, effective, mean gain
+
+    @staticmethod
+    def nominal(config: CrossbarConfig) -> CrossbarConfig:
+        """The chip the model programs: `config` without device or cycle variation, read noise, cycling before
+        programming, or converters (effective weights are taken before the DAC and the ADC)."""
+        return dataclasses.replace(
+            config,
+            device_variation=False,
+            cycle_variation=False,
+            read_noise="none",
+            random_cycles=0,
+            precycle_pulses=0,
+            stationary_cells=False,
+            adc_precision_bits=None,
+            adc_range_bits=None,
+        )
+
+    @torch.no_grad()
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        programmed = self._programmed
+        if programmed is None or self.calls % self.refresh == 0 or programmed[0].shape != q.shape:
+            programmed = self._programmed = self._program(q)
+        self.calls += 1
+        programmed_q, effective, gain = programmed
+        return effective + gain * (q - programmed_q)
+
+    def _program(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        source = SimpleNamespace(  # a quantization-aware layer holding q, as MemristorLinear.from_linear reads one
+            weight=q,
+            bias=None,
+            in_features=q.shape[1],
+            out_features=q.shape[0],
+            integer_weight=lambda: q,
+            weight_scale=torch.ones((), device=q.device),
+        )
+        layer = MemristorLinear.from_linear(source, self.config, torch.Generator(q.device).manual_seed(0))
+        effective = layer.effective_weight()
+        gain = (effective * q).sum() / q.square().sum().clamp_min(1.0)
+        return q.clone(), effective, gain

@@ -202,8 +202,9 @@ class MemristorLinear(nn.Module):
     def effective_weight(self) -> torch.Tensor:
         """[out, in]: what the programmed cells hold, in weight levels: per weight, the place-weighted difference
         of its cells' chord conductances at the typical read voltage (crossbar.typical_read_voltage), through the
-        wires if they have resistance, relative to one level step. q itself on an ideal chip. Cached until r
-        changes."""
+        wires if they have resistance, relative to one level step, and with per-column calibration divided by its
+        column's gain (its offset adds to every input alike: no weight's). q itself on an ideal chip. Cached until
+        r changes."""
         key = self.programming_key()
         if getattr(self, "_effective_key", None) != key:
             config = self.config
@@ -211,6 +212,8 @@ class MemristorLinear(nn.Module):
             _, delta = self.read_model.conductances(v)
             places = torch.tensor([float(config.levels_per_cell**k) for k in range(config.planes)], device=v.device)
             difference = self.cell_pairs().difference.unflatten(-1, (config.planes, self.out_features))
+            if config.calibration == "per_column":  # [in padded, planes, out] / [tiles, 1, planes, out]
+                difference = (difference.unflatten(0, (-1, config.tile_size)) / self.column_gain[:, None]).flatten(0, 1)
             pairs = torch.einsum("ipo,p->oi", difference, places)[:, : self.in_features]
             self._effective = pairs * (config.v_read * delta / self.read_model.unit_current)
             self._effective_key = key

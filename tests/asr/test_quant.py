@@ -478,3 +478,27 @@ def test_settings_added_later_keep_the_identity_of_models_made_before_them(make_
     assert not {"noise", "noise_std", "noise_table", "quantize_frontend"} & set(quant) and "encoder" not in model
     noisy = settings.load(make_cfg("+experiment=mini", "quant.noise=gauss"))
     assert graph.model_output(noisy, True).settings["quant"]["noise_std"] == 0.05
+
+
+def test_wire_aware_training_sees_the_effective_weights_of_the_chips_wires_and_its_identity_only_them(make_cfg):
+    """quant.noise=wires trains against memsim.WireWeightModel of the `memsim` chip's nominal self: each layer its
+    own model, only in training; the model's identity holds the chip's wires, not its converters or noise."""
+    wires = ("quant.noise=wires", "memsim.row_wire_resistance=2.78", "memsim.column_wire_resistance=2.78")
+    s = settings.load(make_cfg("+experiment=mini", *wires))
+    config = s.quant_config(True)
+    assert config.noise_chip is not None and config.noise_chip["row_wire_resistance"] == 2.78
+    assert s.system_name(True) == "w3a8-wires"
+    other_adc = settings.load(make_cfg("+experiment=mini", *wires, "memsim.adc=reasonable", "memsim.read_noise=paper"))
+    assert other_adc.quant_config(True) == config  # converters and read noise do not change what the wires do
+    torch.manual_seed(0)
+    model = quantize(small_conformer(), QuantConfig(**{**asdict(config), "include": ("blocks.*.ff1.w1",)}))
+    first, second = (model.get_submodule(f"blocks.{k}.ff1.w1") for k in (0, 1))
+    assert first.weight_quant.noise is not second.weight_quant.noise  # a layer's own state
+    first.train()
+    clean = (first.integer_weight() * first.weight_scale).detach()
+    trained_on = first.weight_quant(first.weight).detach()
+    assert 0.0 < float((trained_on - clean).norm() / clean.norm()) < 0.5
+    first.eval()
+    assert torch.equal(first.weight_quant(first.weight), clean)
+    with pytest.raises(ValueError, match="noise=wires needs noise_chip"):
+        QuantConfig(noise="wires")

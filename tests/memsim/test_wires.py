@@ -66,6 +66,7 @@ def test_a_wired_layer_reads_what_the_exact_network_solve_gives():
 
 CHIPS = {
     "linear": (nn.Sequential(nn.Linear(40, 12)), ["linear"], (6, 40)),
+    "linear, per-column calibration": (nn.Sequential(nn.Linear(40, 12)), ["linear"], (6, 40)),
     "depthwise conv": (nn.Sequential(nn.Conv1d(20, 20, 7, padding=3, groups=20)), ["conv"], (3, 20, 30)),
     "dense 2d conv": (nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1)), ["conv"], (2, 3, 11, 9)),
     "bidirectional LSTM": (nn.Sequential(nn.LSTM(8, 6, bidirectional=True)), ["lstm"], (5, 2, 8)),
@@ -75,11 +76,14 @@ CHIPS = {
 @pytest.mark.parametrize("name", CHIPS)
 def test_every_read_path_sees_the_wires_as_its_mean_path_does(name):
     """On an ideal chip with wires, reads are exactly linear: every kind of layer computes what the digital layer
-    computes with each crossbar's effective weights (through the wires) in place of its integer weights, and the
-    wires lower its output against the same cells read through ideal wires."""
+    computes with each crossbar's effective weights (through the wires, and divided by the column gains of per-column
+    calibration) in place of its integer weights, and the wires lower its output against the same cells read through
+    ideal wires."""
     module, kinds, shape = CHIPS[name]
     torch.manual_seed(0)
-    chip = memsim.convert(copy.deepcopy(module), dataclasses.replace(IDEAL, **WIRES), kinds=kinds)
+    calibration = "per_column" if "per-column" in name else "nominal"
+    config = dataclasses.replace(IDEAL, calibration=calibration, **WIRES)
+    chip = memsim.convert(copy.deepcopy(module), config, torch.Generator().manual_seed(0), kinds=kinds)
     x = torch.randn(shape)
     if kinds == ["lstm"]:  # a fixed DAC range: the paired and read-ahead paths of the LSTM
         memsim.calibrate(chip, [(x,)])
@@ -102,6 +106,8 @@ def test_every_read_path_sees_the_wires_as_its_mean_path_does(name):
         got, expected, ideal_wires = chip(x), reference(x), unwired(chip)(x)
     if kinds == ["lstm"]:
         got, expected, ideal_wires = got[0], expected[0], ideal_wires[0]
+    if calibration == "per_column":  # its fitted offsets shift each column alike for every input: no weight's
+        got, expected = got - got.mean(0), expected - expected.mean(0)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     # the wires took part of the output: 0.8 % (the LSTM, the depthwise convolution) to 1.7 % (the linear layer)
     assert gain(got - ideal_wires, ideal_wires) < -0.005
@@ -142,3 +148,35 @@ def test_wires_at_zero_ohm_read_as_before_and_bad_values_are_refused_by_name():
         memsim.CrossbarConfig(row_wire_resistance=-1.0, column_wire_resistance=1.0)
     with pytest.raises(ValueError, match="wire_resistance"):
         ir_drop.transfer_matrix(torch.ones(2, 2), (1.0, 0.0))
+
+
+def test_the_wire_weight_model_programs_the_layers_own_weights_every_few_calls():
+    """Training against the wires: the effective weights of the nominal chip holding q (deterministic: no device or
+    cycle variation, no noise); between programmings, weights that changed move at the mean gain."""
+    config = memsim.CrossbarConfig(weight_bits=3, tile_size=16, calibration="per_column", **WIRES)
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randint(-3, 4, (12, 40), generator=generator).float()
+    model = memsim.WireWeightModel(config, refresh=3)
+    source = nn.Linear(40, 12, bias=False)
+    source.weight.data = q.clone()
+    nominal = memsim.MemristorLinear.from_linear(
+        source, memsim.WireWeightModel.nominal(config), torch.Generator().manual_seed(0)
+    )  # per-tensor scale max|q| / 3 = 1: the same integer weights
+    torch.manual_seed(1)
+    first = model(q)
+    torch.testing.assert_close(first, nominal.effective_weight())
+    torch.manual_seed(2)
+    assert torch.equal(memsim.WireWeightModel(config, refresh=3)(q), first)  # no chance involved
+    mean_gain = gain(first, q)
+    residual = float((first - mean_gain * q).norm() / (mean_gain * q).norm())
+    assert residual > 0.003  # what per-column calibration leaves of the wires differs by weight (measured 0.0059)
+    changed = q.clone()
+    changed[0, 0] = -changed[0, 0] if changed[0, 0] != 0 else 3
+    between = model(changed)
+    torch.testing.assert_close(between, first + mean_gain * (changed - q), rtol=1e-5, atol=1e-6)
+    model(changed)
+    refreshed = model(changed)  # the fourth call programs again
+    assert not torch.equal(refreshed, between)
+    torch.testing.assert_close(refreshed, memsim.WireWeightModel(config)(changed))
+    with pytest.raises(ValueError, match="resistance"):
+        memsim.WireWeightModel(memsim.CrossbarConfig())
