@@ -157,6 +157,8 @@ class MemristorLinear(nn.Module):
                 layer.pulse_histogram.copy_(torch.bincount(pulses, minlength=config.pulse_budget + 1))
                 layer.level_failures.copy_(programmed.failed_by_level)
                 layer.level_histogram.copy_(level_histogram(layer.r, cells, config.levels_per_cell, layer.read_model))
+            if config.wired:  # the arrays' transfer matrices, once, as part of programming (cell_pairs caches them)
+                layer.cell_pairs()
             if config.calibration == "per_column":
                 gain, offset = fit_columns(cells, layer.cell_pairs().difference, layer.read_model, config, generator)
                 layer.column_gain.copy_(gain)
