@@ -143,19 +143,24 @@ class QuantConfig:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
         if self.noise == "chip" and self.noise_table is None:
             raise ValueError("noise=chip needs noise_table (a memsim.WeightErrorModel as a dict)")
-        if self.noise == "wires" and self.noise_chip is None:
-            raise ValueError("noise=wires needs noise_chip (a memsim.CrossbarConfig with resistive wires, as a dict)")
+        if self.noise == "wires":
+            chip = None if self.noise_chip is None else CrossbarConfig(**self.noise_chip)
+            if chip is None or not chip.wired or chip.weight_bits != self.weight_bits:
+                raise ValueError(
+                    "noise=wires needs noise_chip, a memsim.CrossbarConfig as a dict with resistive wires and "
+                    f"weight_bits={self.weight_bits}, got {self.noise_chip}"
+                )
 
-    def weight_noise(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """What noise-aware training does to the integer weights q of a crossbar layer (None: nothing); a layer's
-        own (WireWeightModel keeps the state of the layer it is given to)."""
+    def weight_noise(self, shape: tuple[int, int]) -> Callable[..., torch.Tensor] | None:
+        """What noise-aware training does to the integer weights q [out, in] (`shape`) of a crossbar layer (None:
+        nothing); the layer's own: a WireWeightModel keeps its layer's state."""
         if self.noise == "gauss" and self.weight_bits is not None:
             deviation = self.noise_std * max_level(self.weight_bits)
             return lambda q: q + deviation * torch.randn_like(q)
         if self.noise == "chip" and self.noise_table is not None:
             return WeightErrorModel(**self.noise_table).sample
         if self.noise == "wires" and self.noise_chip is not None:
-            return WireWeightModel(CrossbarConfig(**self.noise_chip))
+            return WireWeightModel(CrossbarConfig(**self.noise_chip), shape)
         return None
 
 
@@ -206,7 +211,8 @@ class WeightQuantizer(nn.Module):
             return quantized
         # The weights the chip would hold this step; the gradient passes straight through to the quantized ones.
         q = (quantized / scale).detach().round()
-        return quantized + ((self.noise(q) - q) * scale).detach()
+        held = self.noise(q, weight._version) if isinstance(self.noise, WireWeightModel) else self.noise(q)
+        return quantized + ((held - q) * scale).detach()
 
 
 class InputQuantizer(nn.Module):
@@ -453,7 +459,7 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent)
         layer = QuantLinear.from_linear(getattr(owner, child), config)
-        layer.weight_quant.noise = config.weight_noise()
+        layer.weight_quant.noise = config.weight_noise((layer.out_features, layer.in_features))
         setattr(owner, child, layer)
     if config.quantize_attention:
         for attention in _all(model, SelfAttention, "quantize_attention"):

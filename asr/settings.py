@@ -27,7 +27,7 @@ from omegaconf import MISSING as REQUIRED
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from asr import checkpoint
+from asr import checkpoint, identity
 from asr.data.corpus import DataSettings
 from asr.data.features import FeatureSettings
 from asr.data.loader import LoaderSettings
@@ -179,7 +179,7 @@ class RecipeSettings:
         if not quantized:
             return QuantConfig(weight_bits=None)
         table = _noise_table(self.chip_config()) if self.quant.noise == "chip" else None
-        chip = dataclasses.asdict(WireWeightModel.nominal(self.chip_config())) if self.quant.noise == "wires" else None
+        chip = _wire_chip(self.chip_config()) if self.quant.noise == "wires" else None
         return self.quant.build(noise_table=table, noise_chip=chip)
 
     def system_name(self, quantized: bool) -> str:
@@ -226,6 +226,14 @@ class RecipeSettings:
 
 
 @functools.lru_cache(maxsize=8)
+def _wire_chip(chip: CrossbarConfig) -> dict:
+    """The chip quant.noise=wires trains against, as the model's settings record it: its nominal self
+    (memsim.WireWeightModel.nominal) as a chip identity holds it (asr.identity: a crossbar field added later leaves
+    it as it is at its default), with verify_scheme always, so that CrossbarConfig(**it) is that chip."""
+    nominal = WireWeightModel.nominal(chip)
+    return {**identity.identity("crossbar", dataclasses.asdict(nominal)), "verify_scheme": nominal.verify_scheme}
+
+
 def _noise_table(chip: CrossbarConfig) -> dict:
     """memsim.weight_error_model of a chip as a dict (it goes into the model's settings and checkpoint)."""
     return dataclasses.asdict(weight_error_model(chip, generator=torch.Generator().manual_seed(0)))

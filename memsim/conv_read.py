@@ -3,7 +3,8 @@
 A convolution's matrix (memsim.conv) holds input channel c's taps on rows c x K .. c x K + K - 1 (K taps per
 channel), so a row of tiles holds the taps of a window of consecutive channels, cut at the tile's edges. What
 MemristorLinear.read computes per tile from a patch's row factors f (ReadModel.row_factors), a column's mean
-current sum_i f_mean(i) (r_pos(i) - r_neg(i)) and its noise variance sum_i f_var(i) (r_pos(i) + r_neg(i)) +
+current sum_i f_mean(i) d(i), d the pair's CellPairs.difference (r_pos(i) - r_neg(i) through ideal wires), and
+its noise variance sum_i f_var(i) (r_pos(i) + r_neg(i)) +
 2 f_common(i), is then a convolution of the factors over that window of channels, with the tile's cells as
 its kernel (0 where a tap lies outside the tile). All rows of tiles at once: one convolution with a group per
 row of tiles, whose input channels are the windows gathered from the factors. The sums are those of the
@@ -39,7 +40,7 @@ class TileKernels(NamedTuple):
     connected per row of tiles and C_w channels per window."""
 
     channels: torch.Tensor  # [T x C_w] the input channel of each window slot (a slot past the last repeats it)
-    mean: torch.Tensor  # [T x P x M, C_w, *kernel] r_pos - r_neg of each tap's cell, 0 outside the tile
+    mean: torch.Tensor  # [T x P x M, C_w, *kernel] each tap's pair's CellPairs.difference, 0 outside the tile
     variance: torch.Tensor  # [T x P x M, C_w, *kernel] r_pos + r_neg
     rows: torch.Tensor  # [T, C_w, *kernel] 1 where a tap lies in the tile
     padding_variance: torch.Tensor  # [T, P, M] what the 0 V padding rows add to each column's variance
@@ -56,8 +57,9 @@ class TileConvolution:
         self._key: tuple | None = None
 
     def kernels(self) -> TileKernels:
-        """The kernels of the cells as programmed (made again when r changes: programming, load_state_dict)."""
-        key = (*self.conv.crossbar.programming_key(), self.conv.crossbar.config.read_noise)
+        """The kernels of the cells as the read sees them (made again when the crossbar's read_key or read noise
+        changes: programming, load_state_dict, other wires)."""
+        key = (*self.conv.crossbar.read_key(), self.conv.crossbar.config.read_noise)
         if self._key != key:
             self._kernels, self._key = self._make_kernels(), key
         assert self._kernels is not None

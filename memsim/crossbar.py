@@ -702,7 +702,7 @@ def cell_pairs(r: torch.Tensor, model: ReadModel, config: CrossbarConfig) -> Cel
     (memsim.ir_drop.transfer_matrix) at its cells' chord conductances g = base(v_t) + r delta(v_t), v_t the
     typical_read_voltage; the mean's matrix becomes (T_pos - T_neg) / delta(v_t), which is r_pos - r_neg for ideal
     wires. A read then multiplies it by each row's v delta(v) as before: exact for ohmic cells (iv_nonlinearity
-    off, or every cell at v_t); for non-linear cells each cell's current keeps its own I-V at its row's voltage,
+    off, or the ideal device); for non-linear cells each cell's current keeps its own I-V at its row's voltage,
     scaled by what the wires leave at v_t (benchmarks/ir_drop.py measures this against the exact non-linear
     solve). Limits: the noise variance stays the cells' own (a cell's noise current reaches the sense amplifier
     attenuated like its signal, which this overstates by at most the gain loss; physical read noise is about
@@ -720,9 +720,9 @@ def cell_pairs(r: torch.Tensor, model: ReadModel, config: CrossbarConfig) -> Cel
     cells = torch.nn.functional.pad(r, (0, -out % tile), value=model.r_off)  # [2, rows, planes, out padded]
     arrays = cells.unflatten(1, (rows // tile, tile)).unflatten(-1, (-1, tile))  # [2, T, R, P, U, C]
     arrays = arrays.permute(0, 1, 3, 4, 2, 5)  # [2, row tiles, planes, column tiles, R, C]
-    transfer = ir_drop.transfer_matrix(base + arrays * delta, config.wire_resistance).to(r.dtype)
+    transfer = ir_drop.transfer_matrix(base + arrays * delta, config.wire_resistance)  # float64
     transfer = transfer.permute(0, 1, 4, 2, 3, 5).flatten(-2)[..., :out].flatten(1, 2)  # [2, rows, planes, out]
-    difference = ((transfer[0] - transfer[1]) / delta).reshape(pairs.difference.shape)
+    difference = ((transfer[0] - transfer[1]) / delta).to(r.dtype).reshape(pairs.difference.shape)
     return CellPairs(difference, pairs.total)
 
 
@@ -800,7 +800,8 @@ def tile_reads(
             continue
         # the chosen columns of every plane (plane-major, as the flattened [planes x out] axis)
         wide = None if chosen is None else torch.cat([chosen + plane * out_features for plane in range(planes)])
-        # I_pos - I_neg: the base conductance is common to both arrays and cancels.
+        # I_pos - I_neg: the base conductance is common to both arrays and cancels (through wires, cell_pairs
+        # carries what it leaves in the difference).
         y = group.mean @ _columns(group.difference, wide)
         variance = None
         if group.variance is not None:

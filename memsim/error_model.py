@@ -16,6 +16,7 @@ import dataclasses
 from types import SimpleNamespace
 
 import torch
+from torch import nn
 
 from memsim.config import CrossbarConfig
 from memsim.crossbar import ReadModel, digit_planes, program
@@ -105,38 +106,55 @@ def weight_error_model(
     )
 
 
-# Training calls between two programmings of WireWeightModel's nominal chip (each computes all of the layer's arrays'
-# transfer matrices: 0.1-1 s per 128 x 128 array on this project's 2-core CPUs, benchmarks/ir_drop.py --read-cost).
-WIRE_REFRESH_CALLS = 50
+# Training steps between two programmings of WireWeightModel's nominal chip (each computes all of the layer's arrays'
+# transfer matrices: a 384 -> 1536 layer's 144 arrays take tens of seconds on this project's 2-core CPUs,
+# python benchmarks/ir_drop.py --read-cost).
+WIRE_REFRESH_STEPS = 50
 
 
-class WireWeightModel:
+class WireWeightModel(nn.Module):
     """What a chip's resistive wires make of one layer's integer weights q [out, in], for IR-drop-aware training: the
     effective weights (MemristorLinear.effective_weight: through every array's transfer matrix, divided by the
     column gains under per-column calibration) of a chip holding q.
 
     A weight table per level (WeightErrorModel) cannot carry IR drop: what the wires leave of a weight depends on its
     position in its tile and on the weights sharing its row and column wires. So the layer's own weights are
-    programmed, on the nominal chip of the config: its wires, tile size, I-V, converters' calibration and input
-    scheme, without device or cycle variation or read noise (the wires' effect is deterministic; the variations'
-    are what the other noise models train against). Programming and the transfer matrices cost seconds, so this is
-    done every `refresh` calls (training steps); in between, weights that changed since the last programming move by
-    the layer's mean gain there (their neighbours' load changed little)."""
+    programmed, on the nominal chip of the config (nominal()): the wires' effect is deterministic, the variations'
+    are what the other noise models train against. Programming and the transfer matrices cost seconds, so this is
+    done every `refresh` training steps; in between, weights that changed since the last programming move by the
+    layer's mean gain there (their neighbours' load changed little).
 
-    def __init__(self, config: CrossbarConfig, refresh: int = WIRE_REFRESH_CALLS):
+    A training step is told by the weight parameter's version (torch's in-place counter, which the optimizer's update
+    advances): every call within one step (an LSTM gate's, once per frame) counts once. The state (the last
+    programming, its mean gain, the steps seen) is in buffers, so a checkpoint carries it and a resumed run
+    programs at the same steps as an uninterrupted one."""
+
+    programmed_weights: torch.Tensor
+    effective: torch.Tensor
+    gain: torch.Tensor
+    steps: torch.Tensor
+
+    def __init__(self, config: CrossbarConfig, shape: tuple[int, int], refresh: int = WIRE_REFRESH_STEPS):
+        super().__init__()
         if not config.wired:
             raise ValueError("WireWeightModel needs a chip whose wires have resistance (row_wire_resistance > 0)")
         if refresh < 1:
-            raise ValueError(f"refresh must be >= 1 training call, got {refresh}")
-        self.config = self.nominal(config)
-        self.refresh = refresh
-        self.calls = 0
-        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # q, effective, mean gain
+            raise ValueError(f"refresh must be >= 1 training step, got {refresh}")
+        self.config, self.refresh = self.nominal(config), refresh
+        self.register_buffer("programmed_weights", torch.zeros(shape))
+        self.register_buffer("effective", torch.zeros(shape))
+        self.register_buffer("gain", torch.ones(()))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self._steps = 0  # the buffer's value on the host: no device read per call
+        self._weight_version: int | None = None  # the weight version of the step being trained
+        self.register_load_state_dict_post_hook(WireWeightModel._restored)
 
     @staticmethod
     def nominal(config: CrossbarConfig) -> CrossbarConfig:
-        """The chip the model programs: `config` without device or cycle variation, read noise, cycling before
-        programming, or converters (effective weights are taken before the DAC and the ADC)."""
+        """The chip the model programs: `config` without device or cycle variation, read noise or cycling before
+        programming, and with default converters (effective weights are taken before the DAC and the ADC), so that
+        only what shapes the effective weights tells two such chips apart."""
+        defaults = CrossbarConfig()
         return dataclasses.replace(
             config,
             device_variation=False,
@@ -145,20 +163,24 @@ class WireWeightModel:
             random_cycles=0,
             precycle_pulses=0,
             stationary_cells=False,
-            adc_precision_bits=None,
-            adc_range_bits=None,
+            **{
+                name: getattr(defaults, name)
+                for name in ("dac_bits", "dac_grid", "keep_input_quantizer", "adc_precision_bits", "adc_range_bits")
+            },
         )
 
     @torch.no_grad()
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        programmed = self._programmed
-        if programmed is None or self.calls % self.refresh == 0 or programmed[0].shape != q.shape:
-            programmed = self._programmed = self._program(q)
-        self.calls += 1
-        programmed_q, effective, gain = programmed
-        return effective + gain * (q - programmed_q)
+    def forward(self, q: torch.Tensor, version: int) -> torch.Tensor:
+        """The effective weights of q at the training step whose weights have `version`."""
+        if version != self._weight_version:
+            self._weight_version = version
+            if self._steps % self.refresh == 0:
+                self._program(q)
+            self._steps += 1
+            self.steps.fill_(self._steps)
+        return self.effective + self.gain * (q - self.programmed_weights)
 
-    def _program(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _program(self, q: torch.Tensor) -> None:
         source = SimpleNamespace(  # a quantization-aware layer holding q, as MemristorLinear.from_linear reads one
             weight=q,
             bias=None,
@@ -169,5 +191,12 @@ class WireWeightModel:
         )
         layer = MemristorLinear.from_linear(source, self.config, torch.Generator(q.device).manual_seed(0))
         effective = layer.effective_weight()
-        gain = (effective * q).sum() / q.square().sum().clamp_min(1.0)
-        return q.clone(), effective, gain
+        self.programmed_weights.copy_(q)
+        self.effective.copy_(effective)
+        self.gain.copy_((effective * q).sum() / q.square().sum().clamp_min(1.0))
+
+    @staticmethod
+    def _restored(module: nn.Module, _incompatible: object) -> None:
+        """After load_state_dict: the host's step count from the restored buffer (one read, at loading)."""
+        assert isinstance(module, WireWeightModel)
+        module._steps, module._weight_version = int(module.steps), None

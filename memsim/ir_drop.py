@@ -258,7 +258,8 @@ class _Tridiagonal:
         return torch.stack(x[::-1]).movedim(0, self.dim)
 
 
-# Elements (arrays x R x C x C) of the row wires' inverses transfer_matrix holds at once: 128 MiB in float64.
+# Elements (arrays x R x C x C) of the row wires' inverses transfer_matrix holds at once: 128 MiB in float64; with
+# the temporaries made from them (the coupled blocks, Thomas's sweeps) a chunk's peak is about 4-5x that.
 TRANSFER_CHUNK_ELEMENTS = 2**24
 
 

@@ -206,8 +206,8 @@ class MemristorLinear(nn.Module):
         of its cells' chord conductances at the typical read voltage (crossbar.typical_read_voltage), through the
         wires if they have resistance, relative to one level step, and with per-column calibration divided by its
         column's gain (its offset adds to every input alike: no weight's). q itself on an ideal chip. Cached until
-        r changes."""
-        key = self.programming_key()
+        read_key() changes."""
+        key = self.read_key()
         if getattr(self, "_effective_key", None) != key:
             config = self.config
             v = torch.tensor(typical_read_voltage(config), device=self.r.device)
@@ -279,9 +279,17 @@ class MemristorLinear(nn.Module):
         the key of everything cached from them."""
         return (self.r.data_ptr(), self.r._version, self.r.device)
 
+    def read_key(self) -> tuple:
+        """programming_key and the settings the read's matrices are made with (cell_pairs, effective_weight): the
+        wires, the input scheme and v_read (the typical read voltage), and under per-column calibration its gains.
+        The converters are not among them: set_adc leaves the transfer matrices as they are."""
+        c = self.config
+        gains = (self.column_gain.data_ptr(), self.column_gain._version) if c.calibration == "per_column" else ()
+        return (*self.programming_key(), c.wire_resistance, c.input_scheme, c.v_read, c.calibration, *gains)
+
     def cell_pairs(self) -> CellPairs:
-        """The programmed pairs as the read uses them (crossbar.CellPairs), cached until r changes."""
-        key = self.programming_key()
+        """The programmed pairs as the read uses them (crossbar.cell_pairs), cached until read_key() changes."""
+        key = self.read_key()
         if getattr(self, "_pairs_key", None) != key:
             self._pairs, self._pairs_key = cell_pairs(self.r, self.read_model, self.config), key
         return self._pairs
@@ -356,4 +364,5 @@ class MemristorLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, weight_bits={c.weight_bits}, "
             f"device={c.device}, tile_size={c.tile_size}, dac_bits={c.dac_bits}, "
             f"adc=({c.adc_precision_bits}, {c.adc_range_bits}), read_noise={c.read_noise}, calibration={c.calibration}"
+            + (f", wire_ohms={c.wire_resistance}" if c.wired else "")
         )

@@ -388,7 +388,7 @@ def test_weight_noise_acts_only_in_training_and_only_on_the_crossbar_layers(kind
 def test_weight_noise_has_the_configured_size_and_passes_gradients_straight_through():
     torch.manual_seed(0)
     layer = QuantLinear.from_linear(nn.Linear(256, 256), NOISY["gauss"])
-    layer.weight_quant.noise = NOISY["gauss"].weight_noise()
+    layer.weight_quant.noise = NOISY["gauss"].weight_noise((256, 256))
     layer.train()
     noisy = layer.weight_quant(layer.weight)
     deviation = float(((noisy.detach() - layer.integer_weight() * layer.weight_scale) / layer.weight_scale).std())
@@ -396,7 +396,7 @@ def test_weight_noise_has_the_configured_size_and_passes_gradients_straight_thro
     noisy.sum().backward()
     assert torch.equal(layer.weight.grad, (layer.weight.abs() <= 3 * layer.weight_scale).float())
     chip = QuantLinear.from_linear(nn.Linear(256, 256), NOISY["chip"])
-    chip.weight_quant.noise = NOISY["chip"].weight_noise()
+    chip.weight_quant.noise = NOISY["chip"].weight_noise((256, 256))
     chip.train()
     q = chip.integer_weight()
     drawn = chip.weight_quant(chip.weight).detach() / chip.weight_scale
@@ -480,6 +480,9 @@ def test_settings_added_later_keep_the_identity_of_models_made_before_them(make_
     assert graph.model_output(noisy, True).settings["quant"]["noise_std"] == 0.05
 
 
+WIRE_FIELDS = ("row_wire_resistance", "column_wire_resistance")
+
+
 def test_wire_aware_training_sees_the_effective_weights_of_the_chips_wires_and_its_identity_only_them(make_cfg):
     """quant.noise=wires trains against memsim.WireWeightModel of the `memsim` chip's nominal self: each layer its
     own model, only in training; the model's identity holds the chip's wires, not its converters or noise."""
@@ -493,7 +496,8 @@ def test_wire_aware_training_sees_the_effective_weights_of_the_chips_wires_and_i
     torch.manual_seed(0)
     model = quantize(small_conformer(), QuantConfig(**{**asdict(config), "include": ("blocks.*.ff1.w1",)}))
     first, second = (model.get_submodule(f"blocks.{k}.ff1.w1") for k in (0, 1))
-    assert first.weight_quant.noise is not second.weight_quant.noise  # a layer's own state
+    assert first.weight_quant.noise is not second.weight_quant.noise  # a layer's own state, in the state dict
+    assert "blocks.0.ff1.w1.weight_quant.noise.effective" in model.state_dict()
     first.train()
     clean = (first.integer_weight() * first.weight_scale).detach()
     trained_on = first.weight_quant(first.weight).detach()
@@ -502,3 +506,5 @@ def test_wire_aware_training_sees_the_effective_weights_of_the_chips_wires_and_i
     assert torch.equal(first.weight_quant(first.weight), clean)
     with pytest.raises(ValueError, match="noise=wires needs noise_chip"):
         QuantConfig(noise="wires")
+    with pytest.raises(ValueError, match="noise=wires needs noise_chip"):  # ideal wires: nothing to train against
+        QuantConfig(noise="wires", noise_chip={**config.noise_chip, **dict.fromkeys(WIRE_FIELDS, 0.0)})
