@@ -225,7 +225,6 @@ class RecipeSettings:
         return config
 
 
-@functools.lru_cache(maxsize=8)
 def _wire_chip(chip: CrossbarConfig) -> dict:
     """The chip quant.noise=wires trains against, as the model's settings record it: its nominal self
     (memsim.WireWeightModel.nominal) as a chip identity holds it (asr.identity: a crossbar field added later leaves
@@ -234,6 +233,7 @@ def _wire_chip(chip: CrossbarConfig) -> dict:
     return {**identity.identity("crossbar", dataclasses.asdict(nominal)), "verify_scheme": nominal.verify_scheme}
 
 
+@functools.lru_cache(maxsize=8)
 def _noise_table(chip: CrossbarConfig) -> dict:
     """memsim.weight_error_model of a chip as a dict (it goes into the model's settings and checkpoint)."""
     return dataclasses.asdict(weight_error_model(chip, generator=torch.Generator().manual_seed(0)))
