@@ -206,15 +206,17 @@ class MemristorLinear(nn.Module):
         of its cells' chord conductances at the typical read voltage (crossbar.typical_read_voltage), through the
         wires if they have resistance, relative to one level step, and with per-column calibration divided by its
         column's gain (its offset adds to every input alike: no weight's). q itself on an ideal chip. Cached until
-        read_key() changes."""
-        key = self.read_key()
+        read_key() or the calibration's gains change."""
+        config = self.config
+        per_column = config.calibration == "per_column"
+        gains = (self.column_gain.data_ptr(), self.column_gain._version) if per_column else ()
+        key = (*self.read_key(), config.calibration, *gains)
         if getattr(self, "_effective_key", None) != key:
-            config = self.config
             v = torch.tensor(typical_read_voltage(config), device=self.r.device)
             _, delta = self.read_model.conductances(v)
             places = torch.tensor([float(config.levels_per_cell**k) for k in range(config.planes)], device=v.device)
             difference = self.cell_pairs().difference.unflatten(-1, (config.planes, self.out_features))
-            if config.calibration == "per_column":  # [in padded, planes, out] / [tiles, 1, planes, out]
+            if per_column:  # [in padded, planes, out] / [tiles, 1, planes, out]
                 difference = (difference.unflatten(0, (-1, config.tile_size)) / self.column_gain[:, None]).flatten(0, 1)
             pairs = torch.einsum("ipo,p->oi", difference, places)[:, : self.in_features]
             self._effective = pairs * (config.v_read * delta / self.read_model.unit_current)
@@ -280,12 +282,11 @@ class MemristorLinear(nn.Module):
         return (self.r.data_ptr(), self.r._version, self.r.device)
 
     def read_key(self) -> tuple:
-        """programming_key and the settings the read's matrices are made with (cell_pairs, effective_weight): the
-        wires, the input scheme and v_read (the typical read voltage), and under per-column calibration its gains.
-        The converters are not among them: set_adc leaves the transfer matrices as they are."""
+        """programming_key and the settings cell_pairs makes the read's matrices with: the wires, the input scheme
+        and v_read (the typical read voltage). Neither the converters nor the calibration are among them: set_adc
+        and a column fit leave the transfer matrices as they are."""
         c = self.config
-        gains = (self.column_gain.data_ptr(), self.column_gain._version) if c.calibration == "per_column" else ()
-        return (*self.programming_key(), c.wire_resistance, c.input_scheme, c.v_read, c.calibration, *gains)
+        return (*self.programming_key(), c.wire_resistance, c.input_scheme, c.v_read)
 
     def cell_pairs(self) -> CellPairs:
         """The programmed pairs as the read uses them (crossbar.cell_pairs), cached until read_key() changes."""

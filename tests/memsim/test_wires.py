@@ -135,6 +135,21 @@ def test_per_column_calibration_recovers_the_gain_the_wires_take():
     assert gains["nominal"] < 0.85 and abs(1 - gains["per_column"]) < 0.05
 
 
+def test_a_wired_chip_computes_its_transfer_matrices_once(monkeypatch):
+    """Programming computes them (per-column calibration reads through them); fitting the column gains, reads and
+    the mean path reuse them."""
+    calls = []
+    transfer_matrix = ir_drop.transfer_matrix
+    monkeypatch.setattr(ir_drop, "transfer_matrix", lambda *args: calls.append(1) or transfer_matrix(*args))
+    config = memsim.CrossbarConfig(weight_bits=3, tile_size=16, calibration="per_column", **WIRES)
+    torch.manual_seed(0)
+    layer = memsim.MemristorLinear.from_linear(nn.Linear(40, 12), config)
+    with torch.no_grad():
+        layer(torch.randn(3, 40))
+    layer.effective_weight()
+    assert len(calls) == 1
+
+
 def test_wires_at_zero_ohm_read_as_before_and_bad_values_are_refused_by_name():
     config = memsim.CrossbarConfig(tile_size=16, read_noise="none")
     assert not config.wired and config.wire_resistance == (0.0, 0.0)
