@@ -151,14 +151,16 @@ class QuantConfig:
                     f"weight_bits={self.weight_bits}, got {self.noise_chip}"
                 )
 
-    def weight_noise(self, shape: tuple[int, int]) -> Callable[..., torch.Tensor] | None:
-        """What noise-aware training does to the integer weights q [out, in] (`shape`) of a crossbar layer (None:
-        nothing); the layer's own: a WireWeightModel keeps its layer's state."""
+    def weight_noise(self, shape: tuple[int, int]) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+        """What noise-aware training does to the integer weights q [out, in] (`shape`) of a crossbar layer at the
+        training step whose weights have a given version (None: nothing); the layer's own: a WireWeightModel keeps
+        its layer's state and programs anew by steps, the other models draw afresh at every call."""
         if self.noise == "gauss" and self.weight_bits is not None:
             deviation = self.noise_std * max_level(self.weight_bits)
-            return lambda q: q + deviation * torch.randn_like(q)
+            return lambda q, _version: q + deviation * torch.randn_like(q)
         if self.noise == "chip" and self.noise_table is not None:
-            return WeightErrorModel(**self.noise_table).sample
+            table = WeightErrorModel(**self.noise_table)
+            return lambda q, _version: table.sample(q)
         if self.noise == "wires" and self.noise_chip is not None:
             return WireWeightModel(CrossbarConfig(**self.noise_chip), shape)
         return None
@@ -183,7 +185,7 @@ class WeightQuantizer(nn.Module):
             self.step = None
         if self.running:  # 0 until the first training step: the current weights' maximum serves until then
             self.register_buffer("max_abs", torch.zeros_like(self._reduce(weight.detach().abs(), "max")))
-        self.noise: Callable[[torch.Tensor], torch.Tensor] | None = None  # noise-aware training (QuantConfig)
+        self.noise: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # noise-aware training (QuantConfig)
 
     def _reduce(self, values: torch.Tensor, how: str) -> torch.Tensor:
         if not self.per_channel:
@@ -211,8 +213,7 @@ class WeightQuantizer(nn.Module):
             return quantized
         # The weights the chip would hold this step; the gradient passes straight through to the quantized ones.
         q = (quantized / scale).detach().round()
-        held = self.noise(q, weight._version) if isinstance(self.noise, WireWeightModel) else self.noise(q)
-        return quantized + ((held - q) * scale).detach()
+        return quantized + ((self.noise(q, weight._version) - q) * scale).detach()
 
 
 class InputQuantizer(nn.Module):
