@@ -16,9 +16,10 @@ real-time factor, digital and on the chip.
 Target (issue 16): programming >= 3x faster per cell than the paper's numpy code.
 With --paper-model --precycle P, only this instead: the paper model programmed with the paper's protocol (P
 pre-cycling pulses of one uniform [-2, 2] V draw per array, full RESET, one SET), pre-cycling through
-CellArray.apply_pulses (only the cells a pulse switches), and, side by side on the first rows of one layer
-(--reference-rows; the whole model takes some 18 min pulse by pulse), against every cell computed on every
-pulse (memsim.validation.pulse_by_pulse), extrapolated to the model per cell.
+CellArray.apply_pulses (only the cells a pulse switches; on the CPU its compiled loop), and, side by side on the
+first rows of one layer (--reference-rows; the whole model takes some 18 min pulse by pulse), against every cell
+computed on every pulse (memsim.validation.pulse_by_pulse) and against apply_pulses's torch path (CUDA's), each
+extrapolated to the model per cell.
 Also a depthwise Conv1d, Conv2d layers and a BLSTM on crossbars against their digital layers (--layers-only:
 these alone). Times are the fastest of --repeats calls, the layers compared taking turns.
 """
@@ -229,11 +230,21 @@ def quantized_paper_model(device: torch.device) -> tuple[nn.Module, list[str]]:
 SWEEP_INSTANCES = 10  # the paper's programming instances: instance k pre-cycles k x P pulses
 
 
+def torch_pulses(run):
+    """run() with CellArray.apply_pulses taking its torch path (CUDA's) on the CPU too."""
+    original = memsim.CellArray.apply_pulses
+    memsim.CellArray.apply_pulses = functools.partialmethod(original, compiled=False)
+    try:
+        return run()
+    finally:
+        memsim.CellArray.apply_pulses = original
+
+
 def precycled_paper_model(pulses: int, reference_rows: int, device: torch.device, sync) -> None:
     """The paper model programmed with P pre-cycling pulses (the paper's preset), pre-cycling through
     CellArray.apply_pulses: seconds per instance, split into pre-cycling and the rest (ProgrammingTimer); side by
-    side with the pulse-by-pulse reference on the first reference_rows rows of the first 384 -> 1536 layer, the
-    fastest of 2 alternating calls each, that reference extrapolated to the model per cell; and the estimated
+    side with the pulse-by-pulse reference and the torch path on the first reference_rows rows of the first
+    384 -> 1536 layer, the fastest of 2 alternating calls each, extrapolated to the model per cell; and the estimated
     time of the paper's 10-instance sweep (instance k: k x P pulses)."""
     config = memsim.CrossbarConfig.preset("paper", weight_bits=3, precycle_pulses=pulses)
     if reference_rows % config.tile_size:
@@ -243,13 +254,17 @@ def precycled_paper_model(pulses: int, reference_rows: int, device: torch.device
     q = model.get_submodule(name).integer_weight().detach()
     part = digit_planes(q, config.planes, config.tile_size)[:, :reference_rows]
     seed = functools.partial(torch.Generator(device).manual_seed, 0)
-    switching, every_cell = best_of(
-        [lambda: program(part, config, seed()), lambda: program_pulse_by_pulse(part, config, seed())], 2, sync
-    )
+    paths = {
+        "every cell on every pulse": lambda: program_pulse_by_pulse(part, config, seed()),
+        "torch, switching cells": lambda: torch_pulses(lambda: program(part, config, seed())),
+        "compiled loop per cell": lambda: program(part, config, seed()),
+    }
+    if device.type != "cpu":  # the compiled loop runs on the CPU; program() takes the torch path
+        del paths["compiled loop per cell"]
+    part_seconds = dict(zip(paths, best_of(list(paths.values()), 2, sync), strict=True))
     timer = memsim.ProgrammingTimer()
     seconds = timed(lambda: memsim.convert(model, config, seed(), include=layers, progress=timer), sync)
     cells = memsim.summary(model)[-1]["cells"]
-    part_seconds = {"every cell on every pulse": every_cell, "switching cells only": switching}
     print(
         f"\npaper model (12 x 384, 3 bits, {cells / 1e6:.1f} M cells), the paper's protocol: {pulses} pre-cycling "
         f"pulses (one uniform [-2, 2] V draw per array), full RESET, one SET; {torch.get_num_threads()} CPU threads"
@@ -258,15 +273,17 @@ def precycled_paper_model(pulses: int, reference_rows: int, device: torch.device
     for method, method_seconds in part_seconds.items():
         per_cell = method_seconds / part.numel()
         print(
-            f"  {method:>26s} {method_seconds:7.1f} s  {per_cell * 1e9:7.0f} ns/cell"
+            f"  {method:>26s} {method_seconds:7.2f} s  {per_cell * 1e9:7.0f} ns/cell"
             f"  {per_cell * cells / 60:6.1f} min per model (per cell x {cells / 1e6:.1f} M)"
         )
-    print(f"  {'ratio':>26s} {every_cell / switching:7.1f}x")
+    fastest = min(part_seconds.values())
+    print(f"  {'ratios to the fastest':>26s} " + " / ".join(f"{t / fastest:.1f}x" for t in part_seconds.values()))
     rest = seconds - timer.precycle_seconds
     per_pulse = timer.precycle_seconds / pulses
     sweep_pulses = pulses * SWEEP_INSTANCES * (SWEEP_INSTANCES + 1) // 2
+    path = "compiled loop" if device.type == "cpu" else "torch"
     print(
-        f"  whole model, switching cells only: {seconds:.1f} s per instance = {timer.precycle_seconds:.1f} s "
+        f"  whole model, {path}: {seconds:.1f} s per instance = {timer.precycle_seconds:.1f} s "
         f"pre-cycling ({per_pulse:.2f} s per pulse) + {rest:.1f} s the rest (fresh cells, full RESET, SET)"
     )
     print(

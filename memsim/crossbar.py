@@ -269,15 +269,15 @@ def _reset_cells(
         return cells.apply_voltage(config.reset_voltage)
     arrays = _array_of_cells(start, count, shape, config.tile_size, params.device)
     report.start()
-    cells.apply_pulses(precycle, arrays, after_pulse=report.after_pulse)
+    cells.apply_pulses(precycle, arrays, progress=report.progress_callback)
     return cells.apply_pulses(torch.full((1, 1), config.reset_voltage, device=params.device))
 
 
 class _PrecycleReport:
     """Pre-cycling's progress events for one matrix of `cells` cells and `pulses` pulses, from
-    CellArray.apply_pulses's calls per block of cells: the pulses done over the whole matrix, and the seconds since
-    the previous event (or since start(), called as each chunk's pre-cycling begins, so that the work between
-    chunks does not count)."""
+    CellArray.apply_pulses's progress calls: the pulses done over the whole matrix, and the seconds since the
+    previous event (or since start(), called as each chunk's pre-cycling begins, so that the work between chunks
+    does not count)."""
 
     def __init__(self, progress: ProgressCallback | None, cells: int, pulses: int):
         self.progress, self.cells, self.pulses = progress, cells, pulses
@@ -288,13 +288,13 @@ class _PrecycleReport:
         self.last = time.perf_counter()
 
     @property
-    def after_pulse(self) -> Callable[[int], None] | None:
-        """CellArray.apply_pulses's after_pulse: None without a progress callback."""
+    def progress_callback(self) -> Callable[[int], None] | None:
+        """CellArray.apply_pulses's progress: None without a progress callback."""
         return None if self.progress is None else self._report
 
-    def _report(self, cells: int) -> None:
+    def _report(self, cell_pulses: int) -> None:
         assert self.progress is not None
-        self.cell_pulses += cells
+        self.cell_pulses += cell_pulses
         now = time.perf_counter()
         self.progress(ProgrammingProgress("precycle", "", self.cell_pulses / self.cells, self.pulses, now - self.last))
         self.last = now

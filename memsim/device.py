@@ -14,32 +14,29 @@ computed for all cells and then selected: no host synchronization, so the same c
 On the CPU a pulse is applied in chunks of cells, so that its temporaries stay in cache.
 
 CellArray.apply_pulses applies many pulses of which each switches only some cells (pre-cycling): the same
-physics, computed and drawn only for the cells each pulse switches.
+physics, computed and drawn only for the cells each pulse switches, by a compiled loop per cell on the CPU
+(memsim.pulse_kernel) and by torch over the switching cells elsewhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 import torch
 
+from memsim import pulse_kernel
 from memsim.noise import read_noise
 from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
+from memsim.pulse_kernel import DISTANCE, HHRS_AT_U, LLRS_AT_U, NEVER, PARTIAL, RESET_BOUND_AFTER, VOLTS
 
 HRS, US, LRS, UR = range(N_FEATURES)
 CPU_CHUNK = 1 << 16  # cells per step on the CPU; CUDA takes the whole array at once
-# Cells per block of CellArray.apply_pulses on the CPU, which takes every pulse on one block before the next: a
-# pulse costs about a hundred tensor operations of a few microseconds each on the cells it switches, so a block
-# needs tens of thousands of cells to outweigh that. 50 pulses on 2^20 cells in 2 threads: 48.6 ns per cell and
-# pulse in blocks of 2^15 cells, 33.6 in 2^16, 29.8 in 2^17; 2^18 no faster than 2^17.
-SWITCHING_BLOCK = 1 << 17
-# Volts beyond any pulse: the SET bound of a cell in LRS is -NEVER, the RESET bound of a cell in HRS +NEVER (finite,
-# so that bounds compare and copy like any voltage).
-NEVER = 1e30
+# Cells per call of the compiled pulse loop (CellArray.apply_pulses on the CPU): a progress report per call, a
+# few milliseconds of work per pulse and thread.
+COMPILED_CHUNK = 1 << 16
 
 
 def draw_device_parameters(
@@ -292,80 +289,99 @@ class CellArray:
         self,
         voltages: torch.Tensor,
         group: torch.Tensor | None = None,
-        after_pulse: Callable[[int], object] | None = None,
+        progress: Callable[[int], object] | None = None,
+        compiled: bool | None = None,
     ) -> CellArray:
         """Apply pulses one after the other: pulse k puts voltages[k, group[i]] volts on cell i (voltages [pulses,
-        groups]; group [n] int64, None: voltages[k, 0] on every cell). after_pulse, if given, is called with the
-        number of cells each pulse was applied to: a block of cells at a time on the CPU, from the threads that
-        apply them, one call at a time.
+        groups]; group [n] int64, None: voltages[k, 0] on every cell). progress, if given, is called with the
+        number of cell-pulses applied since its previous call.
 
         The physics of apply_voltage, computed only for the cells a pulse switches: a cell SETs only if it is
         not in LRS and u <= US, RESETs only if it is not in HRS and u > its RESET threshold, and only a cell
-        leaving LRS starts a new cycle (draws the VAR innovations). Every cell keeps the two voltages between
-        which a pulse leaves it alone, its SET bound (US, or -NEVER in LRS) and its RESET bound (the RESET
-        threshold, or NEVER in HRS); a pulse compares each cell's voltage with them, and only the cells it
-        switches are gathered, updated and written back (compaction: index_select / index_copy_), those
-        leaving LRS drawing their innovations and next cycle (_next_cycle's VAR step, in _start_cycles). A
-        pulse that switches no cell of an array costs that array's cells the comparison and nothing more. In
-        the paper's pre-cycling (50 pulses uniform in +-2 V on fresh cells, 16 arrays of 128 x 128), half the
-        pulses switch no cell of a given array; on average a pulse SETs 17 % of the cells, RESETs 20 %, and 16 %
-        start a new cycle, where apply_voltage computes and draws for all of them.
+        leaving LRS starts a new cycle (draws the VAR innovations). In the paper's pre-cycling (50 pulses
+        uniform in +-2 V on fresh cells, 16 arrays of 128 x 128), half the pulses switch no cell of a given
+        array; on average a pulse SETs 17 % of the cells, RESETs 20 %, and 16 % start a new cycle, where
+        apply_voltage computes and draws for all of them.
 
-        Compaction rather than masks: masks would compute and draw for every cell on every pulse, as
-        apply_voltage does. Its price is one host synchronization per pulse on CUDA (the three counts of cells
-        that SET, RESET and start a cycle, read at once to size the index tensors); none per cell. On the CPU
-        the comparisons and the indices are made by numpy on the tensors' memory (_switching_cells_numpy).
+        Two implementations of it (compiled: None picks by device, True or False chooses):
+        - On the CPU, memsim.pulse_kernel: a compiled loop per cell over the pulses, the cells spread over
+          min(torch.get_num_threads(), numba's) threads, COMPILED_CHUNK cells per call. Each cell draws from a
+          random stream of its own, so the result depends on neither the thread count nor the chunks.
+        - Elsewhere (CUDA), torch over the switching cells (_SwitchingBlock): every cell keeps the two voltages
+          between which a pulse leaves it alone, its SET bound (US, or -NEVER in LRS) and its RESET bound (the
+          RESET threshold, or NEVER in HRS); a pulse compares each cell's voltage with them, and only the cells
+          it switches are gathered, updated and written back (index_select / index_copy_). Compaction rather
+          than masks, because masks would compute and draw for every cell on every pulse, as apply_voltage
+          does; its price is one host synchronization per pulse (the three counts of cells that SET, RESET and
+          start a cycle, read at once), none per cell.
+        The paper model's 50-pulse pre-cycling on 2 CPU cores: README, "What the paper's condition costs".
 
-        On the CPU the cells go in blocks of SWITCHING_BLOCK, each taking every pulse before the next block,
-        spread over torch.get_num_threads() threads that run their operations single-threaded: the blocks are
-        independent, and intra-op threads on the same cores do worse than none once another process holds a
-        core, their OpenMP teams waiting on each other (500 pulses on 16,384 cells took 14 s with two of them
-        and 0.75 s with one, beside another process on this project's 2-core machine). Each block draws from a
-        generator of its own, seeded from the array's in block order, so the result does not depend on the
-        thread count.
-
-        Equal to apply_voltage pulse by pulse in distribution, not draw for draw: apply_voltage draws 4
-        normals for every cell on every pulse and uses those of the cells that start a cycle, here only those
-        cells draw theirs, so the same generator gives other cycles. Without cycle-to-cycle variation (no
-        draws matter) the two agree cell by cell, to the last bit of pow() (vectorized or scalar code).
+        Both equal apply_voltage pulse by pulse in distribution, not draw for draw (apply_voltage draws 4
+        normals for every cell on every pulse; these only for the cells that start a cycle, from other streams).
+        Without cycle-to-cycle variation (no draws matter) all three agree cell by cell, up to the last bits of
+        pow() and of the summation order.
         """
         voltages = torch.as_tensor(voltages, dtype=torch.float32, device=self.device)
         if voltages.ndim != 2 or voltages.shape[1] == 0:
             raise ValueError(f"voltages must be [pulses, groups], got shape {tuple(voltages.shape)}")
         if group is not None and (group.shape != (self.n,) or group.dtype != torch.int64):
             raise ValueError(f"group must be int64 of shape ({self.n},), got {group.dtype} {tuple(group.shape)}")
+        if compiled is None:
+            compiled = self.device.type == "cpu"
+        if compiled and self.device.type != "cpu":
+            raise ValueError(f"the compiled pulse loop runs on the CPU; these cells are on {self.device}")
         tables = _pulse_tables(voltages, self.params)
-        lock = threading.Lock()
-
-        def run(cells: slice, generator: torch.Generator | None) -> None:
-            block = _SwitchingBlock(self.state[cells], self.params, self._at_umax)
-            block_group = None if group is None else group[cells]
-            for volts, table in zip(voltages, tables, strict=True):
-                block.pulse(volts, table, block_group, generator)
-                if after_pulse is not None:
-                    with lock:
-                        after_pulse(block.n)
-            block.store()
-
-        if self.device.type == "cuda":
-            run(slice(0, self.n), self.generator)
+        if compiled:
+            self._apply_pulses_compiled(tables.contiguous(), group, progress)
             return self
-        blocks = [slice(start, start + SWITCHING_BLOCK) for start in range(0, self.n, SWITCHING_BLOCK)]
-        seeds = torch.randint(2**62, (len(blocks),), generator=self.generator).tolist()
-        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        threads = torch.get_num_threads()
-        if threads == 1:
-            for cells, generator in zip(blocks, generators, strict=True):
-                run(cells, generator)
-            return self
-        pool = ThreadPoolExecutor(min(threads, len(blocks)), initializer=torch.set_num_threads, initargs=(1,))
-        try:
-            for _ in pool.map(run, blocks, generators):
-                pass
-        finally:
-            pool.shutdown(cancel_futures=True)  # after an error, the blocks not started stay so
-            torch.set_num_threads(threads)  # threads started from now on take this thread's count again
+        block = _SwitchingBlock(self.state, self.params, self._at_umax)
+        for volts, table in zip(voltages, tables, strict=True):
+            block.pulse(volts, table, group, self.generator)
+            if progress is not None:
+                progress(self.n)
+        block.store()
         return self
+
+    def _apply_pulses_compiled(
+        self, tables: torch.Tensor, group: torch.Tensor | None, progress: Callable[[int], object] | None
+    ) -> None:
+        """apply_pulses by memsim.pulse_kernel, COMPILED_CHUNK cells per call; one seed from the generator per
+        call of apply_pulses, the cells' streams told apart by their index."""
+        s, p = self.state, self.params
+        seed = np.uint64(int(torch.randint(2**62, (), generator=self.generator)))
+        scalars = np.array([p.umax, p.eta, p.g_llrs, p.g_hhrs, *(float(i) for i in self._at_umax)], np.float32)
+        cells = np.empty(0, np.int64) if group is None else group.numpy()
+        threads = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+        try:
+            for start in range(0, self.n, COMPILED_CHUNK):
+                stop = min(self.n, start + COMPILED_CHUNK)
+                pulse_kernel.apply_pulses(
+                    tables.numpy(),
+                    cells,
+                    s.history.numpy(),
+                    s.mu_sigma.numpy(),
+                    s.y.numpy(),
+                    s.r.numpy(),
+                    s.reset_threshold.numpy(),
+                    s.reset_coefs.numpy(),
+                    s.cycle_count.numpy(),
+                    s.in_hrs.numpy(),
+                    s.in_lrs.numpy(),
+                    p.var_lags.numpy(),
+                    p.var_noise.numpy(),
+                    p.gamma.numpy(),
+                    p.llrs.numpy(),
+                    p.hhrs.numpy(),
+                    scalars,
+                    seed,
+                    start,
+                    stop,
+                )
+                if progress is not None:
+                    progress((stop - start) * tables.shape[0])
+        finally:
+            numba.set_num_threads(threads)
 
     def current(self, u: torch.Tensor | float) -> torch.Tensor:
         """Noiseless current in A at u volts (scalar or per cell)."""
@@ -443,10 +459,6 @@ def _apply_pulse(
 
     s.in_hrs |= full_reset
     s.r.lerp_(r_of_resistance(s.y[HRS], p), full_reset.float())
-
-
-# Columns of _pulse_tables(): what a pulse of u volts does to a cell it RESETs, the same for every cell of a group.
-VOLTS, PARTIAL, DISTANCE, LLRS_AT_U, HHRS_AT_U, RESET_BOUND_AFTER = range(6)
 
 
 def _pulse_tables(voltages: torch.Tensor, p: DeviceParams) -> torch.Tensor:
@@ -549,31 +561,9 @@ def _switching_cells(
     u: torch.Tensor, group: torch.Tensor | None, set_bound: torch.Tensor, reset_bound: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The indices of the cells a pulse SETs, RESETs, and makes start a new cycle (RESETs from LRS), in
-    increasing order: u volts (0-d), or per group (u [groups] with the cells' group [n]). By numpy on the
-    tensors' memory on the CPU (_switching_cells_numpy), by torch elsewhere (_switching_cells_torch)."""
-    if set_bound.device.type == "cpu":
-        return _switching_cells_numpy(u, group, set_bound, reset_bound)
-    return _switching_cells_torch(u, group, set_bound, reset_bound)
-
-
-def _switching_cells_numpy(
-    u: torch.Tensor, group: torch.Tensor | None, set_bound: torch.Tensor, reset_bound: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """_switching_cells of CPU tensors, by numpy on their memory: on 65,536 cells, a comparison into booleans
-    took 4 us and np.flatnonzero 52 us, where torch took 49 us and torch.nonzero 190 us (CPU, 1 thread)."""
-    volts = u.numpy() if group is None else u.numpy().take(group.numpy())
-    can_set, can_reset = set_bound.numpy(), reset_bound.numpy()
-    set_cells = np.flatnonzero(volts <= can_set)
-    reset_cells = np.flatnonzero(volts > can_reset)
-    new_cycle = reset_cells[can_set.take(reset_cells) == -NEVER]
-    return torch.from_numpy(set_cells), torch.from_numpy(reset_cells), torch.from_numpy(new_cycle)
-
-
-def _switching_cells_torch(
-    u: torch.Tensor, group: torch.Tensor | None, set_bound: torch.Tensor, reset_bound: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """_switching_cells by torch, with one host synchronization in all on CUDA: the three counts read at once,
-    then nonzero_static of known size (torch.nonzero synchronizes once per call)."""
+    increasing order: u volts (0-d), or per group (u [groups] with the cells' group [n]). One host
+    synchronization in all on CUDA: the three counts read at once, then nonzero_static of known size
+    (torch.nonzero synchronizes once per call)."""
     volts = u if group is None else u.index_select(0, group)
     can_reset = volts > reset_bound
     masks = (volts <= set_bound, can_reset, can_reset & (set_bound == -NEVER))

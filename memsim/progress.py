@@ -15,9 +15,9 @@ from collections.abc import Callable
 class ProgrammingProgress:
     """One step of programming.
 
-    phase "precycle": a pre-cycling pulse applied to some of a matrix's cells (crossbar.program; a block of cells
-    at a time on the CPU, which takes every pulse before the next block): `done` of `total` pulses, counted in
-    whole-matrix pulses, so it grows by a block's share of the cells per event and reaches `total` at the end; an
+    phase "precycle": pre-cycling pulses applied to some of a matrix's cells (crossbar.program; on the CPU a chunk
+    of cells takes all its pulses per event, on CUDA every cell one pulse): `done` of `total` pulses, counted in
+    whole-matrix pulses, so it grows by a chunk's share of the pulses per event and reaches `total` at the end; an
     LSTM layer pre-cycles one matrix per layer and direction, each from 0. phase "program": a layer of the model
     programmed (memsim.convert): `done` of `total` layers.
 

@@ -1,6 +1,7 @@
-"""Pre-cycling through CellArray.apply_pulses, which computes and draws only for the cells a pulse switches,
-against the plain path that computes every cell on every pulse (apply_voltage; for programming,
-memsim.validation.pulse_by_pulse): the same cells in distribution, cell by cell where no draw matters.
+"""Pre-cycling through CellArray.apply_pulses, which computes and draws only for the cells a pulse switches (by
+the compiled loop of memsim.pulse_kernel on the CPU, by torch on CUDA; both checked here), against the plain path
+that computes every cell on every pulse (apply_voltage; for programming, memsim.validation.pulse_by_pulse): the
+same cells in distribution, cell by cell where no draw matters.
 
 Distributions are compared by the two-sample Kolmogorov-Smirnov statistic against its asymptotic critical value
 at alpha = 1e-4 (fixed seeds: deterministic, and a false alarm of 1 in 10,000 per comparison); counts by a
@@ -17,18 +18,10 @@ import torch
 
 import memsim
 import memsim.device
+import memsim.pulse_kernel
 from memsim.crossbar import PRECYCLE_VOLTAGE, _program_by_pulses, device_params, program
-from memsim.device import (
-    HRS,
-    PARTIAL,
-    RESET_BOUND_AFTER,
-    UR,
-    US,
-    VOLTS,
-    CellArray,
-    _switching_cells_numpy,
-    _switching_cells_torch,
-)
+from memsim.device import HRS, PARTIAL, RESET_BOUND_AFTER, UR, US, VOLTS, CellArray
+from memsim.pulse_kernel import normals
 from memsim.validation.pulse_by_pulse import program_pulse_by_pulse
 
 CELLS, GROUPS = 1 << 14, 8  # per path: 8 arrays of 2,048 cells, each array one voltage per pulse
@@ -95,13 +88,17 @@ def observed(cells: CellArray) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.fixture(scope="module", params=[50, 500])
+IMPLEMENTATIONS = {"compiled": True, "torch": False}  # apply_pulses(compiled=...): the CPU's loop, CUDA's path
+
+
+@pytest.fixture(scope="module", params=[(p, i) for i in IMPLEMENTATIONS for p in (50, 500)], ids=str)
 def both_paths(request):
     """The same pulses on two independent arrays of fresh cells: pulse by pulse, and through apply_pulses."""
-    voltages, group = random_pulses(request.param)
+    pulses, implementation = request.param
+    voltages, group = random_pulses(pulses)
     plain = pulse_by_pulse(CellArray(CELLS, generator=torch.Generator().manual_seed(1)), voltages, group)
-    sparse = CellArray(CELLS, generator=torch.Generator().manual_seed(2)).apply_pulses(voltages, group)
-    return plain, sparse
+    sparse = CellArray(CELLS, generator=torch.Generator().manual_seed(2))
+    return plain, sparse.apply_pulses(voltages, group, compiled=IMPLEMENTATIONS[implementation])
 
 
 @pytest.mark.parametrize("quantity", ["r", "US", "UR", "HRS", "reset threshold", "cycle count"])
@@ -117,7 +114,8 @@ def test_sparse_pulses_leave_as_many_cells_in_lrs_and_hrs(both_paths):
         assert abs(z_score(*counts, CELLS)) < 4.5, (state, counts)
 
 
-def test_the_distribution_test_sees_a_wrong_reset_bound(monkeypatch):
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_the_distribution_test_sees_a_wrong_reset_bound(monkeypatch, implementation):
     """The comparison has power: a path whose cells, partly RESET at u volts, RESET again above u - 0.3 V (not
     only above u) fails it after 50 pulses."""
     tables = memsim.device._pulse_tables
@@ -131,13 +129,18 @@ def test_the_distribution_test_sees_a_wrong_reset_bound(monkeypatch):
     monkeypatch.setattr(memsim.device, "_pulse_tables", too_low)
     voltages, group = random_pulses(50)
     plain = pulse_by_pulse(CellArray(CELLS, generator=torch.Generator().manual_seed(1)), voltages, group)
-    wrong = CellArray(CELLS, generator=torch.Generator().manual_seed(2)).apply_pulses(voltages, group)
+    wrong = CellArray(CELLS, generator=torch.Generator().manual_seed(2))
+    wrong.apply_pulses(voltages, group, compiled=IMPLEMENTATIONS[implementation])
     assert ks_statistic(plain.r, wrong.r) > 2 * ks_critical(CELLS, CELLS)
 
 
-def test_without_cycle_variation_sparse_pulses_equal_pulse_by_pulse_cell_by_cell(device):
-    """No draw matters without cycle-to-cycle variation, so the two paths give the same cells: the same states
-    and cycle counts, the same numbers up to the last bit of pow() (vectorized or scalar code)."""
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_without_cycle_variation_sparse_pulses_equal_pulse_by_pulse_cell_by_cell(device, implementation):
+    """No draw matters without cycle-to-cycle variation, so the paths give the same cells: the same states and
+    cycle counts, the same numbers up to the last bits of pow() and of the order of sums."""
+    compiled = IMPLEMENTATIONS[implementation]
+    if compiled and device != "cpu":
+        pytest.skip("the compiled loop runs on the CPU")
     params = device_params(memsim.CrossbarConfig(cycle_variation=False))
     voltages, group = (t.to(device) for t in random_pulses(200))
     cells = [CellArray(CELLS, params=params, generator=torch.Generator(device).manual_seed(3)) for _ in range(2)]
@@ -147,7 +150,8 @@ def test_without_cycle_variation_sparse_pulses_equal_pulse_by_pulse_cell_by_cell
     plain = pulse_by_pulse(cells[0], voltages, group)
     with one_thread():
         plain.apply_voltage(2.0)
-    sparse = cells[1].apply_pulses(voltages, group).apply_pulses(torch.tensor([[2.0]], device=device))
+    sparse = cells[1].apply_pulses(voltages, group, compiled=compiled)
+    sparse.apply_pulses(torch.tensor([[2.0]], device=device), compiled=compiled)
     for name in ("in_lrs", "in_hrs", "cycle_count", "reset_threshold"):
         assert torch.equal(getattr(plain.state, name), getattr(sparse.state, name)), name
     for name in ("r", "y", "reset_coefs", "history"):
@@ -173,33 +177,48 @@ def test_precycled_programming_matches_the_pulse_by_pulse_reference():
         assert ks_statistic(new.r[cells], reference.r[cells]) < ks_critical(int(cells.sum()), int(cells.sum()))
 
 
-def test_numpy_and_torch_find_the_same_switching_cells():
-    """The CPU's numpy search and the torch one that CUDA runs (one host synchronization per pulse) agree."""
-    voltages, group = random_pulses(20)
-    cells = pulse_by_pulse(CellArray(CELLS, generator=torch.Generator().manual_seed(6)), voltages, group)
-    block = memsim.device._SwitchingBlock(cells.state, cells.params, cells._at_umax)
-    for u, g in ((torch.tensor([-0.9, 0.8, 1.5, 0.2]), group % 4), (torch.tensor(0.9), None)):
-        found = [
-            search(u, g, block.set_bound, block.reset_bound)
-            for search in (_switching_cells_numpy, _switching_cells_torch)
-        ]
-        for numpy_indices, torch_indices in zip(*found, strict=True):
-            assert torch.equal(numpy_indices, torch_indices)
-
-
-def test_thread_count_does_not_change_the_cells(monkeypatch):
-    monkeypatch.setattr(memsim.device, "SWITCHING_BLOCK", 2048)  # 8 blocks
+def test_neither_threads_nor_chunks_change_the_compiled_loops_cells(monkeypatch):
+    """Each cell draws from a stream of its own, so the compiled loop gives the same cells on 1 or 2 threads and
+    in calls of any number of cells."""
     voltages, group = random_pulses(30)
     threads = torch.get_num_threads()
     states = []
     try:
-        for count in (1, 2):
+        for count, chunk in ((1, 1 << 16), (2, 1 << 16), (2, 3000)):
+            monkeypatch.setattr(memsim.device, "COMPILED_CHUNK", chunk)
             torch.set_num_threads(count)
             states.append(CellArray(CELLS, generator=torch.Generator().manual_seed(8)).apply_pulses(voltages, group))
     finally:
         torch.set_num_threads(threads)
-    for name, value in vars(states[0].state).items():
-        assert torch.equal(value, getattr(states[1].state, name)), name
+    for other in states[1:]:
+        for name, value in vars(states[0].state).items():
+            assert torch.equal(value, getattr(other.state, name)), name
+
+
+def test_the_compiled_loops_normals_are_standard_normal():
+    """The ziggurat's normals (memsim.pulse_kernel): its top layer has the others' area (the tail start and the
+    area fit each other), mean, variance, skew and kurtosis within 4.5 standard errors, the Kolmogorov-Smirnov
+    distance to the normal CDF below its critical value, the tail beyond the base layer as often as it should be."""
+    top = memsim.pulse_kernel.ZIGGURAT_EDGES[-2]
+    assert top * (1 - math.exp(-0.5 * top**2)) == pytest.approx(memsim.pulse_kernel.ZIGGURAT_AREA, rel=1e-6)
+    n = 1 << 20
+    z = torch.from_numpy(normals(np.uint64(11), n))
+    for moment, expected, variance in ((1, 0.0, 1.0), (2, 1.0, 2.0), (3, 0.0, 15.0), (4, 3.0, 96.0)):
+        assert abs(float((z**moment).mean()) - expected) < 4.5 * math.sqrt(variance / n), moment
+    cdf = 0.5 * (1 + torch.erf(z.sort().values / math.sqrt(2)))
+    steps = torch.arange(n + 1, dtype=torch.float64) / n
+    distance = float(torch.maximum(steps[1:] - cdf, cdf - steps[:-1]).max())
+    assert distance < math.sqrt(-math.log(ALPHA / 2) / (2 * n))
+    tail = math.erfc(memsim.pulse_kernel.ZIGGURAT_TAIL / math.sqrt(2))
+    assert abs(int((z.abs() > memsim.pulse_kernel.ZIGGURAT_TAIL).sum()) - n * tail) < 4.5 * math.sqrt(n * tail)
+
+
+def test_the_compiled_loop_refuses_cuda_cells():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cells = CellArray(10, device="cuda")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        cells.apply_pulses(torch.zeros(3, 1), compiled=True)
 
 
 def test_voltages_and_groups_are_checked():
