@@ -259,8 +259,8 @@ def _reset_cells(
     cells a pulse switches (a pre-cycling pulse, one voltage per array, leaves half the arrays alone and SETs or
     RESETs 38 % of the cells on average; the full RESET switches only the cells not in HRS), equal in
     distribution to apply_voltage, which computes every cell on every pulse: the paper model's 50-pulse
-    instance took 6.3 min against 24 min (extrapolated per cell) on 2 CPU cores (benchmarks/crossbar.py
-    --paper-model --precycle 50)."""
+    instance took 88 s against 13-15 min (extrapolated per cell) on 2 CPU cores (benchmarks/crossbar.py
+    --paper-model --precycle 50; README, "What the paper's condition costs")."""
     cells = CellArray(
         count, params=params, generator=generator, device=params.device, stationary=config.stationary_cells
     )
