@@ -4,20 +4,23 @@ and its new cycles, with the cell's state in registers.
 Why a compiled loop: pre-cycling (the paper's protocol, 50 pulses of one uniform [-2, 2] V draw per array) starts a
 new cycle in about 16 % of the cells on every pulse. Vectorized over the switching cells (device._SwitchingBlock,
 the torch path CUDA takes), each new cycle gathers and scatters the cell's 40-float VAR history, its device
-parameters and its state, and some 30 tensor operations run per pulse: about 235 ns per new cycle on this project's
-2-core machine, about 5 minutes of the paper model's 6-minute instance. Here a cell's history stays in cache while
-its pulses run, and only the cells' own arithmetic remains.
+parameters and its state, and some 30 tensor operations run per pulse: on this project's 2-core machine that path
+(with a numpy search and a thread per block of cells) spent 195-202 s of the paper model's 236-245 s instance
+pre-cycling. Here a cell's history stays in cache while its pulses run, and only the cells' own arithmetic remains:
+53-57 s (README, "What the paper's condition costs").
 
-The physics is device._SwitchingBlock's, operation for operation in float32 (its docstrings say why each step is
-so): per pulse, the SET, RESET and new-cycle decisions from the state before the pulse; then the SET, the new
-cycle (the VAR step, the features, the transition curve where the RESET is partial) and the RESET.
+The physics is device._SwitchingBlock's, step for step in float32 (its docstrings say why each step is so), up to
+the order of sums and fused multiply-adds (fastmath's reassoc and contract): per pulse, the SET, RESET and
+new-cycle decisions from the state before the pulse; then the SET, the new cycle (the VAR step, the features, the
+transition curve where the RESET is partial) and the RESET.
 
-Random numbers: a cell's cycle-to-cycle innovations come from a counter-based stream of its own, SplitMix64
-(Steele, Lea and Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014) seeded by a hash of the
-call's seed and the cell's index, and the Marsaglia-Bray polar method for normals. So the result does not depend on
-the thread count or on how cells are split into calls, and equals the torch path in distribution, not draw for
-draw (tests/memsim/test_precycle.py: Kolmogorov-Smirnov on the cells' state after 50 and 500 pulses, and cell for
-cell where no draw matters).
+Random numbers: one SplitMix64 sequence per call (Steele, Lea and Flood, "Fast splittable pseudorandom number
+generators", OOPSLA 2014), started from a hash of the call's seed, and split by jumping ahead: cell c draws the
+sequence's words c x 2^32, c x 2^32 + 1, ..., so no two cells of a call share a word (a cell draws a few words
+per pulse, far below 2^32). Normals by the ziggurat (_normal). So the result does not depend on the thread count
+or on how cells are split into calls, and equals the torch path in distribution, not draw for draw
+(tests/memsim/test_precycle.py: Kolmogorov-Smirnov on the cells' state after 50 and 500 pulses, the innovations'
+covariance within and between cells, and cell for cell where no draw matters).
 """
 
 from __future__ import annotations
@@ -51,9 +54,16 @@ def _mix(z: np.uint64) -> np.uint64:
 
 @numba.njit(inline="always")
 def _uniform(state: np.uint64) -> tuple[np.uint64, float]:
-    """The next state and a uniform in (0, 1) from its 53 high bits."""
+    """The next state and a uniform in (0, 1) from its word's 52 high bits (m + 1/2 over 2^52: exact, never 0 or
+    1)."""
     state = state + _GOLDEN
-    return state, ((_mix(state) >> np.uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
+    return state, ((_mix(state) >> np.uint64(12)) + 0.5) * (1.0 / 4503599627370496.0)
+
+
+@numba.njit(inline="always")
+def _stream(seed: np.uint64, cell: int) -> np.uint64:
+    """The state before cell's first draw in a call seeded `seed`: its sequence's position cell x 2^32."""
+    return _mix(seed) + (np.uint64(cell) << np.uint64(32)) * _GOLDEN
 
 
 def _ziggurat_tables(layers: int, tail_start: float, area: float) -> tuple[np.ndarray, np.ndarray]:
@@ -70,20 +80,20 @@ def _ziggurat_tables(layers: int, tail_start: float, area: float) -> tuple[np.nd
 
 # Marsaglia and Tsang's 128 layers ("The ziggurat method for generating random variables", J. Stat. Software 5,
 # 2000), with Doornik's independent layer bits ("An improved ziggurat method to generate normal random samples",
-# 2005): 98.8 % of the normals cost one 64-bit draw, a table lookup and a compare.
+# 2005): 97 % of the normals cost one 64-bit word, a table lookup and a compare (the mean of ZIGGURAT_INSIDE).
 ZIGGURAT_TAIL, ZIGGURAT_AREA = 3.442619855899, 9.91256303526217e-3
 ZIGGURAT_EDGES, ZIGGURAT_INSIDE = _ziggurat_tables(128, ZIGGURAT_TAIL, ZIGGURAT_AREA)
 
 
 @numba.njit(inline="always")
 def _normal(state: np.uint64) -> tuple[np.uint64, float]:
-    """The next state and a standard normal, by the ziggurat: a layer from the 7 low bits, a signed position in it
-    from the 53 high ones; the wedges and the tail (Marsaglia's exact tail method) by rejection."""
+    """The next state and a standard normal, by the ziggurat: a layer from the word's 7 low bits, a signed position
+    in it from its 52 high ones; the wedges and the tail (Marsaglia's exact tail method) by rejection."""
     while True:
         state = state + _GOLDEN
         bits = _mix(state)
         layer = bits & np.uint64(127)
-        u = ((bits >> np.uint64(11)) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
+        u = ((bits >> np.uint64(12)) + 0.5) * (2.0 / 4503599627370496.0) - 1.0
         if abs(u) < ZIGGURAT_INSIDE[layer]:
             return state, u * ZIGGURAT_EDGES[layer]
         if layer == 0:
@@ -102,10 +112,10 @@ def _normal(state: np.uint64) -> tuple[np.uint64, float]:
 
 
 @numba.njit
-def normals(seed: np.uint64, count: int) -> np.ndarray:
-    """`count` normals of one stream (the kernel's generator, for its tests)."""
+def normals(seed: np.uint64, cell: int, count: int) -> np.ndarray:
+    """`count` normals of cell's stream in a call seeded `seed` (the kernel's generator, for its tests)."""
     out = np.empty(count)
-    state = _mix(seed)
+    state = _stream(seed, cell)
     for k in range(count):
         state, out[k] = _normal(state)
     return out
@@ -159,7 +169,7 @@ def apply_pulses(
     pulses = tables.shape[0]
     grouped = group.shape[0] > 0
     for cell in numba.prange(start, stop):
-        state = _mix(seed ^ _mix(np.uint64(cell)))
+        state = _stream(seed, cell)
         g = group[cell] if grouped else 0
         lrs = in_lrs[cell]
         hrs = in_hrs[cell]
