@@ -72,8 +72,9 @@ class ChipFolder:
             auto_coverage=auto["coverage"] if auto else memsim.AdcPlan.auto_coverage,
         )
         crossbar = memsim.CrossbarConfig(**settings["crossbar"])
+        layer_bits = tuple(settings["layer_bits"].items())
         return cls(
-            chip=memsim.ChipSpec(crossbar, plan, tuple(settings["kinds"])),
+            chip=memsim.ChipSpec(crossbar, plan, tuple(settings["kinds"]), layer_bits),
             seed=settings["seed"],
             precycle_per_instance=settings.get("precycle_per_instance", 0),
             tuning=Tuning(tune["steps"], tune["lr"], tune["loader"]["max_seconds"]) if tune else None,

@@ -10,8 +10,8 @@ before the setting existed.
 
 Some fields predate the rule and follow it with a value of their own (ABSENT_AT): the model's `encoder`,
 and the quantization's noise settings and `quantize_frontend` (the noise settings leave the identity
-whenever noise is off). The chip's own settings beside its crossbar (kinds, ADC plan, tuning) are absent at
-their defaults (CHIP_DEFAULTS).
+whenever noise is off). The chip's own settings beside its crossbar (kinds, ADC plan, layer bits, tuning) are
+absent at their defaults (CHIP_DEFAULTS).
 """
 
 import dataclasses
@@ -103,7 +103,13 @@ MADE_BEFORE: dict[str, dict[str, Any]] = {"crossbar": {"verify_scheme": "first_p
 # Crossbar fields that only multi-level programming reads: meaningless, and left out, on binary cells
 MULTI_LEVEL_ONLY = ("verify_scheme",)
 # A chip's settings beside its crossbar, and the value each has when it is absent from the chip's identity
-CHIP_DEFAULTS: dict[str, Any] = {"kinds": ["linear"], "adc_auto": None, "layer_adc": {}, "tune": None}
+CHIP_DEFAULTS: dict[str, Any] = {
+    "kinds": ["linear"],
+    "adc_auto": None,
+    "layer_adc": {},
+    "layer_bits": {},
+    "tune": None,
+}
 # meaningless, and left out, while quantization noise is off
 NOISE_SETTINGS = ("noise_std", "noise_table", "noise_chip")
 

@@ -23,6 +23,7 @@ and input sign, its programming spread and read noise), or what a chip's resisti
 weights ("wires": memsim.WireWeightModel, the nominal chip of `noise_chip` programmed with them every few steps).
 """
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -112,6 +113,10 @@ class QuantConfig:
     # in `include`, all of the frontend: configs/quant/qat_all.yaml)
     include: tuple[str, ...] = CROSSBAR_LAYERS
     exclude: tuple[str, ...] = ()
+    # Mixed precision: {layer-name pattern: weight bits} for crossbar layers whose bits differ from weight_bits
+    # (the first match wins; every pattern must match a crossbar layer). The chip maps each layer with its bits
+    # (memsim.ChipSpec.layer_bits). The attention, depthwise and frontend quantizers keep weight_bits.
+    layer_bits: dict[str, float] = dataclasses.field(default_factory=dict)
     # Noise-aware training of the crossbar layers (training only; fresh draws every step, straight-through):
     # "gauss", integer weights plus Gaussian noise of noise_std x the weight range (max|W|); "chip", effective
     # weights drawn from noise_table, a memsim.WeightErrorModel as a dict (the chip's own statistics); "wires", the
@@ -143,6 +148,16 @@ class QuantConfig:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
         if self.noise == "chip" and self.noise_table is None:
             raise ValueError("noise=chip needs noise_table (a memsim.WeightErrorModel as a dict)")
+        for pattern, bits in self.layer_bits.items():
+            try:
+                max_level(bits)
+            except ValueError as error:
+                raise ValueError(f"layer_bits[{pattern!r}]: {error}") from None
+        if self.layer_bits and self.noise in ("chip", "wires"):
+            raise ValueError(
+                f"layer_bits: noise={self.noise} models one chip of weight_bits for every layer; mixed precision "
+                "trains with noise=gauss or none"
+            )
         if self.noise == "wires":
             chip = None if self.noise_chip is None else CrossbarConfig(**self.noise_chip)
             if chip is None or not chip.wired or chip.weight_bits != self.weight_bits:
@@ -150,6 +165,11 @@ class QuantConfig:
                     "noise=wires needs noise_chip, a memsim.CrossbarConfig as a dict with resistive wires and "
                     f"weight_bits={self.weight_bits}, got {self.noise_chip}"
                 )
+
+    def for_layer(self, name: str) -> "QuantConfig":
+        """The configuration of the crossbar layer `name`: its layer_bits pattern's weight bits, or weight_bits."""
+        bits = next((b for pattern, b in self.layer_bits.items() if fnmatchcase(name, pattern)), None)
+        return self if bits is None else dataclasses.replace(self, weight_bits=bits, layer_bits={})
 
     def weight_noise(self, shape: tuple[int, int]) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
         """What noise-aware training does to the integer weights q [out, in] (`shape`) of a crossbar layer at the
@@ -456,11 +476,15 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     ]
     if not chosen:
         raise ValueError(f"no nn.Linear layer matches include={list(config.include)} exclude={list(config.exclude)}")
+    unused = [p for p in config.layer_bits if not any(fnmatchcase(name, p) for name in chosen)]
+    if unused:
+        raise ValueError(f"layer_bits pattern(s) {unused} match no crossbar layer; the crossbar layers: {chosen}")
     for name in chosen:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent)
-        layer = QuantLinear.from_linear(getattr(owner, child), config)
-        layer.weight_quant.noise = config.weight_noise((layer.out_features, layer.in_features))
+        layer_config = config.for_layer(name)
+        layer = QuantLinear.from_linear(getattr(owner, child), layer_config)
+        layer.weight_quant.noise = layer_config.weight_noise((layer.out_features, layer.in_features))
         setattr(owner, child, layer)
     if config.quantize_attention:
         for attention in _all(model, SelfAttention, "quantize_attention"):

@@ -185,7 +185,8 @@ class RecipeSettings:
     def system_name(self, quantized: bool) -> str:
         """The label of the float model or of the configured system, e.g. `w3a8` (`w3a8-dw` with the depthwise
         convolutions quantized too, `w3a8-all` with the frontend as well; `w3a8-gauss0.05`, `w3a8-chipnoise` with
-        noise-aware training); `{bits}` in quant.name becomes the weight bits (`paper-w{bits}`: paper-w3)."""
+        noise-aware training; `w3a8-mixed` with per-layer bits, quant.layer_bits); `{bits}` in quant.name becomes
+        the weight bits (`paper-w{bits}`: paper-w3)."""
         if not quantized:
             return FLOAT
         bits = f"{self.quant.weight_bits:g}"
@@ -195,7 +196,8 @@ class RecipeSettings:
         noise = {"none": "", "gauss": f"-gauss{self.quant.noise_std:g}", "chip": "-chipnoise", "wires": "-wires"}[
             self.quant.noise
         ]
-        return f"w{bits}a{self.quant.input_bits}{mapped}{noise}"
+        mixed = "-mixed" if self.quant.layer_bits else ""
+        return f"w{bits}a{self.quant.input_bits}{mapped}{mixed}{noise}"
 
     def train_settings(self, quantized: bool) -> TrainSettings:
         """The training run of the float model, or of the quantized system (`train` updated by `qat_train`)."""

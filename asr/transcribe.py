@@ -91,10 +91,11 @@ def quantization(trained: TrainedModel) -> dict:
 
 
 def default_chip_settings(trained: TrainedModel, seed: int) -> dict:
-    """The settings of a chip of memsim's defaults for the model's weight and input bits, programmed from seed."""
+    """The settings of a chip of memsim's defaults for the model's weight bits (per layer too) and input bits,
+    programmed from seed."""
     quant = quantization(trained)
     config = memsim.CrossbarConfig(weight_bits=quant["weight_bits"], dac_bits=quant["input_bits"])
-    return {"crossbar": dataclasses.asdict(config), "seed": seed}
+    return {"crossbar": dataclasses.asdict(config), "seed": seed, "layer_bits": quant.get("layer_bits") or {}}
 
 
 def calibration_data(trained: TrainedModel) -> chips.CalibrationData:

@@ -259,12 +259,34 @@ class AdcPlan:
 
 @dataclasses.dataclass(frozen=True)
 class ChipSpec:
-    """A chip: its crossbar configuration, the kinds of layers it holds (convert's KINDS) and its ADC plan.
-    convert() takes one in place of a CrossbarConfig."""
+    """A chip: its crossbar configuration, the kinds of layers it holds (convert's KINDS), its ADC plan, and the
+    weight bits of layers that differ from the crossbar's (mixed precision). convert() takes one in place of a
+    CrossbarConfig.
+
+    layer_bits: (pattern, weight bits) pairs: a layer whose name matches a pattern (fnmatch; the first match
+    wins) is mapped with those bits (its digit planes, cells and ADC conversions), every other layer with the
+    crossbar's weight_bits; a quantization-aware layer's integer weights must fit them."""
 
     crossbar: CrossbarConfig
     adc: AdcPlan = AdcPlan()
     kinds: tuple[str, ...] = ("linear",)
+    layer_bits: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        for pattern, bits in self.layer_bits:
+            if not isinstance(pattern, str):
+                raise ValueError(f"ChipSpec.layer_bits holds (pattern, weight bits) pairs, got {pattern!r}")
+            try:
+                dataclasses.replace(self.crossbar, weight_bits=bits)
+            except ValueError as error:
+                raise ValueError(f"ChipSpec.layer_bits[{pattern!r}]: {error}") from None
+
+    def crossbar_of(self, name: str) -> CrossbarConfig:
+        """The crossbar configuration the layer `name` is mapped with: its own weight bits, then its ADC."""
+        bits = next((b for pattern, b in self.layer_bits if fnmatch.fnmatchcase(name, pattern)), None)
+        config = self.crossbar if bits is None else dataclasses.replace(self.crossbar, weight_bits=bits)
+        fixed = self.adc.fixed(name)
+        return config if fixed is None else config.with_adc_bits(*fixed)
 
 
 # Named conditions for CrossbarConfig.preset(). The paper's instance k (k = 1..K) pre-cycles with k x 50

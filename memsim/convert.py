@@ -95,9 +95,10 @@ def convert(
     """Replace, in place, the layers of the given kinds (KINDS: "linear", "conv", "lstm") of any model by
     programmed MemristorLinear, MemristorConv1d / MemristorConv2d and MemristorLSTM layers.
 
-    chip: a CrossbarConfig for every layer, or a ChipSpec, whose kinds and ADC plan apply: a layer that one of
-    the plan's patterns names is converted with that ADC (every pattern must name a converted layer); an
-    automatic ADC follows once the chip is programmed (converters.apply_adc_plan). kinds: KINDS to convert,
+    chip: a CrossbarConfig for every layer, or a ChipSpec, whose kinds, ADC plan and layer bits apply: a layer
+    that one of the plan's patterns names is converted with that ADC, one that a layer_bits pattern names with
+    those weight bits (every pattern must name a converted layer); an automatic ADC follows once the chip is
+    programmed (converters.apply_adc_plan). kinds: KINDS to convert,
     by default the ChipSpec's, or linear layers only.
     include / exclude: module names or fnmatch patterns as in named_modules() (e.g. "encoder.*.ff*");
     with include, only matching layers are converted; exclude wins over include. program=False leaves the
@@ -123,14 +124,14 @@ def convert(
         and (include is None or _matches(name, include))
         and not _matches(name, exclude)
     ]
-    unused = [pattern for pattern, _ in plan.layers if not any(_matches(name, pattern) for name, _ in chosen)]
-    if unused:
-        raise ValueError(f"ADC pattern(s) {unused} match no converted layer; layers: {[n for n, _ in chosen]}")
+    for what, patterns in (("ADC", plan.layers), ("weight-bits", spec.layer_bits)):
+        unused = [pattern for pattern, _ in patterns if not any(_matches(name, pattern) for name, _ in chosen)]
+        if unused:
+            raise ValueError(f"{what} pattern(s) {unused} match no converted layer; layers: {[n for n, _ in chosen]}")
     for done, (name, module) in enumerate(chosen, 1):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        fixed = plan.fixed(name)
-        layer_config = config if fixed is None else config.with_adc_bits(*fixed)
+        layer_config = spec.crossbar_of(name)
         layer = _programmed_layer(name, module, layer_config, generator, program, progress, done, len(chosen))
         setattr(parent, child, layer)
     return model

@@ -121,6 +121,7 @@ def chip_output(recipe: RecipeSettings, trained: Output) -> Output:
         if chip_settings.adc == "auto"
         else None,
         "layer_adc": dict(chip_settings.layer_adc),
+        "layer_bits": dict(recipe.quant.layer_bits),  # the model's mixed precision, mapped layer by layer
         # the tuning batches come from the training loader's settings
         "tune": {
             "steps": chip_settings.tune_steps,

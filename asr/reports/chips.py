@@ -4,6 +4,7 @@ bar chart. An error-budget sweep (memsim.only, experiment mini_budget) makes one
 """
 
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from asr.chips import SUMMARY_FILE, ChipSummary
@@ -142,6 +143,18 @@ def budget_plot(groups: list[Group], path: Path) -> bool:
     return True
 
 
+def _bits_and_planes(layers: list[dict]) -> str:
+    """The crossbar layers' weight bits and digit planes: `3 (2)` when all share them, else each pair with its
+    count of layers (a mixed-precision chip: `2 (1) x 8, 5 (4) x 8`)."""
+    pairs = Counter((row["weight_bits"], row["planes"]) for row in layers if "planes" in row)
+    if not pairs:
+        return "n/a"
+    if len(pairs) == 1:
+        (bits, planes), _ = pairs.popitem()
+        return f"{bits:g} ({planes})"
+    return ", ".join(f"{bits:g} ({planes}) x {count}" for (bits, planes), count in sorted(pairs.items()))
+
+
 def cost_table(groups: list[Group]) -> str:
     """One row per chip: what it is built of and what programming it cost (memsim.summary's totals and
     memsim.level_statistics), next to its WER and the change against its digital QAT model."""
@@ -152,7 +165,7 @@ def cost_table(groups: list[Group]) -> str:
         "chip",
         "levels per cell",
         "verify tolerance",
-        "planes",
+        "weight bits (planes)",
         "cells",
         "tiles",
         "ADC conversions per s of audio",
@@ -178,7 +191,7 @@ def cost_table(groups: list[Group]) -> str:
             name(g),
             str(summary.crossbar.levels_per_cell),
             f"{summary.crossbar.verify_tolerance:g}" if levels else "-",
-            str(summary.layers[0]["planes"]) if summary.layers and "planes" in summary.layers[0] else "n/a",
+            _bits_and_planes(summary.layers),
             f"{total['cells']:,}" if "cells" in total else "n/a",
             f"{total['tiles']:,}" if "tiles" in total else "n/a",
             f"{conversions:,}" if conversions is not None else "n/a",

@@ -8,6 +8,7 @@ from torch import nn
 
 import memsim
 from asr import checkpoint, settings
+from asr.chips import ChipFolder
 from asr.model import ConformerCTC, ModelConfig, ctc_loss
 from asr.model.attention import SelfAttention
 from asr.pipeline import graph
@@ -508,3 +509,56 @@ def test_wire_aware_training_sees_the_effective_weights_of_the_chips_wires_and_i
         QuantConfig(noise="wires")
     with pytest.raises(ValueError, match="noise=wires needs noise_chip"):  # ideal wires: nothing to train against
         QuantConfig(noise="wires", noise_chip={**config.noise_chip, **dict.fromkeys(WIRE_FIELDS, 0.0)})
+
+
+MIXED = {"blocks.*.ff[12].w[12]": 1.5, "blocks.1.attn.*": 5}
+
+
+def test_layer_bits_reach_the_layers_they_name_and_a_mixed_chip_maps_them_exactly():
+    """quant.layer_bits gives the feed-forward layers ternary weights and block 1's attention projections 5 bits;
+    the other crossbar layers keep weight_bits. The chip (memsim.ChipSpec.layer_bits) maps each with its own bits:
+    digit planes, cells and all, so an ideal chip computes what the mixed QAT model does."""
+    torch.manual_seed(0)
+    model = quantize(small_conformer(dropout=0.0, attn_dropout=0.0), QuantConfig(weight_bits=3, layer_bits=MIXED))
+    bits = {name: m.weight_bits for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    assert {n for n, b in bits.items() if b == 1.5} == {
+        f"blocks.{i}.ff{f}.w{w}" for i in (0, 1) for f in (1, 2) for w in (1, 2)
+    }
+    assert {n for n, b in bits.items() if b == 5} == {"blocks.1.attn.in_proj", "blocks.1.attn.out_proj"}
+    assert {b for n, b in bits.items() if not n.endswith(("w1", "w2")) and "blocks.1.attn" not in n} == {3}
+    for name, layer in model.named_modules():
+        if isinstance(layer, QuantLinear):
+            assert float(layer.integer_weight().abs().max()) == max_level(layer.weight_bits), name
+    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    model(features, lengths)
+    model.eval()
+    chip = memsim.ChipSpec(IDEAL_CHIP, layer_bits=tuple(MIXED.items()))
+    with torch.no_grad():
+        digital, _ = model(features, lengths)
+        memsim.convert(model, chip, include=CROSSBAR_LAYERS)
+        analog, _ = model(features, lengths)
+    planes = {row["layer"]: (row["weight_bits"], row["planes"]) for row in memsim.summary(model)[:-1]}
+    assert planes["blocks.0.ff1.w1"] == (1.5, 1) and planes["blocks.1.attn.in_proj"] == (5, 4)
+    assert planes["blocks.0.attn.in_proj"] == (3, 2)
+    torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_bits_are_checked_and_leave_uniform_models_as_they_were(make_cfg):
+    with pytest.raises(ValueError, match=r"layer_bits\['blocks.\*'\]"):
+        QuantConfig(weight_bits=3, layer_bits={"blocks.*": 17})
+    with pytest.raises(ValueError, match="mixed precision trains with noise=gauss or none"):
+        QuantConfig(weight_bits=3, layer_bits={"blocks.*": 4}, noise="chip", noise_table={})
+    with pytest.raises(ValueError, match=r"layer_bits pattern\(s\) \['encoder.\*'\] match no crossbar layer"):
+        quantize(small_conformer(), QuantConfig(weight_bits=3, layer_bits={"encoder.*": 4}))
+    with pytest.raises(ValueError, match=r"weight-bits pattern\(s\) \['encoder.\*'\] match no converted layer"):
+        memsim.convert(nn.Sequential(nn.Linear(4, 4)), memsim.ChipSpec(IDEAL_CHIP, layer_bits=(("encoder.*", 4),)))
+    with pytest.raises(ValueError, match=r"ChipSpec.layer_bits\['x'\]"):
+        memsim.ChipSpec(IDEAL_CHIP, layer_bits=(("x", 9),))
+    uniform = settings.load(make_cfg("+experiment=mini"))
+    mixed = settings.load(make_cfg("+experiment=mini", "++quant.layer_bits={blocks.*.ff*:1.5}"))
+    assert "layer_bits" not in graph.model_output(uniform, True).settings["quant"]
+    assert "layer_bits" not in graph.chip_output(uniform, graph.model_output(uniform, True)).settings
+    assert graph.model_output(mixed, True).settings["quant"]["layer_bits"] == {"blocks.*.ff*": 1.5}
+    chip = graph.chip_output(mixed, graph.model_output(mixed, True))
+    assert ChipFolder.from_settings(chip.settings).chip.layer_bits == (("blocks.*.ff*", 1.5),)
+    assert (uniform.system_name(True), mixed.system_name(True)) == ("w3a8", "w3a8-mixed")

@@ -220,7 +220,7 @@ def test_a_multi_level_chip_gets_its_cost_row_and_level_histogram(work, tmp_path
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     pulses = levels["pulses"]
     failed = levels["failed_by_level"]
-    row = next(line for line in table.splitlines() if line.startswith("|m-3.0 four|4|0.25|1|"))
+    row = next(line for line in table.splitlines() if line.startswith("|m-3.0 four|4|0.25|3 (1)|"))
     assert f"|{2 * 128 * 128:,}|1|1,000|{pulses['pulses_mean']:.1f} / {pulses['pulses_p99']} / " in row
     assert f"|{sum(failed)} ({', '.join(map(str, failed))})|15.00|" in row
     assert (tmp_path / "out" / "levels-m-3.0-four.png").is_file()
