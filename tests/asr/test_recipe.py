@@ -95,6 +95,25 @@ def test_an_ideal_chip_without_converter_error_hears_what_the_digital_model_hear
         assert on_chip == (work / digital[key].relpath / "hyps.jsonl").read_text()
 
 
+def test_a_mixed_precision_model_trains_and_its_ideal_chip_maps_each_layer_with_its_bits(recipe, make_cfg):
+    """quant.layer_bits through the recipe: the QAT stage trains the mixed model (named w3a8-mixed, beside the
+    uniform one), and its ideal chip holds each layer at its bits and hears what the digital model hears."""
+    work, overrides = recipe
+    mixed = [*overrides, "++quant.layer_bits={blocks.*.ff*:1.5}", "memsim.device=ideal", "memsim.adc=ideal"]
+    mixed += ["memsim.instances=1", "decode.splits=[test]", "decode.methods=[greedy]"]
+    runner.run(make_cfg(*mixed, "stages=[train,decode,memsim]"))
+    s = settings.load(make_cfg(*mixed))
+    trained = graph.model_output(s, True)
+    assert trained.name.startswith(s.model.name) and "w3a8-mixed" in trained.name
+    programmed = graph.chip_output(s, trained)
+    layers = json.loads((work / programmed.relpath / SUMMARY_FILE).read_text())["layers"]
+    assert {row["layer"].split(".")[2].startswith("ff") for row in layers if row["weight_bits"] == 1.5} == {True}
+    assert {row["weight_bits"] for row in layers} == {1.5, 3} and {row["planes"] for row in layers} == {1, 2}
+    (decoded,) = graph.decodes(s, trained)
+    (on_chip,) = graph.chip_decodes(s, trained, programmed)
+    assert (work / on_chip.relpath / "hyps.jsonl").read_text() == (work / decoded.relpath / "hyps.jsonl").read_text()
+
+
 def test_auto_and_per_layer_adcs_reach_the_chip_and_its_summary_prices_them(recipe, make_cfg):
     work, overrides = recipe
     chip = [*overrides, "memsim.adc=auto", "memsim.adc_budget_bits=9", "memsim.instances=1"]
