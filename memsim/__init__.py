@@ -1,5 +1,6 @@
 """memsim: memristor crossbar simulation on the Synaptogen device model, in PyTorch."""
 
+from memsim.allocation import Allocation, Candidate, allocate_under_budget
 from memsim.config import ADC_PRESETS, NON_IDEALITIES, PRESETS, AdcPlan, ChipSpec, CrossbarConfig
 from memsim.conv import MemristorConv1d, MemristorConv2d
 from memsim.convert import KINDS, calibrate, convert, format_summary, level_statistics, summary
@@ -17,6 +18,8 @@ from memsim.progress import ProgrammingProgress, ProgrammingTimer, ProgressCallb
 __all__ = [
     "ADC_PRESETS",
     "AdcPlan",
+    "Allocation",
+    "Candidate",
     "CellArray",
     "ChipSpec",
     "CrossbarConfig",
@@ -40,6 +43,7 @@ __all__ = [
     "WireWeightModel",
     "adc_settings",
     "allocate_adc",
+    "allocate_under_budget",
     "apply_adc_plan",
     "calibrate",
     "convert",
