@@ -46,6 +46,8 @@ CROSSBAR_LAYERS = (
     "blocks.*.attn.out_proj",
     "blocks.*.conv.pointwise[12]",
 )
+# The projections of relative position encodings: digital by default, on the chip with quant=qat_pos
+POSITION_LAYERS = "blocks.*.attn.pos_proj"
 
 
 def max_level(bits: float) -> int:

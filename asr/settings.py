@@ -35,7 +35,7 @@ from asr.data.tedlium import Options as PrepareOptions
 from asr.decode import DecodeSettings
 from asr.errors import CorruptFile, UserError
 from asr.model import ModelConfig
-from asr.quant import QuantConfig, max_level
+from asr.quant import POSITION_LAYERS, QuantConfig, max_level
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
 from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig, WireWeightModel, weight_error_model
@@ -185,8 +185,9 @@ class RecipeSettings:
     def system_name(self, quantized: bool) -> str:
         """The label of the float model or of the configured system, e.g. `w3a8` (`w3a8-dw` with the depthwise
         convolutions quantized too, `w3a8-all` with the frontend as well; `w3a8-gauss0.05`, `w3a8-chipnoise` with
-        noise-aware training; `w3a8-mixed` with per-layer bits, quant.layer_bits); `{bits}` in quant.name becomes
-        the weight bits (`paper-w{bits}`: paper-w3)."""
+        noise-aware training; `w3a8-pos` with the position projections on the chip, quant=qat_pos; `w3a8-mixed` with
+        per-layer bits, quant.layer_bits); `{bits}` in quant.name becomes the weight bits (`paper-w{bits}`:
+        paper-w3)."""
         if not quantized:
             return FLOAT
         bits = f"{self.quant.weight_bits:g}"
@@ -196,8 +197,9 @@ class RecipeSettings:
         noise = {"none": "", "gauss": f"-gauss{self.quant.noise_std:g}", "chip": "-chipnoise", "wires": "-wires"}[
             self.quant.noise
         ]
+        positions = "-pos" if POSITION_LAYERS in self.quant.include else ""
         mixed = "-mixed" if self.quant.layer_bits else ""
-        return f"w{bits}a{self.quant.input_bits}{mapped}{mixed}{noise}"
+        return f"w{bits}a{self.quant.input_bits}{mapped}{positions}{mixed}{noise}"
 
     def train_settings(self, quantized: bool) -> TrainSettings:
         """The training run of the float model, or of the quantized system (`train` updated by `qat_train`)."""

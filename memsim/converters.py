@@ -61,6 +61,13 @@ class RangeProbe:
         needed = values.abs().log2_().ceil_().add_(1).clamp_(1, MAX_RANGE_BITS)  # log2(0) = -inf: 1 bit
         self.counts += torch.bincount(needed.long().flatten(), minlength=MAX_RANGE_BITS + 1)
 
+    def clipped_fraction(self, range_bits: int | None) -> float:
+        """The fraction of the values seen that an ADC of range_bits clips (None: no clipping)."""
+        total = int(self.counts.sum())
+        if range_bits is None or total == 0:
+            return 0.0
+        return int(self.counts[range_bits + 1 :].sum()) / total
+
     def range_bits(self, coverage: float) -> int:
         """The fewest range bits that clip at most a fraction 1 - coverage of the values seen."""
         counts = self.counts.cpu()

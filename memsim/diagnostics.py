@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from memsim.conv import MemristorConv
+from memsim.converters import RangeProbe
 from memsim.layers import MemristorLinear
 
 
@@ -22,13 +23,21 @@ def layer_errors(chip: nn.Module, digital: nn.Module, run: Callable[[nn.Module],
     """Call run(chip) (e.g. a loop over some batches) and compare every crossbar layer's outputs y (each
     MemristorLinear, and each MemristorConv as a whole) with its digital twin's outputs d on the same inputs.
     Per layer: `gain`, the least-squares slope of y on d; `relative_error`, |y - d| / |d|; `residual`,
-    |y - gain d| / |d| (what no gain correction removes); norms over every output element seen. The last row,
-    "mean", averages the layers. The digital model is put in eval mode (its quantizers use their stored
-    ranges)."""
+    |y - gain d| / |d| (what no gain correction removes); norms over every output element seen; `clipped`, the
+    fraction of the layer's ADC inputs beyond its ADC's range (converters.RangeProbe). The last row, "mean",
+    averages the layers. The digital model is put in eval mode (its quantizers use their stored ranges)."""
     digital.eval()
     twins = dict(digital.named_modules())
     sums: dict[str, torch.Tensor] = {}  # per layer: [y.d, d.d, y.y]
     hooks = []
+    probes: dict[str, tuple[RangeProbe, int | None]] = {}
+    crossbars = {
+        name: [m for m in layer.modules() if isinstance(m, MemristorLinear)] for name, layer in compared_layers(chip)
+    }
+    for name, linears in crossbars.items():
+        probes[name] = (RangeProbe(linears[0].r.device), linears[0].config.adc_range_bits)
+        for linear in linears:
+            linear.adc_probe = probes[name][0]
     for name, layer in compared_layers(chip):
         if name not in twins:
             raise ValueError(f"the digital model has no layer {name!r} to compare the chip's with")
@@ -45,15 +54,22 @@ def layer_errors(chip: nn.Module, digital: nn.Module, run: Callable[[nn.Module],
     finally:
         for hook in hooks:
             hook.remove()
+        for linears in crossbars.values():
+            for linear in linears:
+                linear.adc_probe = None
     rows: list[dict[str, Any]] = []
     for name, totals in sums.items():
         yd, dd, yy = totals.tolist()
         gain = yd / dd if dd > 0 else float("nan")
         relative_error = max(yy - 2 * yd + dd, 0.0) ** 0.5 / dd**0.5 if dd > 0 else float("nan")
         residual = max(yy - yd * gain, 0.0) ** 0.5 / dd**0.5 if dd > 0 else float("nan")
-        rows.append({"layer": name, "gain": gain, "relative_error": relative_error, "residual": residual})
+        probe, range_bits = probes[name]
+        clipped = probe.clipped_fraction(range_bits)
+        rows.append(
+            {"layer": name, "gain": gain, "relative_error": relative_error, "residual": residual, "clipped": clipped}
+        )
     if rows:
-        measures = ("gain", "relative_error", "residual")
+        measures = ("gain", "relative_error", "residual", "clipped")
         mean = {key: sum(float(row[key]) for row in rows) / len(rows) for key in measures}
         rows.append({"layer": "mean", **mean})
     return rows

@@ -65,6 +65,7 @@ def layer_error_table(groups: list[Group]) -> str:
         "gain",
         "residual",
         "worst layer (error)",
+        "most clipped layer (ADC inputs clipped)",
         "read-disturbable cells",
         "real-time factor",
     ]
@@ -74,6 +75,7 @@ def layer_error_table(groups: list[Group]) -> str:
         layers = [row for row in summary.layer_errors if row["layer"] != "mean"] if summary else []
         mean = summary.mean_layer_error if summary else None
         worst = max(layers, key=lambda row: row["relative_error"]) if layers else None
+        clipped = max(layers, key=lambda row: row.get("clipped", 0.0)) if layers else None
         relative = g.relative.get("qat")
         disturb = summary.read_disturb_pct if summary else None
         cells = [
@@ -84,6 +86,7 @@ def layer_error_table(groups: list[Group]) -> str:
             f"{mean['gain']:.4f}" if mean else "n/a",
             f"{mean['residual']:.4f}" if mean else "n/a",
             f"{worst['layer']} ({worst['relative_error']:.4f})" if worst else "n/a",
+            f"{clipped['layer']} ({clipped['clipped']:.2%})" if clipped and "clipped" in clipped else "n/a",
             "n/a" if disturb is None else f"{disturb:.1f} %",
             _real_time_factor(g),
         ]
@@ -93,7 +96,8 @@ def layer_error_table(groups: list[Group]) -> str:
         f"Split {r.split}, {r.method} decoding. Layer error: |y - d| / |d| of each crossbar layer's output y "
         "against its digital layer's d on the same inputs (4 batches of the first decoded split, instance 0), "
         "averaged over the layers; gain: the least-squares slope of y on d; residual: what remains after the "
-        "gain. Read-disturbable cells: cells whose SET threshold lies above -v_read (those storing 0) or whose "
+        "gain; clipped: the fraction of a layer's ADC inputs beyond its ADC's range. "
+        "Read-disturbable cells: cells whose SET threshold lies above -v_read (those storing 0) or whose "
         "RESET threshold lies below +v_read (those storing 1); reads never change a cell in this simulator. "
         "Real-time factor: decoding seconds (the chip model and every decoder of its run) per second of audio, "
         "mean over the instances.\n\n" + markdown_table(header, rows)

@@ -562,3 +562,23 @@ def test_layer_bits_are_checked_and_leave_uniform_models_as_they_were(make_cfg):
     chip = graph.chip_output(mixed, graph.model_output(mixed, True))
     assert ChipFolder.from_settings(chip.settings).chip.layer_bits == (("blocks.*.ff*", 1.5),)
     assert (uniform.system_name(True), mixed.system_name(True)) == ("w3a8", "w3a8-mixed")
+
+
+def test_quant_qat_pos_puts_the_position_projections_on_an_ideal_chip_exactly(make_cfg):
+    """quant=qat_pos: the relative-position projections are crossbar layers too (the positional-encoding
+    follow-up's setting), the model is named w3a8-pos, and an ideal chip computes what it does."""
+    s = settings.load(make_cfg("+experiment=mini", "quant=qat_pos"))
+    assert s.system_name(True) == "w3a8-pos"
+    torch.manual_seed(0)
+    model = quantize(small_conformer(pos_enc="relative", dropout=0.0, attn_dropout=0.0), s.quant.build())
+    names = quantized_layers(model)
+    assert {"blocks.0.attn.pos_proj", "blocks.1.attn.pos_proj"} <= set(names) and len(names) == 18
+    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    model(features, lengths)
+    model.eval()
+    with torch.no_grad():
+        digital, _ = model(features, lengths)
+        memsim.convert(model, IDEAL_CHIP, include=names)
+        analog, _ = model(features, lengths)
+    assert isinstance(model.blocks[1].attn.pos_proj, memsim.MemristorLinear)
+    torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)

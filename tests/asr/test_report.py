@@ -167,9 +167,9 @@ def test_chip_layer_errors_and_the_budget_chart_come_from_the_chip_summaries(wor
     trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
     assert trained.relpath == str(qat.relative_to(work))
     errors = [
-        {"layer": "blocks.0.ff1.w1", "gain": 0.95, "relative_error": 0.12, "residual": 0.1},
-        {"layer": "blocks.0.ff1.w2", "gain": 0.97, "relative_error": 0.08, "residual": 0.07},
-        {"layer": "mean", "gain": 0.96, "relative_error": 0.10, "residual": 0.085},
+        {"layer": "blocks.0.ff1.w1", "gain": 0.95, "relative_error": 0.12, "residual": 0.1, "clipped": 0.001},
+        {"layer": "blocks.0.ff1.w2", "gain": 0.97, "relative_error": 0.08, "residual": 0.07, "clipped": 0.02},
+        {"layer": "mean", "gain": 0.96, "relative_error": 0.10, "residual": 0.085, "clipped": 0.0105},
     ]
     chip = Output("memsim", "memsim", "noisy", {"crossbar": {"device": "synaptogen"}, "seed": 1}, {"model": trained})
     records = Records(work)
@@ -183,7 +183,8 @@ def test_chip_layer_errors_and_the_budget_chart_come_from_the_chip_summaries(wor
     write_report([work], tmp_path / "out", "budget")
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("|m-3.0 noisy|"))
-    assert row.endswith("|0.1000|0.9600|0.0850|blocks.0.ff1.w1 (0.1200)|19.5 %|n/a|") and "|15.50|+40.9 % [" in row
+    assert row.endswith("|0.1000|0.9600|0.0850|blocks.0.ff1.w1 (0.1200)|blocks.0.ff1.w2 (2.00%)|19.5 %|n/a|")
+    assert "|15.50|+40.9 % [" in row
     assert "|m-3.0 my chip|13.00|+18.2 % [" in table and "|n/a|n/a|n/a|n/a|n/a|n/a|" in table  # no summary: n/a
     assert (tmp_path / "out" / "chips.png").is_file()
 

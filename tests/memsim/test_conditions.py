@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import memsim
+from memsim.convert import memristor_layers
 from memsim.crossbar import PRECYCLE_VOLTAGE, ReadModel, _array_of_cells, _precycle_voltages, device_params
 from memsim.validation.parity import layer_statistics, protocol_layer
 
@@ -207,6 +208,25 @@ def test_layer_errors_compare_each_crossbar_layer_with_its_digital_twin():
     assert all(row["gain"] == pytest.approx(1, abs=1e-5) and row["relative_error"] < 1e-5 for row in ideal)
     physical = errors(memsim.CrossbarConfig())
     assert all(0.01 < row["relative_error"] < 0.5 and row["residual"] <= row["relative_error"] for row in physical)
+    assert all(row["clipped"] == 0 for row in ideal)  # no ADC range: nothing clipped
+
+
+def test_layer_errors_count_the_adc_inputs_each_layers_range_clips():
+    """The clipped fraction of each layer's ADC inputs: none with a wide range, more the narrower the range, and
+    with it the layer's error."""
+    torch.manual_seed(0)
+    digital = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+    x = 3 * torch.randn(50, 64)
+    clipped, error = [], []
+    for range_bits in (12, 3, 1):
+        config = memsim.CrossbarConfig(device="ideal", dac_bits=None, **NOISELESS).with_adc_bits(8, range_bits)
+        chip = memsim.convert(copy.deepcopy(digital), config, torch.Generator().manual_seed(0))
+        mean = memsim.layer_errors(chip, fake_quantized_copy(digital, config.weight_bits), lambda m: m(x))[-1]
+        clipped.append(mean["clipped"])
+        error.append(mean["relative_error"])
+        assert all(layer.adc_probe is None for _, layer in memristor_layers(chip))  # the probes are gone
+    assert clipped[0] == 0 < clipped[1] < clipped[2] < 1
+    assert error[0] < error[1] < error[2]
 
 
 def fake_quantized_copy(model, bits):
