@@ -225,6 +225,11 @@ class CrossbarConfig:
         return dataclasses.replace(self, adc_precision_bits=precision_bits, adc_range_bits=range_bits)
 
 
+def first_match(pairs: tuple[tuple[str, Any], ...], name: str) -> Any:
+    """The value of the first (pattern, value) pair whose fnmatch pattern matches the layer `name`, or None."""
+    return next((value for pattern, value in pairs if fnmatch.fnmatchcase(name, pattern)), None)
+
+
 AdcBits = tuple[int | None, int | None]  # (precision bits, range bits); None: ideal in that respect
 
 
@@ -254,7 +259,7 @@ class AdcPlan:
 
     def fixed(self, name: str) -> AdcBits | None:
         """The ADC a pattern gives the layer `name`, or None if no pattern matches it."""
-        return next((bits for pattern, bits in self.layers if fnmatch.fnmatchcase(name, pattern)), None)
+        return first_match(self.layers, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,7 +288,7 @@ class ChipSpec:
 
     def crossbar_of(self, name: str) -> CrossbarConfig:
         """The crossbar configuration the layer `name` is mapped with: its own weight bits, then its ADC."""
-        bits = next((b for pattern, b in self.layer_bits if fnmatch.fnmatchcase(name, pattern)), None)
+        bits = first_match(self.layer_bits, name)
         config = self.crossbar if bits is None else dataclasses.replace(self.crossbar, weight_bits=bits)
         fixed = self.adc.fixed(name)
         return config if fixed is None else config.with_adc_bits(*fixed)

@@ -31,14 +31,13 @@ def layer_errors(chip: nn.Module, digital: nn.Module, run: Callable[[nn.Module],
     sums: dict[str, torch.Tensor] = {}  # per layer: [y.d, d.d, y.y]
     hooks = []
     probes: dict[str, tuple[RangeProbe, int | None]] = {}
-    crossbars = {
-        name: [m for m in layer.modules() if isinstance(m, MemristorLinear)] for name, layer in compared_layers(chip)
-    }
+    compared = compared_layers(chip)
+    crossbars = {name: [m for m in layer.modules() if isinstance(m, MemristorLinear)] for name, layer in compared}
     for name, linears in crossbars.items():
         probes[name] = (RangeProbe(linears[0].r.device), linears[0].config.adc_range_bits)
         for linear in linears:
             linear.adc_probe = probes[name][0]
-    for name, layer in compared_layers(chip):
+    for name, layer in compared:
         if name not in twins:
             raise ValueError(f"the digital model has no layer {name!r} to compare the chip's with")
         twin = twins[name]

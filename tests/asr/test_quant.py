@@ -176,18 +176,25 @@ def test_quantize_does_nothing_for_float_and_rejects_patterns_that_match_nothing
         quantize(model, QuantConfig(weight_bits=3, include=("encoder.*",)))
 
 
-@pytest.mark.parametrize("config", [QuantConfig(weight_bits=3), PAPER], ids=["qat", "paper"])
-def test_memsim_maps_a_quantized_conformer_exactly_on_ideal_crossbars(config):
-    torch.manual_seed(0)
-    model = small_conformer(dropout=0.0, attn_dropout=0.0)
-    quantize(model, config)
+def digital_and_chip_outputs(model: ConformerCTC, chip, **convert_options) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fresh quantized Conformer's logits on two random utterances, digital and then converted (in place) onto
+    `chip` with convert_options; its input ranges observed on the same batch first."""
     features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
     model(features, lengths)  # observe input ranges
     model.eval()
     with torch.no_grad():
         digital, _ = model(features, lengths)
-        memsim.convert(model, IDEAL_CHIP, include=CROSSBAR_LAYERS)
+        memsim.convert(model, chip, **convert_options)
         analog, _ = model(features, lengths)
+    return digital, analog
+
+
+@pytest.mark.parametrize("config", [QuantConfig(weight_bits=3), PAPER], ids=["qat", "paper"])
+def test_memsim_maps_a_quantized_conformer_exactly_on_ideal_crossbars(config):
+    torch.manual_seed(0)
+    model = small_conformer(dropout=0.0, attn_dropout=0.0)
+    quantize(model, config)
+    digital, analog = digital_and_chip_outputs(model, IDEAL_CHIP, include=CROSSBAR_LAYERS)
     assert sum(isinstance(m, memsim.MemristorLinear) for m in model.modules()) == 16
     torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
 
@@ -408,13 +415,7 @@ def test_weight_noise_has_the_configured_size_and_passes_gradients_straight_thro
 def test_a_noise_aware_model_maps_exactly_on_an_ideal_chip_and_keeps_its_table_in_the_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = quantize(small_conformer(dropout=0.0, attn_dropout=0.0), NOISY["chip"])
-    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
-    model(features, lengths)
-    model.eval()
-    with torch.no_grad():
-        digital, _ = model(features, lengths)
-        memsim.convert(model, IDEAL_CHIP, include=CROSSBAR_LAYERS)
-        analog, _ = model(features, lengths)
+    digital, analog = digital_and_chip_outputs(model, IDEAL_CHIP, include=CROSSBAR_LAYERS)
     torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
     assert QuantConfig(**asdict(NOISY["chip"])).noise_table == CHIP_TABLE  # what the checkpoint's meta rebuilds
 
@@ -462,13 +463,9 @@ def test_everything_but_the_output_layer_maps_exactly_on_an_ideal_chip(make_cfg)
     kinds = ("linear", "conv")
     names = quantized_layers(model, kinds)
     assert {"frontend.convs.0", "frontend.convs.2", "frontend.out", "blocks.0.conv.depthwise"} <= set(names)
-    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
-    model(features, lengths)
-    model.eval()
-    with torch.no_grad():
-        digital, _ = model(features, lengths)
-        memsim.convert(model, dataclasses.replace(IDEAL_CHIP, dac_bits=None), include=names, kinds=kinds)
-        analog, _ = model(features, lengths)
+    digital, analog = digital_and_chip_outputs(
+        model, dataclasses.replace(IDEAL_CHIP, dac_bits=None), include=names, kinds=kinds
+    )
     assert isinstance(model.frontend.convs[0], memsim.MemristorConv2d)
     torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
 
@@ -529,14 +526,8 @@ def test_layer_bits_reach_the_layers_they_name_and_a_mixed_chip_maps_them_exactl
     for name, layer in model.named_modules():
         if isinstance(layer, QuantLinear):
             assert float(layer.integer_weight().abs().max()) == max_level(layer.weight_bits), name
-    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
-    model(features, lengths)
-    model.eval()
     chip = memsim.ChipSpec(IDEAL_CHIP, layer_bits=tuple(MIXED.items()))
-    with torch.no_grad():
-        digital, _ = model(features, lengths)
-        memsim.convert(model, chip, include=CROSSBAR_LAYERS)
-        analog, _ = model(features, lengths)
+    digital, analog = digital_and_chip_outputs(model, chip, include=CROSSBAR_LAYERS)
     planes = {row["layer"]: (row["weight_bits"], row["planes"]) for row in memsim.summary(model)[:-1]}
     assert planes["blocks.0.ff1.w1"] == (1.5, 1) and planes["blocks.1.attn.in_proj"] == (5, 4)
     assert planes["blocks.0.attn.in_proj"] == (3, 2)
@@ -573,12 +564,6 @@ def test_quant_qat_pos_puts_the_position_projections_on_an_ideal_chip_exactly(ma
     model = quantize(small_conformer(pos_enc="relative", dropout=0.0, attn_dropout=0.0), s.quant.build())
     names = quantized_layers(model)
     assert {"blocks.0.attn.pos_proj", "blocks.1.attn.pos_proj"} <= set(names) and len(names) == 18
-    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
-    model(features, lengths)
-    model.eval()
-    with torch.no_grad():
-        digital, _ = model(features, lengths)
-        memsim.convert(model, IDEAL_CHIP, include=names)
-        analog, _ = model(features, lengths)
+    digital, analog = digital_and_chip_outputs(model, IDEAL_CHIP, include=names)
     assert isinstance(model.blocks[1].attn.pos_proj, memsim.MemristorLinear)
     torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
