@@ -3,7 +3,7 @@
 The schema is made from the dataclasses the code itself uses, so every default lives in one place:
 - `model`: asr.model.ModelConfig (its vocab_size and n_mels come from the tokenizer and the features), + name
 - `quant`: asr.quant.QuantConfig, + name
-- `train`: asr.train.TrainConfig (its seed is the run's top-level `seed`), + init_from
+- `train`: asr.train.TrainConfig (its seed: the run's top-level `seed` unless set), + init_from
 - `memsim`: CrossbarConfig (its weight_bits come from `quant`), + name, instances, seed, adc
 - `prepare`: asr.data.tedlium.Options
 - `data`, `tokenizer`, `features`, `loader`, `decode`: their modules' own settings dataclasses.
@@ -100,6 +100,9 @@ else:
         drop=("seed",),
         add=(
             ("init_from", str | None, None),  # None | "float" (this configuration's float model) | a checkpoint
+            # None: the top-level `seed`; +qat_train.seed=1,2 trains the quantized system again from the same
+            # float model with other draws (batch order, augmentation, dropout): the training seeds of a comparison
+            ("seed", int | None, None),
         ),
     )
     ChipSettings = mirror(
@@ -207,9 +210,13 @@ class RecipeSettings:
             return self.train
         return dataclasses.replace(self.train, **self.qat_train)
 
+    def train_seed(self, quantized: bool) -> int:
+        """The seed of the float model's training run or of the quantized system's."""
+        seed = self.train_settings(quantized).seed
+        return self.seed if seed is None else seed
+
     def train_config(self, quantized: bool) -> TrainConfig:
-        settings = self.train_settings(quantized)
-        return settings.build(seed=self.seed)
+        return self.train_settings(quantized).build(seed=self.train_seed(quantized))
 
     def chip_config(self, instance: int = 0) -> CrossbarConfig:
         """The crossbar chip that holds the quantized system's weights, as programmed for `instance` (0-based:

@@ -64,7 +64,7 @@ def data_files(recipe: RecipeSettings) -> DataFiles:
 def model_output(recipe: RecipeSettings, quantized: bool) -> Output:
     """The float model (quantized=False) or the configured quantized system."""
     run = recipe.train_settings(quantized)
-    train = {k: v for k, v in asdict(run).items() if k not in NOT_IN_MODEL_IDENTITY and k != "init_from"}
+    train = {k: v for k, v in asdict(run).items() if k not in (*NOT_IN_MODEL_IDENTITY, "init_from", "seed")}
     inputs = data_inputs(recipe)
     init: str | dict | None = FLOAT
     if run.init_from == FLOAT:
@@ -78,7 +78,7 @@ def model_output(recipe: RecipeSettings, quantized: bool) -> Output:
         "init_from": init,
         "features": asdict(recipe.features),
         "loader": asdict(recipe.loader),
-        "seed": recipe.seed,
+        "seed": recipe.train_seed(quantized),
     }
     label = f"{recipe.model.name}-{recipe.system_name(quantized)}"
     output = Output("train" if quantized else "train_float", "exp", label, settings, inputs)

@@ -263,3 +263,14 @@ def test_an_ablation_keeps_one_non_ideality_and_names_its_own_chip(make_cfg):
     assert none.chip_config() == memsim.CrossbarConfig(weight_bits=3).only(None)
     chips = {graph.chip_output(x, graph.model_output(x, True)).relpath for x in (alone, none)}
     assert len(chips) == 2
+
+
+def test_a_qat_seed_trains_another_quantized_model_from_the_same_float_model(make_cfg):
+    default = settings.load(make_cfg("+experiment=mini"))
+    same = settings.load(make_cfg("+experiment=mini", "+qat_train.seed=0"))  # the top-level seed, said again
+    other = settings.load(make_cfg("+experiment=mini", "+qat_train.seed=1"))
+    assert graph.model_output(same, True).relpath == graph.model_output(default, True).relpath
+    assert graph.model_output(other, True).relpath != graph.model_output(default, True).relpath
+    assert graph.model_output(other, False).relpath == graph.model_output(default, False).relpath
+    assert other.train_config(True).seed == 1 and other.train_config(False).seed == 0
+    assert graph.model_output(other, True).label == graph.model_output(default, True).label  # the same system
