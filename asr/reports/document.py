@@ -14,7 +14,7 @@ from asr.files import markdown_table, write_text
 from asr.records import environment
 from asr.reports.chips import budget_plot, cost_table, layer_error_table, level_plots, save_png
 from asr.reports.energy import adc_heatmaps, energy_table, pareto_plot
-from asr.reports.results import COLUMNS, STALE, SYSTEM_ORDER, Group, collect, group
+from asr.reports.results import COLUMNS, STALE, SYSTEM_ORDER, Group, OverSeeds, collect, group, over_seeds
 from asr.scoring import HEADER, total
 from asr.significance import Interval
 
@@ -153,6 +153,50 @@ def summary_table(groups: list[Group]) -> str:
     return markdown_table(header, rows)
 
 
+def seeds_table(joined: list[OverSeeds]) -> str:
+    """Systems trained with several seeds: WER per seed (a chip's mean over its instances) against its reference
+    per seed, and the pooled relative change with two intervals: seeds, instances and utterances resampled, and
+    the utterances alone (what a single run's paired interval measures)."""
+    rows = []
+    for o in joined:
+        r = o.first
+        rows.append(
+            [
+                r.split,
+                r.method,
+                r.system,
+                r.model_label,
+                r.chip_label or "-",
+                o.label or "-",
+                ", ".join(str(seed) for seed in o.seeds),
+                ", ".join(str(len(g.members)) for g in o.groups),
+                " / ".join(f"{statistics.mean(g.wers):.2f}" for g in o.groups),
+                " / ".join(f"{statistics.mean(ref.wers):.2f}" for ref in o.references),
+                "its QAT model" if r.system == "memsim" else "float",
+                o.pooled.percent(),
+                o.utterances_only.percent(),
+            ]
+        )
+    return markdown_table(
+        [
+            "split",
+            "method",
+            "system",
+            "model",
+            "chip",
+            "settings",
+            "seeds",
+            "instances",
+            "WER per seed",
+            "reference WER per seed",
+            "reference",
+            "rel. to reference, pooled [95 % CI: seeds, instances, utterances]",
+            "[95 % CI: utterances only]",
+        ],
+        rows,
+    )
+
+
 def espnet_table(groups: list[Group]) -> str:
     """|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err| per group; a chip's counts pooled over its instances."""
     lines = [HEADER]
@@ -189,6 +233,15 @@ def results_markdown(groups: list[Group], left_out: dict[str, str], title: str, 
         stale_note += f"\n{len(disagreeing)} result(s) left out because their files disagree:\n" + "".join(
             f"- `{path}`: {why}\n" for path, why in disagreeing.items()
         )
+    joined = over_seeds(groups)
+    seeds_section = (
+        "## Over training seeds\n\nSystems whose QAT model was trained with several seeds (`qat_train.seed`), "
+        "each seed's chips compared with that seed's QAT model. The first interval resamples the seeds, each seed's "
+        "instances and the utterances (asr.significance.relative_change_over_runs); the second only the "
+        f"utterances.\n\n{seeds_table(joined)}\n\n"
+        if joined
+        else ""
+    )
     chips = layer_error_table(groups)
     chip_section = f"## Chip layer errors\n\n{chips}\n\n" if chips else ""
     costs = cost_table(groups)
@@ -196,7 +249,7 @@ def results_markdown(groups: list[Group], left_out: dict[str, str], title: str, 
     energy = energy_table(groups)
     chip_section += f"## Converters and energy\n\n{energy}\n\n" if energy else ""
     return (
-        f"# {title}\n\n{notes}## At a glance\n\n{at_a_glance(groups)}\n\n## WER (%) per system\n\n"
+        f"# {title}\n\n{notes}## At a glance\n\n{at_a_glance(groups)}\n\n{seeds_section}## WER (%) per system\n\n"
         f"{tables_by_family(groups)}\n\n"
         "Snt and Wrd: the utterances and reference words each split scored. A memsim row holds its programming "
         "instances: WER mean, std, min and max over them. Relative changes compare error counts with the float "

@@ -27,7 +27,7 @@ from asr.files import read_jsonl
 from asr.identity import CHIP_DEFAULTS, DEFAULTS, with_defaults
 from asr.records import RECORD, Record, Records
 from asr.scoring import Score, decode_differences
-from asr.significance import Interval, relative_change, resample_counts
+from asr.significance import Interval, relative_change, relative_change_over_runs, resample_counts
 
 log = logging.getLogger(__name__)
 
@@ -267,3 +267,52 @@ def _relative(g: Group, reference: Group, counts: dict) -> Interval | None:
     if len(ids) not in counts:  # every comparison on a split sees the same resamples
         counts[len(ids)] = resample_counts(len(ids))
     return relative_change(ref_errors, errors, counts[len(ids)])
+
+
+SEED = "seed"  # the flat settings key of a model's training seed (qat_train.seed, or the top-level seed)
+
+
+@dataclass
+class OverSeeds:
+    """One system (a digital QAT model or a chip configuration) trained with several seeds, on one split with one
+    decoding setup: each seed's group with its reference (the float model for QAT, the seed's own QAT model for a
+    chip), and the relative change pooled over the seeds (asr.significance.relative_change_over_runs)."""
+
+    groups: list[Group]  # one per seed, in seed order
+    references: list[Group]
+    label: str  # what tells it apart from other systems of its name, the seed left out
+    pooled: Interval  # seeds, instances and utterances resampled
+    utterances_only: Interval
+
+    @property
+    def first(self) -> Result:
+        return self.groups[0].first
+
+    @property
+    def seeds(self) -> list:
+        return [g.first.settings.get(SEED) for g in self.groups]
+
+
+def over_seeds(groups: list[Group]) -> list["OverSeeds"]:
+    """The systems that several training seeds made, each compared with its references over the seeds. Groups
+    join when every setting but the seed agrees (same work dir, split and decoding)."""
+    joined: dict[tuple, list[tuple[Group, Group]]] = defaultdict(list)
+    for g in groups:
+        r = g.first
+        reference = g.qat_reference if r.system == "memsim" else g.float_reference
+        if r.system == "float" or reference is None or reference.errors[0] != g.errors[0]:
+            continue
+        rest = {k: v for k, v in r.settings.items() if k != SEED}
+        joined[str(r.root), r.chip_label, json.dumps(rest, sort_keys=True, default=str)].append((g, reference))
+    out = []
+    for pairs in joined.values():
+        if len({g.first.settings.get(SEED) for g, _ in pairs}) < 2:
+            continue
+        pairs.sort(key=lambda pair: pair[0].first.settings.get(SEED) or 0)
+        members, references = [g for g, _ in pairs], [ref for _, ref in pairs]
+        pooled, utterances_only = relative_change_over_runs(
+            [ref.errors[1] for ref in references], [g.errors[1] for g in members]
+        )
+        label = ", ".join(part for part in members[0].label.split(", ") if part and not part.startswith(f"{SEED}="))
+        out.append(OverSeeds(members, references, label, pooled, utterances_only))
+    return sorted(out, key=lambda o: o.groups[0].sort_key())

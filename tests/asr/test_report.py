@@ -15,7 +15,7 @@ from asr.files import write_jsonl
 from asr.records import Job, Output, Records
 from asr.reports.document import write_report
 from asr.scoring import Score
-from asr.significance import relative_change, resample_counts
+from asr.significance import relative_change, relative_change_over_runs, resample_counts
 
 ROOT = Path(__file__).resolve().parents[2]
 UTTERANCES, WORDS = 10, 20  # per utterance
@@ -47,8 +47,9 @@ def texts(substitutions: int) -> dict[str, str]:
     return {"ref": " ".join(ref), "hyp": " ".join(["x"] * substitutions + ref[substitutions:])}
 
 
-def model(root: Path, bits: float | None, baseline: Output | None = None) -> Output:
-    out = Output("train", "exp", f"m-{bits}", {"quant": {"weight_bits": bits}, "train": {"lr": 1e-3}})
+def model(root: Path, bits: float | None, baseline: Output | None = None, seed: int | None = None) -> Output:
+    settings = {"quant": {"weight_bits": bits}, "train": {"lr": 1e-3}, **({"seed": seed} if seed is not None else {})}
+    out = Output("train", "exp", f"m-{bits}", settings)
     return made(
         root, Output(out.stage, out.kind, out.label, out.settings, notes={"baseline": (baseline or out).relpath})
     )
@@ -160,6 +161,61 @@ def test_paired_bootstrap_interval_covers_the_estimate_and_is_zero_for_a_copy():
     assert wide.high - wide.low > interval.high - interval.low  # fewer utterances, less certainty
     with pytest.raises(ValueError, match="same utterances"):
         relative_change(reference, system[:10])
+
+
+def test_the_interval_over_training_runs_holds_the_spread_between_runs():
+    rng = np.random.default_rng(1)
+    utterances = 800
+    difficulty = rng.gamma(1.0, 1.0, utterances)  # shared by every run and instance: the pairing removes it
+    effects = [0.0, 0.2, 0.4]  # each training run's own chip effect; its instances differ by +-3 %
+
+    def decode(effect: float, instances: int) -> np.ndarray:
+        return rng.poisson(difficulty * (1 + effect) * rng.uniform(0.97, 1.03, (instances, 1)))
+
+    references = [decode(0.0, 1)[0] for _ in effects]
+    systems = [decode(effect, 10) for effect in effects]
+    pooled, utterances_only = relative_change_over_runs(references, systems)
+    estimate = sum(s.mean(0).sum() for s in systems) / sum(r.sum() for r in references) - 1
+    assert pooled.estimate == pytest.approx(estimate) and utterances_only.estimate == pytest.approx(estimate)
+    assert pooled.low < estimate < pooled.high and utterances_only.low < estimate < utterances_only.high
+    # the runs' effects (0 to +40 %) make the pooled interval wider than the utterances alone can
+    assert pooled.high - pooled.low > 2 * (utterances_only.high - utterances_only.low)
+    assert pooled.low < 0.12 and pooled.high > 0.28
+    # one run: the utterances-only interval is the paired bootstrap's
+    single = relative_change_over_runs(references[:1], systems[:1])[1]
+    paired = relative_change(references[0], systems[0])
+    assert (single.estimate, single.low, single.high) == pytest.approx((paired.estimate, paired.low, paired.high))
+    # runs that agree: no spread to add beyond the utterances and instances
+    copies = relative_change_over_runs(references, [np.stack([r, r]) for r in references])[0]
+    assert (copies.estimate, copies.low, copies.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same utterances"):
+        relative_change_over_runs(references, [systems[0][:, :10], *systems[1:]])
+
+
+def test_chips_of_qat_models_trained_with_several_seeds_are_pooled_with_an_interval_over_the_seeds(tmp_path):
+    work = tmp_path / "work"
+    float_model = model(work, None)
+    decode(work, float_model, spread(20))
+    for seed, (qat_errors, chip_errors) in enumerate([(22, (24, 26)), (20, (30, 32)), (24, (24, 24))]):
+        qat = model(work, 3.0, baseline=float_model, seed=seed)
+        decode(work, qat, spread(qat_errors))
+        chip = made(
+            work,
+            Output("memsim", "memsim", "seeded", {"crossbar": {"weight_bits": 3.0}, "seed": 1}, {"model": qat}),
+        )
+        for instance, errors in enumerate(chip_errors):
+            decode(work, qat, spread(errors), chip=chip, instance=instance)
+    write_report([work], tmp_path / "out", "seeds")
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    section = table.split("## Over training seeds")[1].split("\n## ")[0]
+    chip_row = next(line for line in section.splitlines() if line.startswith("|test|beam|memsim|"))
+    # (25 + 31 + 24) / (22 + 20 + 24) errors: +21.2 %, each seed's chip against that seed's QAT model
+    assert chip_row.startswith("|test|beam|memsim|m-3.0|seeded|-|0, 1, 2|2, 2, 2|")
+    assert "|12.50 / 15.50 / 12.00|11.00 / 10.00 / 12.00|" in chip_row
+    assert "|its QAT model|+21.2 % [" in chip_row
+    qat_row = next(line for line in section.splitlines() if line.startswith("|test|beam|qat|"))
+    assert "|0, 1, 2|1, 1, 1|11.00 / 10.00 / 12.00|10.00 / 10.00 / 10.00|float|+10.0 % [" in qat_row
+    assert sum(line.startswith("|test|") for line in section.splitlines()) == 2  # the float model has no reference
 
 
 def test_chip_layer_errors_and_the_budget_chart_come_from_the_chip_summaries(work, tmp_path):
