@@ -33,6 +33,9 @@ def conditions() -> dict[str, memsim.CrossbarConfig]:
         "physical": physical,
         "physical, paper calibration": dataclasses.replace(physical, calibration="paper"),
         "physical, per-column calibration": dataclasses.replace(physical, calibration="per_column"),
+        "physical, per-column, full-scale tests": dataclasses.replace(
+            physical, calibration="per_column", typical_input_fraction=1.0
+        ),
         "physical, none": physical.only(None),
         "physical, stationary cells": dataclasses.replace(physical, stationary_cells=True),
         "physical, bit-serial inputs": dataclasses.replace(physical, input_scheme="bit_serial"),

@@ -682,16 +682,10 @@ class CellPairs(NamedTuple):
         return cls((r[0] - r[1]).reshape(flat), (r[0] + r[1]).reshape(flat))
 
 
-# A trained layer's inputs mostly use a small part of the DAC's range (set by the largest input seen), and the chord
-# conductance depends on the voltage, so what is fitted or linearized for amplitude inputs is taken at this fraction
-# of v_read. Measured on a 384 -> 1536 layer with N(0, 1) inputs: column tests at full scale leave a 2 % gain error.
-TYPICAL_INPUT_FRACTION = 0.25
-
-
 def typical_read_voltage(config: CrossbarConfig) -> float:
     """The voltage a read mostly puts across the cells: v_read for bit-serial pulses (their only non-zero
-    voltage), TYPICAL_INPUT_FRACTION of it for amplitude inputs."""
-    return config.v_read * (1.0 if config.input_scheme == "bit_serial" else TYPICAL_INPUT_FRACTION)
+    voltage), config.typical_input_fraction of it for amplitude inputs."""
+    return config.v_read * (1.0 if config.input_scheme == "bit_serial" else config.typical_input_fraction)
 
 
 def cell_pairs(r: torch.Tensor, model: ReadModel, config: CrossbarConfig) -> CellPairs:

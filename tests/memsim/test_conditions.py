@@ -147,6 +147,31 @@ def test_per_column_calibration_removes_the_gain_error():
     assert torch.equal(restored.column_gain, per_column.column_gain)
 
 
+def test_per_column_calibration_is_exact_at_the_input_fraction_its_tests_use():
+    """The cells' chord conductance depends on the voltage: columns tested at full scale fit full-scale inputs,
+    columns tested at a quarter of it fit the small inputs a trained layer mostly sees."""
+
+    def gains(fraction: float) -> tuple[float, float]:
+        config = memsim.CrossbarConfig(read_noise="none", calibration="per_column", typical_input_fraction=fraction)
+        layer, x, _ = protocol_layer(config, seed=0, batch=64)
+        exact, _, _ = protocol_layer(  # the same weights on ideal cells: the digital product
+            memsim.CrossbarConfig(device="ideal", read_noise="none", adc_precision_bits=None, adc_range_bits=None),
+            seed=0,
+            batch=64,
+        )
+        full_scale = x.sign() * x.abs().max()  # every input at the DAC's full range
+        with torch.no_grad():
+            small = layer_statistics(layer, x, exact(x))["gain"]
+            large = layer_statistics(layer, full_scale, exact(full_scale))["gain"]
+        return small, large
+
+    quarter, full = gains(0.25), gains(1.0)
+    assert abs(1 - quarter[0]) < abs(1 - full[0]) and abs(1 - full[1]) < abs(1 - quarter[1])
+    assert memsim.CrossbarConfig(typical_input_fraction=0.25) == memsim.CrossbarConfig()  # the default
+    with pytest.raises(ValueError, match="typical_input_fraction must be a fraction of v_read"):
+        memsim.CrossbarConfig(typical_input_fraction=0)
+
+
 def test_paper_calibration_uses_the_paper_code_scaling():
     assert ReadModel(memsim.CrossbarConfig(calibration="paper")).unit_current == pytest.approx(1 / 8020)
     nominal = ReadModel(memsim.CrossbarConfig()).unit_current
