@@ -23,6 +23,7 @@ and input sign, its programming spread and read noise), or what a chip's resisti
 weights ("wires": memsim.WireWeightModel, the nominal chip of `noise_chip` programmed with them every few steps).
 """
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -223,6 +224,16 @@ class WeightQuantizer(nn.Module):
             current = torch.where(self.max_abs > 0, self.max_abs, current)
         return (current / self.qmax).clamp_min(tiny)
 
+    def at_bits(self, bits: float) -> "WeightQuantizer":
+        """A copy that quantizes the same range (the observed maximum, or LSQ's step times its top level) to the
+        levels of `bits`: what the layer's weights become at other bits without training."""
+        other = copy.deepcopy(self)
+        other.qmax = max_level(bits)
+        if other.step is not None:
+            with torch.no_grad():
+                other.step.mul_(self.qmax / other.qmax)
+        return other
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.running and self.training:
             with torch.no_grad():
@@ -344,6 +355,15 @@ class QuantLinear(nn.Linear):
     @torch.no_grad()
     def integer_weight(self) -> torch.Tensor:
         return (self.weight / self.weight_scale).clamp(-self.weight_qmax, self.weight_qmax).round()
+
+    def at_bits(self, bits: float) -> "QuantLinear":
+        """A copy of this trained layer with its weights quantized at `bits` over the same range (no training, no
+        weight noise): what a layer would hold at other bits, as asr.sensitivity measures it."""
+        other = copy.deepcopy(self)
+        other.weight_bits = bits
+        other.weight_quant = self.weight_quant.at_bits(bits)
+        other.weight_quant.noise = None
+        return other
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(self.input_quant(x), self.weight_quant(self.weight), self.bias)

@@ -36,6 +36,7 @@ from asr.decode import DecodeSettings
 from asr.errors import CorruptFile, UserError
 from asr.model import ModelConfig
 from asr.quant import POSITION_LAYERS, QuantConfig, max_level
+from asr.sensitivity import SensitivitySettings
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
 from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig, WireWeightModel, weight_error_model
@@ -44,7 +45,7 @@ from memsim.converters import MAX_ADC_BUDGET_BITS
 
 log = logging.getLogger(__name__)
 
-STAGE_NAMES = ("prepare", "tokenizer", "cmvn", "train_float", "train", "decode", "memsim", "report")
+STAGE_NAMES = ("prepare", "tokenizer", "cmvn", "train_float", "train", "decode", "memsim", "sensitivity", "report")
 FLOAT = "float"  # the name of the unquantized system, and the value of init_from that means "the float model"
 ADC_CHOICES = (*ADC_PRESETS, "ideal", "auto")
 
@@ -157,6 +158,8 @@ class RecipeSettings:
     qat_train: dict[str, Any] = field(default_factory=dict)  # `train` settings that differ for a quantized system
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     memsim: ChipSettings = field(default_factory=ChipSettings)
+    # per-layer sensitivity of the configured chip on dev (asr.sensitivity; stage sensitivity), for the allocation
+    sensitivity: SensitivitySettings = field(default_factory=SensitivitySettings)
 
     @property
     def work_dir_path(self) -> Path:

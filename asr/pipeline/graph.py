@@ -141,6 +141,14 @@ def chip_output(recipe: RecipeSettings, trained: Output) -> Output:
     return Output("memsim", "memsim", recipe.memsim.name, settings, {"model": trained}, (trained.name,))
 
 
+def sensitivity_output(recipe: RecipeSettings, trained: Output, programmed: Output) -> Output:
+    """The per-layer sensitivity table of a chip configuration (asr.sensitivity), on the dev split."""
+    measured = recipe.sensitivity
+    settings = {"weight_bits": measured.weight_bits, "adcs": measured.adcs, "seconds": measured.seconds}
+    inputs = {"chip": programmed, "model": trained, **data_inputs(recipe)}
+    return Output("sensitivity", "sensitivity", recipe.memsim.name, settings, inputs, (trained.name, programmed.name))
+
+
 def chip_decodes(recipe: RecipeSettings, trained: Output, programmed: Output) -> list[Output]:
     """Every instance, split and method of a chip configuration."""
     inputs = {"chip": programmed, "model": trained, **data_inputs(recipe)}

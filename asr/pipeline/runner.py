@@ -102,7 +102,10 @@ def run(cfg: DictConfig) -> None:
         if not writer and not stage.all_ranks:
             continue
         if stage.outputs is not None and not outputs:
-            log.info("stage %s: done already; force=[%s] makes its outputs again", name, name)
+            if stage.outputs(recipe):
+                log.info("stage %s: done already; force=[%s] makes its outputs again", name, name)
+            else:
+                log.info("stage %s: nothing to make with these settings", name)
             continue
         with locked([recipe.work_dir_path / o.relpath for o in outputs] if writer else []):
             if writer and stage.outputs is not None and name not in recipe.force:

@@ -14,11 +14,11 @@ from itertools import groupby
 import torch
 
 import memsim
-from asr import chips, tokenizer, train
+from asr import chips, sensitivity, tokenizer, train
 from asr.checkpoint import FINAL, load_model
 from asr.data import tedlium
 from asr.data.features import CMVN_FILE
-from asr.data.loader import estimate_cmvn
+from asr.data.loader import estimate_cmvn, split_loader
 from asr.decode import Decoding, decode_outputs, split_batches
 from asr.files import read_jsonl
 from asr.pipeline import graph
@@ -153,6 +153,36 @@ def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
             decode_outputs(chip.model, instance_jobs, _decoding(recipe), reseed)
 
 
+def measure_sensitivity(recipe: RecipeSettings, jobs: list[Job]) -> None:
+    """Each crossbar layer's dev-loss change at each candidate setting, on instance 0 of the chip
+    (asr.sensitivity.measure), on dev batches spread over the split."""
+    (job,) = jobs
+    files = graph.data_files(recipe)
+    loader = split_loader(
+        files,
+        sensitivity.SPLIT,
+        recipe.features,
+        max_seconds=chips.CALIBRATION_SECONDS,
+        num_workers=recipe.loader.num_workers,
+        seed=recipe.seed,
+        train=False,
+    )
+    batches = sensitivity.spread_batches(list(loader), recipe.sensitivity.seconds, chips.CALIBRATION_SECONDS)
+    folder = chips.ChipFolder.from_settings(job.output.inputs["chip"].settings)
+    data = chips.CalibrationData(files, recipe.features, recipe.loader.num_workers)
+    table = sensitivity.measure(
+        job.input("model") / FINAL, folder, recipe.sensitivity.candidates, batches, data, device()
+    )
+    log.info(
+        "sensitivity: %d readings of %d dev utterances in %.0f s, at %s",
+        len(table["rows"]) + 1,
+        table["utterances"],
+        table["seconds"],
+        job.path,
+    )
+    job.commit({sensitivity.TABLE_FILE: table})
+
+
 def report(recipe: RecipeSettings, jobs: list[Job]) -> None:
     """results.csv, RESULTS.md and a plot of every current result in work_dir (a whole sweep shares it)."""
     out = recipe.work_dir_path / "report"
@@ -168,6 +198,13 @@ def _chip_outputs(recipe: RecipeSettings) -> list[Output]:
     return [programmed, *graph.chip_decodes(recipe, trained, programmed)]
 
 
+def _sensitivity_outputs(recipe: RecipeSettings) -> list[Output]:
+    if not recipe.quantized or not recipe.sensitivity.candidates:
+        return []
+    trained = graph.model_output(recipe, quantized=True)
+    return [graph.sensitivity_output(recipe, trained, graph.chip_output(recipe, trained))]
+
+
 STAGES: dict[str, Stage] = {
     "prepare": Stage(lambda recipe: [graph.manifests(recipe)], prepare),
     "tokenizer": Stage(lambda recipe: [graph.tokenizer(recipe)], make_tokenizer),
@@ -179,5 +216,6 @@ STAGES: dict[str, Stage] = {
         decode_models,
     ),
     "memsim": Stage(_chip_outputs, decode_on_chips),
+    "sensitivity": Stage(_sensitivity_outputs, measure_sensitivity),
     "report": Stage(None, report),
 }

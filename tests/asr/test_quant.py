@@ -567,3 +567,27 @@ def test_quant_qat_pos_puts_the_position_projections_on_an_ideal_chip_exactly(ma
     digital, analog = digital_and_chip_outputs(model, IDEAL_CHIP, include=names)
     assert isinstance(model.blocks[1].attn.pos_proj, memsim.MemristorLinear)
     torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["minmax", "running_max", "lsq"])
+def test_a_trained_layer_at_other_bits_quantizes_the_same_range_to_their_levels(mode):
+    torch.manual_seed(0)
+    layer = QuantLinear.from_linear(nn.Linear(16, 8), QuantConfig(weight_bits=3, weight_scale=mode))
+    layer.train()
+    layer(torch.randn(4, 16))  # observe the input range (and the running maximum)
+    layer.eval()
+    same = layer.at_bits(3)
+    assert torch.equal(same.integer_weight(), layer.integer_weight())
+    for bits, top in ((4, 7), (1.5, 1)):
+        other = layer.at_bits(bits)
+        q = other.integer_weight()
+        assert other.weight_bits == bits and q.abs().max() <= top and torch.equal(q, q.round())
+        assert mode == "lsq" or q.abs().max() == top  # a max-based range holds the largest weight at the top level
+        torch.testing.assert_close(other.weight_scale * top, layer.weight_scale * 3)  # the same range
+    assert layer.weight_bits == 3 and layer.weight_quant.qmax == 3  # the trained layer is left as it was
+    chip = memsim.CrossbarConfig(weight_bits=4, device="ideal", read_noise="none", adc_precision_bits=None)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        digital = layer.at_bits(4)(x)
+        analog = memsim.MemristorLinear.from_linear(layer.at_bits(4), dataclasses.replace(chip, dac_bits=8))(x)
+    torch.testing.assert_close(analog, digital, rtol=1e-4, atol=1e-4)

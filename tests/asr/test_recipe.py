@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import memsim
-from asr import settings
+from asr import sensitivity, settings
 from asr.checkpoint import load_model
 from asr.chips import SUMMARY_FILE
 from asr.pipeline import graph, runner
 from asr.pipeline.stages import STAGES
+from asr.quant import quantized_layers
 from asr.records import RECORD
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,33 @@ def test_a_mixed_precision_model_trains_and_its_ideal_chip_maps_each_layer_with_
     (decoded,) = graph.decodes(s, trained)
     (on_chip,) = graph.chip_decodes(s, trained, programmed)
     assert (work / on_chip.relpath / "hyps.jsonl").read_text() == (work / decoded.relpath / "hyps.jsonl").read_text()
+
+
+def test_the_sensitivity_table_reads_every_layer_at_every_candidate_on_dev_once(recipe, make_cfg, caplog):
+    """stages=[sensitivity]: each crossbar layer reprogrammed alone at its own setting (sensitivity 0) and at each
+    other candidate, energies that grow with the bits, a table kept with the model and chip it measured."""
+    work, overrides = recipe
+    measured = [*overrides, "memsim.instances=1", "sensitivity.weight_bits=[3,4]", "sensitivity.adcs=[[8,10],[2,2]]"]
+    runner.run(make_cfg(*measured, "stages=[sensitivity]"))
+    s = settings.load(make_cfg(*measured))
+    trained = graph.model_output(s, True)
+    output = graph.sensitivity_output(s, trained, graph.chip_output(s, trained))
+    table = json.loads((work / output.relpath / sensitivity.TABLE_FILE).read_text())
+    rows = table["rows"]
+    layers = sorted({row["layer"] for row in rows})
+    assert len(layers) == len(quantized_layers(load_model(work / trained.relpath / "final.pt")))
+    assert len(rows) == 4 * len(layers)  # the own setting, (3, [8, 10]), is one of the four candidates
+    own = [row for row in rows if row["own"]]
+    assert len(own) == len(layers) and all(row["sensitivity"] == 0 and row["weight_bits"] == 3 for row in own)
+    assert all(row["adc"] == [8, 10] for row in own) and math.isfinite(table["chip_loss"])
+    for layer in layers:
+        energy = {(row["weight_bits"], tuple(row["adc"])): row["energy_uj"] for row in rows if row["layer"] == layer}
+        assert energy[4, (2, 2)] > energy[3, (2, 2)] > 0 and energy[3, (8, 10)] > energy[3, (2, 2)]
+    caplog.set_level(logging.INFO)
+    runner.run(make_cfg(*measured, "stages=[sensitivity]"))  # kept: nothing measured again
+    assert "stage sensitivity: done already" in caplog.text
+    runner.run(make_cfg(*overrides, "stages=[sensitivity]"))
+    assert "stage sensitivity: nothing to make with these settings" in caplog.text
 
 
 def test_auto_and_per_layer_adcs_reach_the_chip_and_its_summary_prices_them(recipe, make_cfg):
