@@ -80,6 +80,42 @@ def candidate_grid(weight_bits: Sequence[float], adcs: Sequence[Sequence[int]]) 
     return [LayerSetting(float(bits), (int(adc[0]), int(adc[1]))) for bits in weight_bits for adc in adcs]
 
 
+ALLOCATION_METHODS = ("knapsack",)  # memsim.allocate_under_budget: exact, by a dynamic program
+
+
+@dataclasses.dataclass
+class AllocationSettings:
+    """The recipe's `allocation` settings: per-layer weight bits and ADCs chosen from the configured chip's
+    sensitivity table (asr.pipeline.allocation) within an energy budget per second of audio, in microjoules
+    (budget_uj), or as a fraction of the configured chip's own energy in that table (budget_fraction; 1: the
+    same energy). Neither: no allocation."""
+
+    budget_uj: float | None = None
+    budget_fraction: float | None = None
+    method: str = "knapsack"
+
+    def __post_init__(self):
+        if self.budget_uj is not None and self.budget_fraction is not None:
+            raise ValueError("allocation.budget_uj and allocation.budget_fraction: set one, not both")
+        for name in ("budget_uj", "budget_fraction"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"allocation.{name} must be > 0, got {value}")
+        if self.method not in ALLOCATION_METHODS:
+            raise ValueError(f"allocation.method must be one of {list(ALLOCATION_METHODS)}, got {self.method!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.budget_uj is not None or self.budget_fraction is not None
+
+    @property
+    def label(self) -> str:
+        """What names the allocated system and chip, e.g. alloc1x (the chip's own energy) or alloc250uJ."""
+        if self.budget_fraction is not None:
+            return f"alloc{self.budget_fraction:g}x"
+        return f"alloc{self.budget_uj:g}uJ"
+
+
 def spread_batches(batches: list[dict], seconds: float, batch_seconds: float) -> list[dict]:
     """Batches of about `seconds` padded audio in all, evenly spread over the split's (length-sorted) batches,
     so that short and long utterances are both read."""
@@ -183,6 +219,11 @@ def _reprogrammed(
 def _put(model: nn.Module, name: str, layer: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, layer)
+
+
+def own_energy(table: dict) -> float:
+    """The measured chip's energy per second of audio in the table: every layer at its own setting."""
+    return sum(row["energy_uj"] for row in table["rows"] if row["own"])
 
 
 def allocation_candidates(table: dict) -> dict[str, list[memsim.Candidate]]:

@@ -36,7 +36,7 @@ from asr.decode import DecodeSettings
 from asr.errors import CorruptFile, UserError
 from asr.model import ModelConfig
 from asr.quant import POSITION_LAYERS, QuantConfig, max_level
-from asr.sensitivity import SensitivitySettings
+from asr.sensitivity import AllocationSettings, SensitivitySettings
 from asr.tokenizer import TokenizerSettings
 from asr.train import TrainConfig
 from memsim import ADC_PRESETS, NON_IDEALITIES, CrossbarConfig, WireWeightModel, weight_error_model
@@ -160,6 +160,8 @@ class RecipeSettings:
     memsim: ChipSettings = field(default_factory=ChipSettings)
     # per-layer sensitivity of the configured chip on dev (asr.sensitivity; stage sensitivity), for the allocation
     sensitivity: SensitivitySettings = field(default_factory=SensitivitySettings)
+    # per-layer bits and ADCs from that table within an energy budget (asr.pipeline.allocation.resolve)
+    allocation: AllocationSettings = field(default_factory=AllocationSettings)
 
     @property
     def work_dir_path(self) -> Path:

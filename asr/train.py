@@ -458,7 +458,8 @@ def train_model(
     """A Conformer-CTC trained float or quantization-aware on the prepared data, into out_dir; `final.pt`
     there holds the averaged weights and the configs (checkpoint.load_model rebuilds the model).
 
-    init_from: a checkpoint whose model weights start the run (e.g. the float model, for QAT fine-tuning).
+    init_from: a checkpoint whose model weights start the run: the float model, for QAT fine-tuning, or a
+    quantization-aware model, whose quantizer ranges come along (fine-tuning a uniform model at mixed bits).
     fresh: start over, deleting what out_dir holds; else resume from its newest checkpoint. Under torchrun
     every rank calls this; rank 0 alone clears out_dir, and every rank resumes after it did.
     """
@@ -469,9 +470,16 @@ def train_model(
         dist.barrier()
     torch.manual_seed(train_config.seed)
     model = ConformerCTC(model_config)
-    if init_from is not None:
-        model.load_state_dict(checkpoint.weights(init_from))
+    start = checkpoint.weights(init_from) if init_from is not None else {}
+    own = model.state_dict().keys()
+    if start:  # a float model's weights, or the weights of a quantization-aware one
+        model.load_state_dict({key: value for key, value in start.items() if key in own})
     quantize(model, quant_config)
+    if set(start) - own:  # a quantization-aware model's: its quantizers' ranges too (e.g. at other layer bits)
+        try:
+            model.load_state_dict(start)
+        except RuntimeError as error:
+            raise ValueError(f"init_from {init_from}: its quantizers do not fit this model's: {error}") from None
     log.info("model: %s parameters, quantized layers: %d", f"{count_parameters(model):,}", len(quantized_layers(model)))
     batches = {
         split: _rank_loader(

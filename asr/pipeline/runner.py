@@ -20,6 +20,7 @@ import time
 from omegaconf import DictConfig
 
 from asr.errors import UserError
+from asr.pipeline import allocation
 from asr.pipeline.stages import STAGES, Stage
 from asr.records import Job, Output, Records, environment, locked, rank
 from asr.settings import RecipeSettings, load
@@ -91,7 +92,7 @@ def _jobs(recipe: RecipeSettings, outputs: list[Output], forced: bool, writer: b
 def run(cfg: DictConfig) -> None:
     """Check every setting, plan the run, then run its stages in order."""
     environment()  # the revision that runs: read now, before anyone can check out another one mid-run
-    recipe = load(cfg)
+    recipe = allocation.resolve(load(cfg))
     steps = plan(recipe)
     ignored = [name for name in recipe.force if name not in recipe.stage_names]
     if ignored:

@@ -16,13 +16,16 @@ import memsim
 from asr import sensitivity, settings
 from asr.checkpoint import load_model
 from asr.chips import SUMMARY_FILE
-from asr.pipeline import graph, runner
+from asr.errors import CorruptFile, UserError
+from asr.pipeline import allocation, graph, runner
 from asr.pipeline.stages import STAGES
 from asr.quant import quantized_layers
 from asr.records import RECORD
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAINING = ["train.max_steps=3", "train.checkpoint_every=1", "train.average_last=2"]
+# a sensitivity table of the fixture chip: its own setting (3 bits, ADC (8, 10)) and three others per layer
+SENSITIVITY = ["memsim.instances=1", "sensitivity.weight_bits=[3,4]", "sensitivity.adcs=[[8,10],[2,2]]"]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +122,7 @@ def test_the_sensitivity_table_reads_every_layer_at_every_candidate_on_dev_once(
     """stages=[sensitivity]: each crossbar layer reprogrammed alone at its own setting (sensitivity 0) and at each
     other candidate, energies that grow with the bits, a table kept with the model and chip it measured."""
     work, overrides = recipe
-    measured = [*overrides, "memsim.instances=1", "sensitivity.weight_bits=[3,4]", "sensitivity.adcs=[[8,10],[2,2]]"]
+    measured = [*overrides, *SENSITIVITY]
     runner.run(make_cfg(*measured, "stages=[sensitivity]"))
     s = settings.load(make_cfg(*measured))
     trained = graph.model_output(s, True)
@@ -140,6 +143,56 @@ def test_the_sensitivity_table_reads_every_layer_at_every_candidate_on_dev_once(
     assert "stage sensitivity: done already" in caplog.text
     runner.run(make_cfg(*overrides, "stages=[sensitivity]"))
     assert "stage sensitivity: nothing to make with these settings" in caplog.text
+
+
+def test_an_allocation_within_the_chips_own_energy_reaches_its_chip_layer_by_layer(recipe, make_cfg):
+    work, overrides = recipe
+    measured = [*overrides, *SENSITIVITY]
+    with pytest.raises(UserError, match="allocation needs the sensitivity table of this configuration"):
+        allocation.resolve(settings.load(make_cfg(*overrides, "allocation.budget_fraction=1")))
+    runner.run(make_cfg(*measured, "stages=[sensitivity]"))
+    with pytest.raises(UserError, match="no choice of settings fits the budget"):
+        allocation.resolve(settings.load(make_cfg(*measured, "allocation.budget_uj=1e-9")))
+    allocated = [*measured, "allocation.budget_fraction=1", "decode.splits=[test]", "decode.methods=[greedy]"]
+    runner.run(make_cfg(*allocated, "stages=[train,memsim]"))
+    s = allocation.resolve(settings.load(make_cfg(*allocated)))
+    assert s.memsim.name.endswith("-alloc1x") and not s.sensitivity.candidates
+    trained = graph.model_output(s, True)
+    summary = json.loads((work / graph.chip_output(s, trained).relpath / SUMMARY_FILE).read_text())
+    assert {row["layer"]: row["adc"] for row in summary["layers"]} == s.memsim.layer_adc
+    assert {row["layer"]: row["weight_bits"] for row in summary["layers"]} == {
+        name: s.quant.layer_bits.get(name, 3) for name in s.memsim.layer_adc
+    }
+
+
+def test_an_allocation_takes_each_layers_least_sensitive_setting_when_the_budget_allows_all(recipe, make_cfg):
+    """A hand-made table: with room for everything, every layer takes its least sensitive candidate; layers whose
+    bits change make a model of their own, fine-tuned from the uniform one."""
+    work, overrides = recipe
+    s = settings.load(make_cfg(*overrides, *SENSITIVITY, "allocation.budget_uj=1e9"))
+    layers = quantized_layers(load_model(work / graph.model_output(s, True).relpath / "final.pt"))
+    best = {name: (4.0 if k % 2 else 3.0, [2, 2] if k % 3 else [8, 10]) for k, name in enumerate(layers)}
+    rows = [
+        {
+            "layer": name,
+            "weight_bits": bits,
+            "adc": adc,
+            "own": (bits, adc) == (3.0, [8, 10]),
+            "energy_uj": bits * sum(adc),
+            "sensitivity": -1.0 if (bits, adc) == best[name] else 0.5 * bits,
+        }
+        for name in layers
+        for bits in (3.0, 4.0)
+        for adc in ([8, 10], [2, 2])
+    ]
+    result = allocation.allocated(s, {"rows": rows}, work / "table.json")
+    assert result.memsim.layer_adc == {name: adc for name, (_, adc) in best.items()}
+    assert result.quant.layer_bits == {name: bits for name, (bits, _) in best.items() if bits != 3}
+    assert result.quant.name == "w3a8-alloc1e+09uJ" and result.memsim.name.endswith("-alloc1e+09uJ")
+    uniform = work / graph.model_output(s, True).relpath / "final.pt"
+    assert result.qat_train["init_from"] == str(uniform)
+    with pytest.raises(CorruptFile, match="not a sensitivity table"):
+        allocation.allocated(s, {"rows": [{"layer": layers[0]}]}, work / "table.json")
 
 
 def test_auto_and_per_layer_adcs_reach_the_chip_and_its_summary_prices_them(recipe, make_cfg):

@@ -246,6 +246,15 @@ def test_train_stage_trains_float_then_qat_from_the_float_weights(tmp_path, tiny
     assert len(quantized_layers(model)) == 8 and model.blocks[0].ff1.w1.weight_bits == 3
     assert not torch.equal(model.head.weight, load_model(float_final).head.weight)  # fine-tuned further
     assert "init" in graph.model_output(s, True).inputs
+    # a mixed-precision model fine-tuned from the uniform QAT model starts from its weights and quantizer ranges
+    mixed = [*base, "quant=qat", f"+qat_train.init_from={qat_final}", "++quant.layer_bits={blocks.0.ff1.*:4}"]
+    mixed += ["+qat_train.max_steps=1", "+qat_train.average_last=1"]
+    runner.run(make_cfg(*mixed, "stages=[train]"))
+    fine_tuned = load_model(tmp_path / graph.model_output(settings.load(make_cfg(*mixed)), True).relpath / "final.pt")
+    assert fine_tuned.blocks[0].ff1.w1.weight_bits == 4 and fine_tuned.blocks[0].ff2.w1.weight_bits == 3
+    uniform = model.blocks[0].ff1.w1
+    assert uniform.input_quant.max_abs > 0
+    assert fine_tuned.blocks[0].ff1.w1.input_quant.max_abs >= uniform.input_quant.max_abs  # running max from it
 
 
 def test_weight_decay_only_on_weight_matrices():
