@@ -15,6 +15,9 @@ from memsim import CrossbarConfig
 
 RESULTS = Path(__file__).resolve().parents[2] / "recipes" / "mini" / "results.csv"
 
+# results.csv was made on the mini corpus of 10-minute dev and test splits (asr.data.corpus: 40 minutes since) with
+# 3 programming instances per chip (experiment mini: 10 since)
+MADE_WITH = ["data.synth.splits.dev.minutes=10", "data.synth.splits.test.minutes=10", "memsim.instances=3"]
 # configurations of recipes/mini (its README has the commands) whose models and chips results.csv holds
 CASES = [
     ["+experiment=mini_budget", "memsim.only=adc"],
@@ -42,7 +45,7 @@ def recorded() -> tuple[set[str], set[str]]:
 @pytest.mark.parametrize("case", CASES, ids=" ".join)
 def test_the_outputs_behind_the_mini_results_keep_their_identities(case, recorded, make_cfg):
     models, paths = recorded
-    s = settings.load(make_cfg(*case, "work_dir=work/mini"))
+    s = settings.load(make_cfg(*case, *MADE_WITH, "work_dir=work/mini"))
     trained = graph.model_output(s, quantized=True)
     assert trained.relpath in models and graph.model_output(s, quantized=False).relpath in models
     chip = graph.chip_output(s, trained)
