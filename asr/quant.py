@@ -18,9 +18,10 @@ weights (`quantize_depthwise`) and its input and output (`depthwise_io_bits`, me
 Noise-aware training (`noise`, off by default): in training only, each step the crossbar layers' integer weights
 are replaced by what a chip would hold, with the gradient passed straight through to the quantized weights:
 Gaussian noise of `noise_std` x the weight range ("gauss", as the paper's authors tried later with deviations of
-0.0125-0.1, docs/sources.md), draws from a memsim.WeightErrorModel measured from a chip's own cells ("chip": its gain per level
-and input sign, its programming spread and read noise), or what a chip's resistive wires make of the layer's own
-weights ("wires": memsim.WireWeightModel, the nominal chip of `noise_chip` programmed with them every few steps).
+0.0125-0.1, docs/sources.md), draws from a memsim.WeightErrorModel measured from a chip's own cells ("chip": its
+gain per level and input sign, its programming spread and read noise), or what a chip's resistive wires make of the
+layer's own weights ("wires": memsim.WireWeightModel, the nominal chip of `noise_chip` programmed with them every
+few steps).
 """
 
 import copy

@@ -153,10 +153,16 @@ def summary_table(groups: list[Group]) -> str:
     return markdown_table(header, rows)
 
 
+def _change(g: Group, reference: str) -> str:
+    interval = g.relative.get(reference)
+    return "n/a" if interval is None else f"{100 * interval.estimate:+.1f} %"
+
+
 def seeds_table(joined: list[OverSeeds]) -> str:
     """Systems trained with several seeds: WER per seed (a chip's mean over its instances) against its reference
-    per seed, and the pooled relative change with two intervals: seeds, instances and utterances resampled, and
-    the utterances alone (what a single run's paired interval measures)."""
+    per seed, each seed's relative change, and the pooled change with two intervals: over seeds and utterances
+    (asr.significance.relative_change_over_runs), and over the utterances alone (what a single run's paired
+    interval measures)."""
     rows = []
     for o in joined:
         r = o.first
@@ -173,6 +179,7 @@ def seeds_table(joined: list[OverSeeds]) -> str:
                 " / ".join(f"{statistics.mean(g.wers):.2f}" for g in o.groups),
                 " / ".join(f"{statistics.mean(ref.wers):.2f}" for ref in o.references),
                 "its QAT model" if r.system == "memsim" else "float",
+                " / ".join(_change(g, "qat" if r.system == "memsim" else "float") for g in o.groups),
                 o.pooled.percent(),
                 o.utterances_only.percent(),
             ]
@@ -190,7 +197,8 @@ def seeds_table(joined: list[OverSeeds]) -> str:
             "WER per seed",
             "reference WER per seed",
             "reference",
-            "rel. to reference, pooled [95 % CI: seeds, instances, utterances]",
+            "rel. to reference per seed",
+            "rel. to reference, pooled [95 % CI: seeds and utterances]",
             "[95 % CI: utterances only]",
         ],
         rows,
@@ -236,9 +244,10 @@ def results_markdown(groups: list[Group], left_out: dict[str, str], title: str, 
     joined = over_seeds(groups)
     seeds_section = (
         "## Over training seeds\n\nSystems whose QAT model was trained with several seeds (`qat_train.seed`), "
-        "each seed's chips compared with that seed's QAT model. The first interval resamples the seeds, each seed's "
-        "instances and the utterances (asr.significance.relative_change_over_runs); the second only the "
-        f"utterances.\n\n{seeds_table(joined)}\n\n"
+        "each seed's chips (mean over instances) compared with that seed's QAT model. The first interval holds the "
+        "spread between seeds and over utterances (a t interval at Satterthwaite's degrees of freedom: "
+        "asr.significance.relative_change_over_runs); the second only the utterances, as one seed's paired "
+        f"bootstrap would.\n\n{seeds_table(joined)}\n\n"
         if joined
         else ""
     )

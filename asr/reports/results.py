@@ -295,24 +295,33 @@ class OverSeeds:
 
 def over_seeds(groups: list[Group]) -> list["OverSeeds"]:
     """The systems that several training seeds made, each compared with its references over the seeds. Groups
-    join when every setting but the seed agrees (same work dir, split and decoding)."""
+    join when every setting but the seed agrees and they scored the same utterances (same work dir, split and
+    decoding); a join whose seeds repeat, or whose runs cannot be pooled, is left out with a warning."""
     joined: dict[tuple, list[tuple[Group, Group]]] = defaultdict(list)
     for g in groups:
         r = g.first
         reference = g.qat_reference if r.system == "memsim" else g.float_reference
         if r.system == "float" or reference is None or reference.errors[0] != g.errors[0]:
             continue
-        rest = {k: v for k, v in r.settings.items() if k != SEED}
-        joined[str(r.root), r.chip_label, json.dumps(rest, sort_keys=True, default=str)].append((g, reference))
+        rest = json.dumps({k: v for k, v in r.settings.items() if k != SEED}, sort_keys=True, default=str)
+        joined[str(r.root), r.chip_label, rest, tuple(g.errors[0])].append((g, reference))
     out = []
     for pairs in joined.values():
-        if len({g.first.settings.get(SEED) for g, _ in pairs}) < 2:
+        seeds = [g.first.settings.get(SEED) for g, _ in pairs]
+        if len(pairs) < 2:
+            continue
+        if len(set(seeds)) < len(seeds):
+            log.warning("%s: seeds %s repeat; not pooled over seeds", pairs[0][0].first.path, sorted(map(str, seeds)))
             continue
         pairs.sort(key=lambda pair: pair[0].first.settings.get(SEED) or 0)
         members, references = [g for g, _ in pairs], [ref for _, ref in pairs]
-        pooled, utterances_only = relative_change_over_runs(
-            [ref.errors[1] for ref in references], [g.errors[1] for g in members]
-        )
+        try:
+            pooled, utterances_only = relative_change_over_runs(
+                [ref.errors[1] for ref in references], [g.errors[1] for g in members]
+            )
+        except ValueError as error:
+            log.warning("%s: not pooled over seeds: %s", members[0].first.path, error)
+            continue
         label = ", ".join(part for part in members[0].label.split(", ") if part and not part.startswith(f"{SEED}="))
         out.append(OverSeeds(members, references, label, pooled, utterances_only))
     return sorted(out, key=lambda o: o.groups[0].sort_key())

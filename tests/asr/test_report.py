@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from asr.files import write_jsonl
 from asr.records import Job, Output, Records
 from asr.reports.document import write_report
 from asr.scoring import Score
-from asr.significance import relative_change, relative_change_over_runs, resample_counts
+from asr.significance import relative_change, relative_change_over_runs, resample_counts, t_quantile
 
 ROOT = Path(__file__).resolve().parents[2]
 UTTERANCES, WORDS = 10, 20  # per utterance
@@ -163,33 +164,58 @@ def test_paired_bootstrap_interval_covers_the_estimate_and_is_zero_for_a_copy():
         relative_change(reference, system[:10])
 
 
+def decoded(rng, difficulty: np.ndarray, effect: float, instances: int) -> np.ndarray:
+    """Errors per utterance of `instances` decodes of a system `effect` worse than the reference (each instance
+    +-3 % of its own)."""
+    return rng.poisson(difficulty * (1 + effect) * rng.uniform(0.97, 1.03, (instances, 1)))
+
+
 def test_the_interval_over_training_runs_holds_the_spread_between_runs():
     rng = np.random.default_rng(1)
-    utterances = 800
-    difficulty = rng.gamma(1.0, 1.0, utterances)  # shared by every run and instance: the pairing removes it
-    effects = [0.0, 0.2, 0.4]  # each training run's own chip effect; its instances differ by +-3 %
-
-    def decode(effect: float, instances: int) -> np.ndarray:
-        return rng.poisson(difficulty * (1 + effect) * rng.uniform(0.97, 1.03, (instances, 1)))
-
-    references = [decode(0.0, 1)[0] for _ in effects]
-    systems = [decode(effect, 10) for effect in effects]
+    difficulty = rng.gamma(1.0, 1.0, 800)  # shared by every run and instance: the pairing removes it
+    effects = [0.0, 0.2, 0.4]  # each training run's own chip effect
+    references = [decoded(rng, difficulty, 0.0, 1)[0] for _ in effects]
+    systems = [decoded(rng, difficulty, effect, 10) for effect in effects]
     pooled, utterances_only = relative_change_over_runs(references, systems)
     estimate = sum(s.mean(0).sum() for s in systems) / sum(r.sum() for r in references) - 1
     assert pooled.estimate == pytest.approx(estimate) and utterances_only.estimate == pytest.approx(estimate)
     assert pooled.low < estimate < pooled.high and utterances_only.low < estimate < utterances_only.high
-    # the runs' effects (0 to +40 %) make the pooled interval wider than the utterances alone can
-    assert pooled.high - pooled.low > 2 * (utterances_only.high - utterances_only.low)
-    assert pooled.low < 0.12 and pooled.high > 0.28
+    # runs 0 to +40 % apart: the pooled interval reaches past them (3 runs: a t of 2 degrees of freedom at most)
+    assert pooled.low < 0.0 and pooled.high > 0.4 and utterances_only.high - utterances_only.low < 0.15
     # one run: the utterances-only interval is the paired bootstrap's
     single = relative_change_over_runs(references[:1], systems[:1])[1]
     paired = relative_change(references[0], systems[0])
     assert (single.estimate, single.low, single.high) == pytest.approx((paired.estimate, paired.low, paired.high))
-    # runs that agree: no spread to add beyond the utterances and instances
     copies = relative_change_over_runs(references, [np.stack([r, r]) for r in references])[0]
     assert (copies.estimate, copies.low, copies.high) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="same utterances"):
         relative_change_over_runs(references, [systems[0][:, :10], *systems[1:]])
+
+
+@pytest.mark.parametrize(("run_spread", "utterances"), [(0.08, 300), (0.2, 1000), (0.0, 300)])
+def test_the_interval_over_three_training_runs_covers_the_mean_effect_of_runs(run_spread, utterances):
+    """Simulated: 3 runs whose chip effects scatter around +20 % (run_spread), 10 instances each; the pooled
+    interval should hold +20 % about 95 % of the time, the utterances-only one misses it when runs differ."""
+    rng = np.random.default_rng(0)
+    counts = resample_counts(utterances, resamples=500)
+    covered = {"pooled": 0, "utterances": 0}
+    trials = 100
+    for _ in range(trials):
+        difficulty = rng.gamma(1.0, 1.0, utterances)
+        references = [rng.poisson(difficulty) for _ in range(3)]
+        systems = [decoded(rng, difficulty, 0.2 + run_spread * rng.standard_normal(), 10) for _ in range(3)]
+        pooled, utterances_only = relative_change_over_runs(references, systems, counts)
+        covered["pooled"] += pooled.low <= 0.2 <= pooled.high
+        covered["utterances"] += utterances_only.low <= 0.2 <= utterances_only.high
+    assert covered["pooled"] / trials >= 0.88
+    if run_spread >= 0.08:
+        assert covered["utterances"] / trials < 0.85  # what a single run's paired interval would claim
+
+
+def test_t_quantiles_match_the_tables():
+    # Student's t, 97.5 % point, from any statistics table
+    for freedom, table in ((1, 12.706), (2, 4.303), (3, 3.182), (10, 2.228), (30, 2.042), (math.inf, 1.960)):
+        assert t_quantile(0.975, freedom) == pytest.approx(table, abs=5e-4)
 
 
 def test_chips_of_qat_models_trained_with_several_seeds_are_pooled_with_an_interval_over_the_seeds(tmp_path):
@@ -205,6 +231,8 @@ def test_chips_of_qat_models_trained_with_several_seeds_are_pooled_with_an_inter
         )
         for instance, errors in enumerate(chip_errors):
             decode(work, qat, spread(errors), chip=chip, instance=instance)
+    other_corpus = model(work, 3.0, baseline=float_model, seed=3)  # its test set has 12 utterances: not pooled
+    decode(work, other_corpus, [2] * 12)
     write_report([work], tmp_path / "out", "seeds")
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     section = table.split("## Over training seeds")[1].split("\n## ")[0]
@@ -212,9 +240,9 @@ def test_chips_of_qat_models_trained_with_several_seeds_are_pooled_with_an_inter
     # (25 + 31 + 24) / (22 + 20 + 24) errors: +21.2 %, each seed's chip against that seed's QAT model
     assert chip_row.startswith("|test|beam|memsim|m-3.0|seeded|-|0, 1, 2|2, 2, 2|")
     assert "|12.50 / 15.50 / 12.00|11.00 / 10.00 / 12.00|" in chip_row
-    assert "|its QAT model|+21.2 % [" in chip_row
+    assert "|its QAT model|+13.6 % / +55.0 % / +0.0 %|+21.2 % [" in chip_row
     qat_row = next(line for line in section.splitlines() if line.startswith("|test|beam|qat|"))
-    assert "|0, 1, 2|1, 1, 1|11.00 / 10.00 / 12.00|10.00 / 10.00 / 10.00|float|+10.0 % [" in qat_row
+    assert "|0, 1, 2|1, 1, 1|11.00 / 10.00 / 12.00|10.00 / 10.00 / 10.00|float|+10.0 % / +0.0 % / +20.0 %|" in qat_row
     assert sum(line.startswith("|test|") for line in section.splitlines()) == 2  # the float model has no reference
 
 
