@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 STAGE_NAMES = ("prepare", "tokenizer", "cmvn", "train_float", "train", "decode", "memsim", "sensitivity", "report")
 FLOAT = "float"  # the name of the unquantized system, and the value of init_from that means "the float model"
 ADC_CHOICES = (*ADC_PRESETS, "ideal", "auto")
+CHIP_SEEDS_PER_TRAINING_SEED = 100_000  # chip seeds apart per QAT training seed: room for that many instances
 
 
 def mirror(cls: type, name: str, *, drop: tuple[str, ...] = (), add: tuple[tuple[str, Any, Any], ...] = ()) -> type:
@@ -113,7 +114,8 @@ else:
         add=(
             ("name", str, "chip"),  # a label for outputs and tables
             ("instances", int, 3),  # programming instances (fresh chips), each decoding every split
-            ("seed", int, 1000),  # instance k is programmed with seed + k
+            # instance k is programmed with seed + k (+ CHIP_SEEDS_PER_TRAINING_SEED x the QAT model's training seed)
+            ("seed", int, 1000),
             # the ADC: None (adc_precision_bits and adc_range_bits as set), a preset of ADC_PRESETS, "ideal", or
             # "auto": per layer, adc_budget_bits split into range (what holds a fraction adc_coverage of the
             # layer's column outputs on calibration batches of the train split) and precision (the rest)
@@ -219,6 +221,13 @@ class RecipeSettings:
         """The seed of the float model's training run or of the quantized system's."""
         seed = self.train_settings(quantized).seed
         return self.seed if seed is None else seed
+
+    @property
+    def chip_seed(self) -> int:
+        """The seed of the quantized system's chip instance 0: memsim.seed, moved by the QAT model's training seed
+        so that the chips of models trained with other seeds are programmed from their own random streams (their
+        instances nest in their training runs); at training seed 0, memsim.seed itself."""
+        return self.memsim.seed + CHIP_SEEDS_PER_TRAINING_SEED * self.train_seed(True)
 
     def train_config(self, quantized: bool) -> TrainConfig:
         return self.train_settings(quantized).build(seed=self.train_seed(quantized))

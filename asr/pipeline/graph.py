@@ -134,7 +134,7 @@ def chip_output(recipe: RecipeSettings, trained: Output) -> Output:
     }
     settings = {
         "crossbar": identity("crossbar", asdict(recipe.chip_config())),
-        "seed": chip_settings.seed,
+        "seed": recipe.chip_seed,
         "precycle_per_instance": chip_settings.precycle_per_instance,
         **chip_identity(extras),
     }

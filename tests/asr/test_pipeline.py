@@ -274,3 +274,8 @@ def test_a_qat_seed_trains_another_quantized_model_from_the_same_float_model(mak
     assert graph.model_output(other, False).relpath == graph.model_output(default, False).relpath
     assert other.train_config(True).seed == 1 and other.train_config(False).seed == 0
     assert graph.model_output(other, True).label == graph.model_output(default, True).label  # the same system
+    # its chips are programmed from their own streams; the default's keep memsim.seed
+    assert default.chip_seed == same.chip_seed == default.memsim.seed
+    assert other.chip_seed == default.memsim.seed + settings.CHIP_SEEDS_PER_TRAINING_SEED
+    chips = [graph.chip_output(s, graph.model_output(s, True)) for s in (default, other)]
+    assert [c.settings["seed"] for c in chips] == [default.chip_seed, other.chip_seed]
