@@ -45,7 +45,7 @@ from asr.data.features import FeatureSettings
 from asr.data.loader import DataFiles, LoaderSettings, split_loader
 from asr.errors import UserError
 from asr.model import ConformerCTC, ModelConfig, count_parameters, ctc_loss, infeasible
-from asr.quant import QuantConfig, quantize, quantized_layers
+from asr.quant import QuantConfig, QuantLinear, max_level, quantize, quantized_layers
 from asr.schedule import build_scheduler
 from asr.tokenizer import BLANK_ID
 from asr.train_log import TrainingLog
@@ -443,6 +443,34 @@ def _rank_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
     )
 
 
+def initial_model(model_config: ModelConfig, quant_config: QuantConfig, init_from: Path | None) -> ConformerCTC:
+    """A model to train, quantized per quant_config, its weights from init_from if given: a float model's (loaded
+    before quantizing, so LSQ steps start from them) or a quantization-aware model's (loaded after quantizing, with
+    its quantizer ranges; a layer whose bits differ from that model's keeps its LSQ range, as
+    WeightQuantizer.at_bits does, where a max-based range needs nothing)."""
+    model = ConformerCTC(model_config)
+    if init_from is None:
+        quantize(model, quant_config)
+        return model
+    start = checkpoint.weights(init_from)
+    if set(start) <= set(model.state_dict()):  # a float model's weights
+        model.load_state_dict(start)
+        quantize(model, quant_config)
+        return model
+    quantize(model, quant_config)
+    try:
+        model.load_state_dict(start)
+        source = QuantConfig(**checkpoint.load(init_from)["meta"]["quant"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"init_from {init_from}: its quantized layers do not fit this model's: {error}") from None
+    for name, layer in model.named_modules():
+        if isinstance(layer, QuantLinear) and layer.weight_quant.step is not None:
+            trained_at = max_level(source.for_layer(name).weight_bits or layer.weight_bits)
+            with torch.no_grad():
+                layer.weight_quant.step.mul_(trained_at / layer.weight_quant.qmax)
+    return model
+
+
 def train_model(
     model_config: ModelConfig,
     quant_config: QuantConfig,
@@ -469,17 +497,7 @@ def train_model(
     if world > 1:
         dist.barrier()
     torch.manual_seed(train_config.seed)
-    model = ConformerCTC(model_config)
-    start = checkpoint.weights(init_from) if init_from is not None else {}
-    own = model.state_dict().keys()
-    if start:  # a float model's weights, or the weights of a quantization-aware one
-        model.load_state_dict({key: value for key, value in start.items() if key in own})
-    quantize(model, quant_config)
-    if set(start) - own:  # a quantization-aware model's: its quantizers' ranges too (e.g. at other layer bits)
-        try:
-            model.load_state_dict(start)
-        except RuntimeError as error:
-            raise ValueError(f"init_from {init_from}: its quantizers do not fit this model's: {error}") from None
+    model = initial_model(model_config, quant_config, init_from)
     log.info("model: %s parameters, quantized layers: %d", f"{count_parameters(model):,}", len(quantized_layers(model)))
     batches = {
         split: _rank_loader(

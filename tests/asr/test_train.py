@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import os
 import socket
 
@@ -13,7 +14,7 @@ from asr.model import ConformerCTC, ModelConfig, infeasible
 from asr.pipeline import graph, runner
 from asr.quant import QuantConfig, quantize, quantized_layers
 from asr.schedule import build_scheduler
-from asr.train import TrainConfig, build_optimizer, fit
+from asr.train import TrainConfig, build_optimizer, fit, initial_model
 
 
 @pytest.fixture(autouse=True)
@@ -246,15 +247,12 @@ def test_train_stage_trains_float_then_qat_from_the_float_weights(tmp_path, tiny
     assert len(quantized_layers(model)) == 8 and model.blocks[0].ff1.w1.weight_bits == 3
     assert not torch.equal(model.head.weight, load_model(float_final).head.weight)  # fine-tuned further
     assert "init" in graph.model_output(s, True).inputs
-    # a mixed-precision model fine-tuned from the uniform QAT model starts from its weights and quantizer ranges
+    # a mixed-precision model fine-tuned from the uniform QAT model (initial_model checks how it starts)
     mixed = [*base, "quant=qat", f"+qat_train.init_from={qat_final}", "++quant.layer_bits={blocks.0.ff1.*:4}"]
     mixed += ["+qat_train.max_steps=1", "+qat_train.average_last=1"]
     runner.run(make_cfg(*mixed, "stages=[train]"))
     fine_tuned = load_model(tmp_path / graph.model_output(settings.load(make_cfg(*mixed)), True).relpath / "final.pt")
     assert fine_tuned.blocks[0].ff1.w1.weight_bits == 4 and fine_tuned.blocks[0].ff2.w1.weight_bits == 3
-    uniform = model.blocks[0].ff1.w1
-    assert uniform.input_quant.max_abs > 0
-    assert fine_tuned.blocks[0].ff1.w1.input_quant.max_abs >= uniform.input_quant.max_abs  # running max from it
 
 
 def test_weight_decay_only_on_weight_matrices():
@@ -263,3 +261,31 @@ def test_weight_decay_only_on_weight_matrices():
     names = {n for n, p in model.named_parameters() if id(p) in decayed}
     assert "blocks.0.ff1.w1.weight" in names and "blocks.0.conv.depthwise.weight" in names
     assert not [n for n in names if "bias" in n or "step" in n or "norm" in n]
+
+
+@pytest.mark.parametrize("scale", ["minmax", "lsq"])
+@pytest.mark.parametrize("encoder", ["conformer", "blstm"])
+def test_a_model_at_other_layer_bits_starts_from_a_quantized_model_with_its_ranges(tmp_path, scale, encoder):
+    """init_from a quantization-aware model: its weights and quantizer ranges, and a layer at other bits quantizes
+    the same weight range (what the sensitivity table measured with QuantLinear.at_bits)."""
+    config = ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=1, n_heads=2, d_ff=64, encoder=encoder)
+    uniform = QuantConfig(weight_bits=3, weight_scale=scale)
+    torch.manual_seed(0)
+    trained = quantize(ConformerCTC(config), uniform)
+    trained.train()
+    trained(torch.randn(2, 40, 80), torch.tensor([40, 33]))  # observe input ranges
+    trained.eval()
+    path = tmp_path / "uniform.pt"
+    checkpoint.save({"model": trained.state_dict(), "meta": {"quant": dataclasses.asdict(uniform)}}, path)
+    first = quantized_layers(trained)[0]
+    mixed = initial_model(config, dataclasses.replace(uniform, layer_bits={first: 4}), path).eval()
+    for name in quantized_layers(trained):
+        before, after = trained.get_submodule(name), mixed.get_submodule(name)
+        assert torch.equal(after.weight, before.weight) and torch.equal(after.input_scale, before.input_scale)
+        expected = before.at_bits(4) if name == first else before
+        assert after.weight_bits == expected.weight_bits
+        torch.testing.assert_close(after.weight_scale, expected.weight_scale)
+        assert torch.equal(after.integer_weight(), expected.integer_weight())
+    with pytest.raises(ValueError, match="its quantized layers do not fit"):
+        other = ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=2, n_heads=2, d_ff=64)
+        initial_model(other, uniform, path)
