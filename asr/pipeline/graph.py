@@ -12,6 +12,7 @@
 """
 
 from dataclasses import asdict
+from pathlib import Path
 
 from asr.data.features import CMVN_FILE
 from asr.data.loader import DataFiles
@@ -61,6 +62,17 @@ def data_files(recipe: RecipeSettings) -> DataFiles:
     )
 
 
+def _checkpoint_identity(recipe: RecipeSettings, path: str) -> dict:
+    """A checkpoint's part of a model's identity (asr.files.file_identity): its content, and its path relative to
+    work_dir when it lies there (the uniform model an allocation fine-tunes from), so that a moved or copied work
+    dir keeps its models."""
+    found = file_identity(path)
+    root = recipe.work_dir_path.resolve()
+    if Path(found["path"]).is_relative_to(root):
+        found["path"] = str(Path(found["path"]).relative_to(root))
+    return found
+
+
 def model_output(recipe: RecipeSettings, quantized: bool) -> Output:
     """The float model (quantized=False) or the configured quantized system."""
     run = recipe.train_settings(quantized)
@@ -70,7 +82,7 @@ def model_output(recipe: RecipeSettings, quantized: bool) -> Output:
     if run.init_from == FLOAT:
         inputs["init"] = model_output(recipe, quantized=False)
     else:
-        init = file_identity(run.init_from) if run.init_from else None
+        init = _checkpoint_identity(recipe, run.init_from) if run.init_from else None
     settings = {
         "model": identity("model", asdict(recipe.model)),
         "quant": identity("quant", asdict(recipe.quant_config(quantized))) if quantized else None,  # none when float

@@ -5,9 +5,10 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 import memsim
-from asr import records, settings
+from asr import checkpoint, records, settings
 from asr.errors import UserError
 from asr.pipeline import graph, runner
 from asr.pipeline.stages import STAGES, Stage
@@ -279,3 +280,18 @@ def test_a_qat_seed_trains_another_quantized_model_from_the_same_float_model(mak
     assert other.chip_seed == default.memsim.seed + settings.CHIP_SEEDS_PER_TRAINING_SEED
     chips = [graph.chip_output(s, graph.model_output(s, True)) for s in (default, other)]
     assert [c.settings["seed"] for c in chips] == [default.chip_seed, other.chip_seed]
+
+
+def test_a_checkpoint_inside_the_work_dir_keys_a_model_by_its_place_there_so_a_copied_work_dir_keeps_it(
+    tmp_path, make_cfg
+):
+    keys = []
+    for work in (tmp_path / "a", tmp_path / "b"):
+        (work / "exp").mkdir(parents=True)
+        checkpoint.save({"model": {"w": torch.ones(2)}}, work / "exp" / "uniform.pt")
+        start = f"qat_train.init_from={work}/exp/uniform.pt"
+        s = settings.load(make_cfg("+experiment=mini", f"work_dir={work}", start))
+        trained = graph.model_output(s, True)
+        assert trained.settings["init_from"]["path"] == "exp/uniform.pt"
+        keys.append(trained.relpath)
+    assert keys[0] == keys[1]
