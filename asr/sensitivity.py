@@ -19,7 +19,7 @@ Cost: one reading of the held-out batches per layer and candidate, plus one per 
 import dataclasses
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from tqdm import tqdm
 import memsim
 from asr.checkpoint import load_model
 from asr.chips import CalibrationData, ChipFolder, prepare, reads_per_second, reseed
+from asr.model import ConformerCTC
 from asr.quant import QuantLinear
 from asr.train import evaluate
 from memsim.convert import memristor_layers
@@ -113,7 +114,7 @@ class AllocationSettings:
         """What names the allocated system and chip, e.g. alloc1x (the chip's own energy) or alloc250uJ."""
         if self.budget_fraction is not None:
             return f"alloc{self.budget_fraction:g}x"
-        return f"alloc{self.budget_uj:g}uJ"
+        return f"alloc{self.budget_uj:g}uJ".replace("e+", "e")
 
 
 def spread_batches(batches: list[dict], seconds: float, batch_seconds: float) -> list[dict]:
@@ -121,7 +122,7 @@ def spread_batches(batches: list[dict], seconds: float, batch_seconds: float) ->
     so that short and long utterances are both read."""
     count = max(1, min(len(batches), round(seconds / batch_seconds)))
     step = len(batches) / count
-    return [batches[int(k * step)] for k in range(count)]
+    return [batches[int((k + 0.5) * step)] for k in range(count)]
 
 
 def own_setting(layer: memsim.MemristorLinear) -> LayerSetting:
@@ -145,18 +146,14 @@ def measure(
     device: str | torch.device,
 ) -> dict:
     """The sensitivity table of instance 0 of a chip folder, prepared as the recipe scores it (asr.chips.prepare),
-    on tokenized held-out batches (a list: read many times). One row per layer and setting, the layer's own
-    setting first (sensitivity 0 by definition), with its loss, sensitivity and energy; a progress bar counts
-    the readings."""
+    on tokenized held-out batches (a list: read many times): chip_loss, the readings' rows (readings()), the
+    candidates, the utterances read and the seconds it took."""
+    crossbar = folder.chip_of(0).crossbar
+    if crossbar.dac_bits is None:
+        raise ValueError("a sensitivity table prices each candidate, so the chip needs a DAC (memsim.dac_bits set)")
     prepared = prepare(model_path, folder, 0, data, device)
     model, generator, seed = prepared.model, prepared.generator, prepared.seed
     digital = load_model(model_path, device)
-    reads = reads_per_second(model)
-    layers = memristor_layers(model)
-    plan = [
-        (name, layer, [own_setting(layer), *(c for c in candidates if c != own_setting(layer))])
-        for name, layer in layers
-    ]
 
     def loss() -> float:
         reseed(generator, seed, "sensitivity")
@@ -164,39 +161,7 @@ def measure(
 
     began = time.perf_counter()
     chip_loss = loss()
-    rows = []
-    bar = tqdm(total=sum(len(settings) for *_, settings in plan), desc="sensitivity", unit="reading")
-    for name, programmed, settings in plan:
-        source = digital.get_submodule(name)
-        if not isinstance(source, QuantLinear):
-            raise ValueError(f"{name}: sensitivity is measured for quantization-aware linear layers only")
-        reference = None
-        for setting in settings:
-            layer = _reprogrammed(source, folder.chip_of(0).crossbar, setting, _layer_seed(seed, name), device)
-            meter = memsim.energy.EnergyMeter()
-            layer.energy_meter = meter
-            _put(model, name, layer)
-            value = loss()
-            layer.energy_meter = None
-            reference = value if reference is None else reference
-            energy = memsim.energy.estimate(layer, float(meter.watts) / meter.reads, memsim.EnergyCosts())["chip_pj"]
-            if energy is None:
-                raise ValueError(f"{name}: the chip's DAC is ideal (memsim.dac_bits unset), so its energy is unpriced")
-            rows.append(
-                {
-                    "layer": name,
-                    "weight_bits": setting.weight_bits,
-                    "adc": list(setting.adc),
-                    "own": setting == settings[0],
-                    "loss": value,
-                    "sensitivity": value - reference,
-                    "energy_uj": energy * reads[name] / 1e6,
-                }
-            )
-            bar.set_postfix(layer=name)
-            bar.update(1)
-        _put(model, name, programmed)
-    bar.close()
+    rows = readings(model, digital, crossbar, candidates, loss, seed)
     return {
         "chip_loss": chip_loss,
         "candidates": [setting.label for setting in candidates],
@@ -206,13 +171,80 @@ def measure(
     }
 
 
+def readings(
+    chip: ConformerCTC,
+    digital: nn.Module,
+    crossbar: memsim.CrossbarConfig,
+    candidates: Sequence[LayerSetting],
+    loss: Callable[[], float],
+    seed: int,
+) -> list[dict]:
+    """One row per crossbar layer of `chip` and setting, the layer's own setting first: the layer alone programmed
+    again at the setting (from its `digital` twin, crossbar's settings otherwise), the chip's loss() then, its
+    sensitivity (that loss minus the own setting's) and the layer's chip energy per second of audio. Each layer's
+    settings are programmed from one seed and read with one noise stream (a weight-bit candidate still programs
+    other cells: more planes); the chip holds its own layers again afterwards. A progress bar counts the
+    readings."""
+    reads = reads_per_second(chip)
+    plan = []
+    for name, layer in memristor_layers(chip):
+        own = own_setting(layer)
+        plan.append((name, layer, [own, *(c for c in candidates if c != own)]))
+    bar = tqdm(total=sum(len(settings) for *_, settings in plan), desc="sensitivity", unit="reading")
+    rows = []
+    for name, programmed, settings in plan:
+        source = digital.get_submodule(name)
+        if not isinstance(source, QuantLinear):
+            raise ValueError(f"{name}: sensitivity is measured for quantization-aware linear layers only")
+        reference = None
+        try:
+            for setting in settings:
+                layer = _reprogrammed(source, programmed, crossbar, setting, _layer_seed(seed, name))
+                meter = memsim.energy.EnergyMeter()
+                layer.energy_meter = meter
+                _put(chip, name, layer)
+                value = loss()
+                layer.energy_meter = None
+                reference = value if reference is None else reference
+                energy = memsim.energy.estimate(layer, float(meter.watts) / meter.reads, memsim.EnergyCosts())
+                rows.append(
+                    {
+                        "layer": name,
+                        "weight_bits": setting.weight_bits,
+                        "adc": list(setting.adc),
+                        "own": setting == settings[0],
+                        "loss": value,
+                        "sensitivity": value - reference,
+                        "energy_uj": energy["chip_pj"] * reads[name] / 1e6,
+                    }
+                )
+                bar.set_postfix(layer=name)
+                bar.update(1)
+        finally:
+            _put(chip, name, programmed)
+    bar.close()
+    return rows
+
+
 def _reprogrammed(
-    source: QuantLinear, crossbar: memsim.CrossbarConfig, setting: LayerSetting, seed: int, device
+    source: QuantLinear,
+    programmed: memsim.MemristorLinear,
+    crossbar: memsim.CrossbarConfig,
+    setting: LayerSetting,
+    seed: int,
 ) -> memsim.MemristorLinear:
-    """The trained layer at the setting's weight bits, programmed with the chip's crossbar at the setting."""
+    """The trained layer at the setting's weight bits, programmed with the chip's crossbar at the setting from
+    `seed`, reading noise from a stream of that seed too, with the programmed layer's bias (tuning may have
+    changed it)."""
+    device = programmed.r.device
     config = dataclasses.replace(crossbar, weight_bits=setting.weight_bits).with_adc_bits(*setting.adc)
-    generator = torch.Generator(device).manual_seed(seed)
-    layer = memsim.MemristorLinear.from_linear(source.at_bits(setting.weight_bits), config, generator)
+    layer = memsim.MemristorLinear.from_linear(
+        source.at_bits(setting.weight_bits), config, torch.Generator(device).manual_seed(seed)
+    )
+    layer.generator = torch.Generator(device).manual_seed(seed + 1)
+    if programmed.bias is not None and layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(programmed.bias)
     return layer.to(device).eval()
 
 

@@ -190,7 +190,7 @@ def test_an_allocation_takes_each_layers_least_sensitive_setting_when_the_budget
     result = allocation.allocated(s, {"rows": rows}, work / "table.json")
     assert result.memsim.layer_adc == {name: adc for name, (_, adc) in best.items()}
     assert result.quant.layer_bits == {name: bits for name, (bits, _) in best.items() if bits != 3}
-    assert result.quant.name == "w3a8-alloc1e+09uJ" and result.memsim.name.endswith("-alloc1e+09uJ")
+    assert result.quant.name == "w3a8-alloc1e09uJ" and result.memsim.name.endswith("-alloc1e09uJ")
     uniform = work / graph.model_output(s, True).relpath / "final.pt"
     assert result.qat_train["init_from"] == str(uniform)
     with pytest.raises(CorruptFile, match="not a sensitivity table"):
