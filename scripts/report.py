@@ -19,12 +19,17 @@ def main() -> None:
     parser.add_argument("work_dirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("report"), help="where the report goes (default: report/)")
     parser.add_argument("--title", default="Results")
+    parser.add_argument(
+        "--manifests",
+        help="only the results decoded from this prepared corpus, its folder under the work dir "
+        "(e.g. manifests/mini-07509ac9): a work dir that holds several sizes of a corpus",
+    )
     args = parser.parse_args()
     missing = [str(d) for d in args.work_dirs if not d.is_dir()]
     if missing:
         sys.exit(f"error: not a directory: {', '.join(missing)}")
     try:
-        write_report(args.work_dirs, args.out, args.title)
+        write_report(args.work_dirs, args.out, args.title, manifests=args.manifests)
     except UserError as error:
         sys.exit(f"error: {error}")
     print(f"wrote {args.out}/RESULTS.md, results.csv, wer_vs_bits.png")

@@ -355,11 +355,13 @@ def plot(groups: list[Group], path: Path, split: str = "test") -> None:
     save_png(fig, path)
 
 
-def write_report(work_dirs: list[Path], out_dir: Path, title: str, notes: str = "") -> list[Group]:
+def write_report(
+    work_dirs: list[Path], out_dir: Path, title: str, notes: str = "", manifests: str | None = None
+) -> list[Group]:
     """results.csv, RESULTS.md, wer_vs_bits.png, (with two chips or more) chips.png and wer_vs_energy.png, (with
     two ADC settings or more at one weight width) adc_heatmap.png and (per multi-level chip) levels-*.png in
     out_dir; returns the groups."""
-    results, left_out = collect(work_dirs)
+    results, left_out = collect(work_dirs, manifests)
     if not results:
         raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
     groups = group(results)

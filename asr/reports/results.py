@@ -146,10 +146,11 @@ def _flatten(prefix: str, value, out: dict) -> dict:
 STALE = "stale"  # why a result is left out: its model or chip was made again since (or its files changed)
 
 
-def collect(work_dirs: list[Path]) -> tuple[list[Result], dict[str, str]]:
+def collect(work_dirs: list[Path], manifests: str | None = None) -> tuple[list[Result], dict[str, str]]:
     """Every current decode output under the work directories whose files agree, and the folders of those left
     out with the reason: STALE, or what disagrees (a warning says it too). A result is never made of two
-    sources that disagree: its score.json must equal what its hyps.jsonl's utterances give."""
+    sources that disagree: its score.json must equal what its hyps.jsonl's utterances give. manifests: only the
+    results decoded from that prepared corpus (its folder under work_dir, e.g. manifests/mini-07509ac9)."""
     results, left_out = [], {}
     for root in map(Path, work_dirs):
         records = Records(root)
@@ -157,6 +158,8 @@ def collect(work_dirs: list[Path]) -> tuple[list[Result], dict[str, str]]:
             relpath = str(record_path.parent.relative_to(root))
             record = records.get(relpath)
             if record is None or record.stage not in ("decode", "memsim") or "method" not in record.settings:
+                continue
+            if manifests is not None and getattr(record.inputs.get("manifests"), "path", None) != manifests:
                 continue
             if not records.current_path(relpath):
                 left_out[str(root / relpath)] = STALE

@@ -12,6 +12,7 @@ import pytest
 
 from asr.chips import SUMMARY_FILE
 from asr.decode import HYPS_FILE, SCORE_FILE
+from asr.errors import UserError
 from asr.files import write_jsonl
 from asr.records import Job, Output, Records
 from asr.reports.document import write_report
@@ -408,3 +409,17 @@ def test_results_open_with_one_compact_table_of_every_model(work, tmp_path):
         "|m-3.0|chip my chip|-|13.00 +- 1.00|" + rows[-1].split("|")[-2] + "|",
     ]
     assert rows[-1].split("|")[-2].startswith("+18.2 % [")
+
+
+def test_a_report_can_hold_the_results_of_one_prepared_corpus_only(tmp_path):
+    work = tmp_path / "work"
+    float_model = model(work, None)
+    corpora = [made(work, Output("prepare", "manifests", "mini", {"minutes": m})) for m in (10, 40)]
+    for corpus, errors in zip(corpora, (20, 30), strict=True):
+        settings = {"split": "test", "method": "beam", "beam_size": 100, "minutes": corpus.settings["minutes"]}
+        inputs = {"model": float_model, "manifests": corpus}
+        made(work, Output("decode", "decode", "beam", settings, inputs, (float_model.name,)), spread(errors))
+    groups = write_report([work], tmp_path / "out", "one corpus", manifests=corpora[1].relpath)
+    assert [g.wers for g in groups] == [[15.0]]  # 30 errors in 200 words: the 40-minute corpus's decode alone
+    with pytest.raises(UserError, match="no current decode results"):
+        write_report([work], tmp_path / "none", "no corpus", manifests="manifests/elsewhere")
