@@ -14,6 +14,7 @@ from asr.files import markdown_table, write_text
 from asr.records import environment
 from asr.reports.chips import budget_plot, cost_table, layer_error_table, level_plots, save_png
 from asr.reports.energy import adc_heatmaps, energy_table, pareto_plot
+from asr.reports.frontier import frontier_plot, frontier_table
 from asr.reports.results import COLUMNS, STALE, SYSTEM_ORDER, Group, OverSeeds, collect, group, over_seeds
 from asr.scoring import HEADER, total
 from asr.significance import Interval
@@ -257,6 +258,14 @@ def results_markdown(groups: list[Group], left_out: dict[str, str], title: str, 
     chip_section += f"## Chip cells, converters and programming\n\n{costs}\n\n" if costs else ""
     energy = energy_table(groups)
     chip_section += f"## Converters and energy\n\n{energy}\n\n" if energy else ""
+    allocated = frontier_table(groups)
+    chip_section += (
+        "## Mixed precision against uniform chips\n\nAllocated chips (`allocation.*`) beside the uniform chips of "
+        "the QAT model they were allocated from, each against that model's digital WER (frontier.png).\n\n"
+        f"{allocated}\n\n"
+        if allocated
+        else ""
+    )
     return (
         f"# {title}\n\n{notes}## At a glance\n\n{at_a_glance(groups)}\n\n{seeds_section}## WER (%) per system\n\n"
         f"{tables_by_family(groups)}\n\n"
@@ -359,8 +368,8 @@ def write_report(
     work_dirs: list[Path], out_dir: Path, title: str, notes: str = "", manifests: str | None = None
 ) -> list[Group]:
     """results.csv, RESULTS.md, wer_vs_bits.png, (with two chips or more) chips.png and wer_vs_energy.png, (with
-    two ADC settings or more at one weight width) adc_heatmap.png and (per multi-level chip) levels-*.png in
-    out_dir; returns the groups."""
+    two ADC settings or more at one weight width) adc_heatmap.png, (per multi-level chip) levels-*.png and (with
+    allocated chips) frontier.png in out_dir; returns the groups."""
     results, left_out = collect(work_dirs, manifests)
     if not results:
         raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
@@ -374,4 +383,5 @@ def write_report(
     level_plots(groups, out_dir)
     adc_heatmaps(groups, out_dir / "adc_heatmap.png")
     pareto_plot(groups, out_dir / "wer_vs_energy.png")
+    frontier_plot(groups, out_dir / "frontier.png")
     return groups

@@ -56,7 +56,7 @@ def _uniform_adc(g: Group) -> list[int | None] | None:
     return list(adcs.pop()) if len(adcs) == 1 else None
 
 
-def _priced_energy(g: Group) -> float:
+def chip_energy(g: Group) -> float:
     """The chip energy of a priced group (priced() keeps only those that have one)."""
     return float(_chip_energy(g) or 0.0)
 
@@ -89,7 +89,7 @@ def energy_table(groups: list[Group]) -> str:
         "rel. to QAT [95 % CI]",
     ]
     rows = []
-    for g in sorted(chosen, key=lambda g: (g.first.model_label, _priced_energy(g))):
+    for g in sorted(chosen, key=lambda g: (g.first.model_label, chip_energy(g))):
         energy = _energy(g)
         relative = g.relative.get("qat")
         rows.append(
@@ -193,7 +193,7 @@ def _cheapest_near_reference(groups: list[Group], shown: list[Group]) -> str:
         near = [g for g in same if _wer(g) <= NEAR_REFERENCE * _wer(reference)]
         # energies equal to the 3 digits the table shows (the same converters; the cells' read energy varies a
         # little with the activations): the better WER
-        cheapest = min(near, key=lambda g: (float(f"{_priced_energy(g):.3g}"), _wer(g)))
+        cheapest = min(near, key=lambda g: (float(f"{chip_energy(g):.3g}"), _wer(g)))
         saving = (_chip_energy(reference) or 0) / (_chip_energy(cheapest) or 1)
         line = (
             f"- {model}, chosen on {on}: the (8, 10) chip ({reference.first.chip_label}) has WER "
@@ -309,7 +309,7 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
     colours = plt.get_cmap("tab10")
     for i, model in enumerate(sorted({g.first.model_label for g in chosen})):
         same = [g for g in chosen if g.first.model_label == model]
-        energy = [_priced_energy(g) for g in same]
+        energy = [chip_energy(g) for g in same]
         wers = [_wer(g) for g in same]
         spread = [statistics.stdev(g.wers) if len(g.wers) > 1 else 0.0 for g in same]
         colour = colours(i)
@@ -317,9 +317,9 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
         front = pareto_front(list(zip(energy, wers, strict=True)))
         ax.plot(*zip(*front, strict=True), "-", color=colour, linewidth=1.5, label=f"{model} Pareto front")
         for g in same:
-            if (_priced_energy(g), _wer(g)) in front:
+            if (chip_energy(g), _wer(g)) in front:
                 ax.annotate(
-                    _point_label(g), (_priced_energy(g), _wer(g)), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                    _point_label(g), (chip_energy(g), _wer(g)), fontsize=6, xytext=(3, 3), textcoords="offset points"
                 )
         qat = same[0].qat_reference
         digital = _energy(same[0])["digital"]

@@ -423,3 +423,18 @@ def test_a_report_can_hold_the_results_of_one_prepared_corpus_only(tmp_path):
     assert [g.wers for g in groups] == [[15.0]]  # 30 errors in 200 words: the 40-minute corpus's decode alone
     with pytest.raises(UserError, match="no current decode results"):
         write_report([work], tmp_path / "none", "no corpus", manifests="manifests/elsewhere")
+
+
+def test_allocated_chips_stand_beside_the_uniform_chips_and_their_front(work, tmp_path):
+    priced_chip(work, "high", [(8, 10), (8, 10)], 1000.0, 24)
+    priced_chip(work, "mid", [(6, 6), (6, 6)], 100.0, 30)  # dearer and worse than low: off the front
+    priced_chip(work, "low", [(4, 4), (4, 4)], 10.0, 26)
+    priced_chip(work, "low-alloc1x", [(4, 4), (2, 6)], 10.0, 23)
+    write_report([work], tmp_path / "out", "allocation")
+    section = (tmp_path / "out" / "RESULTS.md").read_text().split("## Mixed precision against uniform chips")[1]
+    rows = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("|m-3.0|")]
+    assert [row.split("|")[2] for row in rows] == ["low", "low-alloc1x", "mid", "high"]  # by energy
+    kinds = [row.split("|")[-2] for row in rows]
+    assert kinds == ["uniform, on the front", "allocated", "uniform", "uniform, on the front"]
+    assert "|10.00|11.50|+4.5 % [" in rows[1]  # 23 errors against the QAT model's 22
+    assert (tmp_path / "out" / "frontier.png").is_file()
