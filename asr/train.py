@@ -45,7 +45,7 @@ from asr.data.features import FeatureSettings
 from asr.data.loader import DataFiles, LoaderSettings, split_loader
 from asr.errors import UserError
 from asr.model import ConformerCTC, ModelConfig, count_parameters, ctc_loss, infeasible
-from asr.quant import QuantConfig, QuantLinear, max_level, quantize, quantized_layers
+from asr.quant import QuantConfig, QuantLinear, WeightQuantizer, max_level, quantize, quantized_layers
 from asr.schedule import build_scheduler
 from asr.tokenizer import BLANK_ID
 from asr.train_log import TrainingLog
@@ -446,7 +446,7 @@ def _rank_loader(loader: DataLoader, rank: int, world: int) -> DataLoader:
 def initial_model(model_config: ModelConfig, quant_config: QuantConfig, init_from: Path | None) -> ConformerCTC:
     """A model to train, quantized per quant_config, its weights from init_from if given: a float model's (loaded
     before quantizing, so LSQ steps start from them) or a quantization-aware model's (loaded after quantizing, with
-    its quantizer ranges; a layer whose bits differ from that model's keeps its LSQ range, as
+    its quantizer ranges; a layer or convolution whose bits differ from that model's keeps its LSQ range, as
     WeightQuantizer.at_bits does, where a max-based range needs nothing)."""
     model = ConformerCTC(model_config)
     if init_from is None:
@@ -463,11 +463,14 @@ def initial_model(model_config: ModelConfig, quant_config: QuantConfig, init_fro
         source = QuantConfig(**checkpoint.load(init_from)["meta"]["quant"])
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"init_from {init_from}: its quantized layers do not fit this model's: {error}") from None
-    for name, layer in model.named_modules():
-        if isinstance(layer, QuantLinear) and layer.weight_quant.step is not None:
-            trained_at = max_level(source.for_layer(name).weight_bits or layer.weight_bits)
-            with torch.no_grad():
-                layer.weight_quant.step.mul_(trained_at / layer.weight_quant.qmax)
+    for name, module in model.named_modules():
+        quantizer = getattr(module, "weight_quant", None)
+        if isinstance(quantizer, WeightQuantizer) and quantizer.step is not None:
+            # a crossbar layer's bits may be its own (layer_bits); a convolution's are the model's weight bits
+            trained_at = source.for_layer(name).weight_bits if isinstance(module, QuantLinear) else source.weight_bits
+            if trained_at is not None:
+                with torch.no_grad():
+                    quantizer.step.mul_(max_level(trained_at) / quantizer.qmax)
     return model
 
 

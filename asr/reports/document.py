@@ -372,7 +372,11 @@ def write_report(
     allocated chips) frontier.png in out_dir; returns the groups."""
     results, left_out = collect(work_dirs, manifests)
     if not results:
-        raise UserError(f"no current decode results under {', '.join(map(str, work_dirs))}: run the decode stage first")
+        corpus = f" decoded from {manifests}" if manifests else ""
+        raise UserError(
+            f"no current decode results{corpus} under {', '.join(map(str, work_dirs))}: run the decode stage first"
+            + (" or name a manifests folder the work dir holds (e.g. manifests/mini-<hash>)" if manifests else "")
+        )
     groups = group(results)
     out_dir = Path(out_dir)
     markdown = results_markdown(groups, left_out, title, notes)  # before writing: it records whether the tree is clean

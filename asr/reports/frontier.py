@@ -39,16 +39,19 @@ def uniform_model(g: Group) -> str:
 
 
 def frontiers(groups: list[Group], split: str = "test") -> dict[str, list[Point]]:
-    """Per uniform QAT model that has allocated chips: its priced chips and the allocated ones, by energy, each
+    """Per uniform QAT model ("work dir/model folder") that has allocated chips: its priced chips and the allocated
+    ones, by energy, each
     with its change against that model's digital WER on the same utterances (None where it has no such
     decode); the uniform chips of the Pareto front (energy, WER) marked."""
     chips = priced(groups, split)
-    digital = {(g.first.model, g.first.comparison_key): g for g in groups if g.first.system == "qat"}
+    digital = {(str(g.first.root), g.first.model, g.first.comparison_key): g for g in groups if g.first.system == "qat"}
     out: dict[str, list[Point]] = {}
-    for model in sorted({uniform_model(g) for g in chips if ALLOCATED in g.first.chip_label}):
+    for root, model in sorted(
+        {(str(g.first.root), uniform_model(g)) for g in chips if ALLOCATED in g.first.chip_label}
+    ):
         points = []
-        for g in (g for g in chips if uniform_model(g) == model):
-            reference = digital.get((model, g.first.comparison_key))
+        for g in (g for g in chips if str(g.first.root) == root and uniform_model(g) == model):
+            reference = digital.get((root, model, g.first.comparison_key))
             change = None
             if reference is not None and reference.errors[0] == g.errors[0]:
                 change = relative_change(reference.errors[1], g.errors[1])
@@ -57,7 +60,7 @@ def frontiers(groups: list[Group], split: str = "test") -> dict[str, list[Point]
         front = set(pareto_front(uniform))
         for p in points:
             p.on_front = not p.allocated and (p.energy, statistics.mean(p.group.wers)) in front
-        out[model] = sorted(points, key=lambda p: p.energy)
+        out[f"{root}/{model}"] = sorted(points, key=lambda p: p.energy)
     return out
 
 

@@ -152,6 +152,7 @@ def collect(work_dirs: list[Path], manifests: str | None = None) -> tuple[list[R
     sources that disagree: its score.json must equal what its hyps.jsonl's utterances give. manifests: only the
     results decoded from that prepared corpus (its folder under work_dir, e.g. manifests/mini-07509ac9)."""
     results, left_out = [], {}
+    manifests = None if manifests is None else Path(manifests).as_posix().rstrip("/")
     for root in map(Path, work_dirs):
         records = Records(root)
         for record_path in sorted(root.glob(f"**/{RECORD}")):
@@ -159,7 +160,7 @@ def collect(work_dirs: list[Path], manifests: str | None = None) -> tuple[list[R
             record = records.get(relpath)
             if record is None or record.stage not in ("decode", "memsim") or "method" not in record.settings:
                 continue
-            if manifests is not None and getattr(record.inputs.get("manifests"), "path", None) != manifests:
+            if manifests is not None and not _decoded_from(record, root, manifests):
                 continue
             if not records.current_path(relpath):
                 left_out[str(root / relpath)] = STALE
@@ -175,6 +176,12 @@ def collect(work_dirs: list[Path], manifests: str | None = None) -> tuple[list[R
                 continue
             results.append(result)
     return results, left_out
+
+
+def _decoded_from(record: Record, root: Path, manifests: str) -> bool:
+    """Whether a decode record read the prepared corpus `manifests` (relative to root, or absolute)."""
+    used = record.inputs.get("manifests")
+    return used is not None and manifests in (used.path, (root / used.path).resolve().as_posix())
 
 
 def _result(root: Path, relpath: str, record: Record, records: Records) -> Result:
@@ -273,6 +280,9 @@ def _relative(g: Group, reference: Group, counts: dict) -> Interval | None:
 
 
 SEED = "seed"  # the flat settings key of a model's training seed (qat_train.seed, or the top-level seed)
+# what else differs between the seeds of one system: their chips' seeds (asr.settings.RecipeSettings.chip_seed) and
+# an allocation's uniform model (each seed's own)
+VARY_WITH_SEED = ("memsim.seed", "init_from.")
 
 
 @dataclass
@@ -284,7 +294,7 @@ class OverSeeds:
     groups: list[Group]  # one per seed, in seed order
     references: list[Group]
     label: str  # what tells it apart from other systems of its name, the seed left out
-    pooled: Interval  # seeds, instances and utterances resampled
+    pooled: Interval  # over seeds and utterances (asr.significance.relative_change_over_runs)
     utterances_only: Interval
 
     @property
@@ -306,7 +316,8 @@ def over_seeds(groups: list[Group]) -> list["OverSeeds"]:
         reference = g.qat_reference if r.system == "memsim" else g.float_reference
         if r.system == "float" or reference is None or reference.errors[0] != g.errors[0]:
             continue
-        rest = json.dumps({k: v for k, v in r.settings.items() if k != SEED}, sort_keys=True, default=str)
+        kept = {k: v for k, v in r.settings.items() if k != SEED and not k.startswith(VARY_WITH_SEED)}
+        rest = json.dumps(kept, sort_keys=True, default=str)
         joined[str(r.root), r.chip_label, rest, tuple(g.errors[0])].append((g, reference))
     out = []
     for pairs in joined.values():
@@ -325,6 +336,8 @@ def over_seeds(groups: list[Group]) -> list["OverSeeds"]:
         except ValueError as error:
             log.warning("%s: not pooled over seeds: %s", members[0].first.path, error)
             continue
-        label = ", ".join(part for part in members[0].label.split(", ") if part and not part.startswith(f"{SEED}="))
+        label = ", ".join(
+            part for part in members[0].label.split(", ") if part and not part.startswith((f"{SEED}=", *VARY_WITH_SEED))
+        )
         out.append(OverSeeds(members, references, label, pooled, utterances_only))
     return sorted(out, key=lambda o: o.groups[0].sort_key())

@@ -17,6 +17,7 @@ from asr.files import write_jsonl
 from asr.records import Job, Output, Records
 from asr.reports.document import write_report
 from asr.scoring import Score
+from asr.settings import CHIP_SEEDS_PER_TRAINING_SEED
 from asr.significance import relative_change, relative_change_over_runs, resample_counts, t_quantile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,7 +209,7 @@ def test_the_interval_over_three_training_runs_covers_the_mean_effect_of_runs(ru
         pooled, utterances_only = relative_change_over_runs(references, systems, counts)
         covered["pooled"] += pooled.low <= 0.2 <= pooled.high
         covered["utterances"] += utterances_only.low <= 0.2 <= utterances_only.high
-    assert covered["pooled"] / trials >= 0.88
+    assert 0.88 <= covered["pooled"] / trials <= 0.99  # about 95 %, not an interval too wide to miss
     if run_spread >= 0.08:
         assert covered["utterances"] / trials < 0.85  # what a single run's paired interval would claim
 
@@ -225,10 +226,11 @@ def test_chips_of_qat_models_trained_with_several_seeds_are_pooled_with_an_inter
     decode(work, float_model, spread(20))
     for seed, (qat_errors, chip_errors) in enumerate([(22, (24, 26)), (20, (30, 32)), (24, (24, 24))]):
         qat = model(work, 3.0, baseline=float_model, seed=seed)
+        chip_seed = 1000 + CHIP_SEEDS_PER_TRAINING_SEED * seed  # as the recipe programs each seed's chips
         decode(work, qat, spread(qat_errors))
         chip = made(
             work,
-            Output("memsim", "memsim", "seeded", {"crossbar": {"weight_bits": 3.0}, "seed": 1}, {"model": qat}),
+            Output("memsim", "memsim", "seeded", {"crossbar": {"weight_bits": 3.0}, "seed": chip_seed}, {"model": qat}),
         )
         for instance, errors in enumerate(chip_errors):
             decode(work, qat, spread(errors), chip=chip, instance=instance)

@@ -56,6 +56,25 @@ def test_readings_hold_each_layer_at_each_setting_and_give_the_chip_back():
         assert coarse["sensitivity"] != 0 and coarse["energy_uj"] < own["energy_uj"] < finer["energy_uj"]
 
 
+def test_a_reading_that_fails_gives_the_chip_back_first():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    digital = quantize(ConformerCTC(config), QuantConfig(weight_bits=3))
+    chip = memsim.convert(copy.deepcopy(digital), IDEAL, include=quantized_layers(digital))
+    held = dict(chip.named_modules())
+    calls = []
+
+    def loss() -> float:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return evaluate(chip, batches(), torch.device("cpu"), bf16=False)
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        readings(chip, digital, IDEAL, [LayerSetting(3.0, (8, 10)), LayerSetting(3.0, (1, 1))], loss, seed=5)
+    assert all(chip.get_submodule(name) is held[name] for name in quantized_layers(digital))
+
+
 def test_dev_batches_are_taken_from_the_middle_of_equal_stretches():
     assert spread_batches(list(range(10)), seconds=400, batch_seconds=200) == [2, 7]
     assert spread_batches(list(range(3)), seconds=5000, batch_seconds=200) == [0, 1, 2]

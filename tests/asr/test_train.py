@@ -289,3 +289,17 @@ def test_a_model_at_other_layer_bits_starts_from_a_quantized_model_with_its_rang
     with pytest.raises(ValueError, match="its quantized layers do not fit"):
         other = ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=2, n_heads=2, d_ff=64)
         initial_model(other, uniform, path)
+
+
+def test_a_quantized_start_keeps_the_depthwise_lsq_range_at_other_weight_bits(tmp_path):
+    config = ModelConfig(vocab_size=10, frontend="conv2d", d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    three = QuantConfig(weight_bits=3, weight_scale="lsq", quantize_depthwise=True)
+    torch.manual_seed(0)
+    trained = quantize(ConformerCTC(config), three)
+    path = tmp_path / "three.pt"
+    checkpoint.save({"model": trained.state_dict(), "meta": {"quant": dataclasses.asdict(three)}}, path)
+    five = initial_model(config, dataclasses.replace(three, weight_bits=5), path)
+    for name in ("blocks.0.conv.depthwise", "blocks.0.ff1.w1"):
+        before, after = trained.get_submodule(name).weight_quant, five.get_submodule(name).weight_quant
+        assert after.qmax == 15 and before.qmax == 3
+        torch.testing.assert_close(after.step * after.qmax, before.step * before.qmax)  # the same range
