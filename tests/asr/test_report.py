@@ -315,13 +315,19 @@ def test_a_multi_level_chip_gets_its_cost_row_and_level_histogram(work, tmp_path
 
 
 def priced_chip(
-    work: Path, name: str, adcs: list[tuple[int, int]], chip_uj: float, errors: int, dev_errors: int | None = None
+    work: Path,
+    name: str,
+    adcs: list[tuple[int, int]],
+    chip_uj: float,
+    errors: int,
+    dev_errors: int | None = None,
+    trained: Output | None = None,
 ) -> None:
     """A w3 chip of two layers with the given ADCs, its summary priced at chip_uj per second, one instance
-    decoded on test (and on dev, with dev_errors)."""
+    decoded on test (and on dev, with dev_errors); of the `work` fixture's QAT model unless `trained` is given."""
     import memsim
 
-    trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
+    trained = trained or Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
     chip = Output("memsim", "memsim", name, {"crossbar": {"adcs": adcs}, "seed": 1}, {"model": trained})
     rows = [{"layer": f"l{i}", "adc": list(adc), "adc_conversions": 10} for i, adc in enumerate(adcs)]
     parts = {
@@ -432,11 +438,18 @@ def test_allocated_chips_stand_beside_the_uniform_chips_and_their_front(work, tm
     priced_chip(work, "mid", [(6, 6), (6, 6)], 100.0, 30)  # dearer and worse than low: off the front
     priced_chip(work, "low", [(4, 4), (4, 4)], 10.0, 26)
     priced_chip(work, "low-alloc1x", [(4, 4), (2, 6)], 10.0, 23)
+    # an allocation that changed bits: a model of its own, fine-tuned from the uniform one, held against it
+    uniform = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
+    start = {"path": f"{uniform.relpath}/final.pt", "sha256": "0" * 64}
+    tuned = Output("train", "exp", "m-3.0-alloc2x", {"quant": {"weight_bits": 3.0}, "init_from": start})
+    made(work, Output(tuned.stage, tuned.kind, tuned.label, tuned.settings, notes={"baseline": uniform.relpath}))
+    priced_chip(work, "mixed-alloc2x", [(4, 4), (4, 6)], 20.0, 22, trained=tuned)
     write_report([work], tmp_path / "out", "allocation")
     section = (tmp_path / "out" / "RESULTS.md").read_text().split("## Mixed precision against uniform chips")[1]
-    rows = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("|m-3.0|")]
-    assert [row.split("|")[2] for row in rows] == ["low", "low-alloc1x", "mid", "high"]  # by energy
+    rows = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("|m-3.0")]
+    assert [row.split("|")[2] for row in rows] == ["low", "low-alloc1x", "mixed-alloc2x", "mid", "high"]  # by energy
     kinds = [row.split("|")[-2] for row in rows]
-    assert kinds == ["uniform, on the front", "allocated", "uniform", "uniform, on the front"]
+    assert kinds == ["uniform, on the front", "allocated", "allocated", "uniform", "uniform, on the front"]
     assert "|10.00|11.50|+4.5 % [" in rows[1]  # 23 errors against the QAT model's 22
+    assert rows[2].startswith("|m-3.0-alloc2x|") and "|20.00|11.00|+0.0 % [" in rows[2]  # the same uniform model
     assert (tmp_path / "out" / "frontier.png").is_file()
