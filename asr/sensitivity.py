@@ -202,7 +202,7 @@ def readings(
                 layer = _reprogrammed(source, programmed, crossbar, setting, _layer_seed(seed, name))
                 meter = memsim.energy.EnergyMeter()
                 layer.energy_meter = meter
-                _put(chip, name, layer)
+                chip.set_submodule(name, layer)
                 value = loss()
                 layer.energy_meter = None
                 reference = value if reference is None else reference
@@ -221,7 +221,7 @@ def readings(
                 bar.set_postfix(layer=name)
                 bar.update(1)
         finally:
-            _put(chip, name, programmed)
+            chip.set_submodule(name, programmed)
     bar.close()
     return rows
 
@@ -246,11 +246,6 @@ def _reprogrammed(
         with torch.no_grad():
             layer.bias.copy_(programmed.bias)
     return layer.to(device).eval()
-
-
-def _put(model: nn.Module, name: str, layer: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, layer)
 
 
 def own_energy(table: dict) -> float:
