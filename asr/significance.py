@@ -63,8 +63,7 @@ def relative_change(
     counts = resample_counts(len(ref)) if counts is None else counts
     with np.errstate(divide="ignore", invalid="ignore"):
         estimate = sys.sum() / ref.sum() - 1
-        samples = (counts @ sys) / (counts @ ref) - 1
-    return Interval(*_percentile_interval(estimate, samples, level))
+    return Interval(*_percentile_interval(estimate, _resampled_changes(counts, sys, ref), level))
 
 
 def relative_change_over_runs(
@@ -90,8 +89,11 @@ def relative_change_over_runs(
     runs = len(refs)
     ref_total, sys_total = np.sum(refs, axis=0), np.sum(syss, axis=0)
     counts = resample_counts(len(ref_total)) if counts is None else counts
-    utterances_only = relative_change(ref_total, sys_total, counts, level)
-    ratio = utterances_only.estimate + 1
+    pooled_changes = _resampled_changes(counts, sys_total, ref_total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = sys_total.sum() / ref_total.sum() - 1
+    utterances_only = Interval(*_percentile_interval(estimate, pooled_changes, level))
+    ratio = estimate + 1
     ref_sums, sys_sums = np.array([r.sum() for r in refs]), np.array([s.sum() for s in syss])
     if runs < 2 or not np.isfinite(ratio) or not (ref_sums > 0).all():
         return Interval(utterances_only.estimate, -math.inf, math.inf), utterances_only
@@ -100,19 +102,23 @@ def relative_change_over_runs(
     between = float(deviations.var(ddof=1)) / runs
     # over utterances: the pooled change's bootstrap variance holds the runs' own utterance-level noise over R,
     # which `between` holds already; the runs' bootstrap variances tell the two apart
-    pooled = _bootstrap_variance(counts, sys_total, ref_total)
-    own = statistics.fmean(_bootstrap_variance(counts, s, r) for r, s in zip(refs, syss, strict=True))
+    pooled = _finite_variance(pooled_changes)
+    own = statistics.fmean(_finite_variance(_resampled_changes(counts, s, r)) for r, s in zip(refs, syss, strict=True))
     utterances = max(0.0, (runs * pooled - own) / (runs - 1))
     freedom = (between + utterances) ** 2 * (runs - 1) / between**2 if between > 0 else math.inf
     half = t_quantile(1 - (1 - level) / 2, freedom) * math.sqrt(between + utterances)
-    estimate = utterances_only.estimate
     return Interval(estimate, estimate - half, estimate + half), utterances_only
 
 
-def _bootstrap_variance(counts: np.ndarray, system: np.ndarray, reference: np.ndarray) -> float:
-    """The variance of the relative change over the utterance resamples (those where the reference has errors)."""
+def _resampled_changes(counts: np.ndarray, system: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The relative change of the error count on each utterance resample ([resamples]; inf or nan where the
+    resampled reference has no errors)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        samples = (counts @ system) / (counts @ reference) - 1
+        return (counts @ system) / (counts @ reference) - 1
+
+
+def _finite_variance(samples: np.ndarray) -> float:
+    """The variance of the finite resampled changes (those where the reference has errors)."""
     finite = samples[np.isfinite(samples)]
     return float(finite.var(ddof=1)) if len(finite) > 1 else 0.0
 
