@@ -330,15 +330,22 @@ def pareto_plot(groups: list[Group], path: Path) -> bool:
     for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
         axis(matplotlib.ticker.FormatStrFormatter("%g"))
     r = chosen[0].first
+    save_energy_plot(
+        fig, ax, path, "WER (%), mean over instances", f"WER against energy: {r.split}, {r.method} decoding"
+    )
+    return True
+
+
+def save_energy_plot(fig, ax, path: Path, ylabel: str, title: str) -> None:
+    """Label a plot over the chip's energy per second of audio (its x axis), add its grid and legend, and save it."""
     ax.set(
         xlabel="energy per second of audio (uJ), crossbar layers only: estimate (memsim.energy)",
-        ylabel="WER (%), mean over instances",
-        title=f"WER against energy: {r.split}, {r.method} decoding",
+        ylabel=ylabel,
+        title=title,
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     save_png(fig, path)
-    return True
 
 
 def _point_label(g: Group) -> str:

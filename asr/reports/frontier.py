@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asr.files import markdown_table
-from asr.reports.chips import save_png
-from asr.reports.energy import adc_setting, chip_energy, pareto_front, priced
+from asr.reports.energy import adc_setting, chip_energy, pareto_front, priced, save_energy_plot
 from asr.reports.results import Group
 from asr.significance import Interval, relative_change
 
@@ -128,12 +127,6 @@ def frontier_plot(groups: list[Group], path: Path) -> bool:
     r = next(iter(found.values()))[0].group.first
     ax.set_xscale("log")
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set(
-        xlabel="energy per second of audio (uJ), crossbar layers: estimate (memsim.energy)",
-        ylabel="WER change against the uniform digital QAT model (%)",
-        title=f"Allocated chips (stars, 95 % CI) and uniform chips: {r.split}, {r.method} decoding",
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    save_png(fig, path)
+    title = f"Allocated chips (stars, 95 % CI) and uniform chips: {r.split}, {r.method} decoding"
+    save_energy_plot(fig, ax, path, "WER change against the uniform digital QAT model (%)", title)
     return True
