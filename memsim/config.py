@@ -75,7 +75,7 @@ class CrossbarConfig:
     # linearizes (per-column calibration's test inputs, uniform in +- this fraction of v_read; the wires' operating
     # point; the effective weights of noise-aware training) is taken at this fraction of v_read. A trained layer's
     # inputs mostly use a small part of the DAC's range. On a 384 -> 1536 layer with N(0, 1) inputs
-    # (benchmarks/layer_error.py's two per-column conditions, 2 seeds, at fb174e9) tests at 0.25 leave gain
+    # (benchmarks/layer_error.py's two per-column conditions, 2 seeds) tests at 0.25 leave gain
     # 0.995 and residual 0.095, full-scale tests (1.0) gain 1.020 and residual 0.131; the recipe chooses it on dev.
     typical_input_fraction: float = 0.25
     # Ablation switches: False removes one non-ideality of the Synaptogen cells (see only()).
