@@ -1,6 +1,7 @@
 """Where one crossbar layer's error comes from: the parity protocol (memsim.validation.parity) under the
 paper and physical presets, each calibration, multi-level cells under each write-verify scheme, bit-serial
-inputs, and each non-ideality alone. Prints gain, relative error, residual after the gain and read-to-read RMS
+inputs, relaxation after programming (memsim.relaxation) with and without drift compensation, and each
+non-ideality alone (relaxation's at 1 day). Prints gain, relative error, residual after the gain and read-to-read RMS
 (all relative to the digital output's RMS), mean over seeds.
 Then a depthwise convolution (the mini model's: 144 channels, kernel 15, 3 bits, physical chip) against its
 fake-quantized self, by tile size: a tile holds the taps of tile / 15 channels, and each column also reads
@@ -20,6 +21,7 @@ from torch import nn
 
 import memsim
 from memsim.crossbar import integer_weights
+from memsim.relaxation import ONE_DAY
 from memsim.validation.parity import layer_statistics, protocol_layer
 
 
@@ -51,7 +53,17 @@ def conditions() -> dict[str, memsim.CrossbarConfig]:
             physical, levels_per_cell=8, verify_scheme="first_past"
         ),
     }
-    chosen.update({f"physical, {kept} alone": physical.only(kept) for kept in memsim.NON_IDEALITIES})
+    for seconds, when in ((ONE_DAY, "1 day"), (10 * 365 * ONE_DAY, "10 years")):
+        aged = dataclasses.replace(physical, read_time=seconds)
+        chosen[f"physical, read after {when}"] = aged
+        chosen[f"physical, {when}, global compensation"] = dataclasses.replace(aged, drift_compensation="global")
+        chosen[f"physical, {when}, per-column compensation"] = dataclasses.replace(
+            aged, drift_compensation="per_column"
+        )
+        chosen[f"physical, {when}, cmo fit"] = dataclasses.replace(aged, relaxation="cmo")
+        chosen[f"physical, 4-level cells, {when}"] = dataclasses.replace(aged, levels_per_cell=4)
+    day = dataclasses.replace(physical, read_time=ONE_DAY)  # only() keeps its read time for relaxation alone
+    chosen.update({f"physical, {kept} alone": day.only(kept) for kept in memsim.NON_IDEALITIES})
     return chosen
 
 
@@ -59,12 +71,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    print(f"{'condition':36s} {'gain':>7s} {'rel.err':>8s} {'residual':>8s} {'read2read':>9s}")
+    print(f"{'condition':44s} {'gain':>7s} {'rel.err':>8s} {'residual':>8s} {'read2read':>9s}")
     for name, config in conditions().items():
         runs = [layer_statistics(*protocol_layer(config, seed)) for seed in range(args.seeds)]
         mean = {key: statistics.mean(run[key] for run in runs) for key in runs[0]}
         print(
-            f"{name:36s} {mean['gain']:7.4f} {mean['relative_error']:8.4f} {mean['residual']:8.4f} "
+            f"{name:44s} {mean['gain']:7.4f} {mean['relative_error']:8.4f} {mean['residual']:8.4f} "
             f"{mean['read_to_read']:9.4f}"
         )
     depthwise_errors(args.seeds)
@@ -77,7 +89,7 @@ def depthwise_errors(seeds: int) -> None:
     x = torch.randn(4, 144, 200)
     q, scale = integer_weights(conv.weight, 3)
     digital = conv._conv_forward(x, q * scale, conv.bias).detach()
-    print(f"\n{'depthwise Conv1d 144, k=15: tile':36s} {'channels':>8s} {'rel.err':>8s}")
+    print(f"\n{'depthwise Conv1d 144, k=15: tile':44s} {'channels':>8s} {'rel.err':>8s}")
     for tile in (15, 30, 60, 128):
         errors = []
         for seed in range(seeds):
@@ -86,7 +98,7 @@ def depthwise_errors(seeds: int) -> None:
             memsim.calibrate(chip, [(x,)])
             with torch.no_grad():
                 errors.append(float((chip(x) - digital).norm() / digital.norm()))
-        print(f"{tile:36d} {tile / 15:8.1f} {statistics.mean(errors):8.4f}")
+        print(f"{tile:44d} {tile / 15:8.1f} {statistics.mean(errors):8.4f}")
 
 
 if __name__ == "__main__":

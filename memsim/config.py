@@ -9,6 +9,7 @@ from typing import Any
 
 from memsim.noise import READ_NOISE_MODES
 from memsim.params import MAX_VAR_ORDER
+from memsim.relaxation import RELAXATION_MODELS
 
 # The paper's ADC settings (precision bits p, range bits r): step 2^-p, clipping at +-2^(r-1).
 ADC_PRESETS = {"high_precision": (8, 10), "reasonable": (4, 4)}
@@ -17,8 +18,18 @@ DAC_GRIDS = ("symmetric", "paper")
 VERIFY_SCHEMES = ("centred", "first_past")
 INPUT_SCHEMES = ("amplitude", "bit_serial")
 CALIBRATIONS = ("nominal", "paper", "per_column")
+DRIFT_COMPENSATIONS = ("none", "global", "per_column")
 # What CrossbarConfig.only() can keep, each one a way the chip differs from the digital layer.
-NON_IDEALITIES = ("device_variation", "cycle_variation", "iv_nonlinearity", "read_noise", "dac", "adc", "wires")
+NON_IDEALITIES = (
+    "device_variation",
+    "cycle_variation",
+    "iv_nonlinearity",
+    "read_noise",
+    "dac",
+    "adc",
+    "wires",
+    "relaxation",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +89,13 @@ class CrossbarConfig:
     # (benchmarks/layer_error.py's two per-column conditions, 2 seeds) tests at 0.25 leave gain
     # 0.995 and residual 0.095, full-scale tests (1.0) gain 1.020 and residual 0.131; the recipe chooses it on dev.
     typical_input_fraction: float = 0.25
+    # Relaxation (memsim.relaxation): the chip is read read_time seconds after programming (0: at programming,
+    # nothing has changed), its cells changed as the named fit says ("wan2022" or "cmo"). drift_compensation, fitted
+    # on the chip's column test reads at read_time against the same reads at programming (MemristorLinear.relax):
+    # "none", "global" (one gain per layer) or "per_column" (a gain and an offset per tile, plane and column).
+    read_time: float = 0.0
+    relaxation: str = "wan2022"
+    drift_compensation: str = "none"
     # Ablation switches: False removes one non-ideality of the Synaptogen cells (see only()).
     device_variation: bool = True  # False: every device at the mixture's mean parameters
     cycle_variation: bool = True  # False: no cycle-to-cycle variation (the VAR process stays at 0)
@@ -164,6 +182,16 @@ class CrossbarConfig:
             )
         if self.calibration not in CALIBRATIONS:
             fail("calibration", f"one of {list(CALIBRATIONS)}")
+        if (
+            isinstance(self.read_time, bool)
+            or not isinstance(self.read_time, (int, float))
+            or not 0 <= self.read_time < math.inf
+        ):
+            fail("read_time", "finite seconds after programming, >= 0")
+        if self.relaxation not in RELAXATION_MODELS:
+            fail("relaxation", f"one of {sorted(RELAXATION_MODELS)}")
+        if self.drift_compensation not in DRIFT_COMPENSATIONS:
+            fail("drift_compensation", f"one of {list(DRIFT_COMPENSATIONS)}")
         for switch in (
             "device_variation",
             "cycle_variation",
@@ -200,6 +228,7 @@ class CrossbarConfig:
             "dac": {"dac_bits": None, "keep_input_quantizer": True, "input_scheme": "amplitude"},
             "adc": {"adc_precision_bits": None, "adc_range_bits": None},
             "wires": {"row_wire_resistance": 0.0, "column_wire_resistance": 0.0},
+            "relaxation": {"read_time": 0.0},
         }
         changes = {field: value for name, fields in ideal.items() if name != kept for field, value in fields.items()}
         return dataclasses.replace(self, **changes)
@@ -208,6 +237,12 @@ class CrossbarConfig:
     def wire_resistance(self) -> tuple[float, float]:
         """(row, column) ohms per cell segment: memsim.ir_drop's wire_resistance."""
         return (float(self.row_wire_resistance), float(self.column_wire_resistance))
+
+    @property
+    def corrects_columns(self) -> bool:
+        """Whether each ADC output is corrected digitally per tile, plane and column (a gain and an offset): under
+        per-column calibration or drift compensation."""
+        return self.calibration == "per_column" or self.drift_compensation != "none"
 
     @property
     def wired(self) -> bool:

@@ -131,7 +131,7 @@ class TileConvolution:
             common = self._tiles(common_factor, k.rows, row_tiles)  # [B, T, 1, L]
             variance.add_(common, alpha=2).add_(k.padding_variance.view(row_tiles, -1, 1))
         correction = None
-        if config.calibration == "per_column":
+        if config.corrects_columns:
             index = k.columns.view(row_tiles, slots).clamp(max=layer.out_features - 1)
             tiles = torch.arange(row_tiles, device=mean_factor.device)[:, None]
             gain = layer.column_gain[tiles, :, index].transpose(1, 2)  # [T, P, M]

@@ -912,30 +912,54 @@ def fit_columns(
     generator: torch.Generator | None = None,
 ) -> ColumnCalibration:
     """Per-column calibration, as a chip does after programming: read every tile (its pairs' CellPairs.difference
-    [rows, planes x out], through the wires if they have resistance) with known test inputs (2 x tile_size
-    vectors, uniform in +-typical_read_voltage, both polarities; for bit-serial inputs each row at 0 V or v_read,
-    as its pulses drive them) and fit, per tile, plane and column, measured = gain x expected + offset by least
-    squares, where expected is what the stored digits cells_on [2, rows, planes, out] give.
+    [rows, planes x out], through the wires if they have resistance) with known test inputs (column_test_voltages)
+    and fit, per tile, plane and column, measured = gain x expected + offset by least squares, where expected is
+    what the stored digits cells_on [2, rows, planes, out] give.
 
     The fit sees the noiseless currents (the mean of many test reads) before the ADC; it costs test reads
     and two numbers per column, not weights.
     """
     _, in_padded, planes, out_features = cells_on.shape
     tiles, tile = in_padded // config.tile_size, config.tile_size
-    uniform = torch.rand(2 * tile, tile, generator=generator, device=difference.device)
-    if config.input_scheme == "bit_serial":  # the only voltages its rows see: 0 V and v_read, at random
-        v = uniform.lt_(0.5).float().mul_(config.v_read)
-    else:
-        amplitude = typical_read_voltage(config)
-        v = uniform.mul_(2 * amplitude).sub_(amplitude)
-    _, delta = model.conductances(v)
-    measured = (v * delta / model.unit_current) @ difference.reshape(tiles, tile, planes * out_features)
+    v = column_test_voltages(config, generator, difference.device)
+    measured = column_test_reads(v, difference, model, config)
     stored = (cells_on[0].float() - cells_on[1].float()).reshape(tiles, tile, planes * out_features)
     expected = (v / config.v_read) @ stored  # [tiles, tests, planes * out]
-    centred = expected - expected.mean(1, keepdim=True)
-    variance = centred.square().sum(1)
-    covariance = (centred * (measured - measured.mean(1, keepdim=True))).sum(1)
-    gain = torch.where(variance > 0, covariance / variance.clamp_min(torch.finfo(v.dtype).tiny), 1.0)
-    gain = gain.clamp_min(MIN_COLUMN_GAIN)
-    offset = measured.mean(1) - gain * expected.mean(1)
+    gain, offset = fit_lines(expected, measured)
     return ColumnCalibration(gain.view(tiles, planes, out_features), offset.view(tiles, planes, out_features))
+
+
+def column_test_voltages(
+    config: CrossbarConfig, generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor:
+    """The test inputs a chip reads its columns with [2 x tile_size, tile_size] volts: uniform in
+    +-typical_read_voltage, both polarities; for bit-serial inputs each row at 0 V or v_read at random, the only
+    voltages its pulses drive."""
+    tile = config.tile_size
+    uniform = torch.rand(2 * tile, tile, generator=generator, device=device)
+    if config.input_scheme == "bit_serial":
+        return uniform.lt_(0.5).float().mul_(config.v_read)
+    amplitude = typical_read_voltage(config)
+    return uniform.mul_(2 * amplitude).sub_(amplitude)
+
+
+def column_test_reads(
+    v: torch.Tensor, difference: torch.Tensor, model: ReadModel, config: CrossbarConfig
+) -> torch.Tensor:
+    """The noiseless column outputs before the ADC [tiles, tests, planes x out], in units of one programmed pair, of
+    the test voltages v [tests, tile_size] on every tile of a matrix (CellPairs.difference [rows, planes x out])."""
+    tile = config.tile_size
+    _, delta = model.conductances(v)
+    return (v * delta / model.unit_current) @ difference.reshape(-1, tile, difference.shape[-1])
+
+
+def fit_lines(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares lines y = gain x + offset along dimension 1 of x and y [groups, points, columns]: gain and offset
+    [groups, columns] (gain 1 where x does not vary, at least MIN_COLUMN_GAIN: a broken column is not amplified
+    beyond 1 / MIN_COLUMN_GAIN)."""
+    centred = x - x.mean(1, keepdim=True)
+    variance = centred.square().sum(1)
+    covariance = (centred * (y - y.mean(1, keepdim=True))).sum(1)
+    gain = torch.where(variance > 0, covariance / variance.clamp_min(torch.finfo(x.dtype).tiny), 1.0)
+    gain = gain.clamp_min(MIN_COLUMN_GAIN)
+    return gain, y.mean(1) - gain * x.mean(1)

@@ -270,7 +270,7 @@ def chip_parts(layer: Any, watts: float, costs: EnergyCosts) -> dict[str, float 
     else:
         dac = dac_conversions * costs.dac_energy(c.dac_bits)
     correction: float | None = 0.0  # nominal or fixed calibration: nothing per output
-    if c.calibration == "per_column":
+    if c.corrects_columns:
         # each ADC output: minus its offset, times its inverse gain (None: an ideal ADC's width is unknown)
         correction = None
         if adc_bits is not None:

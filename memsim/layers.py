@@ -18,9 +18,12 @@ from memsim.crossbar import (
     RowFactors,
     adc_step,
     cell_pairs,
+    column_test_reads,
+    column_test_voltages,
     dac,
     digit_planes,
     fit_columns,
+    fit_lines,
     integer_weights,
     level_histogram,
     read_inputs,
@@ -31,18 +34,21 @@ from memsim.crossbar import (
 )
 from memsim.crossbar import program as program_cells
 from memsim.progress import ProgressCallback
+from memsim.relaxation import RELAXATION_MODELS, relax
 
 
 class MemristorLinear(nn.Module):
     """y = crossbar(DAC(x)) * input_range * weight_scale + bias, with the bias added digitally.
 
     Buffers (saved by state_dict, so a programmed chip can be stored and restored exactly):
-    `r` [2, in_padded, planes, out], the state variable of every positive/negative cell;
+    `r` [2, in_padded, planes, out], the state variable of every positive/negative cell (with read_time > 0, as
+    relaxed by then: relax());
     `weight_scale` [out] (per-tensor scales repeated; per-channel scales are applied digitally too);
     `input_range` (the input magnitude mapped to v_read; 0 = unset: each batch's max-abs);
     `failed_cells`, the cells that would not SET; `read_disturbable_cells`, those a read could switch;
-    with calibration="per_column", `column_gain` and `column_offset` [tiles, planes, out], the digital
-    correction fitted after programming; with levels_per_cell > 2, what programming cost and gave:
+    with calibration="per_column" or drift compensation, `column_gain` and `column_offset` [tiles, planes, out],
+    the digital correction fitted after programming (and at the read time: relax()); with levels_per_cell > 2,
+    what programming cost and gave:
     `pulse_histogram` [pulse_budget + 1] (cells per number of programming pulses), `level_failures` [levels]
     (cells per stored level that missed it) and `level_histogram` (crossbar.level_histogram); for a grouped
     convolution's matrix (memsim.conv), `column_present` [row tiles, out], the columns of each row of tiles
@@ -89,7 +95,7 @@ class MemristorLinear(nn.Module):
         else:
             self.register_buffer("column_present", column_present.bool())
             self._tile_columns = [torch.nonzero(row).flatten() for row in column_present.bool()]
-        if config.calibration == "per_column":
+        if config.corrects_columns:
             self.register_buffer("column_gain", torch.ones(padded // config.tile_size, config.planes, out_features))
             self.register_buffer("column_offset", torch.zeros_like(self.column_gain))
         if config.levels_per_cell > 2:
@@ -163,6 +169,8 @@ class MemristorLinear(nn.Module):
                 gain, offset = fit_columns(cells, layer.cell_pairs().difference, layer.read_model, config, generator)
                 layer.column_gain.copy_(gain)
                 layer.column_offset.copy_(offset)
+            if config.read_time > 0:
+                layer.relax(generator)
         output_quant = getattr(linear, "output_quant", None)
         if isinstance(output_quant, nn.Module):
             layer.output_quant = output_quant
@@ -170,6 +178,36 @@ class MemristorLinear(nn.Module):
         if layer.bias is not None:
             layer.bias.data.copy_(linear.bias.detach())
         return layer
+
+    @torch.no_grad()
+    def relax(self, generator: torch.Generator | None = None) -> None:
+        """The cells as they read config.read_time seconds after programming (memsim.relaxation), and the drift
+        compensation: the chip reads its columns' test inputs (crossbar.column_test_voltages) before and after, fits
+        the reads after on those before (one least-squares gain through the origin per layer, "global"; a gain and
+        an offset per tile, plane and column, "per_column"), and folds the fit into the column correction, so that
+        the corrected outputs read as at programming: with a calibration (gain g, offset o) already there, an
+        output c after drift a x + b reads (c - (b + a o)) / (a g)."""
+        config = self.config
+        v_typical = torch.tensor(typical_read_voltage(config), device=self.r.device)
+        base, delta = (float(c) for c in self.read_model.conductances(v_typical))
+        model = RELAXATION_MODELS[config.relaxation]
+        compensation = config.drift_compensation
+        tests = before = None
+        if compensation != "none":
+            tests = column_test_voltages(config, generator, self.r.device)
+            before = column_test_reads(tests, self.cell_pairs().difference, self.read_model, config)
+        read = self.read_model
+        self.r.copy_(relax(self.r, base, delta, read.r_on, read.r_off, config.read_time, model, generator))
+        if tests is None or before is None:
+            return
+        after = column_test_reads(tests, self.cell_pairs().difference, self.read_model, config)
+        if compensation == "global":
+            gain = (after * before).sum() / before.square().sum().clamp_min(torch.finfo(before.dtype).tiny)
+            offset = torch.zeros((), device=gain.device)
+        else:
+            gain, offset = (fitted.view_as(self.column_gain) for fitted in fit_lines(before, after))
+        self.column_offset.mul_(gain).add_(offset)
+        self.column_gain.mul_(gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -208,7 +246,7 @@ class MemristorLinear(nn.Module):
         column's gain (its offset adds to every input alike: no weight's). q itself on an ideal chip. Cached until
         read_key() or the calibration's gains change."""
         config = self.config
-        per_column = config.calibration == "per_column"
+        per_column = config.corrects_columns
         gains = (self.column_gain.data_ptr(), self.column_gain._version) if per_column else ()
         key = (*self.read_key(), config.calibration, *gains)
         if getattr(self, "_effective_key", None) != key:
@@ -251,7 +289,7 @@ class MemristorLinear(nn.Module):
         tile = self.config.tile_size
         last_tile = first_tile + math.ceil(factors[0].shape[1] / tile)
         columns = None
-        if self.config.calibration == "per_column":
+        if self.config.corrects_columns:
             parts = slice(first_tile, last_tile)
             columns = ColumnCalibration(self.column_gain[parts], self.column_offset[parts])
         tile_columns = self.tile_columns()

@@ -245,7 +245,7 @@ class _PairedRead:
         self.scales = torch.stack([c.input_range * c.weight_scale for c in cells])[:, None, :]
         self.columns = None
         self.padding = self.layer.padding_factors(self.layer.in_features - first_row)
-        if self.layer.config.calibration == "per_column":
+        if self.layer.config.corrects_columns:
             tiles = slice(first_row // self.layer.config.tile_size, None)
             gain, offset = (
                 torch.stack([getattr(c, name)[tiles] for c in cells]) for name in ("column_gain", "column_offset")

@@ -12,6 +12,7 @@ from pathlib import Path
 from asr.errors import UserError
 from asr.files import markdown_table, write_text
 from asr.records import environment
+from asr.reports.aging import time_plot, time_table
 from asr.reports.chips import budget_plot, cost_table, layer_error_table, level_plots, save_png
 from asr.reports.energy import adc_heatmaps, energy_table, pareto_plot
 from asr.reports.frontier import frontier_plot, frontier_table
@@ -258,6 +259,13 @@ def results_markdown(groups: list[Group], left_out: dict[str, str], title: str, 
     chip_section += f"## Chip cells, converters and programming\n\n{costs}\n\n" if costs else ""
     energy = energy_table(groups)
     chip_section += f"## Converters and energy\n\n{energy}\n\n" if energy else ""
+    aging = time_table(groups)
+    chip_section += (
+        "## Chips over time after programming\n\nChips read `memsim.read_time` seconds after programming, their cells "
+        f"relaxed as `memsim.relaxation` says (wer_over_time.png).\n\n{aging}\n\n"
+        if aging
+        else ""
+    )
     allocated = frontier_table(groups)
     chip_section += (
         "## Mixed precision against uniform chips\n\nAllocated chips (`allocation.*`) beside the uniform chips of "
@@ -369,7 +377,8 @@ def write_report(
 ) -> list[Group]:
     """results.csv, RESULTS.md, wer_vs_bits.png, (with two chips or more) chips.png and wer_vs_energy.png, (with
     two ADC settings or more at one weight width) adc_heatmap.png, (per multi-level chip) levels-*.png and (with
-    allocated chips) frontier.png in out_dir; returns the groups."""
+    allocated chips) frontier.png and (with chips read after programming) wer_over_time.png in out_dir; returns the
+    groups."""
     results, left_out = collect(work_dirs, manifests)
     if not results:
         corpus = f" decoded from {manifests}" if manifests else ""
@@ -388,4 +397,5 @@ def write_report(
     adc_heatmaps(groups, out_dir / "adc_heatmap.png")
     pareto_plot(groups, out_dir / "wer_vs_energy.png")
     frontier_plot(groups, out_dir / "frontier.png")
+    time_plot(groups, out_dir / "wer_over_time.png")
     return groups

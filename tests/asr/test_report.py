@@ -453,3 +453,29 @@ def test_allocated_chips_stand_beside_the_uniform_chips_and_their_front(work, tm
     assert "|10.00|11.50|+4.5 % [" in rows[1]  # 23 errors against the QAT model's 22
     assert rows[2].startswith("|m-3.0-alloc2x|") and "|20.00|11.00|+0.0 % [" in rows[2]  # the same uniform model
     assert (tmp_path / "out" / "frontier.png").is_file()
+
+
+def test_chips_read_after_programming_are_reported_over_time(work, tmp_path):
+    qat = next(p for p in (work / "exp").iterdir() if p.name.startswith("m-3.0"))
+    trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
+    assert trained.relpath == str(qat.relative_to(work))
+    for read_time, errors in ((3600.0, (24, 26)), (86400.0, (30, 34))):
+        crossbar = {"device": "synaptogen", "read_time": read_time, "drift_compensation": "global"}
+        chip = made(
+            work, Output("memsim", "memsim", f"t{read_time:g}", {"crossbar": crossbar, "seed": 1}, {"model": trained})
+        )
+        for instance, count in enumerate(errors):
+            decode(work, trained, spread(count), chip=chip, instance=instance)
+    write_report([work], tmp_path / "out", "aging")
+    table = (tmp_path / "out" / "RESULTS.md").read_text()
+    section = table.split("## Chips over time after programming")[1].split("\n## ")[0]
+    assert "|m-3.0, wan2022, 2 levels, compensation global|1 h|2|12.50|+13.6 % [" in section
+    assert "|m-3.0, wan2022, 2 levels, compensation global|1 day|2|16.00|+45.5 % [" in section
+    assert "my chip" not in section  # read at programming: not a point in time
+    assert (tmp_path / "out" / "wer_over_time.png").is_file()
+
+
+def test_no_time_section_without_chips_read_after_programming(work, tmp_path):
+    write_report([work], tmp_path / "out", "fresh chips")
+    assert "over time after programming" not in (tmp_path / "out" / "RESULTS.md").read_text()
+    assert not (tmp_path / "out" / "wer_over_time.png").exists()
