@@ -29,6 +29,7 @@ NON_IDEALITIES = (
     "adc",
     "wires",
     "relaxation",
+    "read_disturb",
 )
 
 
@@ -96,6 +97,8 @@ class CrossbarConfig:
     read_time: float = 0.0
     relaxation: str = "wan2022"
     drift_compensation: str = "none"
+    # Reads switch the cells their row voltages reach past a threshold (memsim.disturb): binary Synaptogen cells only
+    read_disturb: bool = False
     # Ablation switches: False removes one non-ideality of the Synaptogen cells (see only()).
     device_variation: bool = True  # False: every device at the mixture's mean parameters
     cycle_variation: bool = True  # False: no cycle-to-cycle variation (the VAR process stays at 0)
@@ -192,12 +195,19 @@ class CrossbarConfig:
             fail("relaxation", f"one of {sorted(RELAXATION_MODELS)}")
         if self.drift_compensation not in DRIFT_COMPENSATIONS:
             fail("drift_compensation", f"one of {list(DRIFT_COMPENSATIONS)}")
+        if self.read_disturb is True and (self.levels_per_cell != 2 or self.device != "synaptogen"):
+            fail(
+                "read_disturb",
+                "False with multi-level cells or the ideal device (it follows binary Synaptogen cells' thresholds), "
+                f"here levels_per_cell={self.levels_per_cell!r}, device={self.device!r}",
+            )
         for switch in (
             "device_variation",
             "cycle_variation",
             "iv_nonlinearity",
             "keep_input_quantizer",
             "stationary_cells",
+            "read_disturb",
         ):
             if not isinstance(getattr(self, switch), bool):
                 fail(switch, "True or False")
@@ -229,6 +239,7 @@ class CrossbarConfig:
             "adc": {"adc_precision_bits": None, "adc_range_bits": None},
             "wires": {"row_wire_resistance": 0.0, "column_wire_resistance": 0.0},
             "relaxation": {"read_time": 0.0},
+            "read_disturb": {"read_disturb": False},
         }
         changes = {field: value for name, fields in ideal.items() if name != kept for field, value in fields.items()}
         return dataclasses.replace(self, **changes)

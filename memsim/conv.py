@@ -157,13 +157,19 @@ class MemristorConv(nn.Module):
         unit = layer.factor_unit()
         factors = layer.read_model.row_factors(v, unit)
         if self.groups > 1:
-            return self.tile_read(factors)
-        reads = []
-        for part in self._input_parts(v.shape, layer.in_features):
-            mean, variance, common = (None if f is None else self._unfold(f[part]) for f in factors)
-            assert mean is not None
-            reads.append(layer.read_factors((mean, variance, common)))
-        return torch.cat(reads)
+            read = self.tile_read(factors)
+        else:
+            reads = []
+            for part in self._input_parts(v.shape, layer.in_features):
+                mean, variance, common = (None if f is None else self._unfold(f[part]) for f in factors)
+                assert mean is not None
+                reads.append(layer.read_factors((mean, variance, common)))
+            read = torch.cat(reads)
+        if layer.config.read_disturb:  # each matrix row (channel, tap) sees its channel's voltages
+            per_channel = v.transpose(0, 1).flatten(1)
+            taps = layer.in_features // per_channel.shape[0]
+            layer.disturb(per_channel.amin(1).repeat_interleave(taps), per_channel.amax(1).repeat_interleave(taps))
+        return read
 
     def _input_parts(self, padded_shape: torch.Size, rows: int) -> Iterator[tuple[slice, ...]]:
         """Indices of the padded input [B, C, *spatial] whose patches are consecutive parts of all patches, in

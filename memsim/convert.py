@@ -178,7 +178,8 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
 def summary(model: nn.Module) -> list[dict[str, Any]]:
     """Per converted layer and in total: cells, arrays, tiles, failed cells, ADC conversions per input vector and
     (per layer) the ADC's [precision bits, range bits],
-    and the cells a read could disturb (count, and percent of the programmed cells; see crossbar.program);
+    and the cells a read could disturb (count, and percent of the programmed cells; see crossbar.program), with
+    read_disturb the cells reads have switched so far;
     for multi-level cells also the programming pulses per cell (mean, 99th percentile, maximum; level_statistics
     has the rest)."""
     rows: list[dict[str, Any]] = []
@@ -202,6 +203,8 @@ def summary(model: nn.Module) -> list[dict[str, Any]]:
                 "read_disturb_pct": _percent(int(layer.read_disturbable_cells), layer.r.numel()),
             }
         )
+        if layer.config.read_disturb:
+            rows[-1]["read_switched_cells"] = int(layer.read_switched_cells)
         if layer.config.levels_per_cell > 2:
             rows[-1].update(levels_per_cell=layer.config.levels_per_cell, **pulse_statistics(layer.pulse_histogram))
     total: dict[str, Any] = {"layer": "total", "shape": "", "weight_bits": "", "planes": "", "adc": ""}
@@ -209,6 +212,8 @@ def summary(model: nn.Module) -> list[dict[str, Any]]:
         total[key] = sum(row[key] for row in rows)
     programmed = sum(layer.r.numel() for _, layer in memristor_layers(model))
     total["read_disturb_pct"] = _percent(total["read_disturbable_cells"], programmed)
+    if any("read_switched_cells" in row for row in rows):
+        total["read_switched_cells"] = sum(row.get("read_switched_cells", 0) for row in rows)
     levels = level_statistics(model)
     if levels is not None:
         total.update(levels_per_cell=levels["levels_per_cell"], **levels["pulses"])

@@ -25,6 +25,7 @@ import torch
 from memsim import ir_drop
 from memsim.config import CrossbarConfig
 from memsim.device import HRS, LRS, UR, US, CellArray, first_cycle_features, r_of_resistance
+from memsim.disturb import programmed_thresholds
 from memsim.noise import ReadNoise, read_noise
 from memsim.params import N_FEATURES, DeviceParams, cached_params, polyval
 from memsim.progress import ProgrammingProgress, ProgressCallback
@@ -152,6 +153,7 @@ class Programmed(NamedTuple):
     read_disturbable: int  # cells a read within +-v_read could switch: see program()
     pulses: torch.Tensor | None = None  # multi-level cells: pulses each cell took (int16), else None
     failed_by_level: torch.Tensor | None = None  # multi-level cells: failed cells per stored level [levels]
+    disturb_threshold: torch.Tensor | None = None  # with read_disturb: memsim.disturb's threshold of every cell
 
 
 def target_r(levels: torch.Tensor, levels_per_cell: int, r_on: float, r_off: float) -> torch.Tensor:
@@ -224,6 +226,7 @@ def _program_by_pulses(
     precycle = _precycle_voltages(cells_on.shape, config, generator, flat_on.device)
     report = _PrecycleReport(progress, flat_on.numel(), config.precycle_pulses)
     failed = disturbable = 0
+    threshold = torch.empty_like(r) if config.read_disturb else None
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
         cells = _reset_cells(start, on.numel(), cells_on.shape, params, config, generator, precycle, report)
@@ -237,9 +240,15 @@ def _program_by_pulses(
             else:  # 0 V on the cells not to SET, `voltage` on the others
                 cells.apply_pulses(torch.tensor([[0.0, voltage]], device=on.device), todo.long())
         r[start : start + on.numel()] = cells.r
+        if threshold is not None:
+            state = cells.state
+            threshold[start : start + on.numel()] = programmed_thresholds(
+                state.in_lrs, state.y[US], state.reset_threshold
+            )
         failed += int((on & (cells.r > r_threshold)).sum())
         disturbable += int(_read_disturbable(on, cells.ur, cells.us, config.v_read))
-    return Programmed(r.view(cells_on.shape), failed, disturbable)
+    shaped = None if threshold is None else threshold.view(cells_on.shape)
+    return Programmed(r.view(cells_on.shape), failed, disturbable, disturb_threshold=shaped)
 
 
 def _reset_cells(
@@ -314,6 +323,7 @@ def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: to
     params = device_params(config).to(flat_on.device)
     strongest_set = config.set_voltage + config.verify_retries * config.verify_step
     failed = disturbable = torch.zeros((), dtype=torch.int64, device=flat_on.device)
+    threshold = torch.empty_like(r) if config.read_disturb else None
     for start in range(0, flat_on.numel(), PROGRAM_CHUNK):
         on = flat_on[start : start + PROGRAM_CHUNK]
         ones, zeros = torch.nonzero(on).squeeze(1), torch.nonzero(~on).squeeze(1)  # programming may sync
@@ -322,9 +332,13 @@ def _program_fresh(cells_on: torch.Tensor, config: CrossbarConfig, generator: to
         y = first_cycle_features(ones.numel(), params, (HRS, US, LRS, UR), generator, config.stationary_cells)
         switched = y[US] >= strongest_set
         r[start + ones] = torch.where(switched, r_of_resistance(y[LRS], params), r_of_resistance(y[HRS], params))
+        if threshold is not None:
+            threshold[start + zeros] = us
+            threshold[start + ones] = programmed_thresholds(switched, y[US], y[UR])
         failed = failed + (~switched).sum()
         disturbable = disturbable + (us >= -config.v_read).sum() + (y[UR] <= config.v_read).sum()
-    return Programmed(r.view(cells_on.shape), int(failed), int(disturbable))
+    shaped = None if threshold is None else threshold.view(cells_on.shape)
+    return Programmed(r.view(cells_on.shape), int(failed), int(disturbable), disturb_threshold=shaped)
 
 
 def _read_disturbable(

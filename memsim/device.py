@@ -635,6 +635,18 @@ def _transform(
     return y
 
 
+def partial_reset(
+    r: torch.Tensor, reset_threshold: torch.Tensor, next_hrs: torch.Tensor, u: torch.Tensor, p: DeviceParams
+) -> torch.Tensor:
+    """The state after one partial RESET at u volts (reset_threshold < u < Umax) of cells in LRS at state r whose
+    RESET begins at reset_threshold: r moves along the transition curve I = a |Umax - U|^eta + c from the cell's
+    current at its threshold to its next cycle's HRS (next_hrs, ohm) at Umax, as _apply_pulse's partial RESET."""
+    i_start = _current(r, _boundary_currents(reset_threshold, p))
+    i_end = _current(r_of_resistance(next_hrs, p), _boundary_currents(torch.tensor(p.umax, device=r.device), p))
+    a = (i_start - i_end) / torch.abs(p.umax - reset_threshold) ** p.eta
+    return _r_of_current(a * torch.abs(p.umax - u) ** p.eta + i_end, _boundary_currents(u, p))
+
+
 def r_of_resistance(resistance: torch.Tensor, p: DeviceParams) -> torch.Tensor:
     return (p.g_llrs - 1 / resistance) / (p.g_llrs - p.g_hhrs)
 

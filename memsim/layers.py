@@ -21,6 +21,7 @@ from memsim.crossbar import (
     column_test_reads,
     column_test_voltages,
     dac,
+    device_params,
     digit_planes,
     fit_columns,
     fit_lines,
@@ -33,6 +34,7 @@ from memsim.crossbar import (
     zero_volt_factors,
 )
 from memsim.crossbar import program as program_cells
+from memsim.disturb import row_bounds, switch
 from memsim.progress import ProgressCallback
 from memsim.relaxation import RELAXATION_MODELS, relax
 
@@ -53,6 +55,8 @@ class MemristorLinear(nn.Module):
     (cells per stored level that missed it) and `level_histogram` (crossbar.level_histogram); for a grouped
     convolution's matrix (memsim.conv), `column_present` [row tiles, out], the columns of each row of tiles
     that hold weights: only those are connected, read and converted, and only tiles with one of them exist.
+    With read_disturb, `disturb_threshold` (memsim.disturb's threshold of every cell, as r) and
+    `read_switched_cells`, the cells reads have switched since programming.
     `output_quant`: a quantizer the source layer applied to its output (a quantization-aware layer's
     `output_quant` module), kept after the crossbar and the bias. `weights_held`: the matrix entries that hold
     weights, the multiply-accumulates a digital layer does per input vector (in x out, fewer for a grouped
@@ -69,6 +73,8 @@ class MemristorLinear(nn.Module):
     pulse_histogram: torch.Tensor
     level_failures: torch.Tensor
     level_histogram: torch.Tensor
+    disturb_threshold: torch.Tensor
+    read_switched_cells: torch.Tensor
     column_present: torch.Tensor | None
 
     def __init__(
@@ -98,6 +104,9 @@ class MemristorLinear(nn.Module):
         if config.corrects_columns:
             self.register_buffer("column_gain", torch.ones(padded // config.tile_size, config.planes, out_features))
             self.register_buffer("column_offset", torch.zeros_like(self.column_gain))
+        if config.read_disturb:
+            self.register_buffer("disturb_threshold", torch.zeros_like(self.r))
+            self.register_buffer("read_switched_cells", torch.zeros((), dtype=torch.int64))
         if config.levels_per_cell > 2:
             levels = config.levels_per_cell
             self.register_buffer("pulse_histogram", torch.zeros(config.pulse_budget + 1, dtype=torch.int64))
@@ -158,6 +167,8 @@ class MemristorLinear(nn.Module):
             layer.r.copy_(programmed.r)
             layer.failed_cells.fill_(programmed.failed)
             layer.read_disturbable_cells.fill_(programmed.read_disturbable)
+            if programmed.disturb_threshold is not None:
+                layer.disturb_threshold.copy_(programmed.disturb_threshold)
             if programmed.pulses is not None and programmed.failed_by_level is not None:
                 pulses = programmed.pulses.reshape(-1).long()
                 layer.pulse_histogram.copy_(torch.bincount(pulses, minlength=config.pulse_budget + 1))
@@ -277,7 +288,38 @@ class MemristorLinear(nn.Module):
             if (first_tile, v.shape[1]) != (0, self.in_features):
                 raise ValueError("an energy meter measures whole reads only: read all rows at once")
             self.energy_meter(v, self)
-        return self.read_factors(self.read_model.row_factors(v, self.factor_unit()), first_tile)
+        y = self.read_factors(self.read_model.row_factors(v, self.factor_unit()), first_tile)
+        if self.config.read_disturb:
+            self.disturb(v.amin(0), v.amax(0), first_tile * self.config.tile_size)
+        return y
+
+    @torch.no_grad()
+    def disturb(self, lowest: torch.Tensor, highest: torch.Tensor, first_row: int = 0) -> None:
+        """Read disturb (memsim.disturb) of a read whose rows first_row..first_row+k saw voltages down to lowest [k]
+        and up to highest [k]: the cells those voltages switch, counted in `read_switched_cells`. A read that
+        reaches no row's bound (the highest SET threshold of its cells not in LRS, the lowest RESET threshold of
+        those in LRS) changes nothing: one comparison per row, and a host synchronization to know it."""
+        rows = self.r.shape[1]
+        full_lowest, full_highest = self.r.new_zeros(rows), self.r.new_zeros(rows)
+        full_lowest[first_row : first_row + lowest.numel()] = lowest
+        full_highest[first_row : first_row + highest.numel()] = highest
+        key = (self.disturb_threshold.data_ptr(), self.disturb_threshold._version)
+        if getattr(self, "_bounds_key", None) != key:
+            self._bounds, self._bounds_key = row_bounds(self.disturb_threshold), key
+        settable, resettable = self._bounds
+        if not bool(((full_lowest <= settable) | (full_highest > resettable)).any()):
+            return
+        params = device_params(self.config).to(self.r.device)
+        switched = switch(
+            self.r,
+            self.disturb_threshold,
+            full_lowest,
+            full_highest,
+            params,
+            self.config.stationary_cells,
+            self.generator,
+        )
+        self.read_switched_cells += switched
 
     def factor_unit(self) -> float:
         """The current that row factors are measured in (ReadModel.row_factors): one ADC step."""

@@ -195,12 +195,13 @@ def _digital_outputs(cells: list[MemristorLinear], y: torch.Tensor) -> torch.Ten
 
 def _fixed_and_unobserved(cell: nn.Module) -> bool:
     """A gate layer on crossbars with a fixed DAC range (set, and not being calibrated: a calibration pass must see
-    every input) and no instrument that wants whole reads (an energy meter, or a forward hook such as
-    memsim.layer_errors'): its reads can be split into parts and batched."""
+    every input), no instrument that wants whole reads (an energy meter, or a forward hook such as
+    memsim.layer_errors') and no read disturb: its reads can be split into parts and batched."""
     return (
         isinstance(cell, MemristorLinear)
         and not cell.calibrating
         and cell.energy_meter is None
+        and not cell.config.read_disturb  # every step's read disturbs before the next one reads
         and not (cell._forward_hooks or cell._forward_pre_hooks)
         and bool(cell.input_range > 0)  # once per layer and direction, not per step
     )

@@ -122,7 +122,7 @@ def test_a_chip_with_every_non_ideality_removed_reproduces_the_digital_layer():
 @pytest.mark.parametrize("kept", memsim.config.NON_IDEALITIES)
 def test_only_keeps_exactly_one_non_ideality(kept):
     config = memsim.CrossbarConfig(
-        read_noise="paper", row_wire_resistance=1.0, column_wire_resistance=1.0, read_time=3600.0
+        read_noise="paper", row_wire_resistance=1.0, column_wire_resistance=1.0, read_time=3600.0, read_disturb=True
     ).only(kept)
     present = {
         "device_variation": config.device_variation,
@@ -133,6 +133,7 @@ def test_only_keeps_exactly_one_non_ideality(kept):
         "adc": config.adc_precision_bits is not None,
         "wires": config.wired,
         "relaxation": config.read_time > 0,
+        "read_disturb": config.read_disturb,
     }
     assert [name for name, on in present.items() if on] == [kept]
     with pytest.raises(ValueError, match="unknown non-ideality"):
