@@ -33,7 +33,7 @@ from asr.identity import with_defaults
 from asr.model import ConformerCTC, ctc_loss
 from asr.quant import quantized_layers
 from asr.tokenizer import BLANK_ID
-from memsim.convert import run_instrumented
+from memsim.convert import memristor_layers, run_instrumented
 
 CALIBRATION_BATCHES = 4  # unaugmented train batches that set DAC ranges (convolutions) and automatic ADCs
 CALIBRATION_SECONDS = 200.0  # padded seconds of audio per calibration batch
@@ -60,6 +60,7 @@ class ChipFolder:
     seed: int  # instance 0's; instance k is programmed from seed + k
     precycle_per_instance: int = 0  # instance k pre-cycles k x this more than instance 0
     tuning: Tuning | None = None
+    read_passes: int = 0  # passes of reads over a split before it is decoded (start_split)
 
     @classmethod
     def from_settings(cls, settings: dict) -> "ChipFolder":
@@ -78,6 +79,7 @@ class ChipFolder:
             seed=settings["seed"],
             precycle_per_instance=settings.get("precycle_per_instance", 0),
             tuning=Tuning(tune["steps"], tune["lr"], tune["loader"]["max_seconds"]) if tune else None,
+            read_passes=settings["read_passes"],
         )
 
     def chip_of(self, instance: int) -> memsim.ChipSpec:
@@ -211,6 +213,47 @@ def calibrate_inputs(model: ConformerCTC, batches: Iterable[dict]) -> None:
     inputs (a quantization-aware convolution's)."""
     device = next(model.parameters()).device
     memsim.calibrate(model, ((b["feats"].to(device), b["feat_lens"].to(device)) for b in batches))
+
+
+DISTURBED_BUFFERS = ("r", "disturb_threshold", "read_switched_cells")  # what reads change under read disturb
+
+
+def prepared_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the buffers that reads change (memsim.disturb) of the crossbar layers with read disturb: the chip as
+    prepared, for start_split to return to (empty without read disturb)."""
+    return {
+        f"{name}.{buffer}": getattr(layer, buffer).clone()
+        for name, layer in memristor_layers(model)
+        if layer.config.read_disturb
+        for buffer in DISTURBED_BUFFERS
+    }
+
+
+def start_split(
+    chip: PreparedChip,
+    prepared: dict[str, torch.Tensor],
+    split: str,
+    passes: int,
+    batches: Callable[[str], Iterable[dict]],
+) -> None:
+    """Before a split is decoded on a chip: the chip as prepared (prepared_state: another split's reads undone, so
+    that the splits stay independent), then `passes` passes of reads over the split (batches(split) gives a fresh
+    pass; read disturb carried from pass to pass, their read noise from a stream of their own), then the split's
+    own read-noise stream (reseed)."""
+    for name, value in prepared.items():
+        chip.model.get_buffer(name).copy_(value)
+    if passes:
+        reseed(chip.generator, chip.seed, f"{split}/passes")
+        for _ in range(passes):
+            feeder(batches(split))(chip.model)
+    reseed(chip.generator, chip.seed, split)
+
+
+def read_switches(model: nn.Module, split: str = "") -> dict[str, int]:
+    """{"read_switched_cells": the cells reads have switched} over the crossbar layers with read disturb, for the
+    score.json of a split decoded on the chip (decode_outputs' after_split); empty without read disturb."""
+    layers = [layer for _, layer in memristor_layers(model) if layer.config.read_disturb]
+    return {"read_switched_cells": sum(int(layer.read_switched_cells) for layer in layers)} if layers else {}
 
 
 def reseed(generator: torch.Generator, seed: int, split: str) -> None:

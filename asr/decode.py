@@ -59,6 +59,8 @@ class DecodeScore:
     batch_seconds: float | None = None  # padded seconds of audio per batch
     bytes_per_second: float | None = None  # with decode.memory_fraction: the peak memory per second of audio
     free_bytes: float | None = None  # with decode.memory_fraction: the free memory it was sized against
+    # a chip with read disturb: the cells reads had switched by the end of the split (memsim.disturb)
+    read_switched_cells: float | None = None  # a count, typed as the other optional fields
 
     def to_json(self) -> dict:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "score"}
@@ -336,10 +338,16 @@ def split_batches(decoding: Decoding, split: str, batch_seconds: float) -> DataL
 
 
 def decode_outputs(
-    model: nn.Module, jobs: list[Job], decoding: Decoding, before_split: Callable[[str], object] | None = None
+    model: nn.Module,
+    jobs: list[Job],
+    decoding: Decoding,
+    before_split: Callable[[str], object] | None = None,
+    after_split: Callable[[str], dict] | None = None,
 ) -> None:
     """Decode the splits and methods of `jobs` (one model's decode outputs) and commit each with its score.json;
-    before_split(split), if given, runs before each split is decoded (a chip reseeds its read noise there)."""
+    before_split(split), if given, runs before each split is decoded (a chip returns to its prepared state and
+    reseeds its read noise there); after_split(split), if given, returns more fields of the split's score.json
+    (DecodeScore's)."""
     files, settings = decoding.files, decoding.settings
     methods = sorted({j.output.settings["method"] for j in jobs})
     words = vocabulary(files.records("train"), settings.lexicon) if "beam" in methods else set()
@@ -359,8 +367,10 @@ def decode_outputs(
         scores = decode_split(model, loader, {method: decoders[method] for method in chosen}, folders)
         speed = _speed(time.perf_counter() - began, loader)
         log.info("%s: %.1f s of audio decoded in %.1f s, real-time factor %.3f", split, *speed.values())
+        extra = after_split(split) if after_split is not None else {}
         for method, job in chosen.items():
-            job.commit({SCORE_FILE: DecodeScore(split, method, scores[method], **speed, **batching).to_json()})
+            score = DecodeScore(split, method, scores[method], **speed, **batching, **extra)
+            job.commit({SCORE_FILE: score.to_json()})
             rows.append(scores[method].row(job.output.relpath))
     log.info("WER:\n%s", "\n".join([HEADER, *rows]))
 

@@ -10,8 +10,8 @@ before the setting existed.
 
 Some fields predate the rule and follow it with a value of their own (ABSENT_AT): the model's `encoder`,
 and the quantization's noise settings and `quantize_frontend` (the noise settings leave the identity
-whenever noise is off). The chip's own settings beside its crossbar (kinds, ADC plan, layer bits, tuning) are
-absent at their defaults (CHIP_DEFAULTS).
+whenever noise is off). The chip's own settings beside its crossbar (kinds, ADC plan, layer bits, tuning, read
+passes) are absent at their defaults (CHIP_DEFAULTS).
 """
 
 import dataclasses
@@ -109,6 +109,7 @@ CHIP_DEFAULTS: dict[str, Any] = {
     "layer_adc": {},
     "layer_bits": {},
     "tune": None,
+    "read_passes": 0,
 }
 # meaningless, and left out, while quantization noise is off
 NOISE_SETTINGS = ("noise_std", "noise_table", "noise_chip")

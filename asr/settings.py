@@ -133,6 +133,9 @@ else:
             ("tune_lr", float, 1e-4),
             # instance k (1..instances) pre-cycles precycle_pulses + k x this (the paper's protocol: 50)
             ("precycle_per_instance", int, 0),
+            # with read_disturb: passes of reads over each split before it is decoded, the chip's state carried
+            # from pass to pass (each split starts from the chip as prepared; asr.chips.start_split)
+            ("read_passes", int, 0),
             # an ablation: "all" keeps every non-ideality, "none" removes them all, or the one of
             # memsim.NON_IDEALITIES to keep alone (CrossbarConfig.only)
             ("only", str, "all"),

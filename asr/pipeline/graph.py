@@ -143,6 +143,7 @@ def chip_output(recipe: RecipeSettings, trained: Output) -> Output:
         }
         if chip_settings.tune_steps
         else None,
+        "read_passes": chip_settings.read_passes,
     }
     settings = {
         "crossbar": identity("crossbar", asdict(recipe.chip_config())),

@@ -149,8 +149,17 @@ def decode_on_chips(recipe: RecipeSettings, jobs: list[Job]) -> None:
                 log.info("chip %s:\n%s", job.output.relpath, memsim.format_summary(memsim.summary(chip.model)))
                 job.commit({chips.SUMMARY_FILE: summary})
         if instance_jobs:
-            reseed = functools.partial(chips.reseed, chip.generator, chip.seed)
-            decode_outputs(chip.model, instance_jobs, _decoding(recipe), reseed)
+            decoding = _decoding(recipe)
+            start = functools.partial(
+                chips.start_split,
+                chip,
+                chips.prepared_state(chip.model),
+                passes=folder.read_passes,
+                batches=functools.partial(split_batches, decoding, batch_seconds=recipe.decode.batch_seconds),
+            )
+            decode_outputs(
+                chip.model, instance_jobs, decoding, start, functools.partial(chips.read_switches, chip.model)
+            )
 
 
 def measure_sensitivity(recipe: RecipeSettings, jobs: list[Job]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from asr.errors import UserError
 from asr.files import markdown_table, write_text
 from asr.records import environment
-from asr.reports.aging import time_plot, time_table
+from asr.reports.aging import AXES, READ_PASSES, READ_TIME, axis_plot, axis_table
 from asr.reports.chips import budget_plot, cost_table, layer_error_table, level_plots, save_png
 from asr.reports.energy import adc_heatmaps, energy_table, pareto_plot
 from asr.reports.frontier import frontier_plot, frontier_table
@@ -259,11 +259,18 @@ def results_markdown(groups: list[Group], left_out: dict[str, str], title: str, 
     chip_section += f"## Chip cells, converters and programming\n\n{costs}\n\n" if costs else ""
     energy = energy_table(groups)
     chip_section += f"## Converters and energy\n\n{energy}\n\n" if energy else ""
-    aging = time_table(groups)
+    over_time, over_passes = axis_table(groups, READ_TIME), axis_table(groups, READ_PASSES)
     chip_section += (
         "## Chips over time after programming\n\nChips read `memsim.read_time` seconds after programming, their cells "
-        f"relaxed as `memsim.relaxation` says (wer_over_time.png).\n\n{aging}\n\n"
-        if aging
+        f"relaxed as `memsim.relaxation` says ({READ_TIME.file}).\n\n{over_time}\n\n"
+        if over_time
+        else ""
+    )
+    chip_section += (
+        "## Chips over passes of reads\n\nChips with read disturb (`memsim.read_disturb`), each split decoded after "
+        f"`memsim.read_passes` passes of reads over it from the prepared chip ({READ_PASSES.file}).\n\n"
+        f"{over_passes}\n\n"
+        if over_passes
         else ""
     )
     allocated = frontier_table(groups)
@@ -377,8 +384,8 @@ def write_report(
 ) -> list[Group]:
     """results.csv, RESULTS.md, wer_vs_bits.png, (with two chips or more) chips.png and wer_vs_energy.png, (with
     two ADC settings or more at one weight width) adc_heatmap.png, (per multi-level chip) levels-*.png and (with
-    allocated chips) frontier.png and (with chips read after programming) wer_over_time.png in out_dir; returns the
-    groups."""
+    allocated chips) frontier.png, and (with chips in use: asr.reports.aging) wer_over_time.png and
+    wer_over_passes.png in out_dir; returns the groups."""
     results, left_out = collect(work_dirs, manifests)
     if not results:
         corpus = f" decoded from {manifests}" if manifests else ""
@@ -397,5 +404,6 @@ def write_report(
     adc_heatmaps(groups, out_dir / "adc_heatmap.png")
     pareto_plot(groups, out_dir / "wer_vs_energy.png")
     frontier_plot(groups, out_dir / "frontier.png")
-    time_plot(groups, out_dir / "wer_over_time.png")
+    for axis in AXES:
+        axis_plot(groups, axis, out_dir)
     return groups

@@ -3,7 +3,16 @@
 import torch
 
 import memsim
-from asr.chips import PROBE_SECONDS, reads_per_second, tunable, tune
+from asr.chips import (
+    PROBE_SECONDS,
+    PreparedChip,
+    prepared_state,
+    read_switches,
+    reads_per_second,
+    start_split,
+    tunable,
+    tune,
+)
 from asr.model import ConformerCTC, ModelConfig
 from asr.quant import CROSSBAR_LAYERS, QuantConfig, quantize, quantized_layers
 
@@ -63,3 +72,28 @@ def test_progress_bars_follow_the_layers_and_each_layers_pre_cycling(capsys):
         bars(ProgrammingProgress("program", layer, 1 + (layer == "b"), 2, 0.3))
     assert bars.layers is not None and bars.layers.n == 2 and bars.pulses is None
     assert "program instance 0: 100%" in capsys.readouterr().err
+
+
+def test_each_split_starts_from_the_prepared_chip_and_its_passes_carry_read_disturb():
+    torch.manual_seed(0)
+    dims = dict(vocab_size=10, frontend="conv2d", d_model=16, n_layers=1, n_heads=2, d_ff=32, kernel_size=3)
+    model = quantize(ConformerCTC(ModelConfig(**dims)), QuantConfig(weight_bits=3)).eval()
+    feats, feat_lens = torch.randn(4, 60, 80) * 3, torch.tensor([60, 55, 50, 41])
+    model(feats, feat_lens)  # input ranges
+    config = memsim.CrossbarConfig(read_disturb=True)
+    generator = torch.Generator().manual_seed(1)
+    memsim.convert(model, config, generator, include=CROSSBAR_LAYERS)
+    chip = PreparedChip(model, generator, seed=1, program_seconds=0.0, tuning=None)
+    prepared = prepared_state(model)
+    assert prepared and read_switches(model) == {"read_switched_cells": 0}
+    batches = {"dev": [{"feats": feats, "feat_lens": feat_lens}], "test": [{"feats": -feats, "feat_lens": feat_lens}]}
+    counts = {}
+    for passes in (1, 2):
+        for split in ("dev", "test"):
+            start_split(chip, prepared, split, passes, batches.__getitem__)
+            counts[split, passes] = read_switches(model)["read_switched_cells"]
+    assert counts["dev", 1] > 0 and counts["test", 1] > 0  # each split's own reads, from the prepared chip
+    assert counts["dev", 2] >= counts["dev", 1]  # a second pass carries the first one's switches
+    start_split(chip, prepared, "dev", 0, batches.__getitem__)
+    assert read_switches(model) == {"read_switched_cells": 0}
+    assert all(torch.equal(model.get_buffer(name), value) for name, value in prepared.items())

@@ -469,13 +469,31 @@ def test_chips_read_after_programming_are_reported_over_time(work, tmp_path):
     write_report([work], tmp_path / "out", "aging")
     table = (tmp_path / "out" / "RESULTS.md").read_text()
     section = table.split("## Chips over time after programming")[1].split("\n## ")[0]
-    assert "|m-3.0, wan2022, 2 levels, compensation global|1 h|2|12.50|+13.6 % [" in section
-    assert "|m-3.0, wan2022, 2 levels, compensation global|1 day|2|16.00|+45.5 % [" in section
+    series = "m-3.0: relaxation wan2022, levels_per_cell 2, drift_compensation global"
+    assert f"|{series}|1 h|2|12.50|+13.6 % [" in section
+    assert f"|{series}|1 day|2|16.00|+45.5 % [" in section
     assert "my chip" not in section  # read at programming: not a point in time
     assert (tmp_path / "out" / "wer_over_time.png").is_file()
 
 
-def test_no_time_section_without_chips_read_after_programming(work, tmp_path):
+def test_chips_with_read_disturb_are_reported_over_the_passes_read_before_decoding(work, tmp_path):
+    trained = Output("train", "exp", "m-3.0", {"quant": {"weight_bits": 3.0}, "train": {"lr": 1e-3}})
+    for passes, errors in ((0, (24, 26)), (10, (30, 30))):
+        settings = {"crossbar": {"device": "synaptogen", "read_disturb": True}, "seed": 1, "read_passes": passes}
+        chip = made(work, Output("memsim", "memsim", f"p{passes}", settings, {"model": trained}))
+        for instance, count in enumerate(errors):
+            decode(work, trained, spread(count), chip=chip, instance=instance)
+    write_report([work], tmp_path / "out", "disturb")
+    section = (tmp_path / "out" / "RESULTS.md").read_text().split("## Chips over passes of reads")[1].split("\n## ")[0]
+    assert "|m-3.0: v_read 0.6, input_scheme amplitude|0|2|12.50|" in section
+    assert "|m-3.0: v_read 0.6, input_scheme amplitude|10|2|15.00|+36.4 % [" in section
+    assert (tmp_path / "out" / "wer_over_passes.png").is_file()
+
+
+def test_no_section_of_chips_in_use_without_chips_read_later_or_disturbed(work, tmp_path):
     write_report([work], tmp_path / "out", "fresh chips")
-    assert "over time after programming" not in (tmp_path / "out" / "RESULTS.md").read_text()
-    assert not (tmp_path / "out" / "wer_over_time.png").exists()
+    assert "## Chips over" not in (tmp_path / "out" / "RESULTS.md").read_text()
+    assert (
+        not (tmp_path / "out" / "wer_over_time.png").exists()
+        and not (tmp_path / "out" / "wer_over_passes.png").exists()
+    )
