@@ -296,30 +296,34 @@ class MemristorLinear(nn.Module):
     @torch.no_grad()
     def disturb(self, lowest: torch.Tensor, highest: torch.Tensor, first_row: int = 0) -> None:
         """Read disturb (memsim.disturb) of a read whose rows first_row..first_row+k saw voltages down to lowest [k]
-        and up to highest [k]: the cells those voltages switch, counted in `read_switched_cells`. A read that
-        reaches no row's bound (the highest SET threshold of its cells not in LRS, the lowest RESET threshold of
-        those in LRS) changes nothing: one comparison per row, and a host synchronization to know it."""
-        rows = self.r.shape[1]
-        full_lowest, full_highest = self.r.new_zeros(rows), self.r.new_zeros(rows)
-        full_lowest[first_row : first_row + lowest.numel()] = lowest
-        full_highest[first_row : first_row + highest.numel()] = highest
-        key = (self.disturb_threshold.data_ptr(), self.disturb_threshold._version)
-        if getattr(self, "_bounds_key", None) != key:
-            self._bounds, self._bounds_key = row_bounds(self.disturb_threshold), key
-        settable, resettable = self._bounds
-        if not bool(((full_lowest <= settable) | (full_highest > resettable)).any()):
+        and up to highest [k]: the cells those voltages switch, counted in `read_switched_cells`. Only the rows whose
+        voltages reach their bound (the highest SET threshold of their cells not in LRS, the lowest RESET threshold
+        of those in LRS) are looked at, cell by cell: one comparison per row, and a host synchronization to find
+        them."""
+        rows = slice(first_row, first_row + lowest.numel())
+        if getattr(self, "_bounds_key", None) != self._threshold_key():
+            self._bounds = row_bounds(self.disturb_threshold)
+        settable, resettable = (bound[rows] for bound in self._bounds)
+        reached = torch.nonzero((lowest <= settable) | (highest > resettable)).squeeze(1)  # disturb may sync
+        if reached.numel() == 0:
+            self._bounds_key = self._threshold_key()
             return
+        chosen = reached + first_row
+        r, threshold = self.r.index_select(1, chosen), self.disturb_threshold.index_select(1, chosen)
         params = device_params(self.config).to(self.r.device)
         switched = switch(
-            self.r,
-            self.disturb_threshold,
-            full_lowest,
-            full_highest,
-            params,
-            self.config.stationary_cells,
-            self.generator,
+            r, threshold, lowest[reached], highest[reached], params, self.config.stationary_cells, self.generator
         )
+        self.r.index_copy_(1, chosen, r)
+        self.disturb_threshold.index_copy_(1, chosen, threshold)
+        for bound, chosen_bound in zip(self._bounds, row_bounds(threshold), strict=True):
+            bound.index_copy_(0, chosen, chosen_bound)
+        self._bounds_key = self._threshold_key()
         self.read_switched_cells += switched
+
+    def _threshold_key(self) -> tuple:
+        """What changes whenever the disturb thresholds do from outside disturb() (programming, load_state_dict)."""
+        return (self.disturb_threshold.data_ptr(), self.disturb_threshold._version)
 
     def factor_unit(self) -> float:
         """The current that row factors are measured in (ReadModel.row_factors): one ADC step."""
